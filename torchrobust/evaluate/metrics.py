@@ -1,0 +1,63 @@
+"""Clean and robust accuracy, per example.
+
+Every robust number in torchrobust is built from per-example booleans ("still correctly classified after
+the attack"), so that the worst case across attacks, norms or defences is an elementwise AND — the reporting
+rule of Carlini et al. 2019 and AutoAttack (the minimum over attacks per example, then averaged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..validation import check_images, check_labels, probe_logits
+
+__all__ = ["predict", "accuracy", "correct", "robust_correct"]
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Predicted labels of ``model`` (in eval mode, restored afterwards) on ``x``; on ``x``'s device."""
+    was_training = model.training
+    model.eval()
+    dev = next((p.device for p in model.parameters()), x.device)
+    try:
+        with torch.no_grad():
+            out = [model(x[i:i + batch_size].to(dev)).argmax(1).to(x.device) for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Per-example booleans: is ``model`` right on ``x``? Validates the inputs first."""
+    check_images(x)
+    num_classes = probe_logits(model, x.to(next((p.device for p in model.parameters()), x.device)))
+    check_labels(y, len(x), num_classes)
+    return predict(model, x, batch_size) == y.to(x.device)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Clean accuracy in [0, 1]."""
+    return float(correct(model, x, y, batch_size).float().mean())
+
+
+def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+                   batch_size: int = 500, clean: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example booleans: correct on the clean input AND on ``attack(model, x, y)``.
+
+    Only clean-correct examples are attacked (a misclassified example is already an error), batch by batch.
+    """
+    if clean is None:
+        clean = correct(model, x, y, batch_size)
+    out = clean.clone()
+    idx = clean.nonzero().flatten()
+    dev = next((p.device for p in model.parameters()), x.device)
+    for i in range(0, len(idx), batch_size):
+        sel = idx[i:i + batch_size]
+        xb, yb = x[sel].to(dev), y[sel].to(dev)
+        x_adv = attack(model, xb, yb)
+        out[sel] = (predict(model, x_adv, batch_size) == yb).to(out.device)
+    return out

@@ -1,0 +1,245 @@
+"""Robust accuracy over an ε sweep for a list of attacks, with the per-example worst case across attacks.
+
+>>> res = sweep(model, x, y, attacks=["fgsm", "pgd"], eps=[0, 0.1, 0.2, 0.3], threat="Linf",
+...             attack_kwargs={"pgd": {"steps": 20}})
+>>> res.write("results/")   # results.json, results.csv, results.md, accuracy_vs_eps.png
+
+Under ``torchrun`` each process attacks its contiguous shard of the examples and the per-example results are
+all-gathered, so every rank ends with the same :class:`SweepResult` as a single process would compute.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write_bytes
+from ..errors import TorchRobustError
+from ..train import distributed as D
+from ..validation import check_eps
+from .metrics import correct, robust_correct
+
+__all__ = ["SweepResult", "sweep", "write_table_files", "markdown_table", "plot_accuracy_vs_eps"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    """Per-example results of an ε sweep.
+
+    ``clean[i]``: example i correct without attack. ``robust[attack][j, i]``: correct under ``attack`` at
+    ``eps[j]``. ``worst[j, i]``: correct under every attack at ``eps[j]`` (the reported robust accuracy).
+    """
+
+    threat: str
+    eps: list[float]
+    attacks: list[str]
+    clean: torch.Tensor
+    robust: dict[str, torch.Tensor]
+    seconds: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    flags: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.clean.numel())
+
+    @property
+    def worst(self) -> torch.Tensor:
+        out = self.clean.unsqueeze(0).expand(len(self.eps), -1).clone()
+        for r in self.robust.values():
+            out &= r
+        return out
+
+    @property
+    def reliable(self) -> bool:
+        return not self.flags
+
+    def accuracy(self, attack: str | None = None) -> list[float]:
+        """Accuracy per ε for ``attack`` (None: the worst case over all attacks)."""
+        r = self.worst if attack is None else self.robust[attack]
+        return [float(v) for v in r.float().mean(1)]
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        worst = self.accuracy()
+        for j, e in enumerate(self.eps):
+            row: dict[str, Any] = {"eps": e}
+            for a in self.attacks:
+                row[a] = float(self.robust[a][j].float().mean())
+            row["worst_case"] = worst[j]
+            rows.append(row)
+        return rows
+
+    def to_dict(self, per_example: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "threat": self.threat, "eps": self.eps, "attacks": self.attacks, "n_examples": self.n,
+            "clean_accuracy": float(self.clean.float().mean()), "table": self.rows(),
+            "seconds": self.seconds, "config": self.config, "flags": self.flags,
+            "reliable": self.reliable,
+        }
+        if per_example:
+            d["per_example"] = {"clean": self.clean.int().tolist(),
+                                **{a: r.int().tolist() for a, r in self.robust.items()}}
+        return d
+
+    def write(self, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
+        """Write ``results.json`` (per-example included), ``.csv``, ``.md`` and ``accuracy_vs_eps.png``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = write_table_files(out / "results", self.rows(), title=title or self._title(),
+                                  note=None if self.reliable else "**UNRELIABLE**: gradient-masking flags raised: "
+                                  + ", ".join(f["code"] for f in self.flags))
+        atomic_write_bytes(out / "results.json", (json.dumps(self.to_dict(), indent=1) + "\n").encode())
+        paths["json"] = out / "results.json"
+        paths["png"] = plot_accuracy_vs_eps({"": self}, out / "accuracy_vs_eps.png", title=title or self._title())
+        return paths
+
+    def _title(self) -> str:
+        return f"Robust accuracy vs ε ({self.threat}, n={self.n})"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], percent: Sequence[str] = ()) -> str:
+    """A GitHub-Markdown table of ``rows`` (dicts sharing keys); columns in ``percent`` shown as xx.x %."""
+    if not rows:
+        return ""
+    cols = list(rows[0].keys())
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        cells = [f"{100 * r[c]:.1f}" if c in percent and isinstance(r[c], (int, float)) else _fmt(r[c])
+                 for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table_files(stem: Path, rows: Sequence[Mapping[str, Any]], title: str = "",
+                      note: str | None = None) -> dict[str, Path]:
+    """Write ``stem.csv`` and ``stem.md`` (accuracies as percentages) atomically."""
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    pct = [c for c in (rows[0].keys() if rows else []) if c != "eps"]
+    md = (f"## {title}\n\n" if title else "") + (f"{note}\n\n" if note else "") + \
+        "Accuracy in % (per-example worst case over attacks in `worst_case`).\n\n" + markdown_table(rows, pct)
+    atomic_write_bytes(md_path, md.encode())
+    return {"csv": csv_path, "md": md_path}
+
+
+def plot_accuracy_vs_eps(results: Mapping[str, SweepResult], path: str | Path, title: str = "") -> Path:
+    """One line per (model, attack) and a bold line for each model's worst case; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for label, res in results.items():
+        prefix = f"{label}: " if label else ""
+        for a in res.attacks:
+            ax.plot(res.eps, [100 * v for v in res.accuracy(a)], marker="o", ms=3, lw=1, alpha=0.8,
+                    label=f"{prefix}{a}")
+        ax.plot(res.eps, [100 * v for v in res.accuracy()], lw=2.5, color=None, label=f"{prefix}worst case")
+    ax.set_xlabel(f"ε ({next(iter(results.values())).threat})")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str], eps: Sequence[float],
+          threat: str = "Linf", attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+          batch_size: int = 500, seed: int = 0, progress: bool = False) -> SweepResult:
+    """Clean and robust accuracy of ``model`` on ``(x, y)`` for each attack name × ε.
+
+    ``attack_kwargs[name]`` are passed to :func:`torchrobust.attacks.create` (e.g. ``{"pgd": {"steps": 20}}``).
+    ε = 0 is not attacked (its robust accuracy is the clean accuracy).
+    """
+    from .. import attacks as A
+
+    if not attacks:
+        raise TorchRobustError("no attacks given; pass at least one of: " + ", ".join(A.list_attacks()))
+    for e in eps:
+        check_eps(e)
+    attack_kwargs = dict(attack_kwargs or {})
+    valid = set(A.list_attacks())
+    for a in attacks:
+        if a not in valid:
+            from ..errors import unknown_name
+
+            raise unknown_name("attack", a, valid)
+    n_total = len(x)
+    a_, b_ = D.shard_bounds(n_total)
+    xs, ys = x[a_:b_], y[a_:b_]
+    clean = correct(model, xs, ys, batch_size)
+    robust: dict[str, torch.Tensor] = {}
+    seconds: dict[str, float] = {}
+    jobs = [(name, j, e) for name in attacks for j, e in enumerate(eps)]
+    bar = None
+    if progress and D.is_main():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="attacks", leave=False)
+    for name in attacks:
+        res = torch.zeros(len(eps), len(xs), dtype=torch.bool)
+        t0 = time.perf_counter()
+        for j, e in enumerate(eps):
+            if e == 0:
+                res[j] = clean
+            else:
+                kw = dict(attack_kwargs.get(name, {}))
+                if "seed" in _init_params(A, name):
+                    kw.setdefault("seed", seed)
+                atk = A.create(name, threat=threat, eps=float(e), **kw)
+                res[j] = robust_correct(model, xs, ys, atk, batch_size=batch_size, clean=clean).cpu()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{name} ε={e:g} acc={float(res[j].float().mean()):.3f}")
+        seconds[name] = time.perf_counter() - t0
+        robust[name] = res
+    if bar is not None:
+        bar.close()
+    clean = D.gather_rows(clean.cpu(), n_total)
+    robust = {k: D.gather_rows(v.t().contiguous(), n_total).t().contiguous() for k, v in robust.items()}
+    config = {"threat": threat, "eps": [float(e) for e in eps], "attacks": list(attacks),
+              "attack_kwargs": {k: dict(v) for k, v in attack_kwargs.items()}, "seed": seed,
+              "n_examples": n_total, "world_size": D.world_size()}
+    return SweepResult(threat=threat, eps=[float(e) for e in eps], attacks=list(attacks), clean=clean,
+                       robust=robust, seconds=seconds, config=config)
+
+
+def _init_params(A: Any, name: str) -> set[str]:
+    import inspect
+
+    cls = A.attack_class(name) if hasattr(A, "attack_class") else None
+    if cls is None:
+        return {"seed"}
+    return set(inspect.signature(cls.__init__).parameters)
