@@ -79,7 +79,7 @@ def gather_rows(t: torch.Tensor, n_total: int) -> torch.Tensor:
         padded = padded.to(torch.uint8)
     out = [torch.empty_like(padded) for _ in range(w)]
     dist.all_gather(out, padded.contiguous())
-    rows = [o[: b - a] for o, (a, b) in zip(out, sizes)]
+    rows = [o[: b - a] for o, (a, b) in zip(out, sizes, strict=True)]
     return torch.cat(rows).to(dtype)
 
 

@@ -208,8 +208,11 @@ def _project_constraints(model: nn.Module) -> None:
             proj()
 
 
-def fit(model: nn.Module, train_set: Dataset | tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
-        params: Iterable[nn.Parameter] | None = None, val_set: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+Data = Dataset | tuple[torch.Tensor, torch.Tensor]
+
+
+def fit(model: nn.Module, train_set: Data, config: TrainConfig,
+        params: Iterable[nn.Parameter] | None = None, val_set: Data | None = None,
         device: str | torch.device | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_set`` as ``config`` says; returns the per-epoch history.
@@ -298,5 +301,5 @@ def fit(model: nn.Module, train_set: Dataset | tuple[torch.Tensor, torch.Tensor]
 
 
 def _materialise(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*[data[i] for i in range(len(data))])  # type: ignore[arg-type]
+    xs, ys = zip(*[data[i] for i in range(len(data))], strict=True)  # type: ignore[arg-type]
     return torch.stack(list(xs)), torch.as_tensor(ys)
