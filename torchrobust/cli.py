@@ -1,0 +1,254 @@
+"""The ``torchrobust`` command line: argument parsing only; the work is done by the library functions.
+
+Every user mistake ends with one line on stderr (``torchrobust: error: ...``) and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .errors import TorchRobustError
+
+log = logging.getLogger("torchrobust")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"torchrobust: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _names(s: str) -> list[str]:
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def _kv(s: str) -> tuple[str, Any]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (VALUE in JSON, e.g. widths=[256,64]), got {s!r}")
+    k, v = s.split("=", 1)
+    try:
+        return k.strip(), json.loads(v)
+    except json.JSONDecodeError:
+        return k.strip(), v
+
+
+def _setup(args: argparse.Namespace) -> None:
+    import torch
+
+    logging.basicConfig(level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    threads = getattr(args, "threads", None)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _load_split(name: str, split: str, root: str | None, n: int | None):
+    from . import data
+
+    ds = data.load(name, split, root=root)
+    return data.as_tensors(ds, n)
+
+
+# ----------------------------------------------------------------------------------------------- commands
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import attacks, data, models
+
+    out = {"datasets": data.list_datasets(), "models": models.list_models(), "attacks": attacks.list_attacks(),
+           "threat_models": ["Linf", "L2", "L1"], "training_modes": _train_modes()}
+    if args.json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        for k, v in out.items():
+            sys.stdout.write(f"{k}: {', '.join(v)}\n")
+    return 0
+
+
+def _train_modes() -> list[str]:
+    from .train import MODES
+
+    return list(MODES)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import models
+    from .checkpoint import save
+    from .train import TrainConfig, distributed, fit
+
+    distributed.init_from_env(args.device)
+    dev = distributed.device_for_rank(args.device)
+    x, y = _load_split(args.data, "train", args.data_root, args.n_train)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                      momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                      mode=args.mode, threat=args.threat, eps=args.eps, steps=args.steps, alpha=args.alpha,
+                      trades_beta=args.trades_beta, noise_sigma=args.sigma, seed=args.seed,
+                      max_batches=args.max_batches, progress=not args.quiet).validate()
+    import torch
+
+    torch.manual_seed(args.seed)
+    model = models.create(args.model, **dict(args.model_arg or []))
+    val = _load_split(args.data, "test", args.data_root, 1000) if not args.no_val else None
+    result = fit(model, (x, y), cfg, val_set=val, device=dev)
+    if distributed.is_main():
+        path = save(model, args.out, training=cfg.to_dict(), data=args.data, history=result.history,
+                    train_seconds=result.seconds)
+        sys.stdout.write(f"saved {path} (final: {json.dumps(result.final)})\n")
+    distributed.cleanup()
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load
+    from .evaluate import sweep
+    from .train import distributed
+
+    distributed.init_from_env(args.device)
+    dev = distributed.device_for_rank(args.device)
+    model = load(args.checkpoint, map_location=dev)
+    x, y = _load_split(args.data, args.split, args.data_root, args.n)
+    kw: dict[str, dict[str, Any]] = {}
+    for a in args.attacks:
+        if a != "fgsm":
+            kw[a] = {"steps": args.steps, "restarts": args.restarts}
+    t0 = time.perf_counter()
+    res = sweep(model, x.to(dev), y.to(dev), attacks=args.attacks, eps=args.eps, threat=args.threat,
+                attack_kwargs=kw, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+    res.config.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split,
+                      seconds=time.perf_counter() - t0)
+    if distributed.is_main():
+        paths = res.write(args.out)
+        sys.stdout.write(Path(paths["md"]).read_text())
+        sys.stdout.write(f"\nwrote {args.out}/ (results.json, results.csv, results.md, accuracy_vs_eps.png)\n")
+    distributed.cleanup()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments.demo import run_demo
+
+    out = run_demo(args.out, epochs=args.epochs, n_test=args.n_test, pgd_steps=args.steps, seed=args.seed,
+                   data_root=args.data_root, progress=not args.quiet)
+    sys.stdout.write(Path(out["md"]).read_text())
+    sys.stdout.write(f"\nwrote {args.out}/: " + ", ".join(sorted(Path(p).name for p in out.values())) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="torchrobust", description="Make a pretrained classifier robust and measure it honestly.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (on small CPUs 1 is often fastest)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
+    sp = sub.add_parser("info", help="list datasets, models, attacks, training modes")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_info)
+
+    sp = sub.add_parser("train", help="train a zoo model (standard, FGSM/PGD-AT, TRADES, gaussian); torchrun-able")
+    sp.add_argument("--model", required=True, help="zoo model name (see `torchrobust info`)")
+    sp.add_argument("--model-arg", type=_kv, action="append", metavar="KEY=JSON",
+                    help="model keyword argument, e.g. --model-arg widths=[256,64] --model-arg activation=null")
+    sp.add_argument("--data", default="mnist")
+    sp.add_argument("--data-root", default=None)
+    sp.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
+    sp.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
+    sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    sp.add_argument("--lr", type=float, default=0.01)
+    sp.add_argument("--momentum", type=float, default=0.9)
+    sp.add_argument("--weight-decay", type=float, default=0.0)
+    sp.add_argument("--schedule", default="none")
+    sp.add_argument("--mode", default="standard", help="standard, fgsm, pgd, trades, gaussian")
+    sp.add_argument("--threat", default="Linf")
+    sp.add_argument("--eps", type=float, default=0.3)
+    sp.add_argument("--steps", type=int, default=10)
+    sp.add_argument("--alpha", type=float, default=None)
+    sp.add_argument("--trades-beta", type=float, default=6.0)
+    sp.add_argument("--sigma", type=float, default=0.25, help="noise σ for --mode gaussian")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--max-batches", type=int, default=None)
+    sp.add_argument("--no-val", action="store_true", help="skip the per-epoch validation accuracy")
+    sp.add_argument("--device", default=None)
+    common(sp)
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="clean + robust accuracy over an ε sweep; torchrun-able")
+    sp.add_argument("checkpoint")
+    sp.add_argument("--data", default="mnist")
+    sp.add_argument("--data-root", default=None)
+    sp.add_argument("--split", default="test")
+    sp.add_argument("--n", type=int, default=1000, help="first N examples of the split (papers' protocol)")
+    sp.add_argument("--attacks", type=_names, default=["fgsm", "pgd"])
+    sp.add_argument("--threat", default="Linf")
+    sp.add_argument("--eps", type=_floats, default=[0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--restarts", type=int, default=1)
+    sp.add_argument("--batch-size", type=int, default=500)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="results")
+    sp.add_argument("--device", default=None)
+    common(sp)
+    sp.set_defaults(fn=cmd_evaluate)
+
+    sp = sub.add_parser("demo", help="the main job: train on MNIST, reprogram with NRPM, sweep FGSM and PGD")
+    sp.add_argument("--out", default="torchrobust-demo")
+    sp.add_argument("--epochs", type=int, default=3)
+    sp.add_argument("--n-test", type=int, default=1000)
+    sp.add_argument("--steps", type=int, default=20, help="PGD steps")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--data-root", default=None)
+    common(sp)
+    sp.set_defaults(fn=cmd_demo, threads=1)
+
+    _register_extensions(sub, common)
+    return p
+
+
+def _register_extensions(sub: Any, common: Any) -> None:
+    """Sub-commands of the defences and experiments (each module adds its own parser)."""
+    from importlib import import_module
+
+    for mod in ("torchrobust.experiments.cli_paper", "torchrobust.cli_defences"):
+        try:
+            m = import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            continue
+        m.register(sub, common)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup(args)
+    try:
+        return int(args.fn(args) or 0)
+    except TorchRobustError as exc:
+        sys.stderr.write(f"torchrobust: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("torchrobust: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
