@@ -1,0 +1,102 @@
+"""Checkpoints: exact round trip, atomic writes, clear errors for corrupt/mismatched/foreign files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from torchrobust import checkpoint, models
+from torchrobust.errors import TorchRobustError
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name,kw", [("mlp", {"widths": [32, 16], "activation": None}),
+                                     ("mlp", {"widths": [8], "activation": "relu"}),
+                                     ("lenet", {})])
+def test_round_trip_exact(tmp_path, name, kw):
+    m = models.create(name, **kw)
+    path = checkpoint.save(m, tmp_path / "m.safetensors", note="hello", metrics={"acc": 0.5})
+    m2 = checkpoint.load(path)
+    assert type(m2) is type(m)
+    assert _same_state(m, m2)
+    assert not m2.training
+    x = torch.rand(3, 1, 28, 28)
+    m.eval()
+    assert torch.equal(m(x), m2(x))
+    meta = checkpoint.load_metadata(path)
+    assert meta["metadata"] == {"note": "hello", "metrics": {"acc": 0.5}}
+    assert meta["model"]["name"] == name
+    sidecar = json.loads((tmp_path / "m.safetensors.json").read_text())
+    assert sidecar == meta
+
+
+def test_save_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    m = models.create("mlp", widths=[4])
+    path = checkpoint.save(m, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        checkpoint.save(models.create("mlp", widths=[5]), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_unserialisable_metadata_is_a_clear_error(tmp_path):
+    with pytest.raises(TorchRobustError, match="JSON"):
+        checkpoint.save(models.create("mlp", widths=[4]), tmp_path / "m.safetensors", bad=object())
+
+
+def test_model_without_spec_needs_one(tmp_path):
+    with pytest.raises(TorchRobustError, match="torchrobust_spec"):
+        checkpoint.save(torch.nn.Linear(2, 2), tmp_path / "m.safetensors")
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(TorchRobustError, match="not found"):
+        checkpoint.load(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(TorchRobustError, match="corrupt"):
+        checkpoint.load(bad)
+    path = checkpoint.save(models.create("mlp", widths=[4]), tmp_path / "ok.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TorchRobustError, match="corrupt"):
+        checkpoint.load(tmp_path / "trunc.safetensors")
+
+
+def test_mismatched_checkpoint(tmp_path):
+    m = models.create("mlp", widths=[4])
+    path = checkpoint.save(m, tmp_path / "m.safetensors")
+    other = models.create("mlp", widths=[5])
+    with pytest.raises(TorchRobustError, match="does not match"):
+        checkpoint.load_weights(other, path)
+    with pytest.raises(TorchRobustError, match="does not match"):
+        checkpoint.load_weights(models.create("lenet"), path)
+
+
+def test_foreign_pt_loads_weights_only(tmp_path):
+    m = models.create("mlp", widths=[4])
+    torch.save({"state_dict": {"module." + k: v for k, v in m.state_dict().items()}, "epoch": 3},
+               tmp_path / "w.pt")
+    m2 = checkpoint.load_weights(models.create("mlp", widths=[4]), tmp_path / "w.pt")
+    assert _same_state(m, m2)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
+    with pytest.raises(TorchRobustError, match="weights-only"):
+        checkpoint.load_state_dict_file(tmp_path / "evil.pt")

@@ -1,0 +1,116 @@
+"""CLI: happy paths end to end on a small slice of the bundled MNIST, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from torchrobust import checkpoint, models
+from torchrobust.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    path = d / "mlp.safetensors"
+    rc = main(["train", "--model", "mlp", "--model-arg", "widths=[32]", "--model-arg", "activation=\"relu\"",
+               "--n-train", "2000", "--epochs", "1", "--batch-size", "64", "--lr", "0.05", "--out", str(path),
+               "--quiet", "--no-val"])
+    assert rc == 0
+    return path
+
+
+def test_info(capsys):
+    assert main(["info", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "mnist" in out["datasets"] and "mlp" in out["models"] and "pgd" in out["attacks"]
+
+
+def test_train_writes_loadable_checkpoint(ckpt):
+    m = checkpoint.load(ckpt)
+    meta = checkpoint.load_metadata(ckpt)
+    assert meta["metadata"]["training"]["epochs"] == 1
+    assert isinstance(m, type(models.create("mlp")))
+
+
+def test_evaluate_writes_results(ckpt, tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = main(["evaluate", str(ckpt), "--n", "64", "--eps", "0,0.1,0.3", "--steps", "5", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    for f in ["results.json", "results.csv", "results.md", "accuracy_vs_eps.png"]:
+        assert (out / f).stat().st_size > 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_examples"] == 64 and res["eps"] == [0.0, 0.1, 0.3]
+    acc = [r["worst_case"] for r in res["table"]]
+    assert acc[0] == res["clean_accuracy"] and acc[2] <= acc[1] <= acc[0]
+    assert "| eps |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "--model", "mpl", "--out", "x.safetensors"], "unknown model 'mpl'; valid:"),
+    (["train", "--model", "mlp", "--data", "mnits", "--out", "x.safetensors"], "unknown dataset"),
+    (["train", "--model", "mlp", "--epochs", "0", "--out", "x.safetensors"], "epochs"),
+    (["train", "--model", "mlp", "--mode", "madry", "--out", "x.safetensors"], "training mode"),
+    (["train", "--model", "mlp", "--model-arg", "depth=3", "--out", "x.safetensors"], "depth"),
+])
+def test_train_errors(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + ["--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("torchrobust: error:") and match in err and "\n" not in err
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--attacks", "pgdd"], "unknown attack 'pgdd'"),
+    (["--eps", "-0.1"], "eps"),
+    (["--steps", "0"], "steps"),
+    (["--data", "cifar10", "--data-root", "/nonexistent"], "cifar10"),
+    (["--data", "mnits"], "unknown dataset"),
+])
+def test_evaluate_errors(ckpt, extra, match, capsys, tmp_path):
+    assert main(["evaluate", str(ckpt), "--n", "16", "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("torchrobust: error:") and match in err and "\n" not in err
+
+
+def test_evaluate_wrong_channels(tmp_path, capsys):
+    path = checkpoint.save(models.create("lenet", in_channels=3), tmp_path / "l3.safetensors")
+    assert main(["evaluate", str(path), "--n", "8", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "do not fit the model" in capsys.readouterr().err
+
+
+def test_corrupt_and_missing_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage" * 10)
+    assert main(["evaluate", str(bad), "--quiet"]) == 2
+    assert "corrupt checkpoint" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing.safetensors"), "--quiet"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torchrobust.cli", "evaluate", str(tmp_path / "nope.safetensors")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_argparse_error_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "torchrobust.cli", "evaluate"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "checkpoint" in r.stderr
+
+
+def test_torch_threads_flag(ckpt, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert main(["evaluate", str(ckpt), "--n", "8", "--eps", "0", "--threads", "1",
+                     "--out", str(tmp_path / "o"), "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

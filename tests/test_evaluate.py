@@ -1,0 +1,88 @@
+"""Evaluation sweep: per-example bookkeeping, worst case across attacks, result files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from torchrobust.errors import TorchRobustError
+from torchrobust.evaluate import accuracy, correct, robust_correct, sweep
+from torchrobust.train import TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def trained():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=g)
+    centers = torch.rand(3, 1, 4, 4, generator=g)
+    x = (centers[y] + 0.08 * torch.randn(300, 1, 4, 4, generator=g)).clamp(0, 1)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+    fit(m, (x, y), TrainConfig(epochs=15, batch_size=32, lr=0.1))
+    return m, x, y
+
+
+def test_accuracy_and_correct(trained):
+    m, x, y = trained
+    c = correct(m, x, y)
+    assert c.dtype == torch.bool and c.shape == (300,)
+    assert accuracy(m, x, y) == pytest.approx(float(c.float().mean()))
+    assert accuracy(m, x, y) > 0.9
+
+
+def test_robust_correct_implies_clean_correct(trained):
+    m, x, y = trained
+
+    def flip_all(model, xb, yb):
+        return (1 - xb).clamp(0, 1)
+
+    clean = correct(m, x, y)
+    rob = robust_correct(m, x, y, flip_all)
+    assert not bool((rob & ~clean).any())
+
+
+def test_sweep_worst_case_and_files(trained, tmp_path):
+    m, x, y = trained
+    res = sweep(m, x, y, attacks=["fgsm", "pgd"], eps=[0.0, 0.05, 0.2, 0.5], threat="Linf",
+                attack_kwargs={"pgd": {"steps": 10}})
+    assert res.n == 300
+    for a in ["fgsm", "pgd"]:
+        assert torch.equal(res.robust[a][0], res.clean)
+        assert not bool((res.robust[a] & ~res.clean).any())
+    worst = res.worst
+    assert torch.equal(worst, res.robust["fgsm"] & res.robust["pgd"])
+    acc = res.accuracy()
+    assert all(a >= b for a, b in zip(acc, acc[1:], strict=False))
+    assert acc[-1] < 0.2
+    paths = res.write(tmp_path)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["per_example"]["pgd"][1] == res.robust["pgd"][1].int().tolist()
+    assert doc["table"][2]["worst_case"] == pytest.approx(acc[2])
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md"].read_text()
+    assert "worst_case" in md and "| 0.05 |" in md
+
+
+@pytest.mark.parametrize("kw,match", [({"attacks": ["nope"]}, "unknown attack"), ({"eps": [-1.0]}, "eps"),
+                                      ({"attacks": []}, "no attacks")])
+def test_sweep_errors(trained, kw, match):
+    m, x, y = trained
+    args = {"attacks": ["fgsm"], "eps": [0.1]}
+    args.update(kw)
+    with pytest.raises(TorchRobustError, match=match):
+        sweep(m, x[:10], y[:10], **args)
+
+
+@pytest.mark.parametrize("bad,match", [(lambda x, y: (x * 2, y), r"\[0, 1\]"),
+                                       (lambda x, y: (x.masked_fill(x > 0.5, float("nan")), y), "NaN"),
+                                       (lambda x, y: (x, y + 5), "label"),
+                                       (lambda x, y: (x, y[:-1]), "shape"),
+                                       (lambda x, y: (x.repeat(1, 3, 1, 1), y), "do not fit")])
+def test_bad_inputs(trained, bad, match):
+    m, x, y = trained
+    xb, yb = bad(x[:20].clone(), y[:20].clone())
+    with pytest.raises(TorchRobustError, match=match):
+        accuracy(m, xb, yb)
