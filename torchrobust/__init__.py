@@ -24,14 +24,17 @@ _SUBMODULES = {"data", "models", "attacks", "nn", "train", "evaluate", "checkpoi
 _FUNCTIONS = {
     "save": ("checkpoint", "save"),
     "load": ("checkpoint", "load"),
-    "reprogram": ("reprogram", "reprogram"),
     "unreprogram": ("reprogram", "unreprogram"),
-    "forge": ("forge", "forge"),
     "unforge": ("forge", "unforge"),
-    "TorchRobustError": ("errors", "TorchRobustError"),
 }
 
-__all__ = sorted(_SUBMODULES | set(_FUNCTIONS) | {"__version__"})
+# ``reprogram`` and ``forge`` are both a module and its main function; importing the functions here binds the
+# package attributes to the functions once and for all (a lazy import would let the submodule shadow them).
+from .errors import TorchRobustError as TorchRobustError  # noqa: E402
+from .forge import forge as forge  # noqa: E402
+from .reprogram import reprogram as reprogram  # noqa: E402
+
+__all__ = sorted(_SUBMODULES | set(_FUNCTIONS) | {"__version__", "forge", "reprogram", "TorchRobustError"})
 
 
 def __getattr__(name: str) -> Any:
