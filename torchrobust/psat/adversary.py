@@ -1,0 +1,204 @@
+"""Training and evaluation adversaries for single- and multi-perturbation adversarial training.
+
+All are written once against :class:`torchrobust.attacks.threat.ThreatModel` (``random_init``, ``step``,
+``project``; ℓ1 = sparse SLIDE/top-k step with the exact ℓ1-ball ∩ box projection):
+
+* :func:`pgd` — PGD on one ℓp ball (PSAT Eq. 3, Madry et al. 2018), keeping per example the best iterate seen
+  (highest loss, misclassified first) over steps and restarts.
+* :func:`worst_of` — the "max" strategy (PSAT Eq. 5; Tramèr & Boneh 2019; ``robust_union``'s
+  ``pgd_worst_dir``): run every single-norm attack and keep per example the one with the highest loss.
+* :func:`msd` — multi steepest descent (PSAT Eq. 7; Maini et al. 2020, Alg. 1, ``msd_v0``): at every step take
+  one steepest step *of each norm* from the current point, project each onto its own ball, and keep per example
+  the candidate with the highest loss; the best-loss point ever seen is returned.
+
+An adversary for training is a :class:`MultiAdversary` — ``adversary(model, x, y) -> list[x_adv]``; the loss is
+the mean cross-entropy over the list, so the ``"avg"`` strategy (PSAT Eq. 6) returns one example per norm and
+the others return one. Adversaries run the model in eval mode and restore its mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchrobust.attacks.threat import ThreatModel, get_threat
+from torchrobust.errors import TorchRobustError
+
+__all__ = ["pgd", "worst_of", "msd", "PGDConfig", "MultiAdversary", "TrainingAdversary", "STRATEGIES",
+           "MNIST_BUDGETS", "CIFAR10_BUDGETS"]
+
+#: Budgets (ε) per threat model: MNIST (Maini et al. 2020; notes §4) and CIFAR-10 (robust_union).
+MNIST_BUDGETS: dict[str, float] = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
+CIFAR10_BUDGETS: dict[str, float] = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
+#: Training strategies: single-norm (one member / AT_p) and the multi-norm baselines.
+STRATEGIES = ("Linf", "L2", "L1", "natural", "max", "avg", "msd")
+
+
+class _EvalMode:
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was = model, model.training
+
+    def __enter__(self) -> nn.Module:
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was)
+
+
+def _loss_and_grad(model: nn.Module, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    x_adv = x_adv.detach().requires_grad_(True)
+    logits = model(x_adv)
+    loss = F.cross_entropy(logits, y, reduction="none")
+    (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+    return loss.detach(), logits.detach(), grad
+
+
+def _update_best(best: Tensor, best_key: Tensor, cand: Tensor, key: Tensor) -> None:
+    better = key > best_key
+    best[better] = cand[better]
+    best_key[better] = key[better]
+
+
+def _key(loss: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+    """Ranking of candidates: misclassified first, then higher loss (large offset keeps both ordered)."""
+    return loss + 1e6 * (logits.argmax(-1) != y).to(loss.dtype)
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """One single-norm PGD adversary: threat name, ε, steps, step size (``None``: the threat's default),
+    restarts and random start."""
+
+    threat: str
+    eps: float
+    steps: int = 10
+    alpha: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+
+    def threat_model(self) -> ThreatModel:
+        return get_threat(self.threat, self.eps)
+
+    def step_size(self) -> float:
+        return self.alpha if self.alpha is not None else self.threat_model().default_alpha(self.steps)
+
+
+def pgd(model: nn.Module, x: Tensor, y: Tensor, cfg: PGDConfig) -> Tensor:
+    """PGD (PSAT Eq. 3) with restarts; per example the best iterate (misclassified, else highest loss)."""
+    tm = cfg.threat_model()
+    alpha = cfg.step_size()
+    x = x.detach()
+    with _EvalMode(model):
+        with torch.no_grad():
+            logits = model(x)
+            best_key = _key(F.cross_entropy(logits, y, reduction="none"), logits, y)
+        best = x.clone()
+        for r in range(max(cfg.restarts, 1)):
+            x_adv = tm.random_init(x) if (cfg.random_start or r > 0) else x.clone()
+            for _ in range(cfg.steps):
+                loss, logits, grad = _loss_and_grad(model, x_adv, y)
+                _update_best(best, best_key, x_adv, _key(loss, logits, y))
+                x_adv = tm.project(tm.step(x_adv, grad, alpha), x).detach()
+            with torch.no_grad():
+                logits = model(x_adv)
+                _update_best(best, best_key, x_adv, _key(F.cross_entropy(logits, y, reduction="none"), logits, y))
+    return best
+
+
+def worst_of(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[Callable[[nn.Module, Tensor, Tensor], Tensor]]
+             ) -> Tensor:
+    """The "max" strategy (PSAT Eq. 5): per example, the attack output with the highest loss on ``model``
+    (robust_union ``pgd_worst_dir``; note the selection is by loss, not by misclassification)."""
+    best, best_loss = x.clone(), torch.full((x.shape[0],), -float("inf"), device=x.device)
+    for attack in attacks:
+        cand = attack(model, x, y)
+        with _EvalMode(model), torch.no_grad():
+            loss = F.cross_entropy(model(cand), y, reduction="none").to(best_loss.dtype)
+        _update_best(best, best_loss, cand, loss)
+    return best
+
+
+def msd(model: nn.Module, x: Tensor, y: Tensor, cfgs: Sequence[PGDConfig], steps: int | None = None,
+        random_start: bool = False) -> Tensor:
+    """Multi steepest descent (PSAT Eq. 7; Maini et al. 2020 Alg. 1): one steepest step of every norm from the
+    current point per iteration, each projected onto its own ball; keep the highest-loss candidate per example,
+    return the best point ever seen. ``steps`` defaults to the largest ``cfg.steps``; step sizes are each
+    config's ``alpha`` (robust_union: zero start, ``random_start=False``)."""
+    tms = [c.threat_model() for c in cfgs]
+    alphas = [c.step_size() for c in cfgs]
+    n_steps = steps if steps is not None else max(c.steps for c in cfgs)
+    x = x.detach()
+    with _EvalMode(model):
+        x_adv = tms[0].random_init(x) if random_start else x.clone()
+        with torch.no_grad():
+            best_loss = F.cross_entropy(model(x_adv), y, reduction="none")
+        best = x_adv.clone()
+        for _ in range(n_steps):
+            _, _, grad = _loss_and_grad(model, x_adv, y)
+            cands = [tm.project(tm.step(x_adv, grad, a), x) for tm, a in zip(tms, alphas, strict=True)]
+            with torch.no_grad():
+                losses = torch.stack([F.cross_entropy(model(c), y, reduction="none") for c in cands])
+            pick = losses.argmax(0)
+            stacked = torch.stack(cands)
+            x_adv = stacked[pick, torch.arange(x.shape[0], device=x.device)].detach()
+            _update_best(best, best_loss, x_adv, losses.max(0).values)
+    return best
+
+
+MultiAdversary = Callable[[nn.Module, Tensor, Tensor], list[Tensor]]
+
+
+@dataclass
+class TrainingAdversary:
+    """A training adversary ``(model, x, y) -> list[x_adv]`` for one strategy of :data:`STRATEGIES`.
+
+    Args:
+        strategy: ``"Linf"``/``"L2"``/``"L1"`` (single-norm AT, one PSAT member), ``"natural"`` (clean),
+            ``"max"`` (Eq. 5), ``"avg"`` (Eq. 6, one example per norm, losses averaged) or ``"msd"`` (Eq. 7).
+        eps: ε per threat model (default: MNIST budgets).
+        steps, alpha: per threat model; ``alpha`` missing → the threat's default for ``steps``.
+        msd_steps: iterations of MSD (default: max of ``steps``).
+        msd_alpha: step sizes per norm inside MSD (robust_union MNIST: ℓ∞ 0.01, ℓ2 0.1, ℓ1 1.0; default: ``alpha``).
+    """
+
+    strategy: str
+    eps: Mapping[str, float] = field(default_factory=lambda: dict(MNIST_BUDGETS))
+    steps: Mapping[str, int] = field(default_factory=lambda: {"Linf": 10, "L2": 10, "L1": 10})
+    alpha: Mapping[str, float] = field(default_factory=dict)
+    msd_steps: int | None = None
+    msd_alpha: Mapping[str, float] = field(default_factory=dict)
+    norms: Sequence[str] = ("Linf", "L2", "L1")
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise TorchRobustError(f"unknown PSAT training strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        needed = [self.strategy] if self.strategy in ("Linf", "L2", "L1") else (
+            [] if self.strategy == "natural" else list(self.norms))
+        missing = [n for n in needed if n not in self.eps]
+        if missing:
+            raise TorchRobustError(f"no eps for threat model(s) {missing}; pass eps={{'Linf': 0.3, ...}}")
+        self._cfgs = {n: PGDConfig(n, float(self.eps[n]), int(self.steps.get(n, 10)), self.alpha.get(n))
+                      for n in needed}
+
+    def configs(self) -> dict[str, PGDConfig]:
+        return dict(self._cfgs)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
+        s = self.strategy
+        if s == "natural":
+            return [x]
+        if s in ("Linf", "L2", "L1"):
+            return [pgd(model, x, y, self._cfgs[s])]
+        singles = [lambda m, a, b, c=c: pgd(m, a, b, c) for c in self._cfgs.values()]
+        if s == "max":
+            return [worst_of(model, x, y, singles)]
+        if s == "avg":
+            return [f(model, x, y) for f in singles]
+        msd_cfgs = [PGDConfig(c.threat, c.eps, c.steps, self.msd_alpha.get(n, c.step_size()))
+                    for n, c in self._cfgs.items()]
+        return [msd(model, x, y, msd_cfgs, steps=self.msd_steps)]

@@ -1,0 +1,164 @@
+"""The PSAT aggregate: one member per ℓp threat model, lowest-entropy selection (PSAT Eq. 12).
+
+``F(x) = f_{p*}(x)`` with ``p* = argmin_p H(softmax f_p(x))`` and ``H(q) = -Σ_k q_k log q_k``, chosen per input;
+the alternative ``"average"`` strategy (PSAT Table 4) averages the members' *probabilities* and returns their
+log (so the output's softmax is the averaged probability vector — a valid logit vector).
+
+**Differentiability.** The selection is made with ``argmin`` and applied with ``gather``, so the output is
+differentiable w.r.t. the input through the selected member's logits; the selection itself is piecewise
+constant in ``x`` (its gradient is zero almost everywhere and undefined on the switching surfaces). An
+end-to-end attack therefore never "sees" that moving ``x`` could switch to a weaker member — which is why
+:func:`adaptive_attack` also attacks every member on its own and keeps, per example, the candidate that does
+most damage to the aggregate (notes §1.1, "evaluating the aggregate").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchrobust.errors import TorchRobustError
+
+__all__ = ["PSATEnsemble", "adaptive_attack", "canonical_threat", "THREATS", "prediction_entropy"]
+
+#: Member names: the three ℓp threat models of PSAT, plus ``"natural"`` for the standard-training member of
+#: the paper's member analysis (Table 3).
+THREATS = ("Linf", "L2", "L1", "natural")
+_ALIASES = {"linf": "Linf", "l_inf": "Linf", "inf": "Linf", "l2": "L2", "l1": "L1", "natural": "natural",
+            "nat": "natural", "clean": "natural", "standard": "natural"}
+Strategy = Literal["entropy", "average"]
+AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def canonical_threat(name: str) -> str:
+    """Normalise a threat-model name (``"linf"`` → ``"Linf"``); unknown names raise."""
+    key = str(name).lower()
+    if key not in _ALIASES:
+        raise TorchRobustError(f"unknown threat model {name!r} for a PSAT member; valid: {', '.join(THREATS)}")
+    return _ALIASES[key]
+
+
+def prediction_entropy(logits: Tensor) -> Tensor:
+    """Shannon entropy of ``softmax(logits)`` over the last dimension (the quantity minimised in Eq. 12)."""
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+class PSATEnsemble(nn.Module):
+    """Aggregate of per-threat-model members (PSAT Eq. 10) with lowest-entropy (Eq. 12) or average output.
+
+    Args:
+        members: mapping threat name (``"Linf"``, ``"L2"``, ``"L1"``, optionally ``"natural"``) → model.
+        strategy: ``"entropy"`` (paper) or ``"average"`` (Table 4's alternative).
+        input_shape: ``(C, H, W)`` of a probe input used to check that all members output the same number
+            of classes; by default the members' ``input_shape`` attribute if they have one.
+        check_architecture: require the members to share a class and parameter shapes (PSAT aggregates
+            members of one backbone; set ``False`` to aggregate arbitrary models).
+
+    Ties in entropy go to the first member in ``members`` order.
+    """
+
+    def __init__(self, members: Mapping[str, nn.Module], strategy: Strategy = "entropy",
+                 input_shape: tuple[int, ...] | None = None, check_architecture: bool = True) -> None:
+        super().__init__()
+        if not members:
+            raise TorchRobustError("PSATEnsemble needs at least one member; pass e.g. {'Linf': m1, 'L2': m2}")
+        if strategy not in ("entropy", "average"):
+            raise TorchRobustError(f"unknown PSAT strategy {strategy!r}; valid: average, entropy")
+        names = [canonical_threat(k) for k in members]
+        if len(set(names)) != len(names):
+            raise TorchRobustError(f"duplicate threat models among members {list(members)}; give one per threat")
+        self.members = nn.ModuleDict(dict(zip(names, members.values(), strict=True)))
+        self.strategy: Strategy = strategy
+        mods = list(self.members.items())
+        if check_architecture:
+            ref_name, ref = mods[0]
+            ref_shapes = [tuple(p.shape) for p in ref.parameters()]
+            for name, m in mods[1:]:
+                if type(m) is not type(ref) or [tuple(p.shape) for p in m.parameters()] != ref_shapes:
+                    raise TorchRobustError(
+                        f"members differ in architecture: {name!r} is not the same backbone as {ref_name!r}; "
+                        "train every member on one backbone (or pass check_architecture=False)")
+        shape = input_shape or getattr(mods[0][1], "input_shape", None)
+        if shape is not None:
+            p = next(iter(mods[0][1].parameters()), None)
+            probe = torch.zeros(1, *shape, device=p.device if p is not None else None,
+                                dtype=p.dtype if p is not None else None)
+            was = [m.training for _, m in mods]
+            with torch.no_grad():
+                for _, m in mods:
+                    m.eval()
+                outs = {n: m(probe).shape[-1] for n, m in mods}
+            for (_, m), t in zip(mods, was, strict=True):
+                m.train(t)
+            if len(set(outs.values())) > 1:
+                raise TorchRobustError(f"members output different numbers of classes {outs}; "
+                                       "use members trained on the same label set")
+
+    @property
+    def threats(self) -> list[str]:
+        """Member threat names, in order."""
+        return list(self.members.keys())
+
+    def member_logits(self, x: Tensor) -> Tensor:
+        """Stacked logits of all members, shape ``(M, B, C)``."""
+        outs = [m(x) for m in self.members.values()]
+        if len({o.shape for o in outs}) > 1:
+            raise TorchRobustError(f"members returned different output shapes {[tuple(o.shape) for o in outs]}; "
+                                   "use members trained on the same label set")
+        return torch.stack(outs, 0)
+
+    def forward_with_selection(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Logits and, for ``"entropy"``, the index of the selected member per input (``None`` for average)."""
+        logits = self.member_logits(x)
+        if self.strategy == "average":
+            return torch.logsumexp(F.log_softmax(logits, -1), 0) - torch.log(
+                torch.tensor(float(logits.shape[0]), dtype=logits.dtype, device=logits.device)), None
+        idx = prediction_entropy(logits.detach()).argmin(0)  # (B,), piecewise constant in x
+        out = logits.gather(0, idx.view(1, -1, 1).expand(1, *logits.shape[1:])).squeeze(0)
+        return out, idx
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_selection(x)[0]
+
+    def selected(self, x: Tensor) -> list[str]:
+        """Name of the member chosen for each input (entropy strategy)."""
+        with torch.no_grad():
+            _, idx = self.forward_with_selection(x)
+        if idx is None:
+            raise TorchRobustError("selection is only defined for strategy='entropy'")
+        return [self.threats[i] for i in idx.tolist()]
+
+
+def adaptive_attack(ensemble: PSATEnsemble, attack: AttackFn, x: Tensor, y: Tensor,
+                    return_source: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Per-example worst of an end-to-end attack on the aggregate and of the same attack on each member.
+
+    ``attack(model, x, y) -> x_adv`` is run on the ensemble itself (source 0) and on each member alone
+    (sources 1..M, in ``ensemble.threats`` order). Every candidate is scored on the *aggregate*: per example
+    we keep the first candidate that makes the aggregate misclassify, else the one with the highest
+    aggregate cross-entropy. All candidates lie in the attack's ball, so the result does too.
+
+    Returns ``x_adv`` (and, with ``return_source``, the source index per example).
+    """
+    models: list[nn.Module] = [ensemble, *ensemble.members.values()]
+    best = x.clone()
+    source = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
+    for s, model in enumerate(models):
+        cand = attack(model, x, y).detach()
+        with torch.no_grad():
+            out = ensemble(cand)
+            loss = F.cross_entropy(out, y, reduction="none").to(best_loss.dtype)
+            fooled = out.argmax(-1) != y
+        better = ~best_fooled & (fooled | (loss > best_loss))
+        best[better] = cand[better]
+        source[better] = s
+        best_loss = torch.where(better, loss, best_loss)
+        best_fooled |= fooled
+    return (best, source) if return_source else best

@@ -1,0 +1,137 @@
+"""Evaluate PSAT members, the aggregate and the multi-norm baselines into one PSAT Table 1-style table.
+
+:func:`evaluate` is the CLI entry point: it loads the checkpoints written by
+:func:`~torchrobust.psat.train.train_members` / :func:`~torchrobust.psat.train.train_baselines` from a directory
+(or explicit paths), attacks each model with PGD per norm (restarts, best iterate kept) on the first ``n_test``
+test images, and returns :class:`~torchrobust.psat.metrics.MultiNormRow` rows; :func:`write_tables` writes them as
+Markdown, CSV, LaTeX and JSON. The aggregate is attacked adaptively (end to end + each member, per-example worst).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from torchrobust.errors import TorchRobustError
+from torchrobust.psat import models as psat_models
+from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, pgd
+from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
+from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_table
+from torchrobust.psat.train import _tensors, load_member, member_path
+
+__all__ = ["evaluate", "write_tables", "pgd_attacks", "EVAL_STEPS", "EVAL_ALPHA"]
+
+log = logging.getLogger(__name__)
+AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+#: robust_union's MNIST evaluation attacks (ℓ∞ 50 steps α 0.01, ℓ2 100 steps α 0.1, ℓ1 50 steps; 10 restarts).
+EVAL_STEPS: dict[str, int] = {"Linf": 50, "L2": 100, "L1": 50}
+EVAL_ALPHA: dict[str, float] = {"Linf": 0.01, "L2": 0.1}
+
+
+def pgd_attacks(eps: Mapping[str, float], steps: Mapping[str, int] | None = None,
+                alpha: Mapping[str, float] | None = None, restarts: int = 10) -> dict[str, AttackFn]:
+    """PGD per norm (best iterate over steps and restarts, random starts) as ``attack(model, x, y)``."""
+    steps = dict(EVAL_STEPS if steps is None else steps)
+    alpha = dict(EVAL_ALPHA if alpha is None else alpha)
+    out: dict[str, AttackFn] = {}
+    for k in NORMS:
+        cfg = PGDConfig(k, float(eps[k]), int(steps.get(k, EVAL_STEPS[k])), alpha.get(k), restarts=restarts)
+        out[k] = lambda m, x, y, cfg=cfg: pgd(m, x, y, cfg)
+    return out
+
+
+def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+             data: Dataset | tuple[Tensor, Tensor] | None = None, n_test: int = 1000,
+             eps: Mapping[str, float] | None = None,
+             steps: Mapping[str, int] | None = None, alpha: Mapping[str, float] | None = None, restarts: int = 10,
+             threats: Sequence[str] = ("Linf", "L2", "L1"), strategies: Sequence[Strategy] = ("entropy",),
+             members: bool = True, baselines: Sequence[str] | None = None,
+             attacks: Mapping[str, AttackFn] | None = None, batch_size: int = 250,
+             device: str | torch.device = "cpu", dataset: str = "mnist") -> list[MultiNormRow]:
+    """Evaluate a PSAT run.
+
+    Args:
+        source: the ``out_dir`` of :func:`train_members` (baselines ``AT_*.safetensors`` found there are
+            evaluated too), or a mapping row name → checkpoint path where names that are threat models
+            (``Linf``/``L2``/``L1``) are PSAT members and any other name is a baseline.
+        data: test set (default: ``torchrobust.data.load(dataset, "test")``); the first ``n_test`` are used.
+        eps, steps, alpha, restarts: attack budgets and PGD settings per norm (defaults: MNIST,
+            :data:`EVAL_STEPS`, :data:`EVAL_ALPHA`, 10 restarts — robust_union's evaluation).
+        strategies: aggregate rows to report (``"entropy"``, ``"average"``).
+        members: also report each member alone (PSAT Table 3's member analysis).
+        baselines: names of baselines to include (default: all ``AT_*`` checkpoints in ``source``).
+        attacks: override the attacks (``threat -> attack(model, x, y)``), e.g. ``torchrobust.attacks.PGD``.
+    """
+    eps = dict(eps or MNIST_BUDGETS)
+    if isinstance(source, Mapping):
+        member_paths = {canonical_threat(k): Path(v) for k, v in source.items() if k.lower() in
+                        ("linf", "l2", "l1", "natural")}
+        base_paths = {k: Path(v) for k, v in source.items() if k.lower() not in ("linf", "l2", "l1", "natural")}
+    else:
+        root = Path(source)
+        if not root.is_dir():
+            raise TorchRobustError(f"PSAT run directory not found: {root}; pass the out_dir of train_members")
+        member_paths = {canonical_threat(t): member_path(root, canonical_threat(t)) for t in threats}
+        member_paths = {k: p for k, p in member_paths.items() if p.is_file()}
+        names = baselines if baselines is not None else sorted(p.stem for p in root.glob("AT_*.safetensors"))
+        base_paths = {n: member_path(root, n) for n in names}
+    if not member_paths and not base_paths:
+        raise TorchRobustError(f"no PSAT member or baseline checkpoints found in {source}; run train_members first")
+    if data is None:
+        from torchrobust import data as tr_data
+
+        data = tr_data.load(dataset, "test")
+    x, y = _tensors(data)
+    x, y = x[:n_test], y[:n_test]
+    atk = dict(attacks) if attacks is not None else pgd_attacks(eps, steps, alpha, restarts)
+    rows: list[MultiNormRow] = []
+    loaded = {k: load_member(p, device) for k, p in member_paths.items()}
+    plain_params: int | None = None
+    if loaded:
+        first = next(iter(loaded.values()))
+        plain_params = psat_models.count_parameters(psat_models.plain_counterpart(first))
+
+    def saving(p: int) -> float | None:
+        return None if plain_params is None else 1.0 - p / plain_params
+
+    if members:
+        for k, m in loaded.items():
+            p = psat_models.count_parameters(m)
+            log.info("evaluating member %s", k)
+            rows.append(evaluate_multi_norm(f"H_{k}", m, x, y, atk, eps, batch_size, params=p, saving=saving(p)))
+    if len(loaded) > 1:
+        for s in strategies:
+            ens = PSATEnsemble(loaded, strategy=s)
+            p = psat_models.count_parameters(ens)
+            log.info("evaluating PSAT aggregate (%s)", s)
+            rows.append(evaluate_multi_norm(f"PSAT ({s})", ens, x, y, atk, eps, batch_size, params=p,
+                                            saving=saving(p)))
+    for name, path in base_paths.items():
+        m = load_member(path, device)
+        p = psat_models.count_parameters(m)
+        log.info("evaluating baseline %s", name)
+        base_plain = psat_models.count_parameters(psat_models.plain_counterpart(m))
+        rows.append(evaluate_multi_norm(name, m, x, y, atk, eps, batch_size, params=p, saving=1.0 - p / base_plain))
+    return rows
+
+
+def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],
+                 stem: str = "psat_table") -> dict[str, Path]:
+    """Write ``rows`` as ``<stem>.md``, ``.csv``, ``.tex`` and ``.json`` in ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
+        paths[ext] = out / f"{stem}.{ext}"
+        paths[ext].write_text(format_table(rows, fmt))
+    paths["json"] = out / f"{stem}.json"
+    paths["json"].write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+    return paths

@@ -1,0 +1,172 @@
+"""Multi-perturbation metrics and PSAT Table 1-style tables (Markdown / CSV / LaTeX).
+
+Columns (notes §1.5, verified arithmetic on PSAT Table 1):
+
+* ``clean`` — clean accuracy.
+* ``Linf``, ``L2``, ``L1`` — accuracy under each attack.
+* ``max`` — the paper's ``Acc^max``: per example the adversarial example **with the highest loss** among the
+  three attacks (robust_union ``pgd_worst_dir``), then its accuracy. This can exceed ``min(Linf, L2, L1)``
+  (the paper's PSAT row: 40.78 > 40.33), because the highest-loss example can still be classified correctly.
+* ``union`` — strict union (MSD's "all attacks"; Carlini et al.'s per-example min over attacks): correct only
+  if clean and every attack fail to fool the model. Always ≤ every per-norm column. Not in the paper.
+* ``avg`` — ``mean(Linf, L2, L1)`` (``Acc^avg``).
+* ``trade_off`` — mean of the six paper columns ``(clean, Linf, L2, L1, max, avg)``; reproduces all 27 rows of
+  PSAT Table 1 to 0.01. It uses the paper's ``max``, not ``union``.
+* ``params``, ``saving`` — parameter count and ``1 - params / plain`` (negative = more parameters).
+
+Every adversarial example is checked to lie in its ε-ball ∩ [0, 1] (hard error otherwise). For a
+:class:`~torchrobust.psat.aggregate.PSATEnsemble` the attack is adaptive by default
+(:func:`~torchrobust.psat.aggregate.adaptive_attack`: end to end plus each member alone, per-example worst).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchrobust.attacks.threat import get_threat
+from torchrobust.errors import TorchRobustError
+from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack
+
+__all__ = ["MultiNormRow", "evaluate_multi_norm", "format_table", "trade_off", "NORMS"]
+
+NORMS = ("Linf", "L2", "L1")
+AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+_LABELS = {"Linf": "ℓ∞", "L2": "ℓ2", "L1": "ℓ1"}
+_TEX = {"Linf": r"$\ell_\infty$", "L2": r"$\ell_2$", "L1": r"$\ell_1$"}
+
+
+def trade_off(clean: float, linf: float, l2: float, l1: float, acc_max: float, acc_avg: float) -> float:
+    """PSAT's ``Acc_trade-off``: the mean of the six Table 1 columns."""
+    return (clean + linf + l2 + l1 + acc_max + acc_avg) / 6.0
+
+
+@dataclass
+class MultiNormRow:
+    """One table row; accuracies are fractions in [0, 1]."""
+
+    name: str
+    clean: float
+    per_norm: dict[str, float]
+    max_loss: float
+    union: float
+    n: int
+    params: int | None = None
+    saving: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def avg(self) -> float:
+        return sum(self.per_norm[k] for k in NORMS) / len(NORMS)
+
+    @property
+    def trade_off(self) -> float:
+        p = self.per_norm
+        return trade_off(self.clean, p["Linf"], p["L2"], p["L1"], self.max_loss, self.avg)
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d.update(avg=self.avg, trade_off=self.trade_off)
+        return d
+
+
+def evaluate_multi_norm(name: str, model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, AttackFn],
+                        eps: Mapping[str, float], batch_size: int = 250, adaptive: bool = True,
+                        params: int | None = None, saving: float | None = None) -> MultiNormRow:
+    """Clean, per-norm, loss-selected max, union accuracies of ``model`` on ``(x, y)``.
+
+    ``attacks`` maps each of ``Linf``/``L2``/``L1`` to ``attack(model, x, y) -> x_adv``; ``eps`` gives the
+    budgets used for the membership check. ``adaptive``: for a :class:`PSATEnsemble`, use
+    :func:`adaptive_attack` (otherwise the attack runs end to end only).
+    """
+    missing = [k for k in NORMS if k not in attacks or k not in eps]
+    if missing:
+        raise TorchRobustError(f"evaluate_multi_norm needs an attack and an eps for {missing}; "
+                               "pass attacks/eps for Linf, L2 and L1")
+    was = model.training
+    model.eval()
+    dev = next((p.device for p in model.parameters()), x.device)
+    clean_ok, adv_ok, adv_loss = [], {k: [] for k in NORMS}, {k: [] for k in NORMS}
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        with torch.no_grad():
+            clean_ok.append(model(xb).argmax(-1) == yb)
+        for k in NORMS:
+            if adaptive and isinstance(model, PSATEnsemble):
+                xa = adaptive_attack(model, attacks[k], xb, yb)
+            else:
+                xa = attacks[k](model, xb, yb)
+            inside = get_threat(k, eps[k]).contains(xa, xb)
+            if not bool(inside.all()):
+                raise TorchRobustError(f"{k} attack returned {int((~inside).sum())} example(s) outside the "
+                                       f"eps={eps[k]} ball or [0, 1]; fix the attack")
+            with torch.no_grad():
+                out = model(xa)
+            adv_ok[k].append(out.argmax(-1) == yb)
+            adv_loss[k].append(F.cross_entropy(out, yb, reduction="none"))
+    model.train(was)
+    c = torch.cat(clean_ok)
+    ok = torch.stack([torch.cat(adv_ok[k]) for k in NORMS])
+    loss = torch.stack([torch.cat(adv_loss[k]) for k in NORMS])
+    pick = loss.argmax(0)
+    max_ok = ok.gather(0, pick.view(1, -1)).squeeze(0)
+    union = c & ok.all(0)
+    n = len(c)
+    return MultiNormRow(name, c.float().mean().item(), {k: ok[j].float().mean().item() for j, k in enumerate(NORMS)},
+                        max_ok.float().mean().item(), union.float().mean().item(), n, params, saving)
+
+
+_COLS = ("clean", "Linf", "L2", "L1", "max", "union", "avg", "trade_off")
+
+
+def _values(r: MultiNormRow) -> list[float]:
+    return [r.clean, r.per_norm["Linf"], r.per_norm["L2"], r.per_norm["L1"], r.max_loss, r.union, r.avg, r.trade_off]
+
+
+def _fmt_params(p: int | None) -> str:
+    return "–" if p is None else f"{p / 1e6:.3f}M"
+
+
+def _fmt_saving(s: float | None) -> str:
+    if s is None or math.isnan(s):
+        return "–"
+    return f"↓{s * 100:.2f}%" if s >= 0 else f"↑{-s * 100:.2f}%"
+
+
+def format_table(rows: Sequence[MultiNormRow], fmt: str = "markdown", digits: int = 2) -> str:
+    """PSAT Table 1-style table in ``"markdown"``, ``"csv"`` or ``"latex"`` (accuracies in %)."""
+    if fmt not in ("markdown", "csv", "latex"):
+        raise TorchRobustError(f"unknown table format {fmt!r}; valid: csv, latex, markdown")
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["method", *_COLS, "params", "saving", "n"])
+        for r in rows:
+            w.writerow([r.name, *(f"{v * 100:.{digits}f}" for v in _values(r)), r.params if r.params is not None
+                        else "", f"{r.saving * 100:.2f}" if r.saving is not None else "", r.n])
+        return buf.getvalue()
+    if fmt == "markdown":
+        head = ["Method", "Clean", "ℓ∞", "ℓ2", "ℓ1", "Max (loss)", "Union", "Avg", "Trade-off", "# Params", "Saving"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            vals = [f"{v * 100:.{digits}f}" for v in _values(r)]
+            lines.append("| " + " | ".join([r.name, *vals, _fmt_params(r.params), _fmt_saving(r.saving)]) + " |")
+        return "\n".join(lines) + "\n"
+    head = ["Method", r"Acc$_{clean}$", f"Acc {_TEX['Linf']}", f"Acc {_TEX['L2']}", f"Acc {_TEX['L1']}",
+            r"Acc$^{max}$", r"Acc$^{union}$", r"Acc$^{avg}$", r"Acc$_{trade\text{-}off}$", r"\# Params", "Saving"]
+    lines = [r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule", " & ".join(head) + r" \\",
+             r"\midrule"]
+    for r in rows:
+        vals = [f"{v * 100:.{digits}f}\\%" for v in _values(r)]
+        sav = _fmt_saving(r.saving).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$").replace("%", r"\%")
+        name = r.name.replace("_", r"\_")
+        lines.append(" & ".join([name, *vals, _fmt_params(r.params), sav]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
