@@ -1,0 +1,526 @@
+"""Empirical Lipschitz constants of the linear maps behind forged thresholds, and of the whole network.
+
+Chen, Chen, Chung & Lee, arXiv 2406.19622:
+
+* Eq. 5: the global Lipschitz constant of a linear map ``x -> W x`` under L2 is ``sigma_max(W)``. We compute it
+  exactly (SVD) for ``nn.Linear`` and by power iteration on ``W^T W`` for ``nn.Conv2d``, where ``W`` is the
+  convolution as a linear operator on the layer's actual input shape (forward = ``conv2d`` without bias,
+  adjoint = ``conv_transpose2d``). Power iteration converges from below: the reported value is a lower bound
+  of the true norm that is tight to ``tol`` after convergence.
+* Definition 1 (Eq. 8): the *empirical* Lipschitz constant ``max_{x in S} ||W x|| / ||x||`` over observed inputs
+  ``x`` of the layer (norms per example, over all of its coordinates). We report it on the inputs before the
+  forged function (``emp_before``) and after it (``emp_after``).
+* Lemma 2 (Eqs. 10-12): zeroing input coordinates replaces ``A = W^T W`` by ``A'`` with those columns zeroed; its
+  largest eigenvalue ``sigma_max(W D_x)^2`` (``D_x`` = the 0/1 mask of kept coordinates of input ``x``) is at most
+  ``sigma_max(W)^2``. We check this per example (``masked_sigma_max`` <= ``sigma_max``) and, for linear layers,
+  also the Gershgorin-disc bound the paper's proof uses (``max_i a_ii + sum_{j != i} |a_ij|`` for ``A`` and
+  ``A D_x``).
+
+Note on what Lemma 2 does and does not say: it bounds the *worst case over directions* of the masked map;
+it does not imply ``emp_after <= emp_before`` for a finite data set (the ratio of a particular masked input can
+grow or shrink). Both are reported, next to each other, and ``emp_reduced`` says which way the data went.
+
+The network-level estimate is local: ``||f(x + delta) - f(x)||_2 / ||delta||_2`` on logits for attack-found
+``delta`` (:func:`local_lipschitz`), reported for the forged model and for the same model with ``c_r = 0``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchrobust.errors import TorchRobustError
+from torchrobust.nn.forged import Forged, PreForged
+
+__all__ = [
+    "linear_part",
+    "linear_adjoint",
+    "spectral_norm",
+    "masked_spectral_norm",
+    "gershgorin_bound",
+    "empirical_lipschitz",
+    "local_lipschitz",
+    "LipschitzReport",
+    "lipschitz_report",
+]
+
+
+# ---------------------------------------------------------------------------------------------- operators
+def _check_layer(layer: nn.Module) -> nn.Module:
+    if isinstance(layer, PreForged):
+        layer = layer.layer
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        raise TorchRobustError(f"expected an nn.Linear or nn.Conv2d layer, got {type(layer).__name__}")
+    return layer
+
+
+def linear_part(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``W x``: the layer applied without its bias (Eq. 4: the bias cancels in ``f(x + delta) - f(x)``)."""
+    layer = _check_layer(layer)
+    w = layer.weight if weight is None else weight
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, w)
+    assert isinstance(layer, nn.Conv2d)
+    return layer._conv_forward(x, w, None)
+
+
+def linear_adjoint(layer: nn.Module, y: torch.Tensor, input_shape: Sequence[int],
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``W^T y`` for a batch ``y`` of outputs; ``input_shape`` is the per-example input shape.
+
+    Linear: ``y @ W``. Conv2d with zero padding: ``conv_transpose2d`` with the output padding that restores
+    ``input_shape``; other padding modes: the vector-Jacobian product of :func:`linear_part` (exact as well).
+    """
+    layer = _check_layer(layer)
+    w = layer.weight if weight is None else weight
+    if isinstance(layer, nn.Linear):
+        return y @ w
+    assert isinstance(layer, nn.Conv2d)
+    if layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+        out_pad = []
+        for d in range(2):
+            size = input_shape[-2 + d]
+            base = ((y.shape[-2 + d] - 1) * layer.stride[d] - 2 * layer.padding[d]
+                    + layer.dilation[d] * (layer.kernel_size[d] - 1) + 1)
+            out_pad.append(size - base)
+        if all(0 <= p < max(layer.stride[d], layer.dilation[d]) for d, p in enumerate(out_pad)):
+            return F.conv_transpose2d(y, w, None, layer.stride, layer.padding, tuple(out_pad), layer.groups,
+                                      layer.dilation)
+    x0 = torch.zeros((y.shape[0], *input_shape), dtype=y.dtype, device=y.device, requires_grad=True)
+    with torch.enable_grad():
+        out = linear_part(layer, x0, w)
+        (grad,) = torch.autograd.grad(out, x0, grad_outputs=y)
+    return grad
+
+
+def _power_iteration(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    adjoint: Callable[[torch.Tensor], torch.Tensor],
+    shape: Sequence[int],
+    n_iter: int,
+    tol: float,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    mask: torch.Tensor | None = None,
+) -> float:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn((1, *shape), generator=gen, dtype=dtype).to(device)
+    if mask is not None:
+        v = v * mask
+    norm = v.norm()
+    if norm == 0:
+        return 0.0
+    v = v / norm
+    sigma = 0.0
+    for _ in range(n_iter):
+        u = apply(v)
+        new_sigma = float(u.norm())
+        v = adjoint(u)
+        if mask is not None:
+            v = v * mask
+        vn = v.norm()
+        if vn == 0 or new_sigma == 0:
+            return 0.0
+        v = v / vn
+        if abs(new_sigma - sigma) <= tol * max(new_sigma, 1e-30):
+            sigma = new_sigma
+            break
+        sigma = new_sigma
+    return float(apply(v).norm())
+
+
+def spectral_norm(layer: nn.Module, input_shape: Sequence[int] | None = None, n_iter: int = 1000,
+                  tol: float = 1e-10, seed: int = 0) -> float:
+    """``sigma_max(W)`` of a Linear (exact, SVD) or Conv2d layer (power iteration on ``input_shape`` = (C, H, W)).
+
+    Computed in float64. The convolution's norm depends on the input size, stride and padding, so
+    ``input_shape`` is required for convolutions.
+    """
+    layer = _check_layer(layer)
+    w = layer.weight.detach().double()
+    if isinstance(layer, nn.Linear):
+        return float(torch.linalg.matrix_norm(w, ord=2))
+    if input_shape is None:
+        raise TorchRobustError("spectral_norm of a Conv2d needs input_shape=(C, H, W); the operator norm depends "
+                               "on the input size")
+    shape = tuple(int(s) for s in input_shape)
+    return _power_iteration(lambda v: linear_part(layer, v, w),
+                            lambda u: linear_adjoint(layer, u, shape, w), shape, n_iter, tol, torch.float64,
+                            w.device, seed)
+
+
+def masked_spectral_norm(layer: nn.Module, mask: torch.Tensor, n_iter: int = 1000, tol: float = 1e-10,
+                         seed: int = 0) -> float:
+    """``sigma_max(W D)`` with ``D = diag(mask)`` over one example's input coordinates (Lemma 2's ``A'``).
+
+    ``mask`` has the per-example input shape (``(F,)`` or ``(T, F)`` for Linear; ``(C, H, W)`` for Conv2d).
+    Linear: exact, ``max_t sigma_max(W[:, mask_t])`` over token rows. Conv2d: power iteration of
+    ``D W^T W D``.
+    """
+    layer = _check_layer(layer)
+    w = layer.weight.detach().double()
+    m = mask.detach().to(device=w.device, dtype=torch.bool)
+    if isinstance(layer, nn.Linear):
+        rows = m.reshape(-1, m.shape[-1])
+        best = 0.0
+        for pattern in torch.unique(rows, dim=0):
+            if pattern.any():
+                best = max(best, float(torch.linalg.matrix_norm(w[:, pattern], ord=2)))
+        return best
+    shape = tuple(m.shape)
+    md = m.to(torch.float64).unsqueeze(0)
+    return _power_iteration(lambda v: linear_part(layer, v * md, w),
+                            lambda u: linear_adjoint(layer, u, shape, w) * md, shape, n_iter, tol, torch.float64,
+                            w.device, seed, mask=md)
+
+
+def gershgorin_bound(layer: nn.Module, mask: torch.Tensor | None = None) -> float:
+    """Gershgorin bound ``max_i (a_ii d_i + sum_{j != i} |a_ij| d_j)`` on ``lambda_max(A D)``, ``A = W^T W``.
+
+    The quantity the paper's proof of Lemma 2 shrinks (Theorem 1, Eq. 12). Linear layers only (for a Conv2d
+    ``A`` is too large to form); ``mask`` is ``(F,)`` or ``(T, F)`` (max over token rows), ``None`` = all kept.
+    """
+    layer = _check_layer(layer)
+    if not isinstance(layer, nn.Linear):
+        raise TorchRobustError("gershgorin_bound needs an nn.Linear layer (A = W^T W is not formed for convs)")
+    w = layer.weight.detach().double()
+    a = w.T @ w
+    if mask is None:
+        rows = torch.ones(1, a.shape[0], dtype=torch.bool, device=a.device)
+    else:
+        rows = mask.detach().to(a.device, torch.bool).reshape(-1, a.shape[0])
+    absa = a.abs()
+    diag = torch.diagonal(a)
+    best = -math.inf
+    for pattern in torch.unique(rows, dim=0):
+        d = pattern.to(a.dtype)
+        # row i of A D: diagonal a_ii d_i, off-diagonal |a_ij| d_j
+        radius = absa @ d - diag.abs() * d
+        best = max(best, float((diag * d + radius).max()))
+    return best
+
+
+# ---------------------------------------------------------------------------------------------- data level
+def _ratios(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-example ``||W x|| / ||x||`` (NaN where ``x = 0``)."""
+    with torch.no_grad():
+        xd = x.detach().double()
+        wx = linear_part(layer, xd, layer.weight.detach().double())
+        num = wx.flatten(1).norm(dim=1)
+        den = xd.flatten(1).norm(dim=1)
+        return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(den, math.nan))
+
+
+def _nanmax(t: torch.Tensor) -> float:
+    t = t[~torch.isnan(t)]
+    return float(t.max()) if t.numel() else math.nan
+
+
+def _iter_x(data: Any, n: int | None, batch_size: int) -> Iterator[torch.Tensor]:
+    from torchrobust.forge import _batches
+
+    batches, _ = _batches(data, batch_size, None)
+    seen = 0
+    for x in batches:
+        if n is not None:
+            if seen >= n:
+                break
+            x = x[: n - seen]
+        seen += x.shape[0]
+        yield x
+
+
+@dataclass
+class _LayerStats:
+    name: str
+    layer: nn.Module
+    forged: Forged | None
+    input_shape: tuple[int, ...] | None = None
+    before: list[torch.Tensor] = field(default_factory=list)
+    after: list[torch.Tensor] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)
+    zeroed: int = 0
+    total: int = 0
+
+
+def _targets(model: nn.Module, layers: Sequence[str] | None) -> list[tuple[str, nn.Module, Forged | None]]:
+    out: list[tuple[str, nn.Module, Forged | None]] = []
+    mods = dict(model.named_modules())
+    if layers is None:
+        for name, m in mods.items():
+            if isinstance(m, PreForged):
+                out.append((name, m.layer, m.forged))
+        if not out:
+            raise TorchRobustError("the model has no forged layers; pass layers=[...] (Linear/Conv2d names) or "
+                                   "forge it first")
+        return out
+    for name in layers:
+        m = mods.get(name)
+        if isinstance(m, PreForged):
+            out.append((name, m.layer, m.forged))
+        elif isinstance(m, (nn.Linear, nn.Conv2d)):
+            out.append((name, m, None))
+        else:
+            raise TorchRobustError(f"layer {name!r} is not a Linear/Conv2d (or forged) layer of the model")
+    return out
+
+
+def empirical_lipschitz(
+    model: nn.Module,
+    data: Any,
+    layers: Sequence[str] | None = None,
+    n: int | None = 512,
+    batch_size: int = 128,
+    lemma2_samples: int = 4,
+    n_iter: int = 1000,
+    tol: float = 1e-10,
+    rtol: float = 1e-4,
+) -> list[dict[str, Any]]:
+    """Per-layer Definition 1 before/after forging, ``sigma_max(W)``, and the Lemma 2 check on observed data.
+
+    Args:
+        model: a forged model (``layers=None`` uses every forged layer) or any model with ``layers`` given.
+        data: inputs (tensor, ``(x, y)``, Dataset or DataLoader); the first ``n`` examples are used.
+        lemma2_samples: examples per layer for the exact masked-norm check (power iteration per example for
+            convolutions, so keep it small for big models).
+        rtol: relative tolerance of the Lemma 2 comparison (power iteration converges from below).
+
+    Returns one dict per layer: ``name``, ``kind``, ``input_shape``, ``sigma_max``, ``emp_before``,
+    ``emp_after``, ``emp_reduced``, ``masked_sigma_max``, ``lemma2_holds``, ``gershgorin_before``,
+    ``gershgorin_after`` (linear layers; NaN for convs), ``zero_fraction``.
+    """
+    targets = _targets(model, layers)
+    stats = [_LayerStats(name, layer, forged) for name, layer, forged in targets]
+    handles = []
+
+    def pre_hook(st: _LayerStats) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0]
+            if st.input_shape is None:
+                st.input_shape = tuple(x.shape[1:])
+            st.before.append(_ratios(st.layer, x).cpu())
+            if st.forged is not None:
+                t = st.forged._broadcast((st.forged.c_r * st.forged.b).to(x.dtype), x)
+                kept = x.abs() > t
+                fx = x * kept
+                st.after.append(_ratios(st.layer, fx).cpu())
+                st.zeroed += int(((~kept) & (x != 0)).sum())
+                st.total += x.numel()
+                take = lemma2_samples - sum(mk.shape[0] for mk in st.masks)
+                if take > 0:
+                    st.masks.append(kept[:take].cpu())
+
+        return hook
+
+    for st, (name, _, _) in zip(stats, targets, strict=True):
+        module = model.get_submodule(name)
+        handles.append(module.register_forward_pre_hook(pre_hook(st)))
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            for x in _iter_x(data, n, batch_size):
+                model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+    rows: list[dict[str, Any]] = []
+    for st in stats:
+        if st.input_shape is None:
+            raise TorchRobustError(f"layer {st.name!r} was not reached by the forward pass; check the data")
+        sigma = spectral_norm(st.layer, st.input_shape, n_iter=n_iter, tol=tol)
+        before = _nanmax(torch.cat(st.before))
+        after = _nanmax(torch.cat(st.after)) if st.after else math.nan
+        masked = math.nan
+        g_before = g_after = math.nan
+        is_linear = isinstance(st.layer, nn.Linear)
+        if is_linear:
+            g_before = gershgorin_bound(st.layer)
+        if st.masks:
+            masks = torch.cat(st.masks)
+            masked = max(masked_spectral_norm(st.layer, mk, n_iter=n_iter, tol=tol, seed=i)
+                         for i, mk in enumerate(masks))
+            if is_linear:
+                g_after = max(gershgorin_bound(st.layer, mk) for mk in masks)
+        rows.append({
+            "name": st.name,
+            "kind": "linear" if is_linear else "conv",
+            "input_shape": list(st.input_shape),
+            "sigma_max": sigma,
+            "emp_before": before,
+            "emp_after": after,
+            "emp_reduced": bool(after <= before) if not math.isnan(after) else None,
+            "masked_sigma_max": masked,
+            "lemma2_holds": bool(masked <= sigma * (1 + rtol) + 1e-12) if not math.isnan(masked) else None,
+            "gershgorin_before": g_before,
+            "gershgorin_after": g_after,
+            "zero_fraction": st.zeroed / st.total if st.total else math.nan,
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- network level
+def local_lipschitz(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """Per-example local estimate ``||f(x_adv) - f(x)||_2 / ||x_adv - x||_2`` on logits (NaN where equal)."""
+    if x.shape != x_adv.shape:
+        raise TorchRobustError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and "
+                               f"{tuple(x_adv.shape)}")
+    with torch.no_grad():
+        d_out = (model(x_adv) - model(x)).double().flatten(1).norm(dim=1)
+        d_in = (x_adv - x).double().flatten(1).norm(dim=1)
+    return torch.where(d_in > 0, d_out / d_in.clamp_min(1e-300), torch.full_like(d_in, math.nan)).cpu()
+
+
+@contextmanager
+def _c_r_zero(model: nn.Module) -> Iterator[None]:
+    mods = [m for m in model.modules() if isinstance(m, Forged)]
+    saved = [m._c_r_value for m in mods]
+    try:
+        for m in mods:
+            m.set_c_r(0.0)
+        yield
+    finally:
+        for m, c in zip(mods, saved, strict=True):
+            m.set_c_r(c)
+
+
+def _network_row(label: str, ratios: torch.Tensor) -> dict[str, Any]:
+    r = ratios[~torch.isnan(ratios)]
+    return {"model": label, "n": int(r.numel()),
+            "max": float(r.max()) if r.numel() else math.nan,
+            "mean": float(r.mean()) if r.numel() else math.nan,
+            "median": float(r.median()) if r.numel() else math.nan}
+
+
+@dataclass
+class LipschitzReport:
+    """Per-layer and network-level Lipschitz estimates of a forged model (see the module docstring)."""
+
+    layers: list[dict[str, Any]]
+    network: list[dict[str, Any]]
+    c_r: float | None = None
+
+    _LAYER_COLS = ("name", "kind", "sigma_max", "emp_before", "emp_after", "emp_reduced", "masked_sigma_max",
+                   "lemma2_holds", "gershgorin_before", "gershgorin_after", "zero_fraction")
+
+    @property
+    def lemma2_holds(self) -> bool:
+        """Whether ``sigma_max(W D_x) <= sigma_max(W)`` held for every checked layer and example."""
+        return all(r["lemma2_holds"] is not False for r in self.layers)
+
+    def to_markdown(self) -> str:
+        """Both tables as GitHub Markdown."""
+
+        def f(v: Any) -> str:
+            if v is None:
+                return "n/a"
+            if isinstance(v, bool):
+                return "yes" if v else "NO"
+            if isinstance(v, float):
+                return "n/a" if math.isnan(v) else f"{v:.4g}"
+            return str(v)
+
+        lines = ["| layer | kind | σ_max(W) | emp. before | emp. after | reduced | max σ(W D_x) | Lemma 2 | "
+                 "Gershgorin before | Gershgorin after | zeroed % |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in self.layers:
+            zf = "n/a" if math.isnan(r["zero_fraction"]) else f"{100 * r['zero_fraction']:.1f}"
+            lines.append("| " + " | ".join([f(r["name"]), f(r["kind"]), f(r["sigma_max"]), f(r["emp_before"]),
+                                             f(r["emp_after"]), f(r["emp_reduced"]), f(r["masked_sigma_max"]),
+                                             f(r["lemma2_holds"]), f(r["gershgorin_before"]),
+                                             f(r["gershgorin_after"]), zf]) + " |")
+        if self.network:
+            lines += ["", "| network (logits, attack δ) | n | max | mean | median |", "|---|---|---|---|---|"]
+            for r in self.network:
+                lines.append(f"| {r['model']} | {r['n']} | {f(r['max'])} | {f(r['mean'])} | {f(r['median'])} |")
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        """The per-layer table as CSV."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(self._LAYER_COLS), lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        for r in self.layers:
+            w.writerow(r)
+        return buf.getvalue()
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable form (NaN as ``null``)."""
+
+        def clean(v: Any) -> Any:
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        return {"c_r": self.c_r, "lemma2_holds": self.lemma2_holds,
+                "layers": [{k: clean(v) for k, v in r.items()} for r in self.layers],
+                "network": [{k: clean(v) for k, v in r.items()} for r in self.network]}
+
+    def write(self, out_dir: str | os.PathLike[str], stem: str = "lipschitz") -> dict[str, Path]:
+        """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
+        paths["md"].write_text(self.to_markdown())
+        paths["csv"].write_text(self.to_csv())
+        paths["json"].write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return paths
+
+
+def lipschitz_report(
+    model: nn.Module,
+    data: Any,
+    labels: torch.Tensor | None = None,
+    attack: Callable[..., torch.Tensor] | None = None,
+    n: int | None = 512,
+    n_attack: int = 256,
+    batch_size: int = 128,
+    lemma2_samples: int = 4,
+) -> LipschitzReport:
+    """Per-layer :func:`empirical_lipschitz` plus, when ``attack`` and ``labels`` are given, the network-level
+    :func:`local_lipschitz` on the first ``n_attack`` examples for the forged model and for ``c_r = 0``.
+
+    ``data`` must then be a tensor of inputs aligned with ``labels``. The attack is run separately on each
+    configuration (each gets its own worst-case ``delta``).
+    """
+    layers = empirical_lipschitz(model, data, n=n, batch_size=batch_size, lemma2_samples=lemma2_samples)
+    network: list[dict[str, Any]] = []
+    c_r_values = sorted({m._c_r_value for m in model.modules() if isinstance(m, Forged)})
+    if attack is not None:
+        if labels is None or not isinstance(data, torch.Tensor):
+            raise TorchRobustError("the network-level estimate needs data as a tensor and labels=...")
+        was_training = model.training
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        x, y = data[:n_attack], labels[:n_attack]
+
+        def run() -> torch.Tensor:
+            out = []
+            for i in range(0, x.shape[0], batch_size):
+                xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+                out.append(local_lipschitz(model, xb, attack(model, xb, yb).detach()))
+            return torch.cat(out)
+
+        try:
+            with _c_r_zero(model):
+                network.append(_network_row("unforged (c_r = 0)", run()))
+            label = "forged" + (f" (c_r = {c_r_values[0]:g})" if len(c_r_values) == 1 else "")
+            network.append(_network_row(label, run()))
+        finally:
+            model.train(was_training)
+    return LipschitzReport(layers=layers, network=network,
+                           c_r=c_r_values[0] if len(c_r_values) == 1 else None)
