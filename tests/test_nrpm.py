@@ -1,0 +1,357 @@
+"""Tests for the NRPM functional core and layers (Robustness Reprogramming, Algorithm 1 / Algorithm 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchrobust.errors import TorchRobustError
+from torchrobust.nn import NRPMConv2d, NRPMLinear, nrpm_conv2d, nrpm_linear
+from torchrobust.nn import nrpm as nrpm_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+D64 = torch.float64
+
+
+# ------------------------------------------------------------------------------------------------------------
+# slow, obviously-correct reference: one Python loop per output unit, Algorithm 1 (+ ε of Algorithm 2)
+# ------------------------------------------------------------------------------------------------------------
+def loop_reference_unit(a: list[float], x: list[float], lam: float, K: int, eps: float) -> float:
+    D = len(a)
+    p = [a[d] * x[d] for d in range(D)]
+    z_lpm = sum(p)
+    z = z_lpm
+    for _ in range(K):
+        w = [1.0 / (abs(p[d] - z / D) + eps) for d in range(D)]
+        tot = sum(w)
+        w = [wd / tot for wd in w]
+        z = D * sum(w[d] * p[d] for d in range(D))
+    return lam * z_lpm + (1 - lam) * z
+
+
+def loop_reference_linear(x, W, b, lam, K, eps):
+    out = torch.empty(x.shape[0], W.shape[0], dtype=D64)
+    for n in range(x.shape[0]):
+        for o in range(W.shape[0]):
+            out[n, o] = loop_reference_unit(W[o].tolist(), x[n].tolist(), lam, K, eps) + (
+                0.0 if b is None else float(b[o])
+            )
+    return out
+
+
+def loop_reference_conv(x, W, b, lam, K, eps, stride, padding, dilation, groups):
+    """Direct per-output-pixel loop over the zero-padded input (no unfold)."""
+    B, C, H, Wd = x.shape
+    Cout, Cg, kh, kw = W.shape
+    xp = F.pad(x, (padding, padding, padding, padding))
+    Ho = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    Wo = (Wd + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    out = torch.empty(B, Cout, Ho, Wo, dtype=D64)
+    opg = Cout // groups
+    for n in range(B):
+        for o in range(Cout):
+            g = o // opg
+            a = W[o].reshape(-1).tolist()
+            for i in range(Ho):
+                for j in range(Wo):
+                    patch = [
+                        float(xp[n, g * Cg + c, i * stride + u * dilation, j * stride + v * dilation])
+                        for c in range(Cg)
+                        for u in range(kh)
+                        for v in range(kw)
+                    ]
+                    val = loop_reference_unit(a, patch, lam, K, eps)
+                    out[n, o, i, j] = val + (0.0 if b is None else float(b[o]))
+    return out
+
+
+FAST_BACKENDS = ["eager", "reference"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# correctness against the loop reference
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("K", [1, 3])
+def test_linear_matches_loop_reference(backend: str, K: int) -> None:
+    x = torch.randn(4, 9, dtype=D64)
+    W = torch.randn(5, 9, dtype=D64)
+    b = torch.randn(5, dtype=D64)
+    got = nrpm_linear(x, W, b, lam=0.3, K=K, eps=1e-3, backend=backend)
+    ref = loop_reference_linear(x, W, b, 0.3, K, 1e-3)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize(
+    "stride,padding,dilation,groups", [(1, 0, 1, 1), (2, 1, 1, 1), (1, 2, 2, 2), (2, 1, 1, 3)]
+)
+def test_conv_matches_loop_reference(backend: str, stride: int, padding: int, dilation: int, groups: int) -> None:
+    cin, cout = 3 * groups, 2 * groups
+    x = torch.randn(2, cin, 7, 6, dtype=D64)
+    W = torch.randn(cout, cin // groups, 3, 2, dtype=D64)
+    b = torch.randn(cout, dtype=D64)
+    got = nrpm_conv2d(x, W, b, 0.4, 2, 1e-3, stride, padding, dilation, groups, backend=backend)
+    ref = loop_reference_conv(x, W, b, 0.4, 2, 1e-3, stride, padding, dilation, groups)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_conv_equals_linear_over_unfolded_patches() -> None:
+    x = torch.randn(2, 4, 8, 8, dtype=D64)
+    W = torch.randn(6, 2, 3, 3, dtype=D64)
+    y = nrpm_conv2d(x, W, None, 0.2, 3, 1e-3, stride=2, padding=1, dilation=1, groups=2, backend="eager")
+    cols = F.unfold(x, 3, padding=1, stride=2)  # (B, C·9, L)
+    B, _, L = cols.shape
+    outs = []
+    for g in range(2):
+        xg = cols[:, g * 18 : (g + 1) * 18].transpose(1, 2).reshape(B * L, 18)
+        outs.append(nrpm_linear(xg, W[g * 3 : (g + 1) * 3].reshape(3, 18), None, 0.2, 3, 1e-3, backend="eager"))
+    ref = torch.cat(outs, 1).view(B, L, 6).transpose(1, 2).reshape(y.shape)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_chunking_does_not_change_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(13, 11, dtype=D64, requires_grad=True)
+    W = torch.randn(7, 11, dtype=D64, requires_grad=True)
+    y1 = nrpm_linear(x, W, None, 0.3, 3, 1e-3, backend="eager")
+    g1 = torch.autograd.grad(y1.square().sum(), (x, W))
+    monkeypatch.setattr(nrpm_mod, "_EAGER_CHUNK", 30)  # forces blocks of 1 row × 2 outputs
+    y2 = nrpm_linear(x, W, None, 0.3, 3, 1e-3, backend="eager")
+    g2 = torch.autograd.grad(y2.square().sum(), (x, W))
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# plain-layer equivalence
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lam,K", [(1.0, 3), (0.3, 0), (0.0, 0)])
+def test_linear_plain_cases(lam: float, K: int) -> None:
+    m = nn.Linear(20, 6)
+    x = torch.randn(5, 20)
+    r = NRPMLinear.from_module(m, lam=lam, K=K)
+    torch.testing.assert_close(r(x), m(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("lam,K", [(1.0, 3), (0.7, 0)])
+def test_conv_plain_cases(lam: float, K: int) -> None:
+    m = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    x = torch.randn(2, 3, 9, 9)
+    r = NRPMConv2d.from_module(m, lam=lam, K=K)
+    torch.testing.assert_close(r(x), m(x), rtol=0, atol=1e-6)
+
+
+def test_lam_one_through_core_equals_plain() -> None:
+    """λ = 1 with a learnable λ cannot take the plain fast path; it must still equal the plain layer."""
+    m = nn.Conv2d(3, 4, 3, padding=1)
+    r = NRPMConv2d.from_module(m, lam=1.0, learn_lam=True, backend="eager")
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(r(x), m(x), rtol=0, atol=1e-6)
+
+
+def test_padding_modes_and_same_padding_match_conv_at_lam_one() -> None:
+    for kw in ({"padding": 1, "padding_mode": "reflect"}, {"padding": "same", "dilation": 2}):
+        m = nn.Conv2d(2, 3, 3, **kw)
+        r = NRPMConv2d.from_module(m, lam=1.0, learn_lam=True, backend="eager")
+        x = torch.randn(1, 2, 7, 7)
+        torch.testing.assert_close(r(x), m(x), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# gradients: gradcheck in float64, and the custom backward equals autograd through the unrolled loop
+# ------------------------------------------------------------------------------------------------------------
+def test_gradcheck_linear() -> None:
+    x = torch.randn(3, 6, dtype=D64, requires_grad=True)
+    W = torch.randn(4, 6, dtype=D64, requires_grad=True)
+    b = torch.randn(4, dtype=D64, requires_grad=True)
+    lam = torch.tensor(0.35, dtype=D64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *a: nrpm_linear(*a, K=3, eps=1e-2, backend="eager"), (x, W, b, lam), eps=1e-6, atol=1e-5
+    )
+
+
+def test_gradcheck_conv() -> None:
+    x = torch.randn(2, 4, 5, 5, dtype=D64, requires_grad=True)
+    W = torch.randn(4, 2, 3, 3, dtype=D64, requires_grad=True)
+    b = torch.randn(4, dtype=D64, requires_grad=True)
+    lam = torch.tensor(0.6, dtype=D64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, W, b, lam: nrpm_conv2d(x, W, b, lam, 2, 1e-2, 2, 1, 1, 2, backend="eager"),
+        (x, W, b, lam),
+        eps=1e-6,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("K", [1, 3, 5])
+def test_custom_backward_equals_unrolled_autograd(K: int) -> None:
+    x = torch.randn(6, 30, dtype=D64, requires_grad=True)
+    W = torch.randn(8, 30, dtype=D64, requires_grad=True)
+    lam = torch.tensor(0.25, dtype=D64, requires_grad=True)
+    gy = torch.randn(6, 8, dtype=D64)
+    grads = {}
+    for backend in ("eager", "reference"):
+        y = nrpm_linear(x, W, None, lam, K, 1e-3, backend=backend)
+        grads[backend] = torch.autograd.grad(y, (x, W, lam), gy)
+    for a, b in zip(grads["eager"], grads["reference"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_only_input_grad_requested() -> None:
+    """Attacks need ∂/∂x only; frozen weights must get no gradient and x's must be right."""
+    m = nn.Linear(12, 5).double().requires_grad_(False)
+    r = NRPMLinear.from_module(m, lam=0.5, backend="eager")
+    x = torch.randn(3, 12, dtype=D64, requires_grad=True)
+    r(x).sum().backward()
+    assert m.weight.grad is None
+    x2 = x.detach().clone().requires_grad_(True)
+    nrpm_linear(x2, m.weight, m.bias, 0.5, 3, 1e-3, backend="reference").sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-9, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# layers: sharing, reversibility, λ handling, validation
+# ------------------------------------------------------------------------------------------------------------
+def test_from_module_shares_parameters_and_round_trips() -> None:
+    m = nn.Linear(8, 3)
+    r = NRPMLinear.from_module(m, lam=0.4, K=2, eps=5e-4)
+    assert r.weight is m.weight and r.bias is m.bias
+    assert r.to_module() is m
+    assert (r.lam, r.K, r.eps) == (pytest.approx(0.4), 2, 5e-4)
+    assert set(r.state_dict()) == {"weight", "bias", "lam_raw"}
+    c = nn.Conv2d(2, 4, 3, bias=False)
+    rc = NRPMConv2d.from_module(c, lam=0.1)
+    assert rc.weight is c.weight and rc.bias is None and rc.to_module() is c
+    # training the wrapper trains the original
+    opt = torch.optim.SGD(r.parameters(), lr=0.1)
+    before = m.weight.detach().clone()
+    r(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, m.weight.detach())
+
+
+def test_constructed_layers_to_module() -> None:
+    r = NRPMConv2d(3, 4, 3, padding=1, lam=0.5)
+    m = r.to_module()
+    assert isinstance(m, nn.Conv2d) and m.weight is r.weight
+    rl = NRPMLinear(5, 2, bias=False)
+    ml = rl.to_module()
+    assert isinstance(ml, nn.Linear) and ml.weight is rl.weight and ml.bias is None
+    assert "lam=0.5" in repr(r) and "K=3" in repr(rl)
+
+
+def test_drop_bias_option() -> None:
+    c = nn.Conv2d(2, 3, 3)
+    x = torch.randn(1, 2, 5, 5)
+    with_b = NRPMConv2d.from_module(c, lam=0.3, backend="eager")(x)
+    without = NRPMConv2d.from_module(c, lam=0.3, drop_bias=True, backend="eager")(x)
+    torch.testing.assert_close(with_b - without, c.bias.detach().view(1, -1, 1, 1).expand_as(with_b))
+
+
+def test_learn_lam_and_project() -> None:
+    r = NRPMLinear(6, 3, lam=0.9, learn_lam=True, backend="eager")
+    assert r.learn_lam and r.lam_raw.requires_grad
+    opt = torch.optim.SGD([r.lam_raw], lr=100.0)
+    r(torch.randn(8, 6)).square().sum().backward()
+    assert r.lam_raw.grad is not None and r.lam_raw.grad.abs() > 0
+    opt.step()
+    r.project_()
+    assert 0.0 <= r.lam <= 1.0
+    r.learn_lam = False
+    assert not r.lam_raw.requires_grad
+
+
+def test_sigmoid_parametrization() -> None:
+    r = NRPMLinear(6, 3, lam=0.3, learn_lam=True, lam_parametrization="sigmoid", backend="eager")
+    assert "lam_logit" in dict(r.named_parameters())
+    assert r.lam == pytest.approx(0.3, abs=1e-6)
+    r(torch.randn(2, 6)).sum().backward()
+    assert r.lam_logit.grad is not None
+    r.lam = 0.8
+    assert r.lam == pytest.approx(0.8, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"lam": 1.5}, {"lam": -0.1}, {"K": -1}, {"K": 2.0}, {"eps": 0.0}, {"eps": -1e-3}, {"backend": "cuda"},
+     {"lam_parametrization": "tanh"}],
+)
+def test_validation_errors(kwargs: dict) -> None:
+    with pytest.raises(TorchRobustError):
+        NRPMLinear.from_module(nn.Linear(3, 2), **kwargs)
+    with pytest.raises(TorchRobustError):
+        NRPMConv2d(2, 2, 3, **kwargs)
+
+
+def test_functional_validation_errors() -> None:
+    x = torch.randn(2, 4)
+    with pytest.raises(TorchRobustError):
+        nrpm_linear(x, torch.randn(3, 5))
+    with pytest.raises(TorchRobustError):
+        nrpm_linear(x, torch.randn(3, 4), lam=2.0)
+    with pytest.raises(TorchRobustError):
+        nrpm_conv2d(torch.randn(1, 3, 4, 4), torch.randn(2, 2, 3, 3))
+    with pytest.raises(TorchRobustError):
+        NRPMLinear.from_module(nn.Conv2d(1, 1, 1))
+    with pytest.raises(TorchRobustError):
+        NRPMLinear(3, 2).lam = 3.0
+
+
+def test_leading_dims_and_robustness_property() -> None:
+    """An outlier in one input coordinate moves NRPM far less than the linear layer (Theorem 3.2)."""
+    torch.manual_seed(1)
+    W = torch.rand(1, 100, dtype=D64) + 0.5
+    x = torch.rand(3, 2, 100, dtype=D64)
+    y = nrpm_linear(x, W, None, 0.0, 3, 1e-3, backend="eager")
+    assert y.shape == (3, 2, 1)
+    x_adv = x.clone()
+    x_adv[..., 7] += 50.0
+    lin_shift = (x_adv - x) @ W.T
+    nrpm_shift = nrpm_linear(x_adv, W, None, 0.0, 3, 1e-3, backend="eager") - y
+    assert (nrpm_shift.abs() < 0.5 * lin_shift.abs()).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# memory: the eager path never allocates the full N × D_out × D product tensor
+# ------------------------------------------------------------------------------------------------------------
+_MEM_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys, torch
+    torch.set_num_threads(1)
+    from torchrobust.nn import nrpm_linear
+    backend = sys.argv[1]
+    x = torch.randn(32, 8192, requires_grad=True)
+    W = torch.randn(256, 8192, requires_grad=True)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    y = nrpm_linear(x, W, None, 0.5, 2, 1e-3, backend=backend)
+    y.sum().backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"delta_mb": (peak - base) / 1024}))
+    """
+)
+
+
+def _peak_delta_mb(backend: str) -> float:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-c", _MEM_SCRIPT, backend], capture_output=True, text=True, env=env, timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["delta_mb"]
+
+
+def test_eager_never_materialises_product_tensor() -> None:
+    # full product: 32·256·8192 fp32 = 256 MiB per tensor (the reference path holds several); the eager
+    # chunks are 8 MiB each.
+    delta = _peak_delta_mb("eager")
+    assert delta < 100, f"eager NRPM peak grew by {delta:.0f} MB; the full product tensor is 256 MB"

@@ -1,0 +1,427 @@
+"""Functional NRPM (Non-linear Robust Pattern Matching) with an exact, memory-bounded custom backward.
+
+Robustness Reprogramming (Hou et al., ICLR 2025), Sec. 3.2, Algorithm 1 (hybrid architecture) and Appendix A,
+Algorithm 2 (robust MLP). For one output unit with weights ``a ∈ R^D`` and input ``x ∈ R^D`` (``D`` is the
+fan-in: ``in_features`` for a linear layer, ``C_in/groups · kh · kw`` over an unfolded, zero-padded patch for a
+convolution), with products ``p_d = a_d x_d``::
+
+    z⁽⁰⁾ = z_LPM = Σ_d p_d
+    repeat K times:  w_d = 1 / (|p_d − z/D| + ε),   z ← D · Σ_d w_d p_d / Σ_d w_d        (IRLS step, eq. 7)
+    output = λ · z_LPM + (1 − λ) · z⁽ᴷ⁾ + bias
+
+λ weights the *linear* part (λ = 1 is the original layer). ε is the damping of Algorithm 2 (absent from
+Algorithm 1); it caps every weight at 1/ε.
+
+Gradients. As in the paper's code, the IRLS weights are differentiated through (white-box through all K
+iterations). :class:`_NRPMCore` is a ``torch.autograd.Function`` whose backward is the hand-derived reverse sweep
+of the unrolled loop; it equals autograd through the loop (``backend="reference"``) to rounding. The backward
+saves only ``x``, ``W`` and the iterates ``z⁽ᵏ⁾`` and normalisers ``Σ_d w_d`` per output (``O(N·D_out·K)``) and
+recomputes the products. Derivation, with ``c_k = ḡ_{k+1} · D / S_k``, ``u`` the unnormalised weights at step
+``k``, ``s_d = sign(p_d − z⁽ᵏ⁾/D)`` and ``q_d = (p_d − z⁽ᵏ⁺¹⁾/D) u_d² s_d``::
+
+    ∂L/∂p_d  +=  c_k (u_d − q_d)          ḡ_k = ∂L/∂z⁽ᵏ⁾ = (c_k / D) Σ_d q_d        (k = K−1 … 0)
+    ∂L/∂p_d  +=  ḡ_0 + ∂L/∂z_LPM      (through z_LPM = Σ_d p_d)
+
+and ``∂L/∂x_{n,d} = Σ_o ∂L/∂p_{n,o,d} W_{o,d}``, ``∂L/∂W_{o,d} = Σ_n ∂L/∂p_{n,o,d} x_{n,d}``. The non-smooth
+point ``p_d = z/D`` uses ``sign(0) = 0``, the same subgradient autograd uses for ``abs``.
+
+Backends. The full product tensor ``N × D_out × D`` (paper code; 4.8 GB for one 64→64 3×3 conv at batch 32
+on 32×32) is never materialised except by ``backend="reference"``:
+
+* ``"eager"`` — plain PyTorch, chunked over rows and output units so the live temporaries stay bounded
+  (about ``_EAGER_CHUNK`` elements each).
+* ``"compiled"`` — the same chunk functions through ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on
+  CUDA). The product, the residuals and the weights live in registers; only per-output sums reach memory.
+  Compiled with ``dynamic=True`` so new batch sizes and layer shapes reuse one graph instead of recompiling.
+* ``"auto"`` — ``"compiled"`` when a compiler works on this machine and the problem is large enough to repay
+  compilation (``≥ _COMPILE_MIN_WORK`` products per iteration), else ``"eager"``.
+* ``"reference"`` — autograd through the unrolled loop on the full product tensor, as in the paper's code. For
+  tests and small problems only.
+
+Double backward (e.g. ``create_graph=True``) is not supported by the fast backends; use ``"reference"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from torchrobust.errors import TorchRobustError
+
+__all__ = ["nrpm_linear", "nrpm_conv2d", "BACKENDS", "compiler_available"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "compiled", "eager", "reference")
+
+#: Elements in one eager chunk temporary (rows × output units × fan-in); a handful are alive at once.
+_EAGER_CHUNK = 1 << 21
+#: Elements in one compiled chunk (only per-output sums are stored, so this bounds nothing big; it keeps the
+#: per-chunk (rows × outputs) buffers small and lets huge problems stream).
+_COMPILED_CHUNK = 1 << 28
+#: ``backend="auto"`` compiles only problems with at least this many products per IRLS iteration.
+_COMPILE_MIN_WORK = 1 << 22
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------------------
+def _check_hparams(K: int, eps: float, backend: str) -> None:
+    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
+        raise TorchRobustError(f"NRPM K={K!r} is invalid; pass a non-negative int number of IRLS steps (e.g. K=3)")
+    if not isinstance(eps, (int, float)) or not math.isfinite(float(eps)) or float(eps) <= 0:
+        raise TorchRobustError(f"NRPM eps={eps!r} is invalid; pass a positive finite float (e.g. eps=1e-3)")
+    if backend not in BACKENDS:
+        raise TorchRobustError(f"unknown NRPM backend {backend!r}; valid: {', '.join(BACKENDS)}")
+
+
+def _as_lam(lam: float | Tensor, ref: Tensor) -> Tensor:
+    if isinstance(lam, Tensor):
+        if lam.numel() != 1:
+            raise TorchRobustError(f"NRPM lam must be a scalar, got shape {tuple(lam.shape)}; pass one value")
+        return lam.reshape(()).to(dtype=ref.dtype, device=ref.device) if lam.dtype != ref.dtype or \
+            lam.device != ref.device else lam.reshape(())
+    lam_f = float(lam)
+    if not (0.0 <= lam_f <= 1.0):
+        raise TorchRobustError(f"NRPM lam={lam_f} is outside [0, 1]; pass the weight of the linear part in [0, 1]")
+    return torch.tensor(lam_f, dtype=ref.dtype, device=ref.device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunk kernels (pure tensor code: run as-is by the eager backend, through torch.compile by the compiled one)
+# ----------------------------------------------------------------------------------------------------------
+def _fwd_chunk(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float) -> tuple[Tensor, Tensor]:
+    """IRLS iterates for rows ``x`` (n, D) and weights ``w`` (o, D) from ``z0`` (n, o).
+
+    Returns ``zs`` (K, n, o) = z⁽¹⁾…z⁽ᴷ⁾ and ``ss`` (K, n, o) = Σ_d u_d at steps 0…K−1.
+    """
+    D = x.shape[-1]
+    p = x[:, None, :] * w[None, :, :]
+    z = z0
+    zs = []
+    ss = []
+    for _ in range(K):
+        u = 1.0 / ((p - z[..., None] / D).abs() + eps)
+        s = u.sum(-1)
+        z = D * (u * p).sum(-1) / s
+        zs.append(z)
+        ss.append(s)
+    return torch.stack(zs), torch.stack(ss)
+
+
+def _bwd_chunk(
+    x: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_last: Tensor, eps: float, need_x: bool, need_w: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Reverse sweep for one chunk.
+
+    ``zs`` (K+1, n, o) holds z⁽⁰⁾…z⁽ᴷ⁾, ``ss`` (K, n, o) the normalisers, ``g_last`` (n, o) = ∂L/∂z⁽ᴷ⁾. Returns
+    ``ḡ_0`` (n, o) — the gradient reaching z⁽⁰⁾ through the IRLS chain — and the contributions of the
+    per-element terms to ∂L/∂x (n, D) and ∂L/∂W (o, D). (The ``ḡ_0`` / z_LPM terms are matmuls, done by the
+    caller.)
+    """
+    D = x.shape[-1]
+    K = ss.shape[0]
+    p = x[:, None, :] * w[None, :, :]
+    gbar = g_last
+    gp = None
+    for k in range(K - 1, -1, -1):
+        c = gbar * D / ss[k]
+        diff = p - zs[k][..., None] / D
+        u = 1.0 / (diff.abs() + eps)
+        q = (p - zs[k + 1][..., None] / D) * (u * u) * torch.sign(diff)
+        term = c[..., None] * (u - q)
+        gp = term if gp is None else gp + term
+        gbar = c * q.sum(-1) / D
+    gx = (gp * w[None, :, :]).sum(1) if need_x and gp is not None else None
+    gw = (gp * x[:, None, :]).sum(0) if need_w and gp is not None else None
+    return gbar, gx, gw
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compiler detection and compiled kernels
+# ----------------------------------------------------------------------------------------------------------
+_COMPILED: dict[str, Callable[..., Any]] = {}
+_COMPILER_OK: dict[str, bool] = {}
+
+
+def _compiled(name: str) -> Callable[..., Any]:
+    fn = _COMPILED.get(name)
+    if fn is None:
+        base = {"fwd": _fwd_chunk, "bwd": _bwd_chunk}[name]
+        fn = torch.compile(base, dynamic=True, fullgraph=True)
+        _COMPILED[name] = fn
+    return fn
+
+
+def compiler_available(device: torch.device | str = "cpu") -> bool:
+    """Whether ``torch.compile`` (inductor) works for NRPM on ``device``'s type; probed once per process."""
+    dev_type = torch.device(device).type
+    ok = _COMPILER_OK.get(dev_type)
+    if ok is None:
+        try:
+            x = torch.randn(3, 5, device=device)
+            w = torch.randn(2, 5, device=device)
+            z0 = x @ w.T
+            got, _ = _compiled("fwd")(x, w, z0, 1, 1e-3)
+            ref, _ = _fwd_chunk(x, w, z0, 1, 1e-3)
+            ok = bool(torch.allclose(got, ref, rtol=1e-4, atol=1e-4))
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means "fall back to eager"
+            logger.info("torch.compile unavailable for NRPM on %s (%s: %s); using eager", dev_type,
+                        type(exc).__name__, exc)
+            ok = False
+        _COMPILER_OK[dev_type] = ok
+    return ok
+
+
+def _resolve_backend(backend: str, x: Tensor, out_features: int) -> str:
+    if backend != "auto":
+        if backend == "compiled" and not compiler_available(x.device):
+            raise TorchRobustError(
+                f"NRPM backend='compiled' but torch.compile does not work on {x.device.type} here; "
+                "use backend='eager' or 'auto'"
+            )
+        return backend
+    work = x.shape[0] * out_features * x.shape[1]
+    if work >= _COMPILE_MIN_WORK and compiler_available(x.device):
+        return "compiled"
+    return "eager"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunk drivers
+# ----------------------------------------------------------------------------------------------------------
+def _blocks(n: int, o: int, d: int, budget: int) -> tuple[int, int]:
+    """Row and output-unit block sizes with ``bn · bo · d ≲ budget``: whole rows of ``o`` preferred."""
+    per_row = o * d
+    if per_row <= budget:
+        return max(1, min(n, budget // per_row)), o
+    return 1, max(1, min(o, budget // max(d, 1)))
+
+
+def _forward_all(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+    n, d = x.shape
+    o = w.shape[0]
+    zs = x.new_empty((K + 1, n, o))
+    ss = x.new_empty((K, n, o))
+    zs[0] = z0
+    if K == 0:
+        return zs, ss
+    fn = _compiled("fwd") if backend == "compiled" else _fwd_chunk
+    bn, bo = _blocks(n, o, d, _COMPILED_CHUNK if backend == "compiled" else _EAGER_CHUNK)
+    for i in range(0, n, bn):
+        for j in range(0, o, bo):
+            zk, sk = fn(x[i : i + bn], w[j : j + bo], z0[i : i + bn, j : j + bo], K, eps)
+            zs[1:, i : i + bn, j : j + bo] = zk
+            ss[:, i : i + bn, j : j + bo] = sk
+    return zs, ss
+
+
+def _backward_all(
+    x: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_last: Tensor, eps: float, backend: str,
+    need_x: bool, need_w: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    n, d = x.shape
+    o = w.shape[0]
+    K = ss.shape[0]
+    g0 = torch.zeros_like(g_last)
+    gx = torch.zeros_like(x) if need_x else None
+    gw = torch.zeros_like(w) if need_w else None
+    if K == 0:
+        return g_last.clone(), gx, gw
+    fn = _compiled("bwd") if backend == "compiled" else _bwd_chunk
+    bn, bo = _blocks(n, o, d, _COMPILED_CHUNK if backend == "compiled" else _EAGER_CHUNK)
+    for i in range(0, n, bn):
+        for j in range(0, o, bo):
+            gb, gxc, gwc = fn(
+                x[i : i + bn], w[j : j + bo], zs[:, i : i + bn, j : j + bo], ss[:, i : i + bn, j : j + bo],
+                g_last[i : i + bn, j : j + bo], eps, need_x, need_w,
+            )
+            g0[i : i + bn, j : j + bo] = gb
+            if gx is not None and gxc is not None:
+                gx[i : i + bn] += gxc
+            if gw is not None and gwc is not None:
+                gw[j : j + bo] += gwc
+    return g0, gx, gw
+
+
+class _NRPMCore(torch.autograd.Function):
+    """``(x (N, D), W (O, D)) ↦ (z_LPM, z⁽ᴷ⁾)``, both (N, O), with the hand-derived backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+        x = x.contiguous()
+        w = w.contiguous()
+        z0 = x @ w.T
+        zs, ss = _forward_all(x, w, z0, K, eps, backend)
+        ctx.save_for_backward(x, w, zs, ss)
+        ctx.eps = eps
+        ctx.backend = backend
+        return z0, zs[K].clone() if K > 0 else z0.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_lpm: Tensor | None, g_last: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, w, zs, ss = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if g_last is None:
+            g_last = torch.zeros_like(zs[0])
+        g_total = g_last.new_zeros(g_last.shape) if g_lpm is None else g_lpm.clone()
+        g0, gx, gw = _backward_all(x, w, zs, ss, g_last.contiguous(), ctx.eps, ctx.backend, need_x, need_w)
+        g_total += g0
+        if need_x:
+            gx = gx + g_total @ w if gx is not None else g_total @ w
+        if need_w:
+            gw = gw + g_total.T @ x if gw is not None else g_total.T @ x
+        return gx if need_x else None, gw if need_w else None, None, None, None
+
+
+def _reference_core(x: Tensor, w: Tensor, K: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Autograd through the unrolled loop on the full product tensor (the paper's code, Algorithm 2)."""
+    D = x.shape[-1]
+    p = x[:, None, :] * w[None, :, :]
+    z0 = x @ w.T
+    z = z0
+    for _ in range(K):
+        u = 1.0 / ((p - z[..., None] / D).abs() + eps)
+        u = u / u.sum(-1, keepdim=True)
+        z = D * (u * p).sum(-1)
+    return z0, z
+
+
+def _core(x2: Tensor, w2: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+    backend = _resolve_backend(backend, x2, w2.shape[0])
+    if backend == "reference":
+        return _reference_core(x2, w2, K, eps)
+    return _NRPMCore.apply(x2, w2, K, float(eps), backend)
+
+
+def _is_plain(lam: float | Tensor, K: int) -> bool:
+    """λ = 1 without a gradient to λ, or K = 0: the layer is exactly the linear one."""
+    if K == 0:
+        return True
+    if isinstance(lam, Tensor):
+        return not lam.requires_grad and bool(lam.detach().reshape(()).item() == 1.0)
+    return float(lam) == 1.0
+
+
+def _mix(z0: Tensor, zk: Tensor, lam: Tensor) -> Tensor:
+    return lam * z0 + (1 - lam) * zk
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public functional API
+# ----------------------------------------------------------------------------------------------------------
+def nrpm_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    lam: float | Tensor = 0.5,
+    K: int = 3,
+    eps: float = 1e-3,
+    backend: str = "auto",
+) -> Tensor:
+    """NRPM version of :func:`torch.nn.functional.linear` (Algorithm 1 with the ε of Algorithm 2).
+
+    Args:
+        x: input ``(*, in_features)``.
+        weight: ``(out_features, in_features)``.
+        bias: optional ``(out_features,)``, added after the hybrid.
+        lam: weight λ ∈ [0, 1] of the linear part (float or 0-d tensor; a tensor may require grad).
+        K: number of IRLS steps (K = 0 is the plain layer).
+        eps: damping ε > 0 of the IRLS weights ``1/(|p_d − z/D| + ε)``.
+        backend: ``"auto"``, ``"compiled"``, ``"eager"`` or ``"reference"`` (see the module docstring).
+
+    Returns:
+        ``(*, out_features)``: ``λ·z_LPM + (1−λ)·z⁽ᴷ⁾ + bias``.
+    """
+    _check_hparams(K, eps, backend)
+    if x.shape[-1] != weight.shape[-1] or weight.dim() != 2:
+        raise TorchRobustError(
+            f"nrpm_linear: input has {x.shape[-1]} features but weight is {tuple(weight.shape)}; "
+            "pass x of shape (*, in_features) and weight (out_features, in_features)"
+        )
+    lam_t = _as_lam(lam, x)
+    if _is_plain(lam, K):
+        return F.linear(x, weight, bias)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    z0, zk = _core(x2, weight, K, eps, backend)
+    out = _mix(z0, zk, lam_t)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*lead, weight.shape[0])
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(a) for a in v)
+    if len(t) != 2:
+        raise TorchRobustError(f"nrpm_conv2d: expected an int or a pair, got {v!r}; pass e.g. 1 or (1, 1)")
+    return t  # type: ignore[return-value]
+
+
+def nrpm_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    lam: float | Tensor = 0.5,
+    K: int = 3,
+    eps: float = 1e-3,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    backend: str = "auto",
+) -> Tensor:
+    """NRPM version of :func:`torch.nn.functional.conv2d` (Algorithm 1 per output pixel; Appendix A.2 unfolding).
+
+    Every output pixel of every output channel is one robust sum over its receptive field, unfolded as
+    ``F.unfold`` gives it (channel-major ``(c, kh, kw)``, zero padding included, so ``D = C_in/groups·kh·kw``).
+    The bias *is* added (the paper's ``RobustConv2d`` silently drops it; pass ``bias=None`` to reproduce that).
+    Only zero padding is supported (``padding`` as ints); other padding modes are for the caller to apply first.
+    """
+    _check_hparams(K, eps, backend)
+    if x.dim() != 4 or weight.dim() != 4:
+        raise TorchRobustError(
+            f"nrpm_conv2d: expected 4-D input and weight, got {tuple(x.shape)} and {tuple(weight.shape)}; "
+            "pass x as (B, C, H, W)"
+        )
+    if isinstance(padding, str):
+        raise TorchRobustError(f"nrpm_conv2d: padding={padding!r} unsupported; pass explicit ints")
+    stride_, padding_, dilation_ = _pair(stride), _pair(padding), _pair(dilation)
+    lam_t = _as_lam(lam, x)
+    if _is_plain(lam, K):
+        return F.conv2d(x, weight, bias, stride_, padding_, dilation_, groups)
+    B, C, H, W = x.shape
+    Cout, Cg, kh, kw = weight.shape
+    if C != Cg * groups or Cout % groups != 0:
+        raise TorchRobustError(
+            f"nrpm_conv2d: input has {C} channels but weight {tuple(weight.shape)} with groups={groups}; "
+            "pass a weight of shape (C_out, C_in/groups, kh, kw)"
+        )
+    Ho = (H + 2 * padding_[0] - dilation_[0] * (kh - 1) - 1) // stride_[0] + 1
+    Wo = (W + 2 * padding_[1] - dilation_[1] * (kw - 1) - 1) // stride_[1] + 1
+    if Ho <= 0 or Wo <= 0:
+        raise TorchRobustError(f"nrpm_conv2d: input {H}x{W} is smaller than the kernel; pass a larger input")
+    L = Ho * Wo
+    D = Cg * kh * kw
+    cols = F.unfold(x, (kh, kw), dilation=dilation_, padding=padding_, stride=stride_)  # (B, C·kh·kw, L)
+    cols = cols.view(B, groups, D, L).permute(1, 0, 3, 2)  # (G, B, L, D)
+    wg = weight.reshape(groups, Cout // groups, D)
+    outs = []
+    for g in range(groups):
+        xg = cols[g].reshape(B * L, D)
+        z0, zk = _core(xg, wg[g], K, eps, backend)
+        outs.append(_mix(z0, zk, lam_t))  # (B·L, Cout/G)
+    out = torch.cat(outs, dim=1) if groups > 1 else outs[0]
+    out = out.view(B, L, Cout).transpose(1, 2).reshape(B, Cout, Ho, Wo)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out

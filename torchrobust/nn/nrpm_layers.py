@@ -1,0 +1,312 @@
+"""NRPM layers: drop-in robust replacements for ``nn.Linear`` / ``nn.Conv2d`` (Robustness Reprogramming).
+
+Hou et al., ICLR 2025, Sec. 3.2 / Algorithm 1 (hybrid ``λ·z_LPM + (1−λ)·z_NRPM``) and Sec. 4 (three
+reprogramming paradigms). :meth:`NRPMLinear.from_module` / :meth:`NRPMConv2d.from_module` wrap a trained layer
+*sharing* its ``weight`` and ``bias`` Parameters (the same objects), and :meth:`to_module` gives back the exact
+original module object, so reprogramming is reversible and costs no copy.
+
+λ parametrisation (``lam_parametrization``):
+
+* ``"clamp"`` (default, recommended): the Parameter ``lam_raw`` *is* λ; it is used as-is in ``forward`` and kept in
+  [0, 1] by :meth:`project_`, which a training loop calls after every optimiser step (torchrobust's trainer calls
+  ``m.project_()`` on every module that has it). Gradients are those of λ itself, and λ can reach 0 or 1 exactly.
+* ``"sigmoid"``: the Parameter ``lam_logit`` is θ with λ = sigmoid(θ), as in the paper code's ``--paradigm 2``. λ is
+  in (0, 1) by construction; λ = 0 or 1 are stored as θ = ∓inf (exact, but an optimiser with weight decay would
+  turn them into NaN: prefer "clamp" for learning from the endpoints).
+
+The paper's code uses λ raw and unconstrained (no clamp) in most modes; that can leave [0, 1] and is not offered.
+``learn_lam`` sets ``requires_grad`` of the λ Parameter (paradigms 2 and 3 of Sec. 4; paradigm 1 keeps it fixed).
+
+The conv bias is added (the paper's ``RobustConv2d`` silently drops it); ``drop_bias=True`` reproduces that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchrobust.errors import TorchRobustError
+from torchrobust.nn.nrpm import BACKENDS, nrpm_conv2d, nrpm_linear
+
+__all__ = ["NRPMLinear", "NRPMConv2d"]
+
+_PARAMETRIZATIONS = ("clamp", "sigmoid")
+
+
+def _check(lam: float, K: int, eps: float, lam_parametrization: str, backend: str) -> float:
+    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
+        raise TorchRobustError(f"NRPM K={K!r} is invalid; pass a non-negative int number of IRLS steps (e.g. K=3)")
+    if not isinstance(eps, (int, float)) or not math.isfinite(float(eps)) or float(eps) <= 0:
+        raise TorchRobustError(f"NRPM eps={eps!r} is invalid; pass a positive finite float (e.g. eps=1e-3)")
+    try:
+        lam_f = float(lam)
+    except (TypeError, ValueError):
+        raise TorchRobustError(f"NRPM lam={lam!r} is not a number; pass a float in [0, 1]") from None
+    if not (0.0 <= lam_f <= 1.0):
+        raise TorchRobustError(f"NRPM lam={lam_f} is outside [0, 1]; pass the weight of the linear part in [0, 1]")
+    if lam_parametrization not in _PARAMETRIZATIONS:
+        raise TorchRobustError(
+            f"unknown lam_parametrization {lam_parametrization!r}; valid: {', '.join(_PARAMETRIZATIONS)}"
+        )
+    if backend not in BACKENDS:
+        raise TorchRobustError(f"unknown NRPM backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    return lam_f
+
+
+class _NRPMMixin(nn.Module):
+    """λ storage, projection and bookkeeping shared by the two layers."""
+
+    K: int
+    eps: float
+    backend: str
+    drop_bias: bool
+    lam_parametrization: str
+
+    def _init_nrpm(
+        self, lam: float, K: int, eps: float, learn_lam: bool, lam_parametrization: str, drop_bias: bool,
+        backend: str, device: Any = None,
+    ) -> None:
+        lam_f = _check(lam, K, eps, lam_parametrization, backend)
+        self.K = int(K)
+        self.eps = float(eps)
+        self.backend = backend
+        self.drop_bias = bool(drop_bias)
+        self.lam_parametrization = lam_parametrization
+        dtype = self.weight.dtype if self.weight.is_floating_point() else torch.get_default_dtype()
+        dev = self.weight.device if device is None else device
+        if lam_parametrization == "clamp":
+            self.lam_raw = nn.Parameter(torch.tensor(lam_f, dtype=dtype, device=dev), requires_grad=learn_lam)
+        else:
+            theta = torch.logit(torch.tensor(lam_f, dtype=torch.float64)).to(dtype)
+            self.lam_logit = nn.Parameter(theta.to(dev), requires_grad=learn_lam)
+
+    # -- λ ------------------------------------------------------------------------------------------------
+    @property
+    def lam_parameter(self) -> nn.Parameter:
+        """The stored λ Parameter (λ itself for "clamp", its logit for "sigmoid")."""
+        return self.lam_raw if self.lam_parametrization == "clamp" else self.lam_logit
+
+    def lam_tensor(self) -> Tensor:
+        """λ as a 0-d tensor, differentiable w.r.t. the stored Parameter."""
+        if self.lam_parametrization == "clamp":
+            return self.lam_raw
+        return torch.sigmoid(self.lam_logit)
+
+    @property
+    def lam(self) -> float:
+        """Current λ (weight of the linear part) as a float."""
+        return float(self.lam_tensor().detach())
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        lam_f = _check(value, self.K, self.eps, self.lam_parametrization, self.backend)
+        with torch.no_grad():
+            if self.lam_parametrization == "clamp":
+                self.lam_raw.fill_(lam_f)
+            else:
+                self.lam_logit.fill_(float(torch.logit(torch.tensor(lam_f, dtype=torch.float64))))
+
+    @property
+    def learn_lam(self) -> bool:
+        """Whether λ is trainable (``requires_grad`` of the λ Parameter)."""
+        return bool(self.lam_parameter.requires_grad)
+
+    @learn_lam.setter
+    def learn_lam(self, value: bool) -> None:
+        self.lam_parameter.requires_grad_(bool(value))
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put λ back into [0, 1] (call after each optimiser step; a no-op for the sigmoid parametrisation)."""
+        if self.lam_parametrization == "clamp":
+            self.lam_raw.clamp_(0.0, 1.0)
+
+    def _lam_arg(self) -> Tensor | float:
+        lam = self.lam_tensor()
+        if not lam.requires_grad:
+            return float(lam)
+        return lam
+
+    def _nrpm_repr(self) -> str:
+        s = f"lam={self.lam:.4g}, K={self.K}, eps={self.eps:g}"
+        if self.learn_lam:
+            s += ", learn_lam=True"
+        if self.lam_parametrization != "clamp":
+            s += f", lam_parametrization={self.lam_parametrization!r}"
+        if self.drop_bias:
+            s += ", drop_bias=True"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def _set_original(self, module: nn.Module | None) -> None:
+        # Not registered as a submodule: its Parameters are ours already, and state_dict must not list them twice.
+        object.__setattr__(self, "_original", module)
+
+
+class NRPMLinear(_NRPMMixin):
+    """Linear layer with NRPM (Algorithm 1): ``y = λ·W x + (1−λ)·NRPM_K(W, x) + b``.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as for :class:`torch.nn.Linear`.
+        lam: λ ∈ [0, 1], the weight of the linear part (1 = plain layer).
+        K: IRLS steps (Algorithm 1; the paper's Algorithm 2 uses 3, its scripts 1). K = 0 is the plain layer.
+        eps: ε > 0 in the IRLS weight ``1/(|a_d x_d − z/D| + ε)`` (Algorithm 2).
+        learn_lam: make λ trainable.
+        lam_parametrization: ``"clamp"`` (default) or ``"sigmoid"``; see the module docstring.
+        drop_bias: ignore the bias (reproduces the paper's conv code; for linear the paper adds it).
+        backend: ``"auto"`` | ``"compiled"`` | ``"eager"`` | ``"reference"`` (see :mod:`torchrobust.nn.nrpm`).
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, lam: float = 0.5, K: int = 3,
+        eps: float = 1e-3, learn_lam: bool = False, lam_parametrization: str = "clamp", drop_bias: bool = False,
+        backend: str = "auto", device: Any = None, dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        _check(lam, K, eps, lam_parametrization, backend)
+        base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._adopt(base)
+        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self._set_original(None)
+
+    def _adopt(self, m: nn.Linear) -> None:
+        self.in_features = m.in_features
+        self.out_features = m.out_features
+        self.weight = m.weight
+        self.bias = m.bias
+
+    @classmethod
+    def from_module(
+        cls, m: nn.Linear, lam: float = 0.5, K: int = 3, eps: float = 1e-3, learn_lam: bool = False,
+        drop_bias: bool = False, backend: str = "auto", lam_parametrization: str = "clamp",
+    ) -> NRPMLinear:
+        """Wrap a trained ``nn.Linear``, sharing its ``weight``/``bias`` Parameter objects (no copy)."""
+        if not isinstance(m, nn.Linear):
+            raise TorchRobustError(f"NRPMLinear.from_module needs an nn.Linear, got {type(m).__name__}; "
+                                   "use NRPMConv2d.from_module for convolutions")
+        _check(lam, K, eps, lam_parametrization, backend)
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._adopt(m)
+        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self.train(m.training)
+        self._set_original(m)
+        return self
+
+    def to_module(self) -> nn.Linear:
+        """The original ``nn.Linear`` (the same object, if built by :meth:`from_module`); λ is discarded."""
+        orig = self._original
+        if orig is not None:
+            return orig
+        m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                      device=self.weight.device, dtype=self.weight.dtype)
+        m.weight = self.weight
+        m.bias = self.bias
+        return m
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.drop_bias else self.bias
+        return nrpm_linear(x, self.weight, bias, self._lam_arg(), self.K, self.eps, self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, " + self._nrpm_repr())
+
+
+class NRPMConv2d(_NRPMMixin):
+    """2-D convolution with NRPM per output pixel (Algorithm 1 over the unfolded patch, Appendix A.2).
+
+    Args:
+        in_channels … padding_mode, device, dtype: as for :class:`torch.nn.Conv2d`.
+        lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend: as for :class:`NRPMLinear`.
+        ``drop_bias=True`` reproduces the paper code, whose robust conv never adds its bias.
+
+    Padding: zero padding is part of the patch (``D = C_in/groups·kh·kw``, padded zeros included, as
+    ``F.unfold`` gives them). ``padding_mode`` other than ``"zeros"`` and string paddings are applied with
+    ``F.pad`` first.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: Any = 1,
+        padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+        lam: float = 0.5, K: int = 3, eps: float = 1e-3, learn_lam: bool = False,
+        lam_parametrization: str = "clamp", drop_bias: bool = False, backend: str = "auto",
+        device: Any = None, dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        _check(lam, K, eps, lam_parametrization, backend)
+        base = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self._adopt(base)
+        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self._set_original(None)
+
+    def _adopt(self, m: nn.Conv2d) -> None:
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                     "padding_mode"):
+            setattr(self, name, getattr(m, name))
+        self._reversed_padding_repeated_twice = list(m._reversed_padding_repeated_twice)
+        self.weight = m.weight
+        self.bias = m.bias
+
+    @classmethod
+    def from_module(
+        cls, m: nn.Conv2d, lam: float = 0.5, K: int = 3, eps: float = 1e-3, learn_lam: bool = False,
+        drop_bias: bool = False, backend: str = "auto", lam_parametrization: str = "clamp",
+    ) -> NRPMConv2d:
+        """Wrap a trained ``nn.Conv2d``, sharing its ``weight``/``bias`` Parameter objects (no copy)."""
+        if not isinstance(m, nn.Conv2d):
+            raise TorchRobustError(f"NRPMConv2d.from_module needs an nn.Conv2d, got {type(m).__name__}; "
+                                   "use NRPMLinear.from_module for linear layers")
+        _check(lam, K, eps, lam_parametrization, backend)
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._adopt(m)
+        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self.train(m.training)
+        self._set_original(m)
+        return self
+
+    def to_module(self) -> nn.Conv2d:
+        """The original ``nn.Conv2d`` (the same object, if built by :meth:`from_module`); λ is discarded."""
+        orig = self._original
+        if orig is not None:
+            return orig
+        m = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                      self.dilation, self.groups, self.bias is not None, self.padding_mode,
+                      device=self.weight.device, dtype=self.weight.dtype)
+        m.weight = self.weight
+        m.bias = self.bias
+        return m
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.drop_bias else self.bias
+        padding = self.padding
+        if self.padding_mode != "zeros" or isinstance(padding, str):
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            if isinstance(padding, str) and padding == "valid":
+                pass
+            else:
+                x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+            padding = (0, 0)
+        return nrpm_conv2d(x, self.weight, bias, self._lam_arg(), self.K, self.eps, self.stride, padding,
+                           self.dilation, self.groups, self.backend)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")
+        if self.padding != (0,) * len(self.kernel_size):
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * len(self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s + ", " + self._nrpm_repr()
