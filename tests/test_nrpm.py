@@ -352,6 +352,6 @@ def _peak_delta_mb(backend: str) -> float:
 
 def test_eager_never_materialises_product_tensor() -> None:
     # full product: 32·256·8192 fp32 = 256 MiB per tensor (the reference path holds several); the eager
-    # chunks are 8 MiB each.
+    # chunk temporaries are 1 MiB each.
     delta = _peak_delta_mb("eager")
     assert delta < 100, f"eager NRPM peak grew by {delta:.0f} MB; the full product tensor is 256 MB"

@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "compiled", "eager", "reference")
 
 #: Elements in one eager chunk temporary (rows × output units × fan-in); a handful are alive at once.
-_EAGER_CHUNK = 1 << 21
+_EAGER_CHUNK = 1 << 18
 #: Elements in one compiled chunk (only per-output sums are stored, so this bounds nothing big; it keeps the
 #: per-chunk (rows × outputs) buffers small and lets huge problems stream).
 _COMPILED_CHUNK = 1 << 28
