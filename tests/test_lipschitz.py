@@ -1,0 +1,160 @@
+"""Empirical Lipschitz constants (Chen et al., arXiv 2406.19622: Eq. 5, Definition 1, Lemma 2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import torchrobust as tr
+from torchrobust.errors import TorchRobustError
+from torchrobust.evaluate.lipschitz import (
+    LipschitzReport,
+    empirical_lipschitz,
+    gershgorin_bound,
+    linear_adjoint,
+    linear_part,
+    lipschitz_report,
+    local_lipschitz,
+    masked_spectral_norm,
+    spectral_norm,
+)
+from torchrobust.forge import forge, forged_modules
+
+
+def _dense(conv: nn.Conv2d, shape: tuple[int, ...]) -> torch.Tensor:
+    """The convolution (without bias) as an explicit matrix on flattened inputs of ``shape``."""
+    n = math.prod(shape)
+    eye = torch.eye(n, dtype=torch.float64).view(n, *shape)
+    return linear_part(conv, eye, conv.weight.detach().double()).flatten(1).T
+
+
+def test_linear_spectral_norm_is_exact_and_attained_by_top_singular_vector() -> None:
+    lin = nn.Linear(12, 7)
+    w = lin.weight.detach().double()
+    _, s, vh = torch.linalg.svd(w)
+    assert spectral_norm(lin) == pytest.approx(s[0].item(), rel=1e-12)
+    x = torch.randn(200, 12, dtype=torch.float64)
+    ratios = (x @ w.T).norm(dim=1) / x.norm(dim=1)
+    assert ratios.max().item() <= s[0].item() * (1 + 1e-12)  # Definition 1 <= sigma_max
+    top = vh[0].to(torch.float32).unsqueeze(0)
+    rows = empirical_lipschitz(nn.Sequential(lin), top, layers=["0"], n=None)
+    assert rows[0]["emp_before"] == pytest.approx(s[0].item(), rel=1e-6)  # equality for v_1
+    assert math.isnan(rows[0]["emp_after"]) and rows[0]["lemma2_holds"] is None
+
+
+@pytest.mark.parametrize(
+    ("conv", "shape"),
+    [
+        (nn.Conv2d(3, 4, 3, stride=2, padding=1), (3, 7, 7)),
+        (nn.Conv2d(2, 4, 3, stride=2, padding=0), (2, 8, 8)),
+        (nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2), (4, 6, 6)),
+        (nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), (2, 5, 5)),
+    ],
+)
+def test_conv_adjoint_and_power_iteration_match_dense_matrix(conv: nn.Conv2d, shape: tuple[int, ...]) -> None:
+    w = conv.weight.detach().double()
+    v = torch.randn(3, *shape, dtype=torch.float64)
+    av = linear_part(conv, v, w)
+    u = torch.randn_like(av)
+    assert torch.allclose((av * u).sum(), (v * linear_adjoint(conv, u, shape, w)).sum(), atol=1e-10)
+    m = _dense(conv, shape)
+    assert spectral_norm(conv, shape) == pytest.approx(torch.linalg.matrix_norm(m, 2).item(), rel=1e-5)
+    mask = torch.rand(shape) > 0.4
+    masked = torch.linalg.matrix_norm(m[:, mask.flatten()], 2).item()
+    assert masked_spectral_norm(conv, mask) == pytest.approx(masked, rel=1e-5)
+
+
+def test_linear_masked_norm_and_gershgorin() -> None:
+    lin = nn.Linear(10, 6)
+    w = lin.weight.detach().double()
+    mask = torch.tensor([[1, 0, 1, 1, 0, 0, 1, 1, 0, 1], [0, 0, 0, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    expected = max(torch.linalg.matrix_norm(w[:, r], 2).item() for r in mask)
+    assert masked_spectral_norm(lin, mask) == pytest.approx(expected, rel=1e-12)  # max over token rows
+    assert masked_spectral_norm(lin, mask) <= spectral_norm(lin)
+    a = w.T @ w
+    g = gershgorin_bound(lin)
+    assert g >= torch.linalg.eigvalsh(a).max().item() - 1e-12  # Theorem 1 bounds lambda_max(A)
+    assert g == pytest.approx((a.abs().sum(1)).max().item(), rel=1e-12)
+    assert gershgorin_bound(lin, mask) <= g + 1e-12  # Lemma 2's proof: discs move towards 0 and shrink
+    with pytest.raises(TorchRobustError, match="nn.Linear"):
+        gershgorin_bound(nn.Conv2d(1, 1, 3))
+
+
+def test_forged_mlp_lemma2_and_bounds_hold() -> None:
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.rand(128, 1, 4, 4)
+    f = forge(m, x, c_r=0.25)
+    rows = empirical_lipschitz(f, x, lemma2_samples=8)
+    assert [r["name"] for r in rows] == ["3", "5"]
+    for r in rows:
+        assert r["kind"] == "linear"
+        assert r["emp_before"] <= r["sigma_max"] * (1 + 1e-9)
+        assert r["emp_after"] <= r["sigma_max"] * (1 + 1e-9)
+        assert r["masked_sigma_max"] <= r["sigma_max"] * (1 + 1e-9)
+        assert r["lemma2_holds"] is True
+        assert r["gershgorin_after"] <= r["gershgorin_before"] + 1e-9
+        assert 0 < r["zero_fraction"] < 1
+        assert isinstance(r["emp_reduced"], bool)
+
+
+def test_forged_conv_model_lemma2_holds() -> None:
+    m = tr.models.create("wideresnet", depth=10, widen_factor=1).eval()
+    x = torch.rand(8, 3, 16, 16)
+    f = forge(m, x, c_r=2**-3)
+    rows = empirical_lipschitz(f, x, lemma2_samples=1, n_iter=300)
+    assert len(rows) == len(forged_modules(f))
+    for r in rows:
+        assert r["kind"] == "conv" and len(r["input_shape"]) == 3
+        assert r["emp_before"] <= r["sigma_max"] * (1 + 1e-4)
+        assert r["lemma2_holds"] is True
+        assert math.isnan(r["gershgorin_before"])
+
+
+def test_local_lipschitz_of_linear_model_is_bounded_by_sigma() -> None:
+    lin = nn.Linear(8, 5)
+    x = torch.rand(20, 8)
+    x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    r = local_lipschitz(lin, x, x_adv)
+    assert r.shape == (20,)
+    w = lin.weight.detach().double()
+    d = (x_adv - x).double()
+    assert torch.allclose(r, (d @ w.T).norm(dim=1) / d.norm(dim=1), rtol=1e-5)
+    assert r.max().item() <= spectral_norm(lin) * (1 + 1e-5)
+    assert torch.isnan(local_lipschitz(lin, x, x)).all()
+    with pytest.raises(TorchRobustError, match="same shape"):
+        local_lipschitz(lin, x, x[:3])
+
+
+def test_lipschitz_report_with_attack_writes_tables(tmp_path) -> None:
+    m = tr.models.create("lenet")
+    x = torch.rand(24, 1, 28, 28)
+    y = torch.randint(0, 10, (24,))
+    f = forge(m, x, c_r=2**-4)
+    rep = lipschitz_report(f, x, labels=y, attack=tr.attacks.FGSM(threat="Linf", eps=0.1), n=24, n_attack=12,
+                           lemma2_samples=1)
+    assert isinstance(rep, LipschitzReport)
+    assert rep.c_r == 2**-4 and rep.lemma2_holds
+    assert [r["model"] for r in rep.network] == ["unforged (c_r = 0)", "forged (c_r = 0.0625)"]
+    assert all(r["n"] > 0 and r["max"] >= r["mean"] > 0 for r in rep.network)
+    assert all(mod._c_r_value == 2**-4 for _, mod in forged_modules(f))  # c_r restored after the c_r = 0 run
+    paths = rep.write(tmp_path)
+    assert "σ_max(W)" in paths["md"].read_text() and "conv2" in paths["csv"].read_text()
+    assert rep.to_json()["lemma2_holds"] is True
+
+
+def test_lipschitz_errors() -> None:
+    with pytest.raises(TorchRobustError, match="input_shape"):
+        spectral_norm(nn.Conv2d(1, 2, 3))
+    with pytest.raises(TorchRobustError, match="Linear or nn.Conv2d"):
+        spectral_norm(nn.ReLU())
+    with pytest.raises(TorchRobustError, match="no forged layers"):
+        empirical_lipschitz(nn.Sequential(nn.Linear(3, 3)), torch.rand(4, 3))
+    with pytest.raises(TorchRobustError, match="not a Linear"):
+        empirical_lipschitz(nn.Sequential(nn.ReLU()), torch.rand(4, 3), layers=["0"])
+    f = forge(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), torch.rand(4, 3))
+    with pytest.raises(TorchRobustError, match="labels"):
+        lipschitz_report(f, torch.rand(4, 3), attack=tr.attacks.FGSM(threat="Linf", eps=0.1))
