@@ -20,8 +20,11 @@ Rebuffi2021Fixing_70_16_cutmix_extra, Wang2023Better_WRN-70-16, ...):
     shortcut) → batchnorm → act → global avg-pool → logits
 
 Its ``conv_0`` has ``padding=0`` and the input is padded by hand to TensorFlow's ``SAME``: (1, 1, 1, 1) for
-stride 1 but **(0, 1, 0, 1) for stride 2** (asymmetric). Like RobustBench, it normalises with top-level
-*persistent* buffers ``mean`` and ``std`` (shape C×1×1) that are part of the checkpoint; with ``mean=None``
+stride 1 but **(0, 1, 0, 1) for stride 2** on even sizes (asymmetric; RobustBench hard-codes these two pads, we
+compute ``SAME`` in general, which agrees on every even size and also works on odd ones).
+
+Like RobustBench, it normalises with top-level *persistent* buffers ``mean`` and ``std`` (shape C×1×1) that
+are part of the checkpoint; with ``mean=None``
 they are 0 and 1 (identity) until a checkpoint overwrites them.
 
 Both take [0, 1] input and return logits. Pooling is global (adaptive) average pooling, identical to
@@ -186,6 +189,19 @@ class WideResNet(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _same_padding(h: int, w: int, stride: int, kernel: int = 3) -> tuple[int, int, int, int]:
+    """TensorFlow ``SAME`` padding ``(left, right, top, bottom)``: total ``(⌈n/s⌉−1)·s + k − n``, extra on the
+    bottom/right. For 3×3 kernels this is (1, 1, 1, 1) at stride 1 and, on even sizes, (0, 1, 0, 1) at stride 2,
+    exactly RobustBench's hard-coded pads; on odd sizes at stride 2 it is (1, 1, 1, 1), where RobustBench's fixed
+    (0, 1, 0, 1) would give one row less than the 1×1 shortcut and fail."""
+    def split(n: int) -> tuple[int, int]:
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        return total // 2, total - total // 2
+
+    (top, bottom), (left, right) = split(h), split(w)
+    return left, right, top, bottom
+
+
 class DMBlock(nn.Module):
     """DeepMind's pre-activation wide block (``_Block`` in RobustBench), TF-``SAME`` padding by hand."""
 
@@ -206,8 +222,7 @@ class DMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.relu_0(self.batchnorm_0(x))
-        # TensorFlow 'SAME' for a 3x3 kernel: symmetric for stride 1, bottom/right only for stride 2.
-        v = F.pad(act, (1, 1, 1, 1) if self._stride == 1 else (0, 1, 0, 1))
+        v = F.pad(act, _same_padding(act.shape[-2], act.shape[-1], self._stride))
         out = self.conv_1(self.relu_1(self.batchnorm_1(self.conv_0(v))))
         skip = self.shortcut(act) if self.shortcut is not None else x
         return skip + out
