@@ -39,7 +39,7 @@ def test_train_writes_loadable_checkpoint(ckpt):
 
 def test_evaluate_writes_results(ckpt, tmp_path, capsys):
     out = tmp_path / "res"
-    rc = main(["evaluate", str(ckpt), "--n", "64", "--eps", "0,0.1,0.3", "--steps", "5", "--out", str(out),
+    rc = main(["evaluate", str(ckpt), "--n-examples", "64", "--eps", "0,0.1,0.3", "--steps", "5", "--out", str(out),
                "--quiet"])
     assert rc == 0
     for f in ["results.json", "results.csv", "results.md", "accuracy_vs_eps.png"]:
@@ -73,15 +73,15 @@ def test_train_errors(argv, match, capsys, tmp_path, monkeypatch):
     (["--data", "mnits"], "unknown dataset"),
 ])
 def test_evaluate_errors(ckpt, extra, match, capsys, tmp_path):
-    assert main(["evaluate", str(ckpt), "--n", "16", "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
+    assert main(["evaluate", str(ckpt), "--n-examples", "16", "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("torchrobust: error:") and match in err and "\n" not in err
 
 
 def test_evaluate_wrong_channels(tmp_path, capsys):
     path = checkpoint.save(models.create("lenet", in_channels=3), tmp_path / "l3.safetensors")
-    assert main(["evaluate", str(path), "--n", "8", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "do not fit the model" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--n-examples", "8", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "in_channels" in capsys.readouterr().err
 
 
 def test_corrupt_and_missing_checkpoint(tmp_path, capsys):
@@ -109,7 +109,7 @@ def test_argparse_error_is_one_line():
 def test_torch_threads_flag(ckpt, tmp_path):
     before = torch.get_num_threads()
     try:
-        assert main(["evaluate", str(ckpt), "--n", "8", "--eps", "0", "--threads", "1",
+        assert main(["evaluate", str(ckpt), "--n-examples", "8", "--eps", "0", "--threads", "1",
                      "--out", str(tmp_path / "o"), "--quiet"]) == 0
         assert torch.get_num_threads() == 1
     finally:

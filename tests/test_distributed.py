@@ -16,8 +16,8 @@ from torchrobust.cli import main
 
 def _torchrun(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", "0", "-m", "torchrobust.cli", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "torchrobust.cli", *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -27,13 +27,19 @@ def _torchrun(args: list[str], tmp_path) -> subprocess.CompletedProcess:
 def ckpt(tmp_path_factory):
     import torch
 
+    from torchrobust import data
+    from torchrobust.train import TrainConfig, fit
+
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("dist")
-    return checkpoint.save(models.create("mlp", widths=[32], activation="relu"), d / "m.safetensors")
+    m = models.create("mlp", widths=[32], activation="relu")
+    x, y = data.as_tensors(data.load("mnist", "train"), 3000)
+    fit(m, (x, y), TrainConfig(epochs=1, batch_size=64, lr=0.05))
+    return checkpoint.save(m, d / "m.safetensors")
 
 
 def test_two_process_evaluation_equals_one_process(ckpt, tmp_path):
-    common = ["evaluate", str(ckpt), "--n", "101", "--eps", "0,0.05,0.2", "--steps", "5", "--quiet",
+    common = ["evaluate", str(ckpt), "--n-examples", "101", "--eps", "0,0.05,0.2", "--steps", "5", "--quiet",
               "--threads", "1"]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     _torchrun([*common, "--out", str(tmp_path / "two")], tmp_path)

@@ -119,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     distributed.init_from_env(args.device)
     dev = distributed.device_for_rank(args.device)
     model = load(args.checkpoint, map_location=dev)
-    x, y = _load_split(args.data, args.split, args.data_root, args.n)
+    x, y = _load_split(args.data, args.split, args.data_root, args.n_examples)
     kw: dict[str, dict[str, Any]] = {}
     for a in args.attacks:
         if a != "fgsm":
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="mnist")
     sp.add_argument("--data-root", default=None)
     sp.add_argument("--split", default="test")
-    sp.add_argument("--n", type=int, default=1000, help="first N examples of the split (papers' protocol)")
+    sp.add_argument("--n-examples", type=int, default=1000, help="first N examples of the split (papers' protocol)")
     sp.add_argument("--attacks", type=_names, default=["fgsm", "pgd"])
     sp.add_argument("--threat", default="Linf")
     sp.add_argument("--eps", type=_floats, default=[0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])

@@ -215,10 +215,9 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[
             if e == 0:
                 res[j] = clean
             else:
-                kw = dict(attack_kwargs.get(name, {}))
-                if "seed" in _init_params(A, name):
-                    kw.setdefault("seed", seed)
-                atk = A.create(name, threat=threat, eps=float(e), **kw)
+                atk = A.create(name, threat=threat, eps=float(e), **dict(attack_kwargs.get(name, {})))
+                if getattr(atk, "seed", 0) is None:  # randomised attack without its own seed: use the sweep's
+                    atk.seed = seed
                 res[j] = robust_correct(model, xs, ys, atk, batch_size=batch_size, clean=clean).cpu()
             if bar is not None:
                 bar.update(1)
@@ -235,11 +234,3 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[
     return SweepResult(threat=threat, eps=[float(e) for e in eps], attacks=list(attacks), clean=clean,
                        robust=robust, seconds=seconds, config=config)
 
-
-def _init_params(A: Any, name: str) -> set[str]:
-    import inspect
-
-    cls = A.attack_class(name) if hasattr(A, "attack_class") else None
-    if cls is None:
-        return {"seed"}
-    return set(inspect.signature(cls.__init__).parameters)
