@@ -33,8 +33,9 @@ as options. One embedding per unit, as for ``k × k`` convs (confirmed by the pa
 drawn from N(0, 1) truncated to (−2, 2) by ``fmod``; the generated kernels then have variance ≈ ``d N_z`` and
 rely on BatchNorm after each conv. ``init="kaiming"`` (our option for networks without BatchNorm, such as the
 MSD MNIST CNN) draws ``W_in ~ N(0, 1/N_z)``, ``W_out ~ N(0, 2/(d U_in k²))``, zero biases, and embeddings
-``~ N(0, s²)`` with ``s² = U_in / C_in`` times a reduction factor (9 for mean/center, 1/9 for sum of a 3×3 unit)
-so each generated conv starts with He variance ``2 / fan_in``. The generation formula is identical in both.
+``~ N(0, s²)`` with ``s² = U_in / C_in`` (``k × k`` convs) so each generated conv starts with He variance
+``2 / fan_in``; for 1×1 convs ``s²`` is multiplied by ``k⁴`` (mean), ``k²`` (center, and max as an approximation)
+or 1 (sum), which gives the reduced kernels He variance too. The generation formula is identical in both.
 """
 
 from __future__ import annotations
@@ -125,11 +126,17 @@ class HyperNetwork(nn.Module):
         var = self.unit_in / in_channels
         if kernel_size == 1 and self.kernel_size > 1:
             k2 = self.kernel_size ** 2
-            var *= {"mean": k2, "center": k2, "sum": 1.0 / k2, "max": 1.0}[reduce]
+            var *= {"mean": k2 * k2, "center": k2, "sum": 1.0, "max": k2}[reduce]
         return math.sqrt(var)
 
-    def forward(self, z: Tensor) -> Tensor:
-        """Generate units: ``z (..., z_dim) -> (..., unit_out, unit_in, k, k)``."""
+    def forward(self, z: Tensor, reduce: Reduce | None = None) -> Tensor:
+        """Generate units: ``z (..., z_dim) -> (..., unit_out, unit_in, k, k)``.
+
+        With ``reduce`` in ``"mean"``/``"sum"``/``"center"`` the units are reduced to ``1 × 1`` over their
+        spatial dimensions. These reductions are linear, so they are applied to ``W_out``/``B_out`` *before*
+        the second layer — exactly equal to reducing the full units, at ``1/k²`` of the memory (this is what
+        makes the 1×1 convs of a PSAT ResNet-50 cheap). ``"max"`` is reduced after generation.
+        """
         if z.shape[-1] != self.z_dim:
             raise TorchRobustError(
                 f"embedding has size {z.shape[-1]} but the hypernetwork expects z_dim={self.z_dim}; "
@@ -137,8 +144,21 @@ class HyperNetwork(nn.Module):
         batch = z.shape[:-1]
         k = self.kernel_size
         a = (z @ self.w_in + self.b_in).reshape(*batch, self.unit_in, self.hidden)
-        units = (a @ self.w_out + self.b_out).reshape(*batch, self.unit_in, self.unit_out, k, k)
-        return units.transpose(-4, -3)
+        if reduce in ("mean", "sum", "center") and k > 1:
+            w = self.w_out.reshape(self.hidden, self.unit_out, k * k)
+            b = self.b_out.reshape(self.unit_out, k * k)
+            if reduce == "mean":
+                w, b = w.mean(-1), b.mean(-1)
+            elif reduce == "sum":
+                w, b = w.sum(-1), b.sum(-1)
+            else:
+                c = (k // 2) * k + k // 2
+                w, b = w[..., c], b[..., c]
+            return (a @ w + b).reshape(*batch, self.unit_in, self.unit_out, 1, 1).transpose(-4, -3)
+        units = (a @ self.w_out + self.b_out).reshape(*batch, self.unit_in, self.unit_out, k, k).transpose(-4, -3)
+        if reduce == "max" and k > 1:
+            units = units.amax(dim=(-2, -1), keepdim=True)
+        return units
 
     def num_generated(self) -> int:
         """Number of weights in one unit."""
@@ -235,18 +255,10 @@ class HyperConv2d(nn.Module):
         hyper = self.hypernetwork
         go, gi = self.grid
         k = hyper.kernel_size
-        units = hyper(self.embedding)  # (go, gi, uo, ui, k, k)
-        w = units.permute(0, 2, 1, 3, 4, 5).reshape(go * hyper.unit_out, gi * hyper.unit_in, k, k)
-        if self.kernel_size == 1 and k > 1:
-            if self.reduce == "mean":
-                w = w.mean(dim=(2, 3), keepdim=True)
-            elif self.reduce == "sum":
-                w = w.sum(dim=(2, 3), keepdim=True)
-            elif self.reduce == "max":
-                w = w.amax(dim=(2, 3), keepdim=True)
-            else:
-                w = w[:, :, k // 2: k // 2 + 1, k // 2: k // 2 + 1]
-        return w
+        reduce = self.reduce if (self.kernel_size == 1 and k > 1) else None
+        units = hyper(self.embedding, reduce)  # (go, gi, uo, ui, kk, kk)
+        kk = units.shape[-1]
+        return units.permute(0, 2, 1, 3, 4, 5).reshape(go * hyper.unit_out, gi * hyper.unit_in, kk, kk)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
