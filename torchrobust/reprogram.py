@@ -9,8 +9,8 @@ weights as in Appendix Algorithm 2) with the **original weights**. λ = 1 gives 
 The three paradigms of Sec. 4 (Figure 2) are helpers on top of the surgery:
 
 * Paradigm 1 - fixed λ, nothing trained: :func:`reprogram` with a λ, or :func:`lam_sweep` over a grid;
-* Paradigm 2 - only the per-layer λ are trained (weights frozen): ``reprogram(..., learn_lam=True)`` then
-  ``set_paradigm(model, 2)``;
+* Paradigm 2 - only the per-layer λ are trained (weights frozen): ``set_paradigm(model, 2)`` returns the
+  parameters to optimise;
 * Paradigm 3 - weights and λ are trained: ``set_paradigm(model, 3)``.
 
 Note on the public code's numbering: its ``--paradigm 1`` *trains* λ only (the paper's Paradigm 2) and its
@@ -350,7 +350,7 @@ def reprogram(
         eps: ε > 0 in the IRLS weight ``1/(|a_d x_d - z/D| + ε)`` (Appendix Algorithm 2; Algorithm 1 has none).
         layers: which layers; see :func:`select_layers` (None = the model's documented defaults).
         inplace: modify ``model`` itself instead of a weight-sharing structural copy (see module docs).
-        learn_lam: make λ an ``nn.Parameter`` (needed for Paradigms 2 and 3).
+        learn_lam: make λ trainable (``requires_grad``) from the start; :func:`set_paradigm` also sets it.
         drop_bias: ignore the layer bias, as the public code's ``RobustConv2d`` does (faithful-replication
             option; the default keeps the bias, which is what the original layer computes).
         backend: NRPM kernel choice passed to the layers (``"auto"`` lets them pick).
@@ -526,20 +526,22 @@ def lam_sweep(
 
 
 # ----------------------------------------------------------------------------------------------- paradigms
+def _lam_param(layer: nn.Module) -> nn.Parameter | None:
+    p = getattr(layer, "lam_parameter", None)
+    if isinstance(p, nn.Parameter):
+        return p
+    lam = getattr(layer, "lam", None)
+    return lam if isinstance(lam, nn.Parameter) else None
+
+
 def _lam_params(model: nn.Module) -> list[nn.Parameter]:
     layers = _require_nrpm(model)
     out: list[nn.Parameter] = []
-    fixed = []
     for name, layer in layers.items():
-        lam = getattr(layer, "lam", None)
-        if isinstance(lam, nn.Parameter):
-            out.append(lam)
-        else:
-            fixed.append(name)
-    if fixed:
-        raise TorchRobustError(
-            f"λ of layer(s) {_few(fixed)} is not learnable; reprogram with learn_lam=True for Paradigms 2 and 3"
-        )
+        p = _lam_param(layer)
+        if p is None:
+            raise TorchRobustError(f"layer {name!r} has no λ Parameter to train; rebuild it with reprogram()")
+        out.append(p)
     return out
 
 
@@ -547,7 +549,8 @@ def trainable_params(model: nn.Module, paradigm: int) -> list[nn.Parameter]:
     """The parameters a paradigm trains (paper Sec. 4, Figure 2), without changing ``requires_grad``.
 
     1: none (fixed λ); 2: the NRPM λ parameters only; 3: every parameter of the model (weights and λ).
-    Paradigms 2 and 3 need ``reprogram(..., learn_lam=True)``.
+    Every NRPM layer stores λ as a Parameter (``lam_parameter``); ``learn_lam`` only sets its initial
+    ``requires_grad``, and :func:`set_paradigm` overrides it.
     """
     if paradigm not in PARADIGMS:
         raise TorchRobustError(f"unknown paradigm {paradigm!r}; valid: 1 (fixed λ), 2 (learn λ), 3 (learn all)")
