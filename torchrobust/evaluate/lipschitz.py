@@ -12,9 +12,12 @@ Chen, Chen, Chung & Lee, arXiv 2406.19622:
   forged function (``emp_before``) and after it (``emp_after``).
 * Lemma 2 (Eqs. 10-12): zeroing input coordinates replaces ``A = W^T W`` by ``A'`` with those columns zeroed; its
   largest eigenvalue ``sigma_max(W D_x)^2`` (``D_x`` = the 0/1 mask of kept coordinates of input ``x``) is at most
-  ``sigma_max(W)^2``. We check this per example (``masked_sigma_max`` <= ``sigma_max``) and, for linear layers,
-  also the Gershgorin-disc bound the paper's proof uses (``max_i a_ii + sum_{j != i} |a_ij|`` for ``A`` and
-  ``A D_x``).
+  ``sigma_max(W)^2``. Inputs behind ReLU already have exact zeros, so we separate the two effects per example:
+  ``masked_sigma_before`` = ``max_x sigma_max(W D_{x != 0})`` (what the unforged input already uses) and
+  ``masked_sigma_max`` = ``max_x sigma_max(W D_{|x| > t})`` (after forging); ``lemma2_holds`` checks
+  ``after <= before <= sigma_max(W)`` on every checked example. For linear layers we also report the
+  Gershgorin-disc bound the paper's proof uses (``max_i a_ii d_i + sum_{j != i} |a_ij| d_j`` for ``A D``) with
+  the same two masks.
 
 Note on what Lemma 2 does and does not say: it bounds the *worst case over directions* of the masked map;
 it does not imply ``emp_after <= emp_before`` for a finite data set (the ratio of a particular masked input can
@@ -252,6 +255,7 @@ class _LayerStats:
     before: list[torch.Tensor] = field(default_factory=list)
     after: list[torch.Tensor] = field(default_factory=list)
     masks: list[torch.Tensor] = field(default_factory=list)
+    nonzero: list[torch.Tensor] = field(default_factory=list)
     zeroed: int = 0
     total: int = 0
 
@@ -299,8 +303,9 @@ def empirical_lipschitz(
         rtol: relative tolerance of the Lemma 2 comparison (power iteration converges from below).
 
     Returns one dict per layer: ``name``, ``kind``, ``input_shape``, ``sigma_max``, ``emp_before``,
-    ``emp_after``, ``emp_reduced``, ``masked_sigma_max``, ``lemma2_holds``, ``gershgorin_before``,
-    ``gershgorin_after`` (linear layers; NaN for convs), ``zero_fraction``.
+    ``emp_after``, ``emp_reduced``, ``masked_sigma_before``, ``masked_sigma_max``, ``lemma2_holds``,
+    ``gershgorin_full`` (unmasked ``A``), ``gershgorin_before``, ``gershgorin_after`` (linear layers; NaN for
+    convs), ``zero_fraction`` (fraction of input entries zeroed by the threshold that were not already 0).
     """
     targets = _targets(model, layers)
     stats = [_LayerStats(name, layer, forged) for name, layer, forged in targets]
@@ -322,6 +327,7 @@ def empirical_lipschitz(
                 take = lemma2_samples - sum(mk.shape[0] for mk in st.masks)
                 if take > 0:
                     st.masks.append(kept[:take].cpu())
+                    st.nonzero.append((x[:take] != 0).cpu())
 
         return hook
 
@@ -347,16 +353,19 @@ def empirical_lipschitz(
         sigma = spectral_norm(st.layer, st.input_shape, n_iter=n_iter, tol=tol)
         before = _nanmax(torch.cat(st.before))
         after = _nanmax(torch.cat(st.after)) if st.after else math.nan
-        masked = math.nan
-        g_before = g_after = math.nan
+        masked = masked_before = math.nan
+        g_before = g_after = g_full = math.nan
         is_linear = isinstance(st.layer, nn.Linear)
         if is_linear:
-            g_before = gershgorin_bound(st.layer)
+            g_full = gershgorin_bound(st.layer)
         if st.masks:
-            masks = torch.cat(st.masks)
+            masks, nonzero = torch.cat(st.masks), torch.cat(st.nonzero)
             masked = max(masked_spectral_norm(st.layer, mk, n_iter=n_iter, tol=tol, seed=i)
                          for i, mk in enumerate(masks))
+            masked_before = max(masked_spectral_norm(st.layer, mk, n_iter=n_iter, tol=tol, seed=i)
+                                for i, mk in enumerate(nonzero))
             if is_linear:
+                g_before = max(gershgorin_bound(st.layer, mk) for mk in nonzero)
                 g_after = max(gershgorin_bound(st.layer, mk) for mk in masks)
         rows.append({
             "name": st.name,
@@ -366,8 +375,11 @@ def empirical_lipschitz(
             "emp_before": before,
             "emp_after": after,
             "emp_reduced": bool(after <= before) if not math.isnan(after) else None,
+            "masked_sigma_before": masked_before,
             "masked_sigma_max": masked,
-            "lemma2_holds": bool(masked <= sigma * (1 + rtol) + 1e-12) if not math.isnan(masked) else None,
+            "lemma2_holds": bool(masked <= masked_before * (1 + rtol) + 1e-12
+                                 and masked_before <= sigma * (1 + rtol) + 1e-12) if not math.isnan(masked) else None,
+            "gershgorin_full": g_full,
             "gershgorin_before": g_before,
             "gershgorin_after": g_after,
             "zero_fraction": st.zeroed / st.total if st.total else math.nan,
@@ -416,8 +428,9 @@ class LipschitzReport:
     network: list[dict[str, Any]]
     c_r: float | None = None
 
-    _LAYER_COLS = ("name", "kind", "sigma_max", "emp_before", "emp_after", "emp_reduced", "masked_sigma_max",
-                   "lemma2_holds", "gershgorin_before", "gershgorin_after", "zero_fraction")
+    _LAYER_COLS = ("name", "kind", "sigma_max", "emp_before", "emp_after", "emp_reduced", "masked_sigma_before",
+                   "masked_sigma_max", "lemma2_holds", "gershgorin_full", "gershgorin_before", "gershgorin_after",
+                   "zero_fraction")
 
     @property
     def lemma2_holds(self) -> bool:
@@ -436,14 +449,15 @@ class LipschitzReport:
                 return "n/a" if math.isnan(v) else f"{v:.4g}"
             return str(v)
 
-        lines = ["| layer | kind | σ_max(W) | emp. before | emp. after | reduced | max σ(W D_x) | Lemma 2 | "
-                 "Gershgorin before | Gershgorin after | zeroed % |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines = ["| layer | kind | σ_max(W) | emp. before | emp. after | reduced | max σ(W D_x≠0) | "
+                 "max σ(W D_forged) | Lemma 2 | Gershgorin A | Gershgorin x≠0 | Gershgorin forged | zeroed % |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.layers:
             zf = "n/a" if math.isnan(r["zero_fraction"]) else f"{100 * r['zero_fraction']:.1f}"
             lines.append("| " + " | ".join([f(r["name"]), f(r["kind"]), f(r["sigma_max"]), f(r["emp_before"]),
-                                             f(r["emp_after"]), f(r["emp_reduced"]), f(r["masked_sigma_max"]),
-                                             f(r["lemma2_holds"]), f(r["gershgorin_before"]),
+                                             f(r["emp_after"]), f(r["emp_reduced"]), f(r["masked_sigma_before"]),
+                                             f(r["masked_sigma_max"]), f(r["lemma2_holds"]),
+                                             f(r["gershgorin_full"]), f(r["gershgorin_before"]),
                                              f(r["gershgorin_after"]), zf]) + " |")
         if self.network:
             lines += ["", "| network (logits, attack δ) | n | max | mean | median |", "|---|---|---|---|---|"]
