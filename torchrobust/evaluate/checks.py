@@ -585,7 +585,7 @@ def find_zero_gradient_modules(
        modules change by at most about ``h · |J d|`` plus kink terms of order ``h``; a threshold such as
        ``x · (|x| > t)`` (Eq. 9 of the data-driven Lipschitz paper) jumps by ``t``, a quantiser by its step,
        and the straight-through form ``x + (q(x) - x).detach()`` is caught here as well;
-    5. *jump* along a path (leaf modules whose output has the input's shape, ``path_points`` > 1): the same test
+    5. *jump* along a path (entrywise leaf modules — diagonal Jacobian — with ``path_points`` > 1): the same test
        on the grid ``s · a``, ``s = 1/K, ..., 1`` with ``K = path_points``, so every entry sweeps all magnitudes
        up to ``|a_i|`` and a threshold ``t`` is crossed for certain; it is found when some entry has
        ``|a_i| + |(J a)_i| < K t / factor`` (for ``x · (|x| > t)``: an entry with ``t < |a_i| < 4 t`` for the
@@ -909,9 +909,19 @@ def _classify_module(m: nn.Module, a: Tensor, probes: int, rel_step: float, fact
         bound = factor * h * (1 + jd.abs()) + 32 * fp_eps * (o0.abs() + o1.abs() + 1)
         if bool((err > bound).any()):
             return "jump"
-    if path_points > 1 and o0.shape == a.shape and not any(True for _ in m.children()):
+    if path_points > 1 and o0.shape == a.shape and not any(True for _ in m.children()) and _elementwise(m, a, gen):
         return _path_probe(m, a, path_points, factor, fp_eps)
     return None
+
+
+def _elementwise(m: nn.Module, a: Tensor, gen: torch.Generator) -> bool:
+    """Whether ``m`` acts entrywise at ``a``: its Jacobian is diagonal, i.e. ``J d == (J 1) ⊙ d`` for random signs
+    ``d`` (true for activations, thresholds, quantisers, BatchNorm in eval; false for softmax, norms, convs)."""
+    d = torch.randint(0, 2, a.shape, generator=gen).to(a) * 2 - 1
+    jd, j1 = _jvp(m, a, d), _jvp(m, a, torch.ones_like(a))
+    if jd is None or j1 is None or jd.shape != a.shape:
+        return False
+    return bool(torch.allclose(jd, j1 * d, rtol=1e-4, atol=1e-6 * float(j1.abs().max().clamp_min(1e-30))))
 
 
 def _path_probe(m: nn.Module, a: Tensor, k_max: int, factor: float, fp_eps: float) -> str | None:
