@@ -159,4 +159,4 @@ def test_non_tiling_unit_names_layer_and_sizes() -> None:
         HyperNetwork(0)
     with pytest.raises(TorchRobustError, match="z_dim=8"):
         h(torch.zeros(3))
-    assert math.isfinite(float(HyperConv2d(64, 128, 1, hyper=h).weight.sum()))
+    assert math.isfinite(float(HyperConv2d(64, 128, 1, hyper=h).weight.detach().sum()))

@@ -239,4 +239,4 @@ def load_ensemble(source: str | os.PathLike[str] | Mapping[str, str | os.PathLik
         paths = {canonical_threat(k): Path(v) for k, v in source.items()}
     else:
         paths = {canonical_threat(t): member_path(source, canonical_threat(t)) for t in threats}
-    return PSATEnsemble({k: load_member(p, map_location) for k, p in paths.items()}, strategy=strategy)
+    return PSATEnsemble({k: load_member(p, map_location) for k, p in paths.items()}, strategy=strategy).eval()
