@@ -339,3 +339,19 @@ def test_quick_preset_writes_files(tmp_path) -> None:
     assert "| Paradigm 3 | ours |" in md and "| | paper | 86.1 | 81.7" in md
     with pytest.raises(TorchRobustError, match="unknown reprogramming preset"):
         run("table99", tmp_path)
+
+
+def test_checkpoint_replays_reprogramming(tmp_path) -> None:
+    from torchrobust import checkpoint
+
+    model = create("mlp", widths=[8])
+    r = reprogram(model, lam={"fc1": 0.25, "fc2": 0.75}, K=2, eps=1e-2)
+    set_paradigm(r, 2)
+    with torch.no_grad():
+        r.fc1.lam_parameter.fill_(0.125)  # a "learned" λ must come back from the weights
+    checkpoint.save(r, tmp_path / "m.safetensors")
+    back = checkpoint.load(tmp_path / "m.safetensors")
+    assert learned_lams(back) == pytest.approx({"fc1": 0.125, "fc2": 0.75})
+    assert {m.K for m in nrpm_layers(back).values()} == {2}
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(back(x), r.eval()(x))

@@ -177,6 +177,7 @@ class Profile:
     lenet_finetune_epochs: int = 1
     lenet_advft_epochs: int = 3
     n_train: int | None = None  # training subset size (None: all 60k)
+    backend: str = "auto"  # NRPM kernels ("eager" avoids torch.compile's start-up cost in short runs)
 
 
 PROFILES: dict[str, Profile] = {
@@ -188,7 +189,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         n_test=100, n_pgd=16, pgd_eps=(0.3,), pgd_steps=5, backbone_epochs=1, backbone_max_batches=40,
         reprogram_steps=3, lam_grid=(1.0, 0.5, 0.0), K_grid=(0, 1), lam_grid_k=(0.7,),
-        train_eps_grid=(0.0, 0.3), lenet_finetune_epochs=1, lenet_advft_epochs=1, n_train=2000,
+        train_eps_grid=(0.0, 0.3), lenet_finetune_epochs=1, lenet_advft_epochs=1, n_train=2000, backend="eager",
     ),
 }
 
@@ -345,7 +346,8 @@ def _learn(ctx: _Ctx, backbone: nn.Module, paradigm: int, eps_train: float, K: i
     from torchrobust.train import TrainConfig, fit
 
     p = ctx.profile
-    model = reprogram(copy.deepcopy(backbone), lam=lam0, K=K, learn_lam=True, inplace=True)
+    model = reprogram(copy.deepcopy(backbone), lam=lam0, K=K, learn_lam=True, inplace=True,
+                      backend=ctx.profile.backend)
     params = set_paradigm(model, paradigm)
     cfg = TrainConfig(epochs=p.reprogram_epochs, batch_size=p.batch_size, optimizer="adam",
                       lr=0.02 if paradigm == 2 else 2e-3, mode="fgsm" if eps_train > 0 else "standard",
@@ -365,7 +367,8 @@ def _table1(ctx: _Ctx) -> dict[str, Any]:
     ctx.add("Normal-train", normal, paper["Normal-train"], pgd=True)
     assert advm is not None
     ctx.add("Adv-train", advm, paper["Adv-train"], pgd=True)
-    p1 = reprogram(normal, lam=1.0, K=1)  # a weight-sharing structural copy; Paradigm 1 trains nothing
+    # a weight-sharing structural copy; Paradigm 1 trains nothing
+    p1 = reprogram(normal, lam=1.0, K=1, backend=ctx.profile.backend)
     for lam in p.lam_grid:
         set_lam(p1, lam)
         ctx.add(f"P1 λ={lam:.1f}", p1, paper.get(f"P1 λ={lam:.1f}"), pgd=lam == 0.5, lams=[lam] * 3, K=1)
@@ -393,7 +396,7 @@ def _table7(ctx: _Ctx) -> dict[str, Any]:
         ctx.add(f"{label} LPM", normal, PAPER["table7"][f"{label} LPM"], pgd=True)
         # NRPM: pure NRPM (λ = 0, K = 3) fine-tuned on clean data (Paradigm 3 with λ frozen at 0; the paper
         # code's default fine-tuning is clean: its --adv_train flag defaults to False)
-        m = reprogram(copy.deepcopy(normal), lam=0.0, K=3, inplace=True)
+        m = reprogram(copy.deepcopy(normal), lam=0.0, K=3, inplace=True, backend=ctx.profile.backend)
         ctx.train(m, epochs=ctx.profile.reprogram_epochs, lr=1e-3, optimizer="adam",
                   max_batches=ctx.profile.reprogram_steps, tag=f"{label} NRPM fine-tune")
         ctx.add(f"{label} NRPM", m, PAPER["table7"][f"{label} NRPM"], pgd=True, lams=[0.0] * n_layers, K=3)
@@ -402,7 +405,7 @@ def _table7(ctx: _Ctx) -> dict[str, Any]:
 
 def _table8(ctx: _Ctx) -> dict[str, Any]:
     normal, _ = _backbones(ctx, 3, adv=False)
-    m = reprogram(normal, lam=0.5, K=1)
+    m = reprogram(normal, lam=0.5, K=1, backend=ctx.profile.backend)
     for lam in ctx.profile.lam_grid_k:
         for K in ctx.profile.K_grid:
             set_lam(m, lam)
@@ -442,7 +445,8 @@ def _lenet_preset(ctx: _Ctx, out_dir: Path) -> dict[str, Any]:
     p = ctx.profile
     net = _trained_lenet(ctx)
     figs: dict[str, str] = {}
-    m = reprogram(net, lam=1.0, K=1)  # the paper code's LeNet: K = 1, ε = 1e-3, convs reprogrammed
+    # the paper code's LeNet: K = 1, ε = 1e-3, convs reprogrammed
+    m = reprogram(net, lam=1.0, K=1, backend=ctx.profile.backend)
     sweep_rows = []
     for lam in p.lam_grid:
         set_lam(m, lam)
@@ -452,7 +456,7 @@ def _lenet_preset(ctx: _Ctx, out_dir: Path) -> dict[str, Any]:
     for lam in p.lam_grid:
         if lam == 1.0:
             continue
-        ft = reprogram(copy.deepcopy(net), lam=lam, K=1, inplace=True)
+        ft = reprogram(copy.deepcopy(net), lam=lam, K=1, inplace=True, backend=ctx.profile.backend)
         ctx.train(ft, epochs=p.lenet_finetune_epochs, lr=1e-3, optimizer="adam", max_batches=p.reprogram_steps,
                   tag=f"LeNet λ={lam:.1f} fine-tune")
         ft_rows.append(ctx.add(f"P3 fine-tuned λ={lam:.1f}", ft, None, lams=[lam, lam], K=1))
@@ -471,7 +475,7 @@ def _lenet_preset(ctx: _Ctx, out_dir: Path) -> dict[str, Any]:
     for arch in ("LPM", "NRPM"):
         model = copy.deepcopy(net)
         if arch == "NRPM":
-            model = reprogram(model, lam=0.0, K=1, inplace=True)
+            model = reprogram(model, lam=0.0, K=1, inplace=True, backend=ctx.profile.backend)
         clean, robust = [], []
 
         def on_epoch(_rec: dict[str, float], model: nn.Module = model, clean: list = clean,
@@ -495,7 +499,8 @@ def _table3(ctx: _Ctx, out_dir: Path) -> dict[str, Any]:
     from torchrobust.evaluate.embeddings import embedding_differences, plot_embeddings
 
     net = _trained_lenet(ctx)
-    nrpm = reprogram(net, lam=0.0, K=1)  # pure NRPM convs (the paper's "NRPM-LeNet"; its fc layers stay LPM)
+    # pure NRPM convs (the paper's "NRPM-LeNet"; its fc layers stay LPM)
+    nrpm = reprogram(net, lam=0.0, K=1, backend=ctx.profile.backend)
     n = ctx.profile.n_test
     x, y = ctx.x_test[:n], ctx.y_test[:n]
     tables: dict[str, Any] = {}
