@@ -139,6 +139,16 @@ def test_unit_that_does_not_tile_raises() -> None:
         create("hyper_vgg")
 
 
+@pytest.mark.parametrize("depth", [18, 50])
+def test_plain_backbone_has_the_zoo_resnet_layout(depth: int) -> None:
+    from torchrobust import models
+
+    zoo = models.create(f"resnet{depth}")
+    ours = create(f"plain_resnet{depth}")
+    assert [tuple(t.shape) for t in zoo.state_dict().values()] == [tuple(t.shape) for t in ours.state_dict().values()]
+    assert count_parameters(zoo) == count_parameters(ours)
+
+
 def test_plain_counterpart_drops_hyper_kwargs() -> None:
     m = create("hyper_resnet18", z_dim=8, unit=32, num_classes=7)
     plain = psat.plain_counterpart(m)
