@@ -277,6 +277,84 @@ def test_dm_wideresnet_state_dict_uses_robustbench_names():
     assert isinstance(m.layer[0].block[0].relu_0, nn.SiLU)
 
 
+def _randomise_bn(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+
+
+def _bn(x: torch.Tensor, p: dict, k: str) -> torch.Tensor:
+    return F.batch_norm(x, p[k + ".running_mean"], p[k + ".running_var"], p[k + ".weight"], p[k + ".bias"])
+
+
+def _reference_wrn(p: dict, x: torch.Tensor, n: int) -> torch.Tensor:
+    """RobustBench ``WideResNet.forward`` (eval) written from its description, on a state_dict."""
+    out = F.conv2d(x, p["conv1.weight"], padding=1)
+    for g, stride in ((1, 1), (2, 2), (3, 2)):
+        for i in range(n):
+            k = f"block{g}.layer.{i}"
+            s = stride if i == 0 else 1
+            if k + ".convShortcut.weight" in p:          # not equalInOut: x itself is replaced by the activation
+                out = F.relu(_bn(out, p, k + ".bn1"))
+                skip = F.conv2d(out, p[k + ".convShortcut.weight"], stride=s)
+                h = out
+            else:
+                skip, h = out, F.relu(_bn(out, p, k + ".bn1"))
+            h = F.relu(_bn(F.conv2d(h, p[k + ".conv1.weight"], stride=s, padding=1), p, k + ".bn2"))
+            out = skip + F.conv2d(h, p[k + ".conv2.weight"], padding=1)
+    out = F.relu(_bn(out, p, "bn1"))
+    return F.linear(F.avg_pool2d(out, 8).flatten(1), p["fc.weight"], p["fc.bias"])
+
+
+def _reference_dm(p: dict, x: torch.Tensor, n: int) -> torch.Tensor:
+    """RobustBench ``DMWideResNet.forward`` (eval, Swish) written from its description, on a state_dict."""
+    out = F.conv2d((x - p["mean"]) / p["std"], p["init_conv.weight"], padding=1)
+    for g, stride in ((0, 1), (1, 2), (2, 2)):
+        for i in range(n):
+            k = f"layer.{g}.block.{i}"
+            s = stride if i == 0 else 1
+            act = F.silu(_bn(out, p, k + ".batchnorm_0"))
+            skip = F.conv2d(act, p[k + ".shortcut.weight"], stride=s) if k + ".shortcut.weight" in p else out
+            v = F.pad(act, (1, 1, 1, 1) if s == 1 else (0, 1, 0, 1))
+            h = F.silu(_bn(F.conv2d(v, p[k + ".conv_0.weight"], stride=s), p, k + ".batchnorm_1"))
+            out = skip + F.conv2d(h, p[k + ".conv_1.weight"], padding=1)
+    out = F.silu(_bn(out, p, "batchnorm"))
+    return F.linear(F.avg_pool2d(out, 8).flatten(1), p["logits.weight"], p["logits.bias"])
+
+
+def _reference_resnet(p: dict, x: torch.Tensor, n: int) -> torch.Tensor:
+    """The reprogramming code's post-activation CIFAR ResNet (BasicBlock) forward, eval, on a state_dict."""
+    out = F.relu(_bn(F.conv2d(x, p["conv1.weight"], padding=1), p, "bn1"))
+    for g, stride in ((1, 1), (2, 2), (3, 2), (4, 2)):
+        for i in range(n):
+            k = f"layer{g}.{i}"
+            s = stride if i == 0 else 1
+            h = F.relu(_bn(F.conv2d(out, p[k + ".conv1.weight"], stride=s, padding=1), p, k + ".bn1"))
+            h = _bn(F.conv2d(h, p[k + ".conv2.weight"], padding=1), p, k + ".bn2")
+            if k + ".shortcut.0.weight" in p:
+                out = _bn(F.conv2d(out, p[k + ".shortcut.0.weight"], stride=s), p, k + ".shortcut.1")
+            out = F.relu(h + out)
+    return F.linear(F.avg_pool2d(out, 4).flatten(1), p["linear.weight"], p["linear.bias"])
+
+
+@pytest.mark.parametrize("name,reference", [("wideresnet", _reference_wrn), ("wideresnet_dm", _reference_dm),
+                                            ("resnet18", _reference_resnet)])
+def test_forward_matches_the_reference_layout(name, reference):
+    kw = {"depth": 16, "widen_factor": 2}            # 2 blocks per stage: width-changing and equal-width blocks
+    if name == "resnet18":
+        kw = {"width": 4}
+    if name == "wideresnet_dm":
+        kw.update(mean=CIFAR_MEAN, std=CIFAR_STD, activation="silu")
+    model = models.create(name, **kw).double().eval()
+    _randomise_bn(model)
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(model(x), reference(model.state_dict(), x, 2))
+
+
 def test_wideresnet_skip_paths_follow_robustbench():
     m = WideResNet(depth=10, widen_factor=2).eval()
     with torch.no_grad():

@@ -5,6 +5,8 @@ normalisation, as in the reprogramming paper's code. Build models by name with :
 
     model = torchrobust.models.create("resnet18", num_classes=10, width=8)    # the paper's narrow ResNet-18
     model = torchrobust.models.create("wrn28_10", mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
+    info = torchrobust.data.DATASETS["cifar10"]                               # or the dataset's own statistics
+    model = torchrobust.models.create("resnet18", mean=info.mean, std=info.std)
 
 Zoo models describe where defences go (docs/architecture.md, "Model structure hooks"):
 ``model.nrpm_default_layers()`` and ``model.forge_insertion_points()`` return qualified module names.

@@ -66,6 +66,8 @@ def jsonable(value: Any, what: str) -> Any:
     """``value`` with tuples → lists and tensors → lists; errors if the result is not JSON-serialisable."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().tolist()
+    elif type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numpy arrays and scalars
+        value = value.tolist()
     elif isinstance(value, tuple):
         value = [jsonable(v, what) for v in value]
     elif isinstance(value, list):
