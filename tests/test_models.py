@@ -444,6 +444,8 @@ def test_residual_hooks(name, n_nrpm, n_forge, n_short):
     shortcuts = [n for n in forge if "hortcut" in n]
     assert len(shortcuts) == n_short and all(forge[n].kernel_size == (1, 1) for n in shortcuts)
     assert model.forge_insertion_points(shortcuts=False) == [n for n in forge if "hortcut" not in n]
+    if name.startswith("resnet"):   # optional: every main-path conv, as the paper code's Bottleneck does
+        assert model.nrpm_default_layers(bottleneck_1x1=True) == [n for n in forge if "hortcut" not in n]
 
 
 @pytest.mark.parametrize("name,kw,lower", [

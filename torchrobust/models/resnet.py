@@ -155,12 +155,16 @@ class ResNet(nn.Module):
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
 
-    def nrpm_default_layers(self) -> list[str]:
+    def nrpm_default_layers(self, bottleneck_1x1: bool = False) -> list[str]:
         """The 3×3 convs inside residual blocks (not the stem, 1×1 shortcuts, bottleneck 1×1s or ``linear``).
 
         This is what the paper's CIFAR code replaces (the 16 convs of ``TinyRobNetLearn18``'s blocks, notes §4).
+        The paper runs NRPM on ResNet-10/18/34 only (Appendix E.1); its code's (unused) ``Bottleneck`` makes all
+        three main-path convs robust, which ``bottleneck_1x1=True`` reproduces (adds ``conv1``/``conv3`` of every
+        Bottleneck; no effect on BasicBlock models).
         """
-        return qualified_names(self, [c for b in self.blocks() for c in b.convs3x3()])
+        convs = [c for b in self.blocks() for c in (b.convs() if bottleneck_1x1 else b.convs3x3())]
+        return qualified_names(self, convs)
 
     def forge_insertion_points(self, shortcuts: bool = True) -> list[str]:
         """Every conv inside every residual block (Chen et al., data-driven Lipschitz, Fig. 2), not the stem.
