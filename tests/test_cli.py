@@ -114,3 +114,25 @@ def test_torch_threads_flag(ckpt, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_reprogram_forge_certify_commands(ckpt, tmp_path, capsys):
+    rp = tmp_path / "nrpm.safetensors"
+    assert main(["reprogram", str(ckpt), "--lam", "0.7", "--K", "2", "--out", str(rp), "--quiet"]) == 0
+    m = checkpoint.load(rp)
+    nrpm = [mod for mod in m.modules() if type(mod).__name__.startswith("NRPM")]
+    assert nrpm and all(abs(float(mod.lam) - 0.7) < 1e-6 and mod.K == 2 for mod in nrpm)
+    fp = tmp_path / "forged.safetensors"
+    assert main(["forge", str(ckpt), "--c-r", "2**-5", "--n-calib", "500", "--out", str(fp), "--quiet"]) == 0
+    forged = checkpoint.load(fp)
+    assert any(type(mod).__name__ == "Forged" for mod in forged.modules())
+    out = tmp_path / "cert"
+    assert main(["certify", str(ckpt), "--n-examples", "3", "--n0", "20", "--n", "200", "--sigma", "0.25",
+                 "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "certify.json").read_text())
+    assert doc["n_examples"] == 3 and len(doc["certified_accuracy"]) == len(doc["radii"])
+    assert (out / "certified_accuracy.png").stat().st_size > 0
+    assert main(["reprogram", str(rp), "--out", str(tmp_path / "twice.safetensors"), "--quiet"]) == 2
+    assert "already" in capsys.readouterr().err
+    assert main(["reprogram", str(ckpt), "--lam", "1.5", "--out", str(tmp_path / "bad.safetensors"), "--quiet"]) == 2
+    assert main(["forge", str(ckpt), "--c-r", "-1", "--out", str(tmp_path / "bad2.safetensors"), "--quiet"]) == 2

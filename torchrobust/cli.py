@@ -26,11 +26,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"torchrobust: error: {message} (see `{self.prog} --help`)\n")
 
 
+def parse_number(v: str) -> float:
+    """A number, also written as a power such as ``2**-7`` (the forged-threshold paper's c_r notation)."""
+    v = v.strip()
+    if "**" in v:
+        base, exp = v.split("**", 1)
+        return float(base) ** float(exp)
+    return float(v)
+
+
 def _floats(s: str) -> list[float]:
     try:
-        return [float(v) for v in s.split(",") if v.strip()]
+        return [parse_number(v) for v in s.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (2**-7 allowed), got {s!r}") from None
+
+
+def _number(s: str) -> float:
+    try:
+        return parse_number(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.0078125 or 2**-7, got {s!r}") from None
 
 
 def _names(s: str) -> list[str]:
@@ -223,17 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extensions(sub: Any, common: Any) -> None:
-    """Sub-commands of the defences and experiments (each module adds its own parser)."""
-    from importlib import import_module
+    """Sub-commands of the defences, experiments and certification (:mod:`torchrobust.cli_defences`)."""
+    from .cli_defences import register
 
-    for mod in ("torchrobust.experiments.cli_paper", "torchrobust.cli_defences"):
-        try:
-            m = import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-            continue
-        m.register(sub, common)
+    register(sub, common)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

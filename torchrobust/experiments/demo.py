@@ -69,7 +69,8 @@ def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = 1000, pgd_steps
     for label, m in ((label_plain, model), (label_nrpm, robust)):
         t0 = time.perf_counter()
         results[label] = sweep(m, x, y, attacks=["fgsm", "pgd"], eps=EPS, threat="Linf",
-                               attack_kwargs={"pgd": {"steps": pgd_steps}}, seed=seed, progress=progress)
+                               attack_kwargs={"pgd": {"steps": pgd_steps, "early_stop": True}}, seed=seed,
+                               progress=progress)
         log.info("%s evaluated in %.1fs", label, time.perf_counter() - t0)
 
     rows = comparison_rows(results)

@@ -1,0 +1,152 @@
+"""CLI sub-commands of the defences, the papers' experiments and certification (parsing only).
+
+``torchrobust paper NAME``      one reproduced table/figure of the reprogramming paper (Tables 1, 2, 3, 7, 8, LeNet)
+``torchrobust reprogram CKPT``  NRPM-reprogram a checkpoint (paradigm 1) and save it
+``torchrobust forge CKPT``      forge a checkpoint (data-driven Lipschitz), or ``--search`` over c_r
+``torchrobust certify CKPT``    randomized-smoothing certification (Cohen et al. CERTIFY) + curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli import _floats, _number
+from .errors import TorchRobustError
+
+
+# ----------------------------------------------------------------------------------------------- commands
+def cmd_paper(args: argparse.Namespace) -> int:
+    from .experiments.reprogramming import run
+
+    res = run(args.name, args.out, n_test=args.n_test, profile=args.profile, seed=args.seed, n_pgd=args.n_pgd,
+              device=args.device, progress=not args.quiet, threads=args.threads)
+    md = Path(args.out) / f"{args.name}.md"
+    if md.is_file():
+        sys.stdout.write(md.read_text())
+    sys.stdout.write(f"\nwrote {args.out}/ in {res.get('wall_seconds', 0):.0f} s\n")
+    return 0
+
+
+def cmd_reprogram(args: argparse.Namespace) -> int:
+    from .checkpoint import load, save
+    from .reprogram import reprogram
+
+    model = load(args.checkpoint)
+    layers: Any = args.layers.split(",") if args.layers and "," in args.layers else args.layers
+    robust = reprogram(model, lam=args.lam, K=args.K, eps=args.irls_eps, layers=layers, inplace=True)
+    path = save(robust, args.out, reprogrammed_from=str(args.checkpoint), paradigm=1)
+    sys.stdout.write(f"saved {path}\n")
+    return 0
+
+
+def cmd_forge(args: argparse.Namespace) -> int:
+    from .forge import forge_checkpoint, search_checkpoint
+
+    if args.search:
+        kw: dict[str, Any] = {}
+        if args.grid:
+            kw["grid"] = args.grid
+        res = search_checkpoint(args.checkpoint, args.out, data=args.data, n_calib=args.n_calib, n_val=args.n_val,
+                                eps=args.eps, steps=args.steps, bpda=not args.no_bpda, seed=args.seed,
+                                root=args.data_root, progress=not args.quiet, **kw)
+        sys.stdout.write(json.dumps(res.to_json(), indent=1)[:4000] + "\n")
+        sys.stdout.write(f"wrote {args.out}/\n")
+        return 0
+    if args.c_r is None:
+        raise TorchRobustError("give --c-r VALUE (e.g. 2**-7) or --search to choose it on validation data")
+    path = forge_checkpoint(args.checkpoint, args.out, data=args.data, c_r=args.c_r, n_calib=args.n_calib,
+                            seed=args.seed, root=args.data_root, progress=not args.quiet)
+    sys.stdout.write(f"saved {path}\n")
+    return 0
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import data
+    from .checkpoint import atomic_write_bytes, load
+    from .evaluate.certify import Smooth, certified_accuracy_curve, certify_dataset, plot_certified_accuracy
+    from .validation import probe_logits
+
+    model = load(args.checkpoint)
+    x, y = data.as_tensors(data.load(args.data, args.split, root=args.data_root), args.n_examples)
+    smooth = Smooth(model, num_classes=probe_logits(model, x), sigma=args.sigma)
+    g = torch.Generator().manual_seed(args.seed)
+    results = certify_dataset(smooth, x, y, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
+                              generator=g, progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    radii = [i * 0.25 for i in range(0, 17)]
+    curve = certified_accuracy_curve(results, radii)
+    doc = {"checkpoint": str(args.checkpoint), "sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha,
+           "seed": args.seed, "n_examples": len(results), "radii": radii, "certified_accuracy": curve.tolist(),
+           "per_example": [r.to_dict() for r in results]}
+    atomic_write_bytes(out / "certify.json", (json.dumps(doc, indent=1) + "\n").encode())
+    plot_certified_accuracy(results, out / "certified_accuracy.png")
+    for r, a in zip(radii, curve.tolist(), strict=True):
+        sys.stdout.write(f"radius {r:5.2f}: certified accuracy {100 * a:5.1f} %\n")
+    sys.stdout.write(f"wrote {out}/certify.json, certified_accuracy.png\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- parsers
+def register(sub: Any, common: Any) -> None:
+    from .experiments.reprogramming import PRESETS, PROFILES
+
+    sp = sub.add_parser("paper", help="reproduce a table/figure of the reprogramming paper on bundled MNIST")
+    sp.add_argument("name", choices=sorted(PRESETS), help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
+    sp.add_argument("--out", default="paper-results")
+    sp.add_argument("--profile", default="fast", choices=sorted(PROFILES))
+    sp.add_argument("--n-test", type=int, default=None, help="FGSM evaluation size (default: profile's, 10000)")
+    sp.add_argument("--n-pgd", type=int, default=None, help="PGD-20 evaluation size (default: profile's, 1000)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default=None)
+    common(sp)
+    sp.set_defaults(fn=cmd_paper, threads=1)
+
+    sp = sub.add_parser("reprogram", help="NRPM-reprogram a checkpoint (paradigm 1: fixed λ, K) and save it")
+    sp.add_argument("checkpoint")
+    sp.add_argument("--lam", type=float, default=0.5, help="λ, the weight of the linear (LPM) part, in [0, 1]")
+    sp.add_argument("--K", type=int, default=3, help="IRLS iterations")
+    sp.add_argument("--irls-eps", type=float, default=1e-3, help="ε inside the IRLS weights 1/(|r|+ε)")
+    sp.add_argument("--layers", default=None, help="layer names (comma-separated) or a glob; default: paper's")
+    sp.add_argument("--out", required=True)
+    common(sp)
+    sp.set_defaults(fn=cmd_reprogram)
+
+    sp = sub.add_parser("forge", help="insert calibrated forged thresholds (data-driven Lipschitz) into a checkpoint")
+    sp.add_argument("checkpoint")
+    sp.add_argument("--out", required=True, help="forged checkpoint path, or the output folder with --search")
+    sp.add_argument("--c-r", type=_number, default=None, help="threshold ratio c_r, e.g. 2**-7")
+    sp.add_argument("--search", action="store_true", help="search c_r over a grid on held-out training data")
+    sp.add_argument("--grid", type=_floats, default=None, help="c_r grid for --search (default 2**-10..2**-4)")
+    sp.add_argument("--data", default="mnist")
+    sp.add_argument("--data-root", default=None)
+    sp.add_argument("--n-calib", type=int, default=None, help="calibration examples from the training split")
+    sp.add_argument("--n-val", type=int, default=1000)
+    sp.add_argument("--eps", type=float, default=0.3)
+    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--no-bpda", action="store_true", help="skip the BPDA-adaptive column of --search")
+    sp.add_argument("--seed", type=int, default=0)
+    common(sp)
+    sp.set_defaults(fn=cmd_forge)
+
+    sp = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al. 2019) of a checkpoint")
+    sp.add_argument("checkpoint")
+    sp.add_argument("--sigma", type=float, default=0.25)
+    sp.add_argument("--n0", type=int, default=100)
+    sp.add_argument("--n", type=int, default=10000)
+    sp.add_argument("--alpha", type=float, default=0.001)
+    sp.add_argument("--batch-size", type=int, default=1000)
+    sp.add_argument("--data", default="mnist")
+    sp.add_argument("--data-root", default=None)
+    sp.add_argument("--split", default="test")
+    sp.add_argument("--n-examples", type=int, default=100)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="certify-results")
+    common(sp)
+    sp.set_defaults(fn=cmd_certify)
