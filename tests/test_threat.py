@@ -315,3 +315,14 @@ def test_default_alpha() -> None:
     assert L2(2.0).default_alpha(100) == pytest.approx(0.05)
     assert L1(12.0).default_alpha(100) == pytest.approx(1.2)  # SLIDE-scale steps
     assert L1(12.0).default_alpha(10) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("threat", [Linf(0.1), L2(0.7), L1(2.0)])
+def test_projector_agrees_with_project(threat: ThreatModel) -> None:
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(16, 3, 5, 5, generator=g)
+    x[x < 0.3] = 0.0
+    u = x + torch.randn(x.shape, generator=g)
+    fast = threat.projector(x)(u)
+    torch.testing.assert_close(fast, threat.project(u, x), atol=1e-6, rtol=0)
+    assert threat.contains(fast, x).all()

@@ -14,10 +14,12 @@ with ``step`` the threat model's steepest-ascent move (sign for ℓ∞, normalis
   never through ``(x + delta).clamp(0, 1)`` in the graph (``clamp`` passes a zero gradient at the bounds, which
   would freeze the ~80 % of MNIST pixels that are exactly 0).
 * **Best iterate, not last** ("silent success", Pintor et al. 2022). Every iterate, including the final one, is
-  scored per example; the returned point is the best one over all steps and restarts: a successful point
-  (misclassified, or classified as the target) beats an unsuccessful one, and ties are broken by the **margin**
-  ``max_{j != y} z_j - z_y`` (targeted: ``z_t - max_{j != t} z_j``) rather than the attack loss: the margin measures
-  how close the point is to flipping the decision, and is comparable across CE- and margin-driven runs.
+  scored per example by the **margin** ``max_{j != y} z_j - z_y`` (targeted: ``z_t - max_{j != t} z_j``), and the
+  point with the highest margin over all steps and restarts is returned. A margin > 0 means success (some other
+  class — the target — strictly beats the label), so "misclassified beats correct" holds, and among equals the point
+  closest to (or furthest past) the decision boundary wins. The margin rather than the attack loss is used because
+  it is what decides success and is comparable across CE- and margin-driven runs. (A point where the label ties
+  with another class has margin 0 and counts as not yet successful.)
 * **Restarts** run only on examples that are still robust (the others already have a successful point), as in
   AutoAttack and robust_union's evaluation code. With ``random_start=False`` every restart would repeat the same
   deterministic path, so only one run is made.
@@ -66,10 +68,6 @@ from torchrobust.errors import TorchRobustError
 __all__ = ["PGD"]
 
 
-def _bview(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 class PGD(Attack):
     """Projected gradient descent (Madry et al. 2018) with random restarts and best-iterate keeping; see the module
     docstring for the algorithm, arguments and an example."""
@@ -111,72 +109,68 @@ class PGD(Attack):
         generator = None
         if self.seed is not None and self.random_start:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        best_x, best_succ, best_score = self._run(model, x, y, generator)
+        best_x, best_score = self._run(model, x, y, generator)
         runs = self.restarts if self.random_start else 1
         for _ in range(runs - 1):
-            todo = (~best_succ).nonzero().squeeze(1)
+            todo = (best_score <= 0).nonzero().squeeze(1)  # still robust
             if todo.numel() == 0:
                 break
-            cand_x, cand_succ, cand_score = self._run(model, x[todo], y[todo], generator)
-            better = self._better(cand_succ, cand_score, best_succ[todo], best_score[todo])
+            cand_x, cand_score = self._run(model, x[todo], y[todo], generator)
+            better = cand_score > best_score[todo]
             idx = todo[better]
             best_x[idx] = cand_x[better]
-            best_succ[idx] = cand_succ[better]
             best_score[idx] = cand_score[better]
         return best_x
 
-    @staticmethod
-    def _better(succ: Tensor, score: Tensor, best_succ: Tensor, best_score: Tensor) -> Tensor:
-        return (succ & ~best_succ) | ((succ == best_succ) & (score > best_score))
-
-    def _run(
-        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One PGD run from a (random) start. Returns the best point per example, its success flag and margin."""
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """One PGD run from a (random) start. Returns the best point per example and its margin (> 0: success)."""
         threat, alpha, loss_fn, targeted = self.threat, self.alpha, self._loss_fn, self.targeted
-        x_adv = threat.random_init(x, generator) if self.random_start else x.clone()
+        x_adv = threat.random_init(x, generator) if self.random_start else x.detach()
+        project = threat.projector(x)
         best_x = x_adv.clone()
-        batch = x.shape[0]
-        best_succ = torch.zeros(batch, dtype=torch.bool, device=x.device)
-        best_score = torch.full((batch,), -math.inf, dtype=x.dtype, device=x.device)
+        best_score = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
         active: Tensor | None = None  # indices of the examples still attacked (early stop only)
-        xs, ys = x, y
+        ys = y
         for t in range(self.steps + 1):
             last = t == self.steps
             x_adv.requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 logits = model(x_adv)
-                loss = None if last else loss_fn(logits, ys, targeted)
-            grad = None if last else input_gradient(loss, x_adv)
+                grad = None if last else input_gradient(loss_fn(logits, ys, targeted), x_adv)
             x_adv = x_adv.detach()
-            logits = logits.detach()
-            score = margin(logits, ys, targeted)
-            pred = logits.argmax(1)
-            succ = pred == ys if targeted else pred != ys
+            score = margin(logits.detach(), ys, targeted)
             if active is None:
-                better = self._better(succ, score, best_succ, best_score)
-                best_x = torch.where(_bview(better, x_adv), x_adv, best_x)
-                best_succ = torch.where(better, succ, best_succ)
+                better = score > best_score
                 best_score = torch.where(better, score, best_score)
+                _keep_rows(best_x, x_adv, better)
             else:
-                better = self._better(succ, score, best_succ[active], best_score[active])
+                better = score > best_score[active]
                 idx = active[better]
                 best_x[idx] = x_adv[better]
-                best_succ[idx] = succ[better]
                 best_score[idx] = score[better]
             if last:
                 break
             if self.early_stop:
-                keep = ~succ
+                keep = score <= 0
                 if not bool(keep.all()):
                     if not bool(keep.any()):
                         break
-                    if active is None:
-                        active = torch.arange(batch, device=x.device)
-                    active, xs, ys = active[keep], xs[keep], ys[keep]
+                    active = torch.arange(x.shape[0], device=x.device) if active is None else active
+                    active, ys = active[keep], ys[keep]
                     x_adv, grad = x_adv[keep], grad[keep]
-            x_adv = threat.project(threat.step(x_adv, grad, alpha), xs)
-        return best_x, best_succ, best_score
+                    project = threat.projector(x[active])
+            x_adv = project(threat.step(x_adv, grad, alpha))
+        return best_x, best_score
+
+
+def _keep_rows(best: Tensor, new: Tensor, better: Tensor) -> None:
+    """``best[better] = new[better]`` in place. On CPU an index copy of only the improved rows is cheapest; on
+    accelerators a dense ``where`` avoids the host sync that ``nonzero`` implies."""
+    if best.device.type == "cpu":
+        idx = better.nonzero().squeeze(1)
+        best.index_copy_(0, idx, new.index_select(0, idx))
+    else:
+        torch.where(better.view(-1, *([1] * (new.dim() - 1))), new, best, out=best)
 
 
 register("pgd", PGD)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import ClassVar
@@ -107,6 +108,11 @@ class ThreatModel(ABC):
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """The projection of ``x_adv`` onto ``ball(x, eps) ∩ [0, 1]`` (see the module docstring for exactness)."""
 
+    def projector(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """``project(., x)`` with whatever depends only on ``x`` precomputed, for loops that project many times
+        around the same clean batch (ℓ∞: the intersected bounds, one clamp per step)."""
+        return lambda x_adv: self.project(x_adv, x)
+
     def default_alpha(self, steps: int) -> float:
         """Step size for ``steps`` iterations: ``2.5 * eps / steps`` (Madry et al. 2018, Sec. 5: a total path
         length of 2.5 eps, so the iterate can reach the boundary from anywhere in the ball)."""
@@ -141,11 +147,16 @@ class Linf(ThreatModel):
         return (x + (2 * u - 1) * self.eps).clamp_(0.0, 1.0)
 
     def step(self, x_adv: Tensor, grad: Tensor, alpha: float) -> Tensor:
-        return x_adv + alpha * grad.sign()
+        return torch.add(x_adv, grad.sign(), alpha=alpha)
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         delta = (x_adv - x).clamp_(-self.eps, self.eps)
         return (x + delta).clamp_(0.0, 1.0)
+
+    def projector(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        lo = (x - self.eps).clamp_(min=0.0)
+        hi = (x + self.eps).clamp_(max=1.0)
+        return lambda x_adv: torch.clamp(x_adv, lo, hi)
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
