@@ -29,6 +29,8 @@ SMALL: dict[str, tuple[dict, dict]] = {
     "resnet18": ({"width": 4, "in_channels": 1}, {"width": 4}),
     "resnet34": ({"width": 2, "in_channels": 1}, {"width": 2}),
     "resnet50": ({"width": 2, "in_channels": 1}, {"width": 2}),
+    "preact_resnet18": ({"width": 4, "in_channels": 1}, {"width": 4}),
+    "preact_resnet34": ({"width": 2, "in_channels": 1}, {"width": 2}),
     "wideresnet": ({"depth": 10, "widen_factor": 1, "in_channels": 1}, {"depth": 10, "widen_factor": 2}),
     "wideresnet_dm": ({"depth": 10, "widen_factor": 1, "in_channels": 1}, {"depth": 10, "widen_factor": 2}),
     "mlp_mixer": ({"in_channels": 1, "input_size": 28, "hidden_dim": 16, "tokens_mlp_dim": 8,
@@ -110,6 +112,7 @@ def test_models_run_in_float64_and_train_mode():
     ("resnet18", {}, 11_173_962),            # kuangliu/pytorch-cifar ResNet-18, 10 classes
     ("resnet34", {}, 21_282_122),            # kuangliu ResNet-34
     ("resnet50", {}, 23_520_842),            # kuangliu ResNet-50 (PSAT notes: 23.521M)
+    ("preact_resnet18", {}, 11_171_146),     # kuangliu PreActResNet-18 (MSD's CIFAR-10 model)
     ("wrn28_10", {}, 36_479_194),            # Zagoruyko & Komodakis WRN-28-10 (36.5M), RobustBench layout
     ("wrn34_10", {}, 46_160_474),            # TRADES / RobustBench WRN-34-10
     ("wideresnet", {"depth": 28, "widen_factor": 10}, 36_479_194),
@@ -341,11 +344,25 @@ def _reference_resnet(p: dict, x: torch.Tensor, n: int) -> torch.Tensor:
     return F.linear(F.avg_pool2d(out, 4).flatten(1), p["linear.weight"], p["linear.bias"])
 
 
+def _reference_preact(p: dict, x: torch.Tensor, n: int) -> torch.Tensor:
+    """kuangliu/MSD ``PreActResNet`` forward (eval) on a state_dict: the shortcut conv reads relu(bn1(x))."""
+    out = F.conv2d(x, p["conv1.weight"], padding=1)
+    for g, stride in ((1, 1), (2, 2), (3, 2), (4, 2)):
+        for i in range(n):
+            k = f"layer{g}.{i}"
+            s = stride if i == 0 else 1
+            act = F.relu(_bn(out, p, k + ".bn1"))
+            skip = F.conv2d(act, p[k + ".shortcut.0.weight"], stride=s) if k + ".shortcut.0.weight" in p else out
+            h = F.relu(_bn(F.conv2d(act, p[k + ".conv1.weight"], stride=s, padding=1), p, k + ".bn2"))
+            out = F.conv2d(h, p[k + ".conv2.weight"], padding=1) + skip
+    return F.linear(F.avg_pool2d(out, 4).flatten(1), p["linear.weight"], p["linear.bias"])
+
+
 @pytest.mark.parametrize("name,reference", [("wideresnet", _reference_wrn), ("wideresnet_dm", _reference_dm),
-                                            ("resnet18", _reference_resnet)])
+                                            ("resnet18", _reference_resnet), ("preact_resnet18", _reference_preact)])
 def test_forward_matches_the_reference_layout(name, reference):
     kw = {"depth": 16, "widen_factor": 2}            # 2 blocks per stage: width-changing and equal-width blocks
-    if name == "resnet18":
+    if name in ("resnet18", "preact_resnet18"):
         kw = {"width": 4}
     if name == "wideresnet_dm":
         kw.update(mean=CIFAR_MEAN, std=CIFAR_STD, activation="silu")
@@ -428,7 +445,7 @@ def test_mlp_and_lenet_hooks():
 
 
 @pytest.mark.parametrize("name,n_nrpm,n_forge,n_short", [
-    ("resnet18", 16, 19, 3), ("resnet34", 32, 35, 3), ("resnet50", 16, 52, 4),
+    ("resnet18", 16, 19, 3), ("resnet34", 32, 35, 3), ("resnet50", 16, 52, 4), ("preact_resnet18", 16, 19, 3),
     ("wrn28_10", 24, 27, 3), ("wrn34_10", 30, 33, 3), ("wrn70_16", 66, 69, 3),
 ])
 def test_residual_hooks(name, n_nrpm, n_forge, n_short):
@@ -451,6 +468,7 @@ def test_residual_hooks(name, n_nrpm, n_forge, n_short):
 @pytest.mark.parametrize("name,kw,lower", [
     ("resnet18", {"width": 4}, 0.0),
     ("resnet50", {"width": 2}, 0.0),
+    ("preact_resnet18", {"width": 4}, 0.0),
     ("wideresnet", {"depth": 16, "widen_factor": 2}, 0.0),
     ("wideresnet_dm", {"depth": 16, "widen_factor": 2, "activation": "relu"}, 0.0),
     ("wideresnet_dm", {"depth": 16, "widen_factor": 2, "activation": "silu"}, -0.2785),   # min of SiLU

@@ -17,8 +17,8 @@ from .mixer import MLPMixer
 from .mlp import MLP
 from .normalize import Normalize
 from .registry import create, list_models, model_kwargs
-from .resnet import ResNet
+from .resnet import PreActResNet, ResNet
 from .wide_resnet import DMWideResNet, WideResNet
 
-__all__ = ["create", "list_models", "model_kwargs", "Normalize", "MLP", "LeNet", "ResNet", "WideResNet",
-           "DMWideResNet", "MLPMixer"]
+__all__ = ["create", "list_models", "model_kwargs", "Normalize", "MLP", "LeNet", "ResNet", "PreActResNet",
+           "WideResNet", "DMWideResNet", "MLPMixer"]

@@ -20,7 +20,7 @@ from ._common import jsonable
 from .lenet import LeNet
 from .mixer import MLPMixer
 from .mlp import MLP
-from .resnet import ResNet
+from .resnet import PreActResNet, ResNet
 from .wide_resnet import DMWideResNet, WideResNet
 
 __all__ = ["create", "list_models", "model_kwargs"]
@@ -45,6 +45,8 @@ _REGISTRY: dict[str, _Entry] = {
     "resnet18": _Entry(ResNet, {"depth": 18}, "CIFAR ResNet-18 (11,173,962 params at width 64)"),
     "resnet34": _Entry(ResNet, {"depth": 34}, "CIFAR ResNet-34"),
     "resnet50": _Entry(ResNet, {"depth": 50}, "CIFAR ResNet-50 (Bottleneck)"),
+    "preact_resnet18": _Entry(PreActResNet, {"depth": 18}, "CIFAR PreAct ResNet-18 (MSD baseline, 11,171,146)"),
+    "preact_resnet34": _Entry(PreActResNet, {"depth": 34}, "CIFAR PreAct ResNet-34"),
     "wideresnet": _Entry(WideResNet, summary="WideResNet, RobustBench/TRADES layout (depth, widen_factor)"),
     "wrn28_10": _Entry(WideResNet, {"depth": 28, "widen_factor": 10}, "WRN-28-10, RobustBench layout"),
     "wrn34_10": _Entry(WideResNet, {"depth": 34, "widen_factor": 10}, "WRN-34-10, RobustBench layout"),

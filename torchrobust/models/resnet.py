@@ -30,7 +30,7 @@ from ..errors import TorchRobustError
 from ._common import check_input, check_positive_int, qualified_names
 from .normalize import Floats, make_normalize
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "RESNET_BLOCKS"]
+__all__ = ["ResNet", "PreActResNet", "BasicBlock", "Bottleneck", "PreActBlock", "RESNET_BLOCKS"]
 
 
 class BasicBlock(nn.Module):
@@ -176,6 +176,89 @@ class ResNet(nn.Module):
         mods: list[nn.Module] = []
         for b in self.blocks():
             mods.extend(b.convs())
+            if shortcuts and len(b.shortcut) > 0:
+                mods.append(b.shortcut[0])
+        return qualified_names(self, mods)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pre-activation ResNet (He et al. 2016b), the MSD / robust_union CIFAR baseline
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016b, Fig. 4e): ``bn1 → ReLU → conv1 → bn2 → ReLU → conv2`` + skip.
+
+    As in the kuangliu layout used by MSD (``locuslab/robust_union``), a width/stride-changing block's 1×1
+    ``shortcut`` conv (no BN) reads the *activated* input ``relu(bn1(x))``; otherwise the skip is the raw ``x``.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.shortcut = (nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False))
+                         if stride != 1 or in_planes != planes else nn.Sequential())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = F.relu(self.bn1(x))
+        skip = self.shortcut(act) if len(self.shortcut) > 0 else x
+        out = self.conv2(F.relu(self.bn2(self.conv1(act))))
+        return out + skip
+
+
+class PreActResNet(nn.Module):
+    """CIFAR pre-activation ResNet-18/34 (kuangliu layout: ``conv1``, ``layer1..4`` of :class:`PreActBlock`,
+    global average pooling, ``linear``; no BN/ReLU after the last block). The MSD paper's CIFAR-10 model.
+
+    Args are as for :class:`ResNet` (``depth`` 18 or 34).
+    """
+
+    def __init__(self, depth: int = 18, num_classes: int = 10, width: int = 64, in_channels: int = 3,
+                 mean: Floats | None = None, std: Floats | None = None) -> None:
+        super().__init__()
+        if depth not in (18, 34):
+            raise TorchRobustError(f"unsupported PreActResNet depth {depth!r}; valid: 18, 34")
+        check_positive_int(num_classes, "num_classes")
+        check_positive_int(width, "width")
+        check_positive_int(in_channels, "in_channels")
+        self.depth, self.in_channels = depth, in_channels
+        self.normalize = make_normalize(mean, std, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+        in_planes, stages = width, []
+        for i, (n, stride) in enumerate(zip(RESNET_BLOCKS[depth][1], (1, 2, 2, 2), strict=True)):
+            planes, blocks = width * 2**i, []
+            for s in [stride] + [1] * (n - 1):
+                blocks.append(PreActBlock(in_planes, planes, s))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def blocks(self) -> list[PreActBlock]:
+        """The residual blocks in forward order."""
+        return [b for stage in (self.layer1, self.layer2, self.layer3, self.layer4) for b in stage]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, f"PreActResNet-{self.depth}")
+        out = self.conv1(self.normalize(x))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+    def nrpm_default_layers(self) -> list[str]:
+        """The 3×3 ``conv1``/``conv2`` of every block (not the stem, the 1×1 shortcuts or ``linear``)."""
+        return qualified_names(self, [c for b in self.blocks() for c in (b.conv1, b.conv2)])
+
+    def forge_insertion_points(self, shortcuts: bool = True) -> list[str]:
+        """``conv1``, ``conv2`` and (``shortcuts=True``) the 1×1 shortcut conv of every block; each reads a ReLU
+        output (Chen et al. Fig. 2; notes/psat-and-forge.md §2.2.5). The stem is excluded."""
+        mods: list[nn.Module] = []
+        for b in self.blocks():
+            mods += [b.conv1, b.conv2]
             if shortcuts and len(b.shortcut) > 0:
                 mods.append(b.shortcut[0])
         return qualified_names(self, mods)
