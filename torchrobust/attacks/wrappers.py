@@ -1,0 +1,257 @@
+r"""Adaptive-attack wrappers: EOT for randomised models and BPDA for non-differentiable defences.
+
+**EOT** — Expectation over Transformation (Athalye, Engstrom, Ilyas & Kwok 2018, "Synthesizing Robust Adversarial
+Examples", Eq. 1; Athalye, Carlini & Wagner 2018, "Obfuscated Gradients Give a False Sense of Security", Sec. 4.3):
+against a model with random outputs, attack the expectation ``E_r[f_r(x)]`` estimated by ``n_samples`` forward
+passes. :func:`EOT` is both
+
+* ``EOT(model, n_samples)`` → :class:`EOTModel`, an ``nn.Module`` returning the mean of ``n_samples`` logit draws
+  (its input gradient is the mean of the ``n_samples`` logit gradients), and
+* ``EOT(attack, n_samples)`` → :class:`EOTAttack`, an :class:`~torchrobust.attacks.Attack` that runs ``attack``
+  against the :class:`EOTModel` of the model it is called with. Its result is then evaluated on the real
+  (random) model by the caller — the expectation is only the attack's guide.
+
+We average **logits**, which makes EOT a property of the model and therefore works with every attack (PGD, CW,
+DeepFool, …). The paper's EOT averages the gradient of the *loss*; the two agree for the margin loss on the mean
+logits up to the nonlinearity of the loss, and averaging logits is the variant used by e.g. the "rand" evaluation of
+adaptive-attack studies. ``batched=True`` (default) runs the ``n_samples`` draws as one forward pass on the input
+repeated ``n_samples`` times; use ``batched=False`` for models whose randomness is shared across a batch.
+
+**BPDA** — Backward Pass Differentiable Approximation (Athalye, Carlini & Wagner 2018, Sec. 4.1): on the forward
+pass the real defended model runs; on the backward pass a module ``g`` with useless gradients (zero almost
+everywhere: thresholds, quantisation) is replaced by a differentiable surrogate ``h ≈ g``. :class:`BPDA` is both a
+context manager and a model wrapper:
+
+* every module that declares the protocol of :mod:`torchrobust.nn.forged` (a class attribute ``bpda_surrogate``
+  and a boolean ``straight_through``; e.g. :class:`~torchrobust.nn.Forged`, identity surrogate) is switched to
+  its straight-through mode;
+* NRPM layers (:class:`~torchrobust.nn.NRPMLinear` / ``NRPMConv2d``) do not declare the protocol yet; for them a
+  *generic* surrogate is attached by a forward hook: the backward goes through the layer's linear map
+  (``to_module()``, the LPM the NRPM layer robustifies). The ideal NRPM surrogate — the IRLS weights of the last
+  iteration held constant (``z ≈ D Σ_d w_d p_d / Σ_d w_d`` with ``w`` detached) — needs the layer's internals and
+  is left to the layer (the protocol above);
+* ``surrogates={module_or_type: fn}`` adds user surrogates ``fn(module, input) -> output`` for any other module.
+
+The hook construction is bit-exact on the forward pass: the module's output is replaced by
+``out.detach() + (h − h.detach())``, whose value is ``out + 0 = out`` exactly and whose gradient is ``∂h/∂x``.
+
+Example::
+
+    >>> from torchrobust.attacks import PGD, EOT, BPDA
+    >>> x_adv = EOT(PGD("Linf", eps=0.3, steps=100), n_samples=20)(random_model, x, y)
+    >>> with BPDA(defended):                       # straight-through gradients, real forward
+    ...     x_adv = PGD("Linf", eps=0.3)(defended, x, y)
+    >>> x_adv = PGD("Linf", eps=0.3)(BPDA(defended), x, y)   # the same, as a wrapper module
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from torchrobust.attacks.base import Attack, check_positive_int, register
+from torchrobust.attacks.threat import ThreatModel
+from torchrobust.errors import TorchRobustError
+
+__all__ = ["EOT", "EOTModel", "EOTAttack", "BPDA", "Surrogate", "default_surrogates", "has_bpda_modules"]
+
+#: ``fn(module, input) -> output``: a differentiable approximation of ``module(input)``.
+Surrogate = Callable[[nn.Module, Tensor], Tensor]
+
+
+# ================================================================================================== EOT
+class EOTModel(nn.Module):
+    """``forward(x) = mean_{i < n_samples} model(x)`` over independent random draws (EOT on logits).
+
+    Args:
+        model: a (randomised) model mapping [0, 1] inputs to logits.
+        n_samples: draws per forward pass (≥ 1; Athalye et al. use ≥ 20... 80).
+        batched: run the draws as one pass over ``n_samples`` stacked copies (True) or one pass per draw.
+    """
+
+    def __init__(self, model: nn.Module, n_samples: int = 20, batched: bool = True) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TorchRobustError(f"EOTModel needs an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.n_samples = check_positive_int("n_samples", n_samples, 20)
+        self.batched = bool(batched)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.n_samples
+        if self.batched:
+            out = self.model(x.repeat(n, *([1] * (x.dim() - 1))))
+            return out.view(n, x.shape[0], *out.shape[1:]).mean(0)
+        return torch.stack([self.model(x) for _ in range(n)]).mean(0)
+
+
+class EOTAttack(Attack):
+    """Run ``attack`` against :class:`EOTModel` ``(model, n_samples)``; same threat model and budget check."""
+
+    def __init__(self, attack: Attack, n_samples: int = 20, batched: bool = True) -> None:
+        if not isinstance(attack, Attack):
+            raise TorchRobustError(f"EOTAttack wraps a torchrobust Attack, got {type(attack).__name__}")
+        super().__init__(attack.threat)
+        self.attack = attack
+        self.targeted = attack.targeted
+        self.n_samples = check_positive_int("n_samples", n_samples, 20)
+        self.batched = bool(batched)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self.attack.perturb(EOTModel(model, self.n_samples, self.batched), x, y)
+
+
+def EOT(attack_or_model: Attack | nn.Module, n_samples: int = 20, batched: bool = True) -> Any:  # noqa: N802
+    """``EOT(model, n)`` → :class:`EOTModel`; ``EOT(attack, n)`` → :class:`EOTAttack` (see the module docstring)."""
+    if isinstance(attack_or_model, Attack):
+        return EOTAttack(attack_or_model, n_samples, batched)
+    if isinstance(attack_or_model, nn.Module):
+        return EOTModel(attack_or_model, n_samples, batched)
+    raise TorchRobustError(
+        f"EOT wraps an Attack or an nn.Module, got {type(attack_or_model).__name__}; e.g. EOT(PGD(...), 20)"
+    )
+
+
+class _EOTRegistered(EOTAttack):
+    """``create("eot", attack="pgd", n_samples=20, threat=..., eps=..., **attack_kwargs)``."""
+
+    def __init__(self, attack: str | Attack = "pgd", n_samples: int = 20, threat: str | ThreatModel = "Linf",
+                 eps: float | None = None, batched: bool = True, **attack_kwargs: Any) -> None:
+        from torchrobust.attacks.base import create
+
+        inner = attack if isinstance(attack, Attack) else create(attack, threat=threat, eps=eps, **attack_kwargs)
+        super().__init__(inner, n_samples, batched)
+
+    @property
+    def seed(self) -> Any:
+        return getattr(self.attack, "seed", 0)
+
+    @seed.setter
+    def seed(self, value: Any) -> None:
+        if hasattr(self.attack, "seed"):
+            self.attack.seed = value
+
+
+register("eot", _EOTRegistered)
+
+
+# ================================================================================================== BPDA
+def _linear_surrogate(module: nn.Module, inp: Tensor) -> Tensor:
+    """Backward through the layer's linear map (NRPM → its LPM, ``to_module()``)."""
+    return module.to_module()(inp)  # type: ignore[operator]
+
+
+def default_surrogates() -> dict[type, Surrogate]:
+    """Generic surrogates for torchrobust modules that do not declare ``bpda_surrogate`` (NRPM layers → linear)."""
+    out: dict[type, Surrogate] = {}
+    try:
+        from torchrobust.nn.nrpm_layers import NRPMConv2d, NRPMLinear
+    except ImportError:  # pragma: no cover - nn is part of the package
+        return out
+    for cls in (NRPMLinear, NRPMConv2d):
+        if getattr(cls, "bpda_surrogate", None) is None:
+            out[cls] = _linear_surrogate
+    return out
+
+
+def _declares(module: nn.Module) -> bool:
+    return getattr(type(module), "bpda_surrogate", None) is not None
+
+
+def has_bpda_modules(model: nn.Module, surrogates: Mapping[Any, Surrogate] | None = None) -> bool:
+    """Whether :class:`BPDA` would change anything in ``model`` (a declaring module or a surrogate match)."""
+    table = {**default_surrogates(), **dict(surrogates or {})}
+    return any(_declares(m) or _lookup(table, m) is not None for m in model.modules())
+
+
+def _lookup(table: Mapping[Any, Surrogate], module: nn.Module) -> Surrogate | None:
+    if module in table:
+        return table[module]
+    for key, fn in table.items():
+        if isinstance(key, type) and isinstance(module, key):
+            return fn
+    return None
+
+
+class BPDA(nn.Module):
+    """Straight-through gradients for every defence module of ``model``; the forward pass is unchanged.
+
+    Use as a context manager (``with BPDA(model): ...`` switches ``model`` itself) or as a model wrapper
+    (``BPDA(model)(x)`` runs ``model`` in BPDA mode for that call only).
+
+    Args:
+        model: the defended model.
+        surrogates: extra ``{module instance or class: fn(module, input) -> output}`` surrogates; they override the
+            defaults (NRPM layers → their linear map). Modules declaring ``bpda_surrogate`` use their own mode.
+    """
+
+    def __init__(self, model: nn.Module, surrogates: Mapping[Any, Surrogate] | None = None) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TorchRobustError(f"BPDA needs an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self._table: dict[Any, Surrogate] = {**default_surrogates(), **dict(surrogates or {})}
+        self._saved: list[tuple[nn.Module, bool]] = []
+        self._handles: list[Any] = []
+        self._depth = 0
+
+    # ------------------------------------------------------------------------------------------------ switching
+    def _enable(self) -> None:
+        self._depth += 1
+        if self._depth > 1:
+            return
+        for m in self.model.modules():
+            if _declares(m):
+                self._saved.append((m, bool(getattr(m, "straight_through", False))))
+                m.straight_through = True
+                continue
+            fn = _lookup(self._table, m)
+            if fn is not None:
+                self._handles.append(m.register_forward_hook(_make_hook(fn)))
+
+    def _disable(self) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        for m, prev in self._saved:
+            m.straight_through = prev
+        for h in self._handles:
+            h.remove()
+        self._saved.clear()
+        self._handles.clear()
+
+    def __enter__(self) -> nn.Module:
+        self._enable()
+        return self.model
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._disable()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._enable()
+        try:
+            return self.model(x)
+        finally:
+            self._disable()
+
+    @property
+    def active_modules(self) -> list[str]:
+        """Qualified names of the modules BPDA changes (declaring the protocol or matched by a surrogate)."""
+        return [n or "<root>" for n, m in self.model.named_modules() if _declares(m) or _lookup(self._table, m)]
+
+
+def _make_hook(fn: Surrogate) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if not isinstance(output, Tensor) or not args or not isinstance(args[0], Tensor):
+            return output
+        if not torch.is_grad_enabled():
+            return output
+        h = fn(module, args[0])
+        return output.detach() + (h - h.detach())
+
+    return hook
