@@ -163,6 +163,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .evaluate.report import build_report
+
+    paths = build_report(args.run_dir, title=args.title)
+    sys.stdout.write(f"wrote {paths['html']}, {paths['md']} and tables in {paths['tables']}/\n")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="torchrobust", description="Make a pretrained classifier robust and measure it honestly.")
@@ -233,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-root", default=None)
     common(sp)
     sp.set_defaults(fn=cmd_demo, threads=1)
+
+    sp = sub.add_parser("report", help="one self-contained HTML page + Markdown/CSV/LaTeX tables of a run folder")
+    sp.add_argument("run_dir")
+    sp.add_argument("--title", default=None)
+    common(sp)
+    sp.set_defaults(fn=cmd_report)
 
     _register_extensions(sub, common)
     return p
