@@ -164,7 +164,7 @@ class Attack:
             )
         ok = self.threat.contains(projected, x)
         if not bool(ok.all()):
-            worst = float((self.threat.norm(projected.double() - x.double()) - self.threat.eps).max())
+            worst = float((self.threat.norm(projected - x) - self.threat.eps).max())
             raise AttackBudgetError(
                 f"{name}: {int((~ok).sum())} result(s) outside {self.threat} ∩ [0,1] after projection "
                 f"(worst norm excess {worst:.3g})"

@@ -166,11 +166,12 @@ class PGD(Attack):
 def _keep_rows(best: Tensor, new: Tensor, better: Tensor) -> None:
     """``best[better] = new[better]`` in place. On CPU an index copy of only the improved rows is cheapest; on
     accelerators a dense ``where`` avoids the host sync that ``nonzero`` implies."""
+    best, new = best.view(best.shape[0], -1), new.reshape(new.shape[0], -1)
     if best.device.type == "cpu":
         idx = better.nonzero().squeeze(1)
         best.index_copy_(0, idx, new.index_select(0, idx))
     else:
-        torch.where(better.view(-1, *([1] * (new.dim() - 1))), new, best, out=best)
+        torch.where(better[:, None], new, best, out=best)
 
 
 register("pgd", PGD)

@@ -60,6 +60,11 @@ class ThreatName(str, Enum):
         return self.value
 
 
+def _wide(x: Tensor) -> torch.dtype:
+    """The accumulation dtype for projections and norm checks: float64, except on devices without it (MPS)."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
 def _check_eps(eps: object) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TorchRobustError(f"eps must be a non-negative number, got {eps!r}; pass e.g. eps=0.3")
@@ -123,7 +128,8 @@ class ThreatModel(ABC):
         flat = x_adv.flatten(1)
         finite = torch.isfinite(flat).all(1)
         in_box = ((flat >= 0) & (flat <= 1)).all(1)
-        delta = x_adv.to(torch.float64) - x.to(torch.float64)
+        wide = _wide(x)
+        delta = x_adv.to(wide) - x.to(wide)
         norms = self.norm(delta)
         in_ball = norms <= self.eps + tol * max(1.0, self.eps)
         return finite & in_box & in_ball
@@ -250,8 +256,8 @@ class L2(ThreatModel):
             scale = (self.eps / n.clamp_min(1e-12)).clamp_(max=1.0)
             return (x + delta * _bcast(scale, delta)).clamp_(0.0, 1.0)
         shape, dtype = x.shape, x.dtype
-        x64 = x.flatten(1).to(torch.float64)
-        d = x_adv.flatten(1).to(torch.float64) - x64
+        x64 = x.flatten(1).to(_wide(x))
+        d = x_adv.flatten(1).to(x64.dtype) - x64
         v = project_l2_box(d, -x64, 1.0 - x64, self.eps)
         return (x64 + v).clamp_(0.0, 1.0).to(dtype).view(shape)
 
@@ -328,8 +334,8 @@ class L1(ThreatModel):
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         shape, dtype = x.shape, x.dtype
-        x64 = x.flatten(1).to(torch.float64)
-        d = x_adv.flatten(1).to(torch.float64) - x64
+        x64 = x.flatten(1).to(_wide(x))
+        d = x_adv.flatten(1).to(x64.dtype) - x64
         v = project_l1_box(d, -x64, 1.0 - x64, self.eps)
         return (x64 + v).clamp_(0.0, 1.0).to(dtype).view(shape)
 
