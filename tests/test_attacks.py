@@ -87,12 +87,16 @@ def test_batch_consistency(trained: nn.Module, kind: str, threat: str) -> None:
     torch.testing.assert_close(split, full, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("threat", ["Linf", "L2", "L1"])
-def test_seed_reproducible(trained: nn.Module, threat: str) -> None:
+@pytest.mark.parametrize("kind, threat", ALL)
+def test_seed_reproducible(trained: nn.Module, kind: str, threat: str) -> None:
     x, y = _data(32, 4)
-    a = _attack("pgd", threat, seed=5, restarts=2)(trained, x, y)
-    b = _attack("pgd", threat, seed=5, restarts=2)(trained, x, y)
+    kw = {"seed": 5, "restarts": 2} if kind == "pgd" else {}
+    a = _attack(kind, threat, **kw)(trained, x, y)
+    torch.manual_seed(123)  # the global RNG does not matter when a seed is given (FGSM has no randomness)
+    b = _attack(kind, threat, **kw)(trained, x, y)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+    if kind == "fgsm":
+        return
     # the random start really is random: other seeds give other points (one step, so the start shows through)
     c = PGD(threat, eps=EPS[threat], steps=1, seed=6)(trained, x, y)
     d = PGD(threat, eps=EPS[threat], steps=1, seed=5)(trained, x, y)
@@ -119,7 +123,7 @@ def _bn_model() -> nn.Sequential:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("kind, threat", [("pgd", "Linf"), ("fgsm", "L2"), ("pgd", "L1")])
+@pytest.mark.parametrize("kind, threat", ALL)
 def test_model_mode_restored_and_eval_during_attack(kind: str, threat: str) -> None:
     x, y = _data(8, 5)
     model = _bn_model()
@@ -139,7 +143,7 @@ def test_model_mode_restored_and_eval_during_attack(kind: str, threat: str) -> N
     assert [m.training for m in model.modules()] == [m is not model[1] for m in model.modules()]
 
 
-@pytest.mark.parametrize("kind, threat", [("pgd", "Linf"), ("fgsm", "Linf"), ("pgd", "L2")])
+@pytest.mark.parametrize("kind, threat", ALL)
 def test_parameter_grads_untouched(trained: nn.Module, kind: str, threat: str) -> None:
     x, y = _data(16, 6)
     model = _mlp(2)
@@ -426,3 +430,13 @@ def test_float64_and_other_shapes(trained: nn.Module) -> None:
     for threat in (Linf(0.1), L2(0.5), L1(1.0)):
         out = PGD(threat, steps=3, seed=0)(model, x, y)
         assert out.dtype == torch.float64 and threat.contains(out, x).all()
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_works_inside_no_grad_and_inference_mode(trained: nn.Module, context) -> None:
+    x, y = _data(16, 19)
+    expect = PGD("Linf", eps=0.3, steps=5, seed=0)(trained, x, y)
+    with context():
+        xi, yi = x.clone(), y.clone()
+        out = PGD("Linf", eps=0.3, steps=5, seed=0)(trained, xi, yi)
+    torch.testing.assert_close(out, expect, atol=0, rtol=0)

@@ -124,20 +124,22 @@ class Attack:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if not isinstance(model, nn.Module):
             raise TorchRobustError(f"model must be a torch.nn.Module, got {type(model).__name__}; wrap your function")
-        x = _validate_x(x)
-        y = _validate_y(y, x)
-        modes = [(m, m.training) for m in model.modules()]
-        handle = _register_label_check(model, y)
-        try:
-            model.eval()
-            with torch.enable_grad():
+        # Attacks need autograd even when called under torch.no_grad() or torch.inference_mode() (common in
+        # evaluation loops); inference tensors are cloned into ordinary ones first.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = _validate_x(x)
+            y = _validate_y(y, x)
+            modes = [(m, m.training) for m in model.modules()]
+            handle = _register_label_check(model, y)
+            try:
+                model.eval()
                 x_adv = self.perturb(model, x, y)
-        finally:
-            if handle is not None:
-                handle.remove()
-            for m, mode in modes:
-                m.training = mode
-        return self._finalize(x_adv.detach(), x)
+            finally:
+                if handle is not None:
+                    handle.remove()
+                for m, mode in modes:
+                    m.training = mode
+            return self._finalize(x_adv.detach(), x)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Compute adversarial examples. ``model`` is already in eval mode, inputs are validated; return a tensor
@@ -187,7 +189,7 @@ def _validate_x(x: object) -> Tensor:
         raise TorchRobustError(
             f"x must be a non-empty batch shaped (B, ...), got shape {tuple(x.shape)}; add a batch dim: x[None]"
         )
-    x = x.detach()
+    x = x.detach().clone() if x.is_inference() else x.detach()
     lo_t, hi_t = torch.aminmax(x)
     lo, hi = float(lo_t), float(hi_t)
     if not (lo >= 0 and hi <= 1) and not bool(torch.isfinite(x).all()):  # NaN makes both comparisons fail
@@ -211,7 +213,7 @@ def _validate_y(y: object, x: Tensor) -> Tensor:
         raise TorchRobustError(f"x is on {x.device} but y is on {y.device}; move both to the same device")
     if bool((y < 0).any()):
         raise TorchRobustError(f"labels must be >= 0, got min {int(y.min())}; pass class indices 0..C-1")
-    return y.detach()
+    return y.detach().clone() if y.is_inference() else y.detach()
 
 
 def _register_label_check(model: nn.Module, y: Tensor) -> torch.utils.hooks.RemovableHandle | None:
