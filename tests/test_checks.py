@@ -437,3 +437,54 @@ def test_run_checks_tolerances_and_sweep_series() -> None:
     assert run_checks({"sweep": {"eps": [0, 1], "accuracy": [0.5, 0.6]}},
                       tolerances={"check_monotone_in_eps": {"tolerance": 0.2}}) == []
     assert run_checks({"large_eps": {"accuracy": 0.5}, "num_classes": 10})[0].code == "LARGE_EPS_ABOVE_CHANCE"
+
+
+def test_run_checks_accepts_the_real_sweep_result() -> None:
+    from torchrobust.evaluate import SweepResult
+
+    res = SweepResult(
+        threat="Linf", eps=[0.0, 0.1, 0.3], attacks=["fgsm", "pgd"],
+        clean=torch.tensor([True, True, True, True]),
+        robust={"fgsm": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 1, 0, 0]], dtype=torch.bool),
+                "pgd": torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)},
+    )
+    assert run_checks(res) == []
+    res.robust["pgd"][2, 0] = True  # PGD misses at ε=0.3 what FGSM found
+    flags = run_checks(res)
+    assert [f.code for f in flags] == ["SINGLE_STEP_STRONGER"] and flags[0].details["examples"] == [0]
+    res.flags = [f.to_dict() for f in flags]  # how an evaluation records them
+    assert not res.reliable and res.to_dict()["flags"][0]["code"] == "SINGLE_STEP_STRONGER"
+
+
+class _NoJvpSquare(torch.autograd.Function):
+    """x² with a backward but no forward-mode rule: exercises the double-backward fallback of the probe."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+class _NoJvpModule(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _NoJvpSquare.apply(x)
+
+
+def test_probe_directional_derivatives_match_autograd_jacobian_in_float64() -> None:
+    from torchrobust.evaluate.checks import _jvp
+
+    x = torch.randn(3, 5, dtype=torch.float64)
+    d = torch.randn(3, 5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(_NoJvpSquare.apply, (x.clone().requires_grad_(True),))
+    with pytest.raises(RuntimeError):
+        torch.func.jvp(_NoJvpModule(), (x,), (d,))  # forward mode is unavailable ...
+    for module in (nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Softmax(dim=1)).double(), _NoJvpModule()):
+        jac = torch.autograd.functional.jacobian(module, x)  # (3, k, 3, 5)
+        expected = torch.einsum("bkcn,cn->bk", jac, d)
+        assert torch.allclose(_jvp(module, x, d), expected, atol=1e-12)  # ... and the fallback still gives J d
+    assert find_zero_gradient_modules(nn.Sequential(_NoJvpModule(), nn.Linear(5, 2)).double(), x) == []

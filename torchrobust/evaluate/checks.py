@@ -894,24 +894,48 @@ def _classify_module(m: nn.Module, a: Tensor, probes: int, rel_step: float, fact
     if g is None or not bool((g != 0).any()):
         return "zero gradient"
     scale = float(a.abs().max())
-    if scale == 0.0 or not math.isfinite(scale):
+    if scale == 0.0 or not math.isfinite(scale) or a.ndim == 0:
         return None
     h = rel_step * scale
     fp_eps = torch.finfo(o0.dtype).eps
-    for _ in range(probes):
-        d = torch.randint(0, 2, a.shape, generator=gen).to(a) * 2 - 1
-        jd = _jvp(m, a, d)
+    stack = _batch_independent(m, a, o0)  # then several probes run as one stacked batch
+    dirs = [torch.randint(0, 2, a.shape, generator=gen).to(a) * 2 - 1 for _ in range(probes)]
+    groups = [dirs] if stack else [[d] for d in dirs]
+    for group in groups:
+        d = torch.cat(group)
+        base = torch.cat([a] * len(group))
+        jd = _jvp(m, base, d)
         if jd is None:
             return None
         with torch.no_grad():
-            o1 = m(a + h * d)
-        err = (o1 - o0 - h * jd).abs()
-        bound = factor * h * (1 + jd.abs()) + 32 * fp_eps * (o0.abs() + o1.abs() + 1)
+            o1 = m(base + h * d)
+        ref = torch.cat([o0] * len(group))
+        err = (o1 - ref - h * jd).abs()
+        bound = factor * h * (1 + jd.abs()) + 32 * fp_eps * (ref.abs() + o1.abs() + 1)
         if bool((err > bound).any()):
             return "jump"
-    if path_points > 1 and o0.shape == a.shape and not any(True for _ in m.children()) and _elementwise(m, a, gen):
-        return _path_probe(m, a, path_points, factor, fp_eps)
+    if path_points > 1 and o0.shape == a.shape and not any(True for _ in m.children()):
+        if stack:  # entrywise and batch-independent: one example has enough entries and costs 1/B
+            a, o0 = a[:1], o0[:1]
+        if _elementwise(m, a, gen):
+            return _path_probe(m, a, o0, path_points, factor, fp_eps, stack)
     return None
+
+
+def _batch_independent(m: nn.Module, a: Tensor, o0: Tensor) -> bool:
+    """Whether ``m`` treats the examples of a batch independently (``m([a; a]) == [m(a); m(a)]``), so probes can
+    be stacked along the batch dimension. False for BatchNorm in training mode and other batch-coupled layers."""
+    if a.ndim == 0 or o0.ndim == 0 or o0.shape[0] != a.shape[0]:
+        return False
+    try:
+        with torch.no_grad():
+            o2 = m(torch.cat([a, a]))
+    except Exception:
+        return False
+    if o2.shape != (2 * o0.shape[0], *o0.shape[1:]):
+        return False
+    tol = 1e-5 * float(o0.abs().max().clamp_min(1e-30))
+    return bool(torch.allclose(o2, torch.cat([o0, o0]), rtol=1e-4, atol=tol))
 
 
 def _elementwise(m: nn.Module, a: Tensor, gen: torch.Generator) -> bool:
@@ -924,22 +948,38 @@ def _elementwise(m: nn.Module, a: Tensor, gen: torch.Generator) -> bool:
     return bool(torch.allclose(jd, j1 * d, rtol=1e-4, atol=1e-6 * float(j1.abs().max().clamp_min(1e-30))))
 
 
-def _path_probe(m: nn.Module, a: Tensor, k_max: int, factor: float, fp_eps: float) -> str | None:
-    """Walk the segment ``s · a`` for ``s`` in ``1/K, 2/K, ..., 1`` (elementwise-shaped leaf modules only).
+def _path_probe(m: nn.Module, a: Tensor, o_a: Tensor, k_max: int, factor: float, fp_eps: float,
+                stack: bool) -> str | None:
+    """Walk the segment ``s · a`` for ``s`` in ``1/K, 2/K, ..., 1`` (entrywise leaf modules only).
 
     Entry ``i`` of the input sweeps every magnitude in ``(0, |a_i|]``, so every threshold below ``|a_i|`` is
-    crossed. A continuous elementwise map changes by at most about ``(|a_i| + |(J a)_i|) / K`` between grid
+    crossed. A continuous entrywise map changes by at most about ``(|a_i| + |(J a)_i|) / K`` between grid
     points; a jump of height ``t`` is found once ``t > factor · (|a_i| + |(J a)_i|) / K`` for some entry.
+    A map that is affine along the segment (ReLU, BatchNorm in eval, identity) is accepted after one pass.
     """
-    for k in range(1, k_max):
-        b = a * (k / k_max)
-        jd = _jvp(m, b, a)
+    s = [k / k_max for k in range(1, k_max + 1)]
+    with torch.no_grad():
+        o_zero = m(torch.zeros_like(a))
+        if stack:
+            outs = list(m(torch.cat([a * t for t in s])).chunk(k_max))
+        else:
+            outs = [m(a * t) for t in s]
+    tol = 64 * fp_eps * (o_a.abs() + o_zero.abs() + 1)
+    if all(bool(((o - o_zero - t * (o_a - o_zero)).abs() <= tol * (1 + t)).all())
+           for o, t in zip(outs, s, strict=True)):
+        return None  # affine along the segment: no jump on it
+    points = list(range(1, k_max))
+    groups = [points] if stack else [[k] for k in points]
+    for group in groups:
+        base = torch.cat([a * (k / k_max) for k in group])
+        jd = _jvp(m, base, torch.cat([a] * len(group)))
         if jd is None:
             return None
-        with torch.no_grad():
-            o_b, o_next = m(b), m(a * ((k + 1) / k_max))
+        o_b = torch.cat([outs[k - 1] for k in group])
+        o_next = torch.cat([outs[k] for k in group])
         err = (o_next - o_b - jd / k_max).abs()
-        bound = factor / k_max * (a.abs() + jd.abs()) + 32 * fp_eps * (o_b.abs() + o_next.abs() + 1)
+        a_rep = torch.cat([a] * len(group))
+        bound = factor / k_max * (a_rep.abs() + jd.abs()) + 32 * fp_eps * (o_b.abs() + o_next.abs() + 1)
         if bool((err > bound).any()):
             return "jump"
     return None
