@@ -4,8 +4,9 @@ Threat model :class:`L0`: ``‖δ‖₀ ≤ k`` where the count is over **pixel 
 ``(B, C, H, W)`` a pixel counts once if any of its ``C`` channels changed (the convention of Croce & Hein 2019,
 "Sparse and Imperceivable Adversarial Attacks", Sec. 2, and of the one-pixel attack); for other shapes ``(B, n)``
 every coordinate is a pixel. The Euclidean projection onto ``{‖δ‖₀ ≤ k} ∩ [0, 1]`` clips ``x + δ`` to the box and
-then keeps the ``k`` pixels with the largest ``Σ_c δ_c²`` (exact: the box clip is coordinate-wise, and keeping a
-pixel saves exactly its squared change). The budget check of :class:`~torchrobust.attacks.Attack` applies.
+then keeps the ``k`` pixels with the largest saving ``Σ_c [(x_c − z_c)² − (clip(z_c) − z_c)²]`` (``z = x + δ``;
+exact: the box clip is coordinate-wise, and keeping a pixel replaces its cost ``(x − z)²`` by ``(clip(z) − z)²``).
+The budget check of :class:`~torchrobust.attacks.Attack` applies.
 
 :class:`L0Attack`, two methods:
 
@@ -103,8 +104,9 @@ class L0(ThreatModel):
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         xa = x_adv.clamp(0.0, 1.0)
-        delta = xa - x
-        energy = _pixels(delta.to(torch.float64).square())
+        z, x64, xc = x_adv.to(torch.float64), x.to(torch.float64), xa.to(torch.float64)
+        # keeping a pixel costs (clip(z) - z)^2 instead of (x - z)^2: keep the k largest savings
+        energy = _pixels((x64 - z).square() - (xc - z).square())
         n_pix = energy.shape[1]
         keep = torch.zeros_like(energy, dtype=torch.bool)
         if self.k > 0:

@@ -18,8 +18,9 @@ The best point over all iterations is kept (success first, then margin), and an 
 Any threat model works (the step is Adam, the projection the threat's own); the paper and the default use ℓ∞.
 
 Defaults: ``steps=100``, ``n_samples=128`` (the paper uses 8192 samples per step on ImageNet-scale models —
-raise it for final evaluations), ``delta=0.01``, ``lr=0.01`` (paper). ``max_batch`` bounds the rows per forward
-pass. Random directions come from a ``torch.Generator`` seeded with ``seed`` afresh on every call.
+raise it for final evaluations), ``delta=0.01``, ``lr=0.01`` (paper; by default raised to ``2.5 ε / steps`` when
+that is larger). ``max_batch`` bounds the rows per forward pass. Random directions come from a
+``torch.Generator`` seeded with ``seed`` afresh on every call.
 
 Shape: ``x`` ``(B, ...)`` in [0, 1], ``y`` ``(B,)`` → ``x_adv`` like ``x``. Queries per example and step:
 ``2 n_samples + 1``.
@@ -64,7 +65,9 @@ class SPSA(Attack):
         steps: iterations.
         n_samples: Rademacher directions per iteration (each costs two queries).
         delta: finite-difference step.
-        lr: Adam learning rate.
+        lr: Adam learning rate (``None``: ``max(0.01, 2.5 ε / steps)`` for ℓ∞ — the paper's 0.01, raised so that
+            ``steps`` Adam steps of about ``lr`` per coordinate can cross the ball; for ℓ2/ℓ1 the same per-coordinate
+            scale divided by ``sqrt(n)``).
         targeted: ``y`` holds target labels.
         seed: seed of the random directions and the random start (``None``: torch's global RNG).
         random_start: start from a random point of the ball (``False``: from ``x``).
@@ -79,7 +82,7 @@ class SPSA(Attack):
         steps: int = 100,
         n_samples: int = 128,
         delta: float = 0.01,
-        lr: float = 0.01,
+        lr: float | None = None,
         targeted: bool = False,
         seed: int | None = 0,
         random_start: bool = False,
@@ -92,7 +95,7 @@ class SPSA(Attack):
         self.steps = check_positive_int("steps", steps, 100)
         self.n_samples = check_positive_int("n_samples", n_samples, 128)
         self.delta = _positive("delta", delta, 0.01)
-        self.lr = _positive("lr", lr, 0.01)
+        self.lr = None if lr is None else _positive("lr", lr, 0.01)
         self.targeted = bool(targeted)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TorchRobustError(f"seed must be an int or None, got {seed!r}")
@@ -120,6 +123,11 @@ class SPSA(Attack):
         best_succ = score > 0
         active = ~best_succ if self.early_stop else torch.ones_like(best_succ)
         ns = self.n_samples
+        lr = self.lr
+        if lr is None:
+            lr = max(0.01, 2.5 * self.threat.eps / self.steps)
+            if self.threat.name != "Linf":
+                lr = 2.5 * self.threat.eps / self.steps / math.sqrt(x[0].numel())
         for t in range(1, self.steps + 1):
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -137,7 +145,7 @@ class SPSA(Attack):
             v[idx] = b2 * v[idx] + (1 - b2) * g * g
             m_hat = m[idx] / (1 - b1**t)
             v_hat = v[idx] / (1 - b2**t)
-            xa = xa + self.lr * m_hat / (v_hat.sqrt() + adam_eps)
+            xa = xa + lr * m_hat / (v_hat.sqrt() + adam_eps)
             xa = self.threat.project(xa, x[idx])
             x_adv[idx] = xa
             s = self._loss(model, xa, ya)
