@@ -13,12 +13,13 @@ standard normal quantile.
 
 * ``PREDICT`` draws ``n`` noisy copies, takes the two most frequent classes and returns the top one only when a
   two-sided binomial test of ``n_A`` against ``n_A + n_B`` at p = ½ rejects at level ``α``; otherwise it
-  abstains. The probability of returning a class other than ``g(x)`` is at most ``α`` (Theorem 2).
+  abstains. The probability of returning a class other than ``g(x)`` is at most ``α`` (Proposition 1).
 * ``CERTIFY`` guesses the top class from ``n0`` selection samples, then draws ``n`` fresh estimation samples,
   lower-bounds ``p_A`` by the one-sided ``(1 - α)`` Clopper–Pearson bound ``Beta⁻¹(α; n_A, n - n_A + 1)``
   (``scipy.stats.beta.ppf``; the same number as ``statsmodels`` ``proportion_confint(n_A, n, alpha=2α,
   method="beta")[0]`` used in the authors' code), and returns the class with radius ``σ · Φ⁻¹(p_A)``, or
-  abstains when ``p_A < ½``. With probability at least ``1 - α`` a returned radius is a true certificate.
+  abstains when ``p_A < ½``. With probability at least ``1 - α`` a returned radius is a true certificate
+  (Proposition 2).
 
 Conventions and deliberate choices:
 
@@ -193,7 +194,7 @@ class Smooth:
 
         Draws ``n`` noisy samples and returns the top class if the two-sided binomial test of the top count
         ``n_A`` out of ``n_A + n_B`` (top two classes) against p = ½ has p-value ≤ ``alpha``; otherwise
-        abstains. Returns a class other than ``g(x)`` with probability at most ``alpha`` (Theorem 2).
+        abstains. Returns a class other than ``g(x)`` with probability at most ``alpha`` (Proposition 1).
         """
         _check_alpha(alpha)
         counts = self.sample_counts(x, n, batch_size, generator)
@@ -284,6 +285,10 @@ def certify_dataset(
         if y is not None:
             raise TorchRobustError("pass either (x, y) tensors or a dataset of (x, y) pairs, not both")
         pairs = x
+    training = [n or type(smooth.base).__name__ for n, m in smooth.base.named_modules() if m.training]
+    if training:
+        logger.warning("certifying a base model with %d module(s) in training mode (e.g. %s); call model.eval()",
+                       len(training), training[0])
     results: list[CertifyResult] = []
     bar = tqdm(desc="certify", unit="ex", disable=not progress)
     for i, (xi, yi) in enumerate(pairs):
@@ -308,7 +313,7 @@ def certify_dataset(
 def certified_accuracy_curve(results: Sequence[CertifyResult], radii: Sequence[float] | np.ndarray) -> np.ndarray:
     """Certified accuracy at each radius: the fraction of examples that are correct **and** have radius ≥ r.
 
-    This is the approximate certified test accuracy of Cohen et al. (Section 4, Figure 6 / Table 1; their
+    This is the approximate certified test accuracy of Cohen et al. (Section 4; their
     ``analyze.py``). Abstentions count as wrong. Returns a float array of ``len(radii)``.
     """
     if len(results) == 0:
@@ -329,7 +334,7 @@ def plot_certified_accuracy(
     num_points: int = 200,
     title: str | None = None,
 ) -> Path:
-    """Write a PNG of certified accuracy vs ℓ2 radius (Cohen et al., Figure 6 style); returns the path.
+    """Write a PNG of certified accuracy vs ℓ2 radius (the style of Cohen et al.'s Section 4 plots); returns the path.
 
     ``results`` is one list of :class:`CertifyResult` or a mapping from a legend label (e.g. ``"σ=0.25"``) to
     such lists. Uses matplotlib's Agg backend, so it works without a display.
