@@ -20,6 +20,7 @@ from torchrobust.forge import (
     forged_modules,
     insertion_points,
     search_c_r,
+    search_checkpoint,
     set_c_r,
     unforge,
 )
@@ -427,3 +428,15 @@ def test_forge_checkpoint_cli_helper(tmp_path) -> None:
     assert [n for n, _ in mods] == ["conv2.forged", "fc1.forged", "fc2.forged"]
     assert all(mod.n_tracked.item() == 64 and mod.b.item() > 0 for _, mod in mods)
     assert tr.checkpoint.load_metadata(out)["metadata"]["calibration"]["n"] == 64
+
+
+def test_search_checkpoint_cli_helper(tmp_path) -> None:
+    src = tr.save(tr.models.create("lenet"), tmp_path / "lenet.safetensors")
+    res = search_checkpoint(src, tmp_path / "search", data="mnist", grid=[2**-6, 2**-2], n_calib=64, n_val=16,
+                            steps=2)
+    assert [r["c_r"] for r in res.rows] == [0.0, 2**-6, 2**-2] and res.n_val == 16
+    assert (tmp_path / "search" / "cr_search.md").exists()
+    f = tr.load(tmp_path / "search" / "forged.safetensors")
+    assert all(mod._c_r_value == res.chosen for _, mod in forged_modules(f))
+    with pytest.raises(TorchRobustError, match="exceeds"):
+        search_checkpoint(src, tmp_path / "s2", data="mnist", n_calib=60000, n_val=1000)
