@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -62,9 +63,6 @@ BACKENDS = ("auto", "compiled", "eager", "reference")
 
 #: Elements in one eager chunk temporary (rows × output units × fan-in); a handful are alive at once.
 _EAGER_CHUNK = 1 << 18
-#: Elements in one compiled chunk (only per-output sums are stored, so this bounds nothing big; it keeps the
-#: per-chunk (rows × outputs) buffers small and lets huge problems stream).
-_COMPILED_CHUNK = 1 << 28
 #: ``backend="auto"`` compiles only problems with at least this many products per IRLS iteration.
 _COMPILE_MIN_WORK = 1 << 22
 
@@ -144,18 +142,75 @@ def _bwd_chunk(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# compiler detection and compiled kernels
+# compiled kernels: one IRLS step per call (a K-unrolled graph makes inductor fuse badly), each a single fused
+# loop nest per output, so the (n, o, D) products never reach memory.
 # ----------------------------------------------------------------------------------------------------------
-_COMPILED: dict[str, Callable[..., Any]] = {}
+def _fwd_step(x: Tensor, w: Tensor, m: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """One IRLS step (eq. 7) around ``m = z/D`` (n, o): returns ``(Σ_d u_d, Σ_d u_d (p_d − m))``.
+
+    With ``diff = p − m`` (one fused multiply-add per element) the update is ``z ← z + D·Σ u·diff / Σ u``,
+    algebraically the same as ``D·Σ u p / Σ u`` with one operation less per element.
+    """
+    diff = x[:, None, :] * w[None, :, :] - m[..., None]
+    u = 1.0 / (diff.abs() + eps)
+    return u.sum(-1), (u * diff).sum(-1)
+
+
+def _bwd_terms(x: Tensor, w: Tensor, m: Tensor, delta: Tensor, c: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-element terms of the reverse of one step: ``(q, c·(u − q))`` on the (n, o, D) grid, where
+    ``q = (p − z⁽ᵏ⁺¹⁾/D)·u²·sign(p − z⁽ᵏ⁾/D)``; ``m = z⁽ᵏ⁾/D`` and ``delta = (z⁽ᵏ⁾ − z⁽ᵏ⁺¹⁾)/D``."""
+    diff = x[:, None, :] * w[None, :, :] - m[..., None]
+    u = 1.0 / (diff.abs() + eps)
+    q = (diff + delta[..., None]) * (u * u) * torch.sign(diff)
+    return q, c[..., None] * (u - q)
+
+
+# The three reductions of one reverse step are separate kernels: in one graph inductor stores the shared
+# (n, o, D) terms in memory, which is exactly what must not happen (and is slower than recomputing them).
+def _bwd_step_z(x: Tensor, w: Tensor, m: Tensor, delta: Tensor, c: Tensor, eps: Tensor) -> Tensor:
+    """``Σ_d q_d`` (reduction over the fan-in); ``∂L/∂z⁽ᵏ⁾ = c/D · Σ_d q_d``."""
+    q, _ = _bwd_terms(x, w, m, delta, c, eps)
+    return q.sum(-1)
+
+
+def _bwd_step_x(x: Tensor, w: Tensor, m: Tensor, delta: Tensor, c: Tensor, eps: Tensor) -> Tensor:
+    """This step's direct ``∂L/∂x = Σ_o c (u − q) W`` (reduction over output units)."""
+    _, t = _bwd_terms(x, w, m, delta, c, eps)
+    return (t * w[None, :, :]).sum(1)
+
+
+def _bwd_step_w(x: Tensor, w: Tensor, m: Tensor, delta: Tensor, c: Tensor, eps: Tensor) -> Tensor:
+    """This step's direct ``∂L/∂W = Σ_n c (u − q) x`` (reduction over rows)."""
+    _, t = _bwd_terms(x, w, m, delta, c, eps)
+    return (t * x[:, None, :]).sum(0)
+
+
+_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _COMPILER_OK: dict[str, bool] = {}
 
 
-def _compiled(name: str) -> Callable[..., Any]:
-    fn = _COMPILED.get(name)
+def _fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
+    """A copy of ``fn`` with its own code object: dynamo keeps compiled graphs (and counts recompiles) per code
+    object, so one copy per cache key means each copy only ever sees one graph."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    new = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    new.__qualname__ = code.co_name
+    return new
+
+
+def _compiled(name: str, x: Tensor, w: Tensor) -> Callable[..., Any]:
+    """The compiled step kernel ``name`` ("fwd", "bwd_z", "bwd_x", "bwd_w").
+
+    Cached per dtype, device type and which sizes are 1 (dynamic shapes still specialise sizes 0/1), each key with
+    its own code object, so dynamo never recompiles one function for another shape class and its recompile limit
+    is never reached."""
+    key = (name, x.dtype, x.device.type, x.shape[0] == 1, w.shape[0] == 1, x.shape[1] == 1)
+    fn = _COMPILED.get(key)
     if fn is None:
-        base = {"fwd": _fwd_chunk, "bwd": _bwd_chunk}[name]
-        fn = torch.compile(base, dynamic=True, fullgraph=True)
-        _COMPILED[name] = fn
+        base = {"fwd": _fwd_step, "bwd_z": _bwd_step_z, "bwd_x": _bwd_step_x, "bwd_w": _bwd_step_w}[name]
+        tag = "_".join(str(v).replace("torch.", "") for v in key[1:]).replace(" ", "")
+        fn = torch.compile(_fresh(base, f"{len(_COMPILED)}_{tag}"), dynamic=True, fullgraph=True)
+        _COMPILED[key] = fn
     return fn
 
 
@@ -167,10 +222,11 @@ def compiler_available(device: torch.device | str = "cpu") -> bool:
         try:
             x = torch.randn(3, 5, device=device)
             w = torch.randn(2, 5, device=device)
-            z0 = x @ w.T
-            got, _ = _compiled("fwd")(x, w, z0, 1, 1e-3)
-            ref, _ = _fwd_chunk(x, w, z0, 1, 1e-3)
-            ok = bool(torch.allclose(got, ref, rtol=1e-4, atol=1e-4))
+            m = (x @ w.T) / 5
+            eps = torch.tensor(1e-3, device=device)
+            got = _compiled("fwd", x, w)(x, w, m, eps)
+            ref = _fwd_step(x, w, m, eps)
+            ok = all(bool(torch.allclose(g, r, rtol=1e-4, atol=1e-4)) for g, r in zip(got, ref, strict=True))
         except Exception as exc:  # noqa: BLE001 - any compiler failure means "fall back to eager"
             logger.info("torch.compile unavailable for NRPM on %s (%s: %s); using eager", dev_type,
                         type(exc).__name__, exc)
@@ -204,21 +260,46 @@ def _blocks(n: int, o: int, d: int, budget: int) -> tuple[int, int]:
     return 1, max(1, min(o, budget // max(d, 1)))
 
 
-def _forward_all(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+def _forward_all(
+    x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, backend: str, keep: bool = True
+) -> tuple[Tensor, Tensor]:
+    """All iterates ``zs`` (K+1, n, o) (``zs[0] = z0``) and normalisers ``ss`` (K, n, o).
+
+    With ``keep=False`` (no backward will follow) only ``z⁽ᴷ⁾`` is returned, as ``zs`` of shape (1, n, o), and
+    ``ss`` is empty: the per-step buffers are not kept.
+    """
     n, d = x.shape
     o = w.shape[0]
-    zs = x.new_empty((K + 1, n, o))
-    ss = x.new_empty((K, n, o))
-    zs[0] = z0
     if K == 0:
-        return zs, ss
-    fn = _compiled("fwd") if backend == "compiled" else _fwd_chunk
-    bn, bo = _blocks(n, o, d, _COMPILED_CHUNK if backend == "compiled" else _EAGER_CHUNK)
+        return z0[None], x.new_empty((0, n, o))
+    if backend == "compiled":
+        step = _compiled("fwd", x, w)
+        eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
+        zs = x.new_empty((K + 1, n, o)) if keep else None
+        ss = x.new_empty((K, n, o)) if keep else x.new_empty((0, n, o))
+        z = z0
+        if zs is not None:
+            zs[0] = z0
+        for k in range(K):
+            sk, tk = step(x, w, z / d, eps_t)
+            z = torch.addcdiv(z, tk, sk, value=d)
+            if zs is not None:
+                zs[k + 1] = z
+                ss[k] = sk
+        return (zs, ss) if zs is not None else (z[None], ss)
+    zs = x.new_empty((K + 1 if keep else 1, n, o))
+    ss = x.new_empty((K if keep else 0, n, o))
+    if keep:
+        zs[0] = z0
+    bn, bo = _blocks(n, o, d, _EAGER_CHUNK)
     for i in range(0, n, bn):
         for j in range(0, o, bo):
-            zk, sk = fn(x[i : i + bn], w[j : j + bo], z0[i : i + bn, j : j + bo], K, eps)
-            zs[1:, i : i + bn, j : j + bo] = zk
-            ss[:, i : i + bn, j : j + bo] = sk
+            zk, sk = _fwd_chunk(x[i : i + bn], w[j : j + bo], z0[i : i + bn, j : j + bo], K, eps)
+            if keep:
+                zs[1:, i : i + bn, j : j + bo] = zk
+                ss[:, i : i + bn, j : j + bo] = sk
+            else:
+                zs[0, i : i + bn, j : j + bo] = zk[-1]
     return zs, ss
 
 
@@ -226,19 +307,35 @@ def _backward_all(
     x: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_last: Tensor, eps: float, backend: str,
     need_x: bool, need_w: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Reverse sweep: ``(ḡ_0, Σ direct ∂L/∂x terms, Σ direct ∂L/∂W terms)`` (the ḡ_0 matmuls are the caller's)."""
     n, d = x.shape
     o = w.shape[0]
     K = ss.shape[0]
-    g0 = torch.zeros_like(g_last)
     gx = torch.zeros_like(x) if need_x else None
     gw = torch.zeros_like(w) if need_w else None
     if K == 0:
         return g_last.clone(), gx, gw
-    fn = _compiled("bwd") if backend == "compiled" else _bwd_chunk
-    bn, bo = _blocks(n, o, d, _COMPILED_CHUNK if backend == "compiled" else _EAGER_CHUNK)
+    if backend == "compiled":
+        step_z = _compiled("bwd_z", x, w)
+        step_x = _compiled("bwd_x", x, w) if need_x else None
+        step_w = _compiled("bwd_w", x, w) if need_w else None
+        eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
+        gbar = g_last
+        for k in range(K - 1, -1, -1):
+            c = gbar * d / ss[k]
+            m = zs[k] / d
+            delta = m - zs[k + 1] / d
+            if gx is not None and step_x is not None:
+                gx += step_x(x, w, m, delta, c, eps_t)
+            if gw is not None and step_w is not None:
+                gw += step_w(x, w, m, delta, c, eps_t)
+            gbar = c * step_z(x, w, m, delta, c, eps_t) / d
+        return gbar, gx, gw
+    g0 = torch.zeros_like(g_last)
+    bn, bo = _blocks(n, o, d, _EAGER_CHUNK)
     for i in range(0, n, bn):
         for j in range(0, o, bo):
-            gb, gxc, gwc = fn(
+            gb, gxc, gwc = _bwd_chunk(
                 x[i : i + bn], w[j : j + bo], zs[:, i : i + bn, j : j + bo], ss[:, i : i + bn, j : j + bo],
                 g_last[i : i + bn, j : j + bo], eps, need_x, need_w,
             )
@@ -248,6 +345,22 @@ def _backward_all(
             if gw is not None and gwc is not None:
                 gw[j : j + bo] += gwc
     return g0, gx, gw
+
+
+def _core_backward(
+    x: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_lpm: Tensor | None, g_last: Tensor | None, eps: float,
+    backend: str, need_x: bool, need_w: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """∂L/∂x (n, D) and ∂L/∂W (o, D) from the output gradients of (z_LPM, z⁽ᴷ⁾)."""
+    if g_last is None:
+        g_last = torch.zeros_like(zs[0])
+    g0, gx, gw = _backward_all(x, w, zs, ss, g_last.contiguous(), eps, backend, need_x, need_w)
+    g_total = g0 if g_lpm is None else g0 + g_lpm
+    if need_x:
+        gx = g_total @ w if gx is None else gx.addmm_(g_total, w)
+    if need_w:
+        gw = g_total.T @ x if gw is None else gw.addmm_(g_total.T, x)
+    return gx, gw
 
 
 class _NRPMCore(torch.autograd.Function):
@@ -262,22 +375,14 @@ class _NRPMCore(torch.autograd.Function):
         ctx.save_for_backward(x, w, zs, ss)
         ctx.eps = eps
         ctx.backend = backend
-        return z0, zs[K].clone() if K > 0 else z0.clone()
+        return z0, zs[K].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g_lpm: Tensor | None, g_last: Tensor | None) -> tuple[Tensor | None, ...]:
         x, w, zs, ss = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if g_last is None:
-            g_last = torch.zeros_like(zs[0])
-        g_total = g_last.new_zeros(g_last.shape) if g_lpm is None else g_lpm.clone()
-        g0, gx, gw = _backward_all(x, w, zs, ss, g_last.contiguous(), ctx.eps, ctx.backend, need_x, need_w)
-        g_total += g0
-        if need_x:
-            gx = gx + g_total @ w if gx is not None else g_total @ w
-        if need_w:
-            gw = gw + g_total.T @ x if gw is not None else g_total.T @ x
+        gx, gw = _core_backward(x, w, zs, ss, g_lpm, g_last, ctx.eps, ctx.backend, need_x, need_w)
         return gx if need_x else None, gw if need_w else None, None, None, None
 
 
@@ -294,10 +399,19 @@ def _reference_core(x: Tensor, w: Tensor, K: int, eps: float) -> tuple[Tensor, T
     return z0, z
 
 
+def _needs_graph(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _core(x2: Tensor, w2: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
     backend = _resolve_backend(backend, x2, w2.shape[0])
     if backend == "reference":
         return _reference_core(x2, w2, K, eps)
+    if not _needs_graph(x2, w2):  # inference: keep only the last iterate
+        x2, w2 = x2.contiguous(), w2.contiguous()
+        z0 = x2 @ w2.T
+        zs, _ = _forward_all(x2, w2, z0, K, float(eps), backend, keep=False)
+        return z0, zs[0]
     return _NRPMCore.apply(x2, w2, K, float(eps), backend)
 
 
