@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import beta, norm
 from torch import nn
 
@@ -62,6 +64,20 @@ def test_clopper_pearson_matches_beta_quantile_and_edge_cases() -> None:
         clopper_pearson_lower(11, 10, 0.01)
     with pytest.raises(TorchRobustError):
         clopper_pearson_lower(5, 10, 1.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 10_000), frac=st.floats(0.0, 1.0), alpha=st.floats(1e-6, 0.2))
+def test_clopper_pearson_properties(n: int, frac: float, alpha: float) -> None:
+    k = round(frac * n)
+    lo = clopper_pearson_lower(k, n, alpha)
+    assert 0.0 <= lo <= k / n  # a lower bound never exceeds the empirical frequency
+    if k < n:
+        assert clopper_pearson_lower(k + 1, n, alpha) > lo  # more hits -> larger bound
+    if k > 0:
+        assert clopper_pearson_lower(k, n, alpha / 2) < lo  # more confidence -> smaller bound
+        # Exactness: P(Binomial(n, lo) >= k) = alpha, the defining property of the one-sided bound.
+        assert beta.cdf(lo, k, n - k + 1) == pytest.approx(alpha, rel=1e-6)
 
 
 @pytest.mark.parametrize("n", [10, 100, 1000])

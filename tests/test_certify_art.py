@@ -68,3 +68,30 @@ def test_clopper_pearson_bound_equals_arts_statsmodels_bound() -> None:
     for k, n in [(1, 10), (73, 100), (9990, 10_000), (100_000, 100_000)]:
         assert math.isclose(clopper_pearson_lower(k, n, 0.001), float(art_rs._lower_confidence_bound(k, n)),
                             rel_tol=1e-10)
+
+
+def test_predict_agrees_with_art_on_clear_and_fifty_fifty_inputs() -> None:
+    sigma, n, alpha = 0.25, 2000, 0.001
+    model = _small_model()
+    art_rs = PyTorchRandomizedSmoothing(
+        model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 4, 4), nb_classes=3, device_type="cpu",
+        sample_size=n, scale=sigma, alpha=alpha,
+    )
+    smooth = Smooth(model, num_classes=3, sigma=sigma)
+    torch.manual_seed(2)
+    xs = torch.rand(8, 1, 4, 4)
+    np.random.seed(0)
+    art_onehot = art_rs.predict(xs.numpy(), batch_size=1000)
+    gen = torch.Generator().manual_seed(0)
+    agree = 0
+    for x, row in zip(xs, art_onehot, strict=True):
+        ours = smooth.predict(x, n=n, alpha=alpha, batch_size=1000, generator=gen)
+        art = int(row.argmax()) if row.sum() > 0 else ABSTAIN
+        counts = smooth.sample_counts(x, n, generator=gen).double()
+        top2 = torch.topk(counts, 2).values
+        # Within binomial error of a tie, one run may abstain and the other not; otherwise they must agree.
+        clear = float(top2[0] - top2[1]) > 6 * math.sqrt(float(top2[0] + top2[1]))
+        if clear:
+            assert ours == art
+            agree += 1
+    assert agree >= 4
