@@ -174,12 +174,12 @@ def _train_named(out_dir: str | os.PathLike[str], data: Data, names: Sequence[tu
         model = psat_models.create(run.arch, **run.arch_kwargs)
         adv = TrainingAdversary(strategy, eps=run.eps, steps=run.steps, alpha=run.alpha, msd_alpha=msd_alpha,
                                 msd_steps=msd_steps)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         history = train_model(model, data, adv, config, device)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         path = checkpoint.save(model.cpu(), member_path(out_dir, name), role=role, strategy=strategy,
                                eps=run.eps, steps=run.steps, alpha=run.alpha, train_config=asdict(config),
-                               train_seconds=seconds, history=history,
+                               train_seconds=seconds, train_cpu_seconds=cpu_seconds, history=history,
                                parameters=psat_models.count_parameters(model))
         log.info("trained %s %s in %.1fs -> %s", role, name, seconds, path)
         out[name] = path
