@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from scipy.optimize import minimize
 
 from torchrobust.attacks import L1, L2, Linf, ThreatModel, ThreatName, get_threat
-from torchrobust.attacks.threat import project_l1_box, project_l2_box
+from torchrobust.attacks.threat import _project_l2_box_sorted, project_l1_box, project_l2_box
 from torchrobust.errors import TorchRobustError
 
 
@@ -87,7 +88,15 @@ def _random_case(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------------ projections
-@pytest.mark.parametrize("p, fn, ref", [(1, project_l1_box, _ref_l1), (2, project_l2_box, _ref_l2)])
+@pytest.mark.parametrize(
+    "p, fn, ref",
+    [
+        (1, project_l1_box, _ref_l1),
+        (2, project_l2_box, _ref_l2),
+        (2, _project_l2_box_sorted, _ref_l2),
+        (2, partial(project_l2_box, max_iter=1), _ref_l2),  # forces the sorted fallback when not settled
+    ],
+)
 def test_projection_matches_bisection_reference(p: int, fn, ref) -> None:
     g = torch.Generator().manual_seed(1)
     inside_seen = 0
@@ -326,3 +335,16 @@ def test_projector_agrees_with_project(threat: ThreatModel) -> None:
     fast = threat.projector(x)(u)
     torch.testing.assert_close(fast, threat.project(u, x), atol=1e-6, rtol=0)
     assert threat.contains(fast, x).all()
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
+def test_l1_projection_sparse_and_dense_paths_agree_with_reference(density: float) -> None:
+    """Sparse perturbations take the partial top-k path, dense ones the full sort; both are exact."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(32, 60, generator=g, dtype=torch.float64)
+    x[x < 0.5] = 0.0
+    d = torch.randn(32, 60, generator=g, dtype=torch.float64) * (torch.rand(32, 60, generator=g) < density)
+    v = project_l1_box(d, -x, 1 - x, 0.8)
+    for i in range(32):
+        expect = _ref_l1(d[i].numpy(), -x[i].numpy(), 1 - x[i].numpy(), 0.8)
+        np.testing.assert_allclose(v[i].numpy(), expect, atol=1e-9)

@@ -14,9 +14,11 @@ Steps and projections (all per example; shapes ``(B, ...)`` with the batch first
 * ``L2`` — normalised-gradient step ``alpha * g / ||g||_2``. The projection onto ``ball ∩ box`` is **exact** by
   default: by the KKT conditions of ``min ||v - d||^2 s.t. ||v||_2 <= eps, lo <= v <= hi`` the solution is
   ``v = clip(s * d, lo, hi)`` for the largest ``s in (0, 1]`` with ``||v||_2 <= eps``; ``||clip(s d)||^2`` is
-  piecewise quadratic in ``s`` with breakpoints ``s_i = bound_i / |d_i|``, so ``s`` is found in closed form after one
-  sort. The common approximation (scale into the ball, then clip to the box; torchattacks ``PGDL2``, robust_union
-  ``pgd_l2``) is feasible but not the nearest point; it is available as ``L2(eps, exact_projection=False)``.
+  piecewise quadratic in ``s`` with breakpoints ``s_i = bound_i / |d_i|``, and ``s`` is found exactly by a monotone
+  active-set iteration (about 3 passes in PGD; a sort-based closed form is the fallback). On CPU this costs about
+  2-3x the approximate projection per PGD step. The common approximation (scale into the ball, then clip to the
+  box; torchattacks ``PGDL2``, robust_union ``pgd_l2``) is feasible but not the nearest point; it is available as
+  ``L2(eps, exact_projection=False)``.
 * ``L1`` — the sparse steepest step of SLIDE (Tramèr & Boneh 2019, Alg. 1) / top-k ℓ1 descent (Maini et al. 2020,
   MSD Sec. 3.1) as used by APGD-ℓ1 (Croce & Hein 2021): only coordinates whose ``|g|`` is at or above the ``q``-th
   percentile move, each by ``alpha / k * sign(g)`` (``k`` = number moved, so the step has ℓ1 norm ``alpha``), and
@@ -169,14 +171,45 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def project_l2_box(d: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
+def project_l2_box(d: Tensor, lo: Tensor, hi: Tensor, eps: float, max_iter: int = 100) -> Tensor:
     """Exact Euclidean projection of ``d`` (shape ``(B, n)``) onto ``{v : ||v||_2 <= eps, lo <= v <= hi}`` with
     ``lo <= 0 <= hi``.
 
-    KKT: ``v = clip(s d, lo, hi)`` with the largest ``s in [0, 1]`` such that ``||v|| <= eps``. With ``a = |d|`` and
-    ``b`` the bound in the direction of ``d``, coordinate ``i`` saturates for ``s >= r_i = b_i / a_i``; between sorted
-    breakpoints ``||v||^2 = s^2 * sum_{unsaturated} a_i^2 + sum_{saturated} b_i^2``, solved for ``s`` in closed form.
+    KKT: ``v = clip(s d, lo, hi)`` with the largest ``s in [0, 1]`` such that ``g(s) = ||clip(s d)||^2 <= eps^2``.
+    With ``a = |d|`` and ``b`` the bound in the direction of ``d``, coordinate ``i`` saturates for ``s >= b_i / a_i``,
+    and for a fixed saturated set ``S``, ``g(s) <= s^2 * sum_{i not in S} a_i^2 + sum_{i in S} b_i^2`` for all
+    larger ``s``. Starting from ``s = eps / ||d||`` (feasible) and solving that quadratic for ``s`` with the current
+    ``S`` gives a nondecreasing sequence that never passes the solution and stops, exactly, once ``S`` no longer
+    grows (an active-set iteration; about 3 rounds in PGD, at most one per distinct breakpoint). Rows whose iteration
+    has not settled after ``max_iter`` rounds (never observed) fall back to the sort-based closed form.
     """
+    a = d.abs()
+    b = torch.where(d >= 0, hi, -lo)
+    a2 = a * a
+    b2 = b * b
+    r = b / a  # coordinate i saturates for s >= r_i (0/0 = nan never saturates; its a_i is 0 anyway)
+    eps2 = eps * eps
+    tiny = torch.finfo(a.dtype).tiny
+    total = a2.sum(1, keepdim=True)
+    s = (eps / total.sqrt().clamp_min(tiny)).clamp_(max=1.0)
+    for _ in range(max_iter):
+        sat = (r <= s).to(a.dtype)
+        free = total - (a2 * sat).sum(1, keepdim=True)
+        fixed = (b2 * sat).sum(1, keepdim=True)
+        s_new = ((eps2 - fixed).clamp_min(0) / free.clamp_min(tiny)).sqrt().clamp_(max=1.0)
+        s_new = torch.where(free > tiny, s_new, 1.0)
+        s_new = torch.maximum(s_new, s)  # monotone by construction; guards against rounding
+        if not bool((s_new > s).any()):
+            break
+        s = s_new
+    else:
+        return _project_l2_box_sorted(d, lo, hi, eps)
+    return torch.minimum(torch.maximum(s * d, lo), hi)
+
+
+def _project_l2_box_sorted(d: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
+    """The same projection in closed form after one sort of the breakpoints ``r_i = b_i / a_i``: between sorted
+    breakpoints ``||v||^2 = s^2 * sum_{unsaturated} a_i^2 + sum_{saturated} b_i^2``, solved for ``s`` exactly."""
     a = d.abs()
     b = torch.where(d >= 0, hi, -lo)
     clipped = torch.minimum(a, b)
@@ -212,7 +245,13 @@ def project_l1_box(d: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
     zero = a.new_zeros(batch, 1)
     t = torch.cat([a, a - b, zero], 1)
     s = torch.cat([torch.ones_like(a), -torch.ones_like(a), zero], 1)
-    t_sorted, order = t.sort(1, descending=True)
+    # Only breakpoints >= 0 matter (lam >= 0) and the explicit 0 entry bounds the search; when d is sparse (PGD-ℓ1
+    # iterates are) a partial top-k replaces the full sort.
+    width = int((t > 0).sum(1).max()) + 1
+    if width < t.shape[1] // 2:
+        t_sorted, order = t.topk(width, dim=1)
+    else:
+        t_sorted, order = t.sort(1, descending=True)
     s_sorted = s.gather(1, order)
     q_cum = s_sorted.cumsum(1)  # Q_k = sum_{j <= k} s_j
     p_cum = (s_sorted * t_sorted).cumsum(1)  # P_k = sum_{j <= k} s_j t_j
