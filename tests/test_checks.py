@@ -488,3 +488,21 @@ def test_probe_directional_derivatives_match_autograd_jacobian_in_float64() -> N
         expected = torch.einsum("bkcn,cn->bk", jac, d)
         assert torch.allclose(_jvp(module, x, d), expected, atol=1e-12)  # ... and the fallback still gives J d
     assert find_zero_gradient_modules(nn.Sequential(_NoJvpModule(), nn.Linear(5, 2)).double(), x) == []
+
+
+def test_input_errors_are_one_line_torchrobust_errors(plain: nn.Module, data) -> None:
+    x, y = data
+    for call in (
+        lambda: check_gradients(plain, x, y + NUM_CLASSES),
+        lambda: check_gradients(plain, x, y.float()),
+        lambda: check_gradients(plain, x, y, loss="dlr"),
+        lambda: check_budget(x, x[:3], "Linf", 0.1),
+        lambda: check_budget(x, x, "Linf"),
+        lambda: check_large_eps(0.1, 1),
+        lambda: check_base_broken(0.1),
+        lambda: run_checks({"large_eps": {"accuracy": 0.5}}),
+        lambda: check_randomness(plain, x, passes=1),
+    ):
+        with pytest.raises(TorchRobustError) as info:
+            call()
+        assert "\n" not in str(info.value)

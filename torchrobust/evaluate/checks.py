@@ -265,6 +265,10 @@ def check_gradients(
         logits = model(x_in)
         if logits.ndim != 2 or logits.shape[0] != len(x):
             raise TorchRobustError(f"model returned shape {tuple(logits.shape)}; expected (batch, num_classes) logits")
+        if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
+            raise TorchRobustError(
+                f"labels must be in 0..{logits.shape[1] - 1}, got {int(y.min())}..{int(y.max())}; pass class indices"
+            )
         yy = y.to(logits.device)
         if loss == "ce":
             value = nn.functional.cross_entropy(logits, yy, reduction="sum")
