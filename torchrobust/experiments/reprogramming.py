@@ -36,7 +36,7 @@ Profiles (``profile=``) and deviations from the paper. The paper trains the MLP/
 and reprograms for 5 (its code: 10 epochs, SGD lr 1e-3, momentum 0.9, batch 64, starting from released
 weights we do not have). ``"full"`` follows that (backbones 50 epochs, reprogramming 5 epochs on all 60k
 training images, FGSM on 10k, PGD-20 on 1000 test images at every ε). ``"fast"`` (default) fits Table 1 in 15
-minutes on 2 CPU cores: backbones 2 epochs (a linear model converges in a few), reprogramming
+minutes on 2 CPU cores: backbones 5 epochs (a linear model converges in a few), reprogramming
 ``reprogram_steps`` = 100 optimiser steps of batch 64 (6.4k examples, one pass), λ learned with Adam
 (lr 0.02; SGD at lr 1e-3 would barely move λ in 100 steps), Paradigm 3 with Adam lr 2e-3 for weights and λ,
 FGSM on the first 1000 test images (exactly the paper code's evaluation set), PGD-20 on the first 100 at
@@ -167,7 +167,7 @@ class Profile:
     pgd_eps: tuple[float, ...] = (0.1, 0.2, 0.3)
     pgd_steps: int = 20
     pgd_all_rows: bool = False  # PGD on every row, or only on the rows listed by each preset
-    backbone_epochs: int = 2
+    backbone_epochs: int = 5
     backbone_max_batches: int | None = None
     reprogram_epochs: int = 1
     reprogram_steps: int | None = 100  # optimiser steps per epoch (None: the whole training set)
