@@ -19,7 +19,8 @@ with ``step`` the threat model's steepest-ascent move (sign for ℓ∞, normalis
   class — the target — strictly beats the label), so "misclassified beats correct" holds, and among equals the point
   closest to (or furthest past) the decision boundary wins. The margin rather than the attack loss is used because
   it is what decides success and is comparable across CE- and margin-driven runs. (A point where the label ties
-  with another class has margin 0 and counts as not yet successful.)
+  with another class has margin 0 and counts as not yet successful.) With a random start the clean input is scored
+  too (one extra forward pass), so PGD never returns a point classified better than ``x`` itself.
 * **Restarts** run only on examples that are still robust (the others already have a successful point), as in
   AutoAttack and robust_union's evaluation code. With ``random_start=False`` every restart would repeat the same
   deterministic path, so only one run is made.
@@ -110,6 +111,11 @@ class PGD(Attack):
         if self.seed is not None and self.random_start:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
         best_x, best_score = self._run(model, x, y, generator)
+        if self.random_start:  # the clean point is a candidate too (a random start may undo a misclassification)
+            with torch.no_grad():
+                clean_score = margin(model(x), y, self.targeted)
+            _keep_rows(best_x, x, clean_score > best_score)
+            best_score = torch.maximum(best_score, clean_score)
         runs = self.restarts if self.random_start else 1
         for _ in range(runs - 1):
             todo = (best_score <= 0).nonzero().squeeze(1)  # still robust
