@@ -354,21 +354,28 @@ def test_monotone_large_eps_convergence_base() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- 13. BPDA
-def test_zero_gradient_modules_are_found_and_surrogates_respected(data) -> None:
+def test_zero_gradient_modules_are_found_and_surrogates_respected(data, caplog) -> None:
+    caplog.set_level("INFO", logger="torchrobust.evaluate.checks")
     x, _ = data
     torch.manual_seed(0)
     thr = nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), Threshold(0.05), nn.Linear(32, 3)).eval()
     found = find_zero_gradient_modules(thr, x)
     assert [(z.name, z.reason) for z in found] == [("3", "jump")]
     assert check_bpda_surrogates(thr, x).details["modules"][0]["type"] == "Threshold"
+    # In-place modules are probed on their true input (recorded before the forward pass).
+    inplace = nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(inplace=True), Threshold(0.05),
+                            nn.Linear(32, 3)).eval()
+    assert [(z.name, z.reason) for z in find_zero_gradient_modules(inplace, x)] == [("3", "jump")]
     # A plain ReLU network, a conv net with BatchNorm and pooling, and smooth activations are continuous.
     for model in (
         nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Linear(32, 3)),
+        nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(inplace=True), nn.Linear(32, 3)),
         nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
                       nn.Conv2d(4, 4, 3, padding=1), nn.Hardtanh(0, 0.2), nn.Flatten(), nn.Linear(36, 3)),
         nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 3), nn.Softmax(1)),
     ):
         assert find_zero_gradient_modules(model.eval(), x) == [], model
+    assert "not probed" not in caplog.text  # every module above, in-place ones included, was really probed
     quant = nn.Sequential(Quantize(), _mlp()).eval()
     assert [(z.name, z.reason) for z in find_zero_gradient_modules(quant, x)] == [("0", "zero-derivative op")]
     assert [(z.name, z.reason) for z in find_zero_gradient_modules(nn.Sequential(HardThreshold(), _mlp()), x)] == [

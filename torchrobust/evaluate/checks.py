@@ -262,7 +262,7 @@ def check_gradients(
         raise TorchRobustError(f"unknown loss {loss!r}; valid: ce, margin")
     x_in = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), _preserve_buffers(model):
-        logits = model(x_in)
+        logits = model(x_in.clone())  # a non-leaf copy: models may start with an in-place op
         if logits.ndim != 2 or logits.shape[0] != len(x):
             raise TorchRobustError(f"model returned shape {tuple(logits.shape)}; expected (batch, num_classes) logits")
         if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
@@ -611,15 +611,20 @@ def find_zero_gradient_modules(
     for name, m in model.named_modules():
         names.setdefault(m, name)
 
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if module in records or len(args) != 1:
-            return
-        a = args[0]
-        if isinstance(a, Tensor) and a.is_floating_point() and isinstance(output, Tensor) \
-                and output.is_floating_point():
-            records[module] = a.detach().clone()
+    pending: dict[nn.Module, Tensor] = {}
 
-    handles = [m.register_forward_hook(hook) for m in names]
+    def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        # Record before the forward runs, so in-place modules (ReLU(inplace=True)) cannot overwrite the input.
+        if module not in records and len(args) == 1 and isinstance(args[0], Tensor) and args[0].is_floating_point():
+            pending[module] = args[0].detach().clone()
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        a = pending.pop(module, None)
+        if a is not None and isinstance(output, Tensor) and output.is_floating_point():
+            records[module] = a
+
+    handles = [m.register_forward_pre_hook(pre_hook) for m in names]
+    handles += [m.register_forward_hook(hook) for m in names]
     try:
         with torch.no_grad(), _preserve_buffers(model):
             model(x)
@@ -894,13 +899,13 @@ def _preserve_buffers(model: nn.Module) -> Iterator[None]:
 
 def _classify_module(m: nn.Module, a: Tensor, probes: int, rel_step: float, factor: float,
                      gen: torch.Generator, path_points: int) -> str | None:
-    with torch.no_grad():
-        o0 = m(a)
-        if not torch.equal(o0, m(a)):
+    with torch.no_grad():  # inputs are cloned for every call: in-place modules must not alter ``a``
+        o0 = m(a.clone())
+        if not torch.equal(o0, m(a.clone())):
             return None  # randomised: check_randomness reports it
     a_in = a.clone().requires_grad_(True)
     with torch.enable_grad():
-        o = m(a_in)
+        o = m(a_in.clone())  # a non-leaf copy, so in-place modules may write to it
         if not o.requires_grad:
             return "cut"
         if _graph_has_zero_derivative_op(o.grad_fn):
@@ -1004,13 +1009,13 @@ def _path_probe(m: nn.Module, a: Tensor, o_a: Tensor, k_max: int, factor: float,
 def _jvp(m: nn.Module, a: Tensor, d: Tensor) -> Tensor | None:
     """``J d`` at ``a``: forward-mode AD, else the double-backward trick, else None."""
     try:
-        return torch.func.jvp(m, (a,), (d,))[1].detach()
+        return torch.func.jvp(m, (a.clone(),), (d,))[1].detach()
     except Exception:  # custom autograd.Function without jvp, unsupported op
         pass
     try:
         a_in = a.clone().requires_grad_(True)
         with torch.enable_grad():
-            o = m(a_in)
+            o = m(a_in.clone())
             v = torch.zeros_like(o, requires_grad=True)
             g = torch.autograd.grad(o, a_in, v, create_graph=True)[0]
             if not g.requires_grad:
