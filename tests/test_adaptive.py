@@ -1,0 +1,191 @@
+"""Adaptive evaluation: BPDA through thresholds, EOT for random models, transfer/black-box catching gradient
+masking, the per-example worst case, and resuming from a state file."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from torchrobust.errors import TorchRobustError
+from torchrobust.evaluate import adaptive as AD
+from torchrobust.evaluate.adaptive import AdaptiveResult, evaluate_adaptive
+
+N_CLASSES = 10
+SHAPE = (1, 8, 8)
+FAST = dict(whitebox="pgd", steps=20, restarts=1, square_queries=300, spsa_steps=20, spsa_samples=32,
+            batch_size=64, n_check=32)
+
+
+def _data(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    protos = (torch.rand(N_CLASSES, *SHAPE, generator=torch.Generator().manual_seed(7)) > 0.5).float()
+    y = torch.randint(0, N_CLASSES, (n,), generator=g)
+    x = (0.7 * protos[y] + 0.15 + 0.2 * torch.randn(n, *SHAPE, generator=g)).clamp(0, 1)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def base() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(SHAPE), 64), nn.ReLU(), nn.Linear(64, N_CLASSES))
+    x, y = _data(512, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return model
+
+
+@pytest.fixture(scope="module")
+def test_set() -> tuple[Tensor, Tensor]:
+    return _data(96, 1)
+
+
+class Step(nn.Module):
+    """Binarise the input at 0.5 (zero gradient almost everywhere); declares the BPDA protocol (identity)."""
+
+    bpda_surrogate = "identity"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.straight_through = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        hard = (x > 0.5).to(x.dtype)
+        return x + (hard - x).detach() if self.straight_through else hard
+
+
+class Quantize(nn.Module):
+    """Input quantisation to 4 levels with no BPDA surrogate: gradients are zero, the defence masks them."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.round(x * 3) / 3
+
+
+class Noisy(nn.Module):
+    def __init__(self, model: nn.Module, sigma: float) -> None:
+        super().__init__()
+        self.model, self.sigma = model, sigma
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x + self.sigma * torch.randn_like(x)).clamp(0, 1))
+
+
+def _codes(res: AdaptiveResult) -> set[str]:
+    return {f["code"] for f in res.flags}
+
+
+def test_bpda_beats_plain_pgd_on_hard_threshold(base: nn.Module, test_set) -> None:
+    x, y = test_set
+    model = nn.Sequential(Step(), base).eval()
+    res = evaluate_adaptive(model, x, y, "Linf", 0.25, blackbox=False, **FAST)
+    assert {"pgd-ce", "pgd-margin", "bpda-pgd-ce", "bpda-pgd-margin"} <= set(res.correct)
+    plain = min(res.accuracy("pgd-ce"), res.accuracy("pgd-margin"))
+    bpda = min(res.accuracy("bpda-pgd-ce"), res.accuracy("bpda-pgd-margin"))
+    assert bpda < plain - 0.1  # the plain white-box number overstates robustness
+    assert res.robust_accuracy <= bpda
+    assert torch.equal(res.worst, res.clean & res.correct["pgd-ce"] & res.correct["pgd-margin"]
+                       & res.correct["bpda-pgd-ce"] & res.correct["bpda-pgd-margin"])
+    assert "ZERO_GRADIENTS" in _codes(res) and not res.reliable
+    assert res.config["bpda"] is True and model[0].straight_through is False
+
+
+def test_random_model_gets_eot(base: nn.Module, test_set) -> None:
+    x, y = test_set
+    res = evaluate_adaptive(Noisy(base, 0.2).eval(), x, y, "Linf", 0.25, blackbox=False, eot_samples=8, **FAST)
+    assert "eot-pgd-ce" in res.correct and "eot" not in res.skipped
+    assert "RANDOMIZED_OUTPUT" in _codes(res)
+    det = evaluate_adaptive(base, x[:32], y[:32], "Linf", 0.25, blackbox=False, checks=False, **FAST)
+    assert "eot-pgd-ce" not in det.correct and "eot" in det.skipped and "bpda" in det.skipped
+
+
+def test_quantised_input_caught_by_transfer_or_blackbox(base: nn.Module, test_set) -> None:
+    x, y = test_set
+    model = nn.Sequential(Quantize(), base).eval()
+    res = evaluate_adaptive(model, x, y, "Linf", 0.25, base_model=base, **FAST)
+    assert res.roles["transfer-pgd-ce"] == "transfer" and res.roles["square"] == "blackbox"
+    whitebox = float(res.worst_of("whitebox").float().mean())
+    assert res.robust_accuracy < whitebox - 0.1  # transfer / black-box find what white-box missed
+    assert _codes(res) & {"TRANSFER_STRONGER", "BLACKBOX_STRONGER"}
+    assert not res.reliable
+    d = res.to_dict()
+    assert d["robust_accuracy"] == res.robust_accuracy and len(d["worst"]) == len(x)
+
+
+def test_blackbox_only_attacks_survivors(base: nn.Module, test_set, monkeypatch) -> None:
+    x, y = test_set
+    seen: dict[str, int] = {}
+    real = AD._under_attack
+
+    def spy(attack, attack_model, eval_model, xx, yy, todo, bs):
+        seen[type(attack).__name__] = int(todo.sum())
+        return real(attack, attack_model, eval_model, xx, yy, todo, bs)
+
+    monkeypatch.setattr(AD, "_under_attack", spy)
+    res = evaluate_adaptive(base, x, y, "Linf", 0.25, checks=False, **FAST)
+    survivors = res.clean & res.correct["pgd-ce"] & res.correct["pgd-margin"]
+    assert seen["PGD"] == int(res.clean.sum())
+    assert seen["Square"] == int(survivors.sum())
+    assert bool(res.correct["square"][~survivors].all())  # not attacked -> reported as not broken by it
+
+
+def test_resume_from_state_file(base: nn.Module, test_set, tmp_path, monkeypatch) -> None:
+    x, y = test_set
+    x, y = x[:48], y[:48]
+    kw = dict(FAST, checks=False)
+    full = evaluate_adaptive(base, x, y, "Linf", 0.25, **kw)
+    state = tmp_path / "adaptive_state.pt"
+    real = AD._under_attack
+    calls: list[str] = []
+
+    def interrupting(attack, *args):
+        calls.append(f"{type(attack).__name__}-{getattr(attack, 'loss', '')}")
+        if len(calls) == 3:  # the third attack (Square) is interrupted
+            raise KeyboardInterrupt
+        return real(attack, *args)
+
+    monkeypatch.setattr(AD, "_under_attack", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_adaptive(base, x, y, "Linf", 0.25, state_path=state, **kw)
+    assert state.exists()
+    saved = torch.load(state, weights_only=False)
+    assert saved["done"] == ["pgd-ce", "pgd-margin"]
+
+    calls.clear()
+    monkeypatch.setattr(AD, "_under_attack", lambda attack, *a: (calls.append(type(attack).__name__),
+                                                                 real(attack, *a))[1])
+    resumed = evaluate_adaptive(base, x, y, "Linf", 0.25, state_path=state, **kw)
+    assert calls == ["Square", "SPSA"]  # the finished white-box attacks were skipped
+    assert set(resumed.correct) == set(full.correct)
+    for k in full.correct:
+        assert torch.equal(resumed.correct[k], full.correct[k]), k
+    assert resumed.robust_accuracy == full.robust_accuracy
+    with pytest.raises(TorchRobustError, match="different evaluation"):
+        evaluate_adaptive(base, x, y, "Linf", 0.2, state_path=state, **kw)
+
+
+def test_progress_and_errors(base: nn.Module, test_set) -> None:
+    x, y = test_set
+    res = evaluate_adaptive(base, x[:16], y[:16], "L2", 1.5, blackbox=False, progress=True, checks=False, **FAST)
+    assert res.threat == "L2" and res.eps == 1.5
+    with pytest.raises(TorchRobustError, match="whitebox"):
+        evaluate_adaptive(base, x[:4], y[:4], "Linf", 0.1, whitebox="fab")
+    with pytest.raises(TorchRobustError):
+        evaluate_adaptive(base, x[:4], y[:3], "Linf", 0.1)
+
+
+def test_autoattack_whitebox_when_available(base: nn.Module, test_set) -> None:
+    pytest.importorskip("pyautoattack")
+    x, y = test_set
+    res = evaluate_adaptive(base, x[:32], y[:32], "Linf", 0.25, blackbox=False, checks=False,
+                            **{**FAST, "whitebox": "autoattack"})
+    assert set(res.correct) == {"apgd-ce", "apgd-t"}
+    assert bool((res.correct["apgd-t"] <= res.correct["apgd-ce"]).all())  # cumulative, as the reference runs them
+    assert res.robust_accuracy < res.clean_accuracy
