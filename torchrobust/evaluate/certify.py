@@ -185,7 +185,7 @@ class Smooth:
     def predict(
         self,
         x: torch.Tensor,
-        n: int = 100,
+        n: int = 100_000,
         alpha: float = 0.001,
         batch_size: int = 1000,
         generator: torch.Generator | None = None,
@@ -195,6 +195,7 @@ class Smooth:
         Draws ``n`` noisy samples and returns the top class if the two-sided binomial test of the top count
         ``n_A`` out of ``n_A + n_B`` (top two classes) against p = ½ has p-value ≤ ``alpha``; otherwise
         abstains. Returns a class other than ``g(x)`` with probability at most ``alpha`` (Proposition 1).
+        Defaults (``n = 100,000``, ``alpha = 0.001``) are those of the paper's experiments.
         """
         _check_alpha(alpha)
         counts = self.sample_counts(x, n, batch_size, generator)
