@@ -20,10 +20,13 @@ from torchrobust.evaluate.checks import (
     check_bpda_surrogates,
     check_budget,
     check_convergence,
+    check_eval_mode,
     check_gradients,
     check_input_contract,
+    check_input_range,
     check_iterative_vs_single_step,
     check_large_eps,
+    check_logits,
     check_monotone_in_eps,
     check_noise_vs_whitebox,
     check_randomness,
@@ -233,6 +236,15 @@ def test_input_contract_flags_range_train_mode_and_softmax(plain: nn.Module, dat
     bad = x.clone()
     bad[0, 0, 0, 0] = math.nan
     assert check_input_contract(None, bad)[0].code == "INPUT_RANGE"
+    assert check_input_contract(plain, bad)[0].details["finite"] is False  # no forward pass on NaN input
+    # The three parts on their own.
+    assert check_input_range(x) is None and check_input_range(x + 0.5).details["max"] > 1
+    assert check_eval_mode(plain) is None and check_eval_mode(train_model).details["count"] == len(
+        list(train_model.modules()))
+    assert check_logits(torch.randn(4, 3)) is None
+    assert check_logits(torch.randn(4, 3).softmax(1)).code == "PROBABILITY_OUTPUT"
+    assert check_logits(torch.tensor([[0.2, 0.8], [1.0, 0.0]])).code == "PROBABILITY_OUTPUT"
+    assert check_logits(torch.tensor([[0.2, 0.8], [0.5, 0.6]])) is None  # one row that does not sum to 1
 
 
 # ---------------------------------------------------------------------------------------------- 2. randomness

@@ -10,8 +10,9 @@ Pintor et al. 2022 ("Indicators of Attack Failure"), numbered as in ``/work/shar
 
 Checks, the inputs each needs (for ``evaluate(..., suite="adaptive")``), checklist item, flag code(s):
 
-* :func:`check_input_contract` — ``model``, ``x`` (or precomputed ``logits``); #1; INPUT_RANGE, TRAIN_MODE,
-  PROBABILITY_OUTPUT.
+* :func:`check_input_contract` — ``model``, ``x`` (or precomputed ``logits``); #1; runs
+  :func:`check_input_range` (``x``; INPUT_RANGE), :func:`check_eval_mode` (``model``; TRAIN_MODE) and
+  :func:`check_logits` (the model's output; PROBABILITY_OUTPUT) and returns a list.
 * :func:`check_randomness` — ``model``, ``x``; #2; RANDOMIZED_OUTPUT.
 * :func:`check_gradients` — ``model``, ``x``, ``y``; #3; ZERO_GRADIENTS, NONFINITE_GRADIENTS.
 * :func:`check_budget` — ``x``, ``x_adv``, ``threat`` (+ ``eps``); #5; BUDGET_VIOLATION.
@@ -61,10 +62,13 @@ __all__ = [
     "check_bpda_surrogates",
     "check_budget",
     "check_convergence",
+    "check_eval_mode",
     "check_gradients",
     "check_input_contract",
+    "check_input_range",
     "check_iterative_vs_single_step",
     "check_large_eps",
+    "check_logits",
     "check_monotone_in_eps",
     "check_noise_vs_whitebox",
     "check_randomness",
@@ -137,6 +141,55 @@ def is_reliable(flags: Sequence[Flag | Mapping[str, Any] | None]) -> bool:
 
 
 # ============================================================================================= 1. input contract
+def check_input_range(x: Tensor) -> Flag | None:
+    """Checklist item 1a: ``INPUT_RANGE`` (error) when ``x`` is not finite or leaves [0, 1]."""
+    x = _tensor("x", x)
+    finite = bool(torch.isfinite(x).all())
+    values = x[torch.isfinite(x)]
+    lo, hi = (float(values.min()), float(values.max())) if values.numel() else (math.nan, math.nan)
+    if x.numel() == 0 or (finite and lo >= 0.0 and hi <= 1.0):
+        return None
+    return Flag(
+        "INPUT_RANGE", "error",
+        f"inputs span [{lo:.4g}, {hi:.4g}]{'' if finite else ' and contain NaN/inf'}, outside the [0, 1] contract",
+        "pass raw images in [0, 1] and put the normalisation inside the model (torchrobust.models.Normalize)",
+        {"min": lo, "max": hi, "finite": finite},
+    )
+
+
+def check_eval_mode(model: nn.Module) -> Flag | None:
+    """Checklist item 1b (foolbox's and RobustBench's train-mode warning): ``TRAIN_MODE`` (warning) when
+    ``model`` or any submodule has ``training=True``."""
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if not training:
+        return None
+    return Flag(
+        "TRAIN_MODE", "warning",
+        f"{len(training)} module(s) in training mode (e.g. {', '.join(training[:3])})",
+        "call model.eval() before evaluating: dropout/BatchNorm in train mode randomise and leak batch statistics",
+        {"modules": training[:20], "count": len(training)},
+    )
+
+
+def check_logits(logits: Tensor, *, atol: float = 1e-4) -> Flag | None:
+    """Checklist item 1c (AutoAttack ``check_range_output``): ``PROBABILITY_OUTPUT`` (warning) when every row of
+    the model's output is non-negative and sums to 1 within ``atol`` — softmax probabilities instead of logits,
+    which saturate the cross-entropy gradient."""
+    out = _tensor("logits", logits).flatten(1).to(torch.float64)
+    if out.ndim != 2 or out.shape[1] < 2 or out.shape[0] == 0:
+        return None
+    sums = out.sum(1)
+    if bool((out >= -atol).all()) and bool(((sums - 1).abs() <= atol).all()):
+        return Flag(
+            "PROBABILITY_OUTPUT", "warning",
+            f"all {out.shape[0]} output rows are non-negative and sum to 1: the model returns probabilities",
+            "remove the final softmax so the model returns logits (attacks on probabilities suffer vanishing "
+            "gradients)",
+            {"max_abs_row_sum_error": float((sums - 1).abs().max())},
+        )
+    return None
+
+
 def check_input_contract(
     model: nn.Module | None,
     x: Tensor,
@@ -144,51 +197,20 @@ def check_input_contract(
     *,
     atol: float = 1e-4,
 ) -> list[Flag]:
-    """Checklist item 1 (AutoAttack ``check_range_output``; foolbox's train-mode warning).
+    """Checklist item 1: :func:`check_input_range`, :func:`check_eval_mode` and :func:`check_logits` together.
 
-    Returns up to three flags: ``INPUT_RANGE`` (``x`` is not finite or leaves [0, 1]; error), ``TRAIN_MODE``
-    (``model`` or a submodule is in training mode; warning) and ``PROBABILITY_OUTPUT`` (every output row is
-    non-negative and sums to 1 within ``atol``: softmax probabilities instead of logits, which saturate the
-    cross-entropy gradient; warning). ``logits`` may be passed to avoid a forward pass; otherwise ``model(x)``
-    is run under ``no_grad`` with buffers restored.
+    Returns the raised flags (0 to 3). ``logits`` may be passed to avoid a forward pass; otherwise ``model(x)``
+    is run under ``no_grad`` with buffers restored (only when ``x`` is finite).
     """
-    flags: list[Flag] = []
-    x = _tensor("x", x)
-    finite = bool(torch.isfinite(x).all())
-    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
-    if not finite or lo < 0.0 or hi > 1.0:
-        flags.append(Flag(
-            "INPUT_RANGE", "error",
-            f"inputs span [{lo:.4g}, {hi:.4g}]{'' if finite else ' and contain NaN/inf'}, outside the [0, 1] contract",
-            "pass raw images in [0, 1] and put the normalisation inside the model (torchrobust.models.Normalize)",
-            {"min": lo, "max": hi, "finite": finite},
-        ))
+    flags = [check_input_range(x)]
     if model is not None:
-        training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-        if training:
-            flags.append(Flag(
-                "TRAIN_MODE", "warning",
-                f"{len(training)} module(s) in training mode (e.g. {', '.join(training[:3])})",
-                "call model.eval() before evaluating: dropout/BatchNorm in train mode randomise and leak batch "
-                "statistics",
-                {"modules": training[:20], "count": len(training)},
-            ))
-        if logits is None:
+        flags.append(check_eval_mode(model))
+        if logits is None and bool(torch.isfinite(x).all()):
             with torch.no_grad(), _preserve_buffers(model):
                 logits = model(x)
     if logits is not None:
-        out = logits.detach().flatten(1).to(torch.float64)
-        if out.ndim == 2 and out.shape[1] > 1 and out.shape[0] > 0:
-            sums = out.sum(1)
-            if bool((out >= -atol).all()) and bool(((sums - 1).abs() <= atol).all()):
-                flags.append(Flag(
-                    "PROBABILITY_OUTPUT", "warning",
-                    f"all {out.shape[0]} output rows are non-negative and sum to 1: the model returns probabilities",
-                    "remove the final softmax so the model returns logits (attacks on probabilities suffer "
-                    "vanishing gradients)",
-                    {"max_abs_row_sum_error": float((sums - 1).abs().max())},
-                ))
-    return flags
+        flags.append(check_logits(logits, atol=atol))
+    return [f for f in flags if f is not None]
 
 
 # ============================================================================================= 2. randomness
