@@ -34,8 +34,9 @@ results of an evaluation as one mapping (or a :class:`~torchrobust.evaluate.Swee
 whose inputs are present; it is what ``evaluate(..., suite="adaptive")`` calls.
 
 The model-running checks never change the model: its train/eval modes are left as they are and every buffer
-(BatchNorm statistics, calibration maxima of tracking modules) is restored afterwards. They run the model as
-given, so pass the same model (and mode) the evaluation attacked.
+(BatchNorm statistics, calibration maxima of tracking modules) is restored afterwards; plain Python attributes a
+forward pass may set (e.g. a "has been calibrated" flag of a module left in tracking mode) are not. They run the
+model as given, so pass the same model (and mode) the evaluation attacked.
 """
 
 from __future__ import annotations
