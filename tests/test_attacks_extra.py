@@ -386,3 +386,23 @@ def test_bpda_with_forged(trained: nn.Module, test_set) -> None:
     (g_base,) = torch.autograd.grad(trained(z).sum(), z)
     assert torch.allclose(g, g_base, atol=1e-6)  # identity surrogate: d forged / dx = 1
     assert forged.straight_through is False
+
+
+def test_spsa_small_forward_batches_and_gradient_estimate(trained: nn.Module, test_set) -> None:
+    """With max_batch smaller than one example's samples the directions are drawn in chunks; the attack still works,
+    and on a linear model the SPSA estimate points along the true margin gradient."""
+    x, y = test_set
+    x_adv = SPSA("Linf", eps=0.25, steps=15, n_samples=32, max_batch=16, seed=0)(trained, x[:16], y[:16])
+    assert bool(Linf(0.25).contains(x_adv, x[:16]).all())
+    assert _acc(trained, x_adv, y[:16]) < _acc(trained, x[:16], y[:16])
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(64, N_CLASSES)).eval()
+    xs, ys = torch.full((2, *SHAPE), 0.5), y[:2]
+    atk = SPSA("Linf", eps=0.1, n_samples=2000, delta=1e-2, max_batch=1000)
+    est = atk.estimate_gradient(lin, xs, ys, torch.Generator().manual_seed(0))
+    xg = xs.clone().requires_grad_(True)
+    from torchrobust.attacks.base import margin
+
+    (true,) = torch.autograd.grad(margin(lin(xg), ys).sum(), xg)
+    cos = nn.functional.cosine_similarity(est.flatten(1), true.flatten(1))
+    assert bool((cos > 0.7).all()), cos

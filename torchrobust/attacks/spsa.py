@@ -111,10 +111,30 @@ class SPSA(Attack):
         return torch.cat(out)
 
     @torch.no_grad()
+    def estimate_gradient(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The SPSA estimate (Alg. 1) of the margin's gradient at ``x``, from ``n_samples`` Rademacher directions.
+
+        Directions are drawn in chunks so that one chunk is one forward pass of at most ``max_batch`` rows (memory
+        stays ``O(max_batch · n)`` however many samples are drawn).
+        """
+        b, shape, ns = x.shape[0], x.shape[1:], self.n_samples
+        chunk = max(1, min(ns, self.max_batch // (2 * b)))
+        g = torch.zeros_like(x)
+        for start in range(0, ns, chunk):
+            cs = min(chunk, ns - start)
+            signs = torch.randint(0, 2, (b, cs, *shape), generator=generator, device=x.device).to(x.dtype) * 2 - 1
+            pts = torch.cat([(x[:, None] + self.delta * signs), (x[:, None] - self.delta * signs)], 1)
+            pts = pts.clamp_(0.0, 1.0).view(b * 2 * cs, *shape)
+            yy = y[:, None].expand(b, 2 * cs).reshape(-1)
+            losses = self._loss(model, pts, yy).view(b, 2, cs)
+            diff = (losses[:, 0] - losses[:, 1]) / (2 * self.delta)  # (b, cs)
+            g += (diff.view(b, cs, *([1] * len(shape))) * signs).sum(1)
+        return g / ns
+
+    @torch.no_grad()
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         gen = None if self.seed is None else torch.Generator(device=x.device).manual_seed(self.seed)
         x_adv = self.threat.random_init(x, gen) if self.random_start else x.clone()
-        shape = x.shape[1:]
         m = torch.zeros_like(x)
         v = torch.zeros_like(x)
         b1, b2, adam_eps = 0.9, 0.999, 1e-8
@@ -122,7 +142,6 @@ class SPSA(Attack):
         best_x, best_score = x_adv.clone(), score.clone()
         best_succ = score > 0
         active = ~best_succ if self.early_stop else torch.ones_like(best_succ)
-        ns = self.n_samples
         lr = self.lr
         if lr is None:
             lr = max(0.01, 2.5 * self.threat.eps / self.steps)
@@ -132,15 +151,8 @@ class SPSA(Attack):
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            b = idx.numel()
             xa, ya = x_adv[idx], y[idx]
-            signs = torch.randint(0, 2, (b, ns, *shape), generator=gen, device=x.device).to(x.dtype) * 2 - 1
-            pts = torch.cat([(xa[:, None] + self.delta * signs), (xa[:, None] - self.delta * signs)], 1)
-            pts = pts.clamp_(0.0, 1.0).view(b * 2 * ns, *shape)
-            yy = ya[:, None].expand(b, 2 * ns).reshape(-1)
-            losses = self._loss(model, pts, yy).view(b, 2, ns)
-            diff = (losses[:, 0] - losses[:, 1]) / (2 * self.delta)  # (b, ns)
-            g = (diff.view(b, ns, *([1] * len(shape))) * signs).mean(1)
+            g = self.estimate_gradient(model, xa, ya, gen)
             m[idx] = b1 * m[idx] + (1 - b1) * g
             v[idx] = b2 * v[idx] + (1 - b2) * g * g
             m_hat = m[idx] / (1 - b1**t)
