@@ -215,3 +215,41 @@ def test_input_validation_errors() -> None:
         Smooth(Constant(0), num_classes=3, sigma=0.1).certify(torch.zeros(2), n=0)
     with pytest.raises(TorchRobustError):
         certified_accuracy_curve([], [0.0])
+
+
+def test_certificates_hold_under_attack_on_a_noise_trained_model(tmp_path) -> None:
+    """End to end: train a tiny model with Gaussian noise (σ = 0.25), certify, then move each certified input
+    by an L2 attack of 0.9·R on the base model: PREDICT on the moved input must not return another class."""
+    from torchrobust.attacks import PGD
+
+    sigma = 0.25
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.2, 0.2, 0.8, 0.8], [0.8, 0.2, 0.2, 0.8], [0.5, 0.9, 0.5, 0.1]])
+    y_train = torch.randint(0, 3, (600,), generator=g)
+    x_train = (centers[y_train] + 0.08 * torch.randn(600, 4, generator=g)).clamp(0, 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(200):  # Gaussian data augmentation (Cohen et al., Sec. 4: train under the same noise)
+        opt.zero_grad()
+        noisy = x_train + sigma * torch.randn(x_train.shape, generator=g)
+        nn.functional.cross_entropy(model(noisy), y_train).backward()
+        opt.step()
+    model.eval()
+    smooth = Smooth(model, num_classes=3, sigma=sigma)
+    x_test, y_test = x_train[:20], y_train[:20]
+    res = certify_dataset(smooth, x_test, y_test, n0=100, n=4000, alpha=0.001, batch_size=4000,
+                          generator=torch.Generator().manual_seed(1))
+    curve = certified_accuracy_curve(res, [0.0, 0.1, 0.2])
+    assert curve[0] >= 0.8 and np.all(np.diff(curve) <= 0)
+    checked = 0
+    for r in res:
+        if r.abstained or r.radius < 0.05:
+            continue
+        x, y = x_test[r.index:r.index + 1], torch.tensor([r.predict])
+        x_adv = PGD("L2", eps=0.9 * r.radius, steps=20, seed=0)(model, x, y)[0]
+        pred = smooth.predict(x_adv, n=4000, alpha=0.001, batch_size=4000, generator=torch.Generator().manual_seed(2))
+        assert pred in (r.predict, ABSTAIN)
+        checked += 1
+    assert checked >= 10
+    assert plot_certified_accuracy(res, tmp_path / "c.png", title="σ=0.25").exists()
