@@ -464,3 +464,13 @@ def test_random_start_never_undoes_a_misclassification(threat: str) -> None:
     x_adv = PGD(threat, eps=EPS[threat], steps=3, seed=0)(model, x, y)
     assert (model(x_adv).argmax(1) == 1).all()
     torch.testing.assert_close(x_adv, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("threat", ["Linf", "L2", "L1"])
+def test_half_precision_inputs(dtype: torch.dtype, threat: str) -> None:
+    model = _mlp(5).to(dtype)
+    x, y = _data(8, 20)
+    x = x.to(dtype)
+    x_adv = PGD(threat, eps=EPS[threat], steps=3, seed=0)(model, x, y)
+    assert x_adv.dtype == dtype and (x_adv != x).any()

@@ -128,11 +128,14 @@ class ThreatModel(ABC):
     def contains(self, x_adv: Tensor, x: Tensor, tol: float = 1e-6) -> Tensor:
         """``(B,)`` bool: finite, inside ``[0, 1]`` exactly, and ``norm(x_adv - x) <= eps + tol * max(1, eps)``.
 
-        Norms are computed in float64 for ℓ2/ℓ1 (sums of many terms) and in the input dtype for ℓ∞ (exact enough:
-        one subtraction per coordinate)."""
+        Norms are computed in float64 for ℓ2/ℓ1 (sums of many terms) and in the input dtype for ℓ∞ in float32/64
+        (exact enough: one subtraction per coordinate). For half-precision inputs ``tol`` is raised to 4 ulps of the
+        dtype, the rounding any projection in that dtype has."""
+        tol = max(tol, 4 * torch.finfo(x.dtype).eps) if x.is_floating_point() else tol
         lo, hi = torch.aminmax(x_adv.flatten(1), dim=1)
         in_box = (lo >= 0) & (hi <= 1)  # NaN compares False; inf is outside the box
-        wide = x.dtype if self.p == math.inf else _wide(x)
+        native = self.p == math.inf and x.dtype in (torch.float32, torch.float64)
+        wide = x.dtype if native else _wide(x)
         norms = self.norm(x_adv.to(wide) - x.to(wide))
         return in_box & (norms <= self.eps + tol * max(1.0, self.eps))
 
