@@ -346,11 +346,28 @@ def test_bpda_generic_surrogate_for_nrpm_and_user_modules(test_set) -> None:
     xa = x[:4].clone().requires_grad_(True)
     with torch.no_grad():
         real = model(x[:4])
-    out = BPDA(model)(xa)
+    out = BPDA(model, nrpm="linear")(xa)
     assert torch.equal(out.detach(), real)
     (g,) = torch.autograd.grad(out[:, 3].sum(), xa)
     assert torch.allclose(g.flatten(1), lin.weight[3].expand(4, -1).detach(), atol=1e-6)  # linear surrogate
     assert not nrpm._forward_hooks  # hooks removed after the call
+
+    # default: IRLS weights held constant -> gradient λ W + (1 - λ) D u W / Σ u with u the last IRLS weights
+    out = BPDA(model)(xa)
+    assert torch.equal(out.detach(), real)
+    (g,) = torch.autograd.grad(out[:, 3].sum(), xa)
+    with torch.no_grad():
+        xr, w = x[:4].flatten(1).double(), lin.weight.double()
+        D = w.shape[1]
+        p = xr[:, None, :] * w[None]
+        z = p.sum(-1)
+        u = 1.0 / ((p - z[..., None] / D).abs() + nrpm.eps)  # K = 2: weights of the second (last) step
+        z = D * (u * p).sum(-1) / u.sum(-1)
+        u = 1.0 / ((p - z[..., None] / D).abs() + nrpm.eps)
+        expect = 0.3 * w[3] + 0.7 * D * u[:, 3] * w[3] / u[:, 3].sum(-1, keepdim=True)
+    assert torch.allclose(g.flatten(1).double(), expect, atol=1e-4)
+    (g_true,) = torch.autograd.grad(model(xa)[:, 3].sum(), xa)
+    assert not torch.allclose(g, g_true, atol=1e-4)  # a different (surrogate) gradient
 
     # a user surrogate for an arbitrary module type: quantiser with identity backward
     class Quant(nn.Module):
@@ -406,3 +423,23 @@ def test_spsa_small_forward_batches_and_gradient_estimate(trained: nn.Module, te
     (true,) = torch.autograd.grad(margin(lin(xg), ys).sum(), xg)
     cos = nn.functional.cosine_similarity(est.flatten(1), true.flatten(1))
     assert bool((cos > 0.7).all()), cos
+
+
+def test_irls_surrogate_value_matches_nrpm_conv(test_set) -> None:
+    from torchrobust.attacks.wrappers import irls_fixed_surrogate
+    from torchrobust.nn.nrpm_layers import NRPMConv2d
+
+    x, _ = test_set
+    torch.manual_seed(0)
+    conv = NRPMConv2d.from_module(nn.Conv2d(1, 3, 3, stride=2, padding=1), lam=0.4, K=3, backend="eager")
+    with torch.no_grad():
+        real = conv(x[:4])
+    xa = x[:4].clone().requires_grad_(True)
+    h = irls_fixed_surrogate(conv, xa)
+    assert h.shape == real.shape
+    assert torch.allclose(h.detach(), real, atol=1e-4)
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(48, N_CLASSES)).eval()
+    out = BPDA(model)(xa)
+    assert torch.equal(out.detach(), model(x[:4]))
+    (g,) = torch.autograd.grad(out.sum(), xa)
+    assert bool(torch.isfinite(g).all()) and float(g.abs().sum()) > 0

@@ -25,11 +25,12 @@ context manager and a model wrapper:
 * every module that declares the protocol of :mod:`torchrobust.nn.forged` (a class attribute ``bpda_surrogate``
   and a boolean ``straight_through``; e.g. :class:`~torchrobust.nn.Forged`, identity surrogate) is switched to
   its straight-through mode;
-* NRPM layers (:class:`~torchrobust.nn.NRPMLinear` / ``NRPMConv2d``) do not declare the protocol yet; for them a
-  *generic* surrogate is attached by a forward hook: the backward goes through the layer's linear map
-  (``to_module()``, the LPM the NRPM layer robustifies). The ideal NRPM surrogate — the IRLS weights of the last
-  iteration held constant (``z ≈ D Σ_d w_d p_d / Σ_d w_d`` with ``w`` detached) — needs the layer's internals and
-  is left to the layer (the protocol above);
+* NRPM layers (:class:`~torchrobust.nn.NRPMLinear` / ``NRPMConv2d``) do not declare the protocol; for them a
+  *generic* surrogate is attached by a forward hook: by default (``nrpm="irls"``) the IRLS weights of the last
+  iteration are held constant (:func:`irls_fixed_surrogate`: ``z = D Σ_d w_d p_d / Σ_d w_d`` with ``w``
+  detached — same value, gradient without the reweighting), or (``nrpm="linear"``) the backward goes through the
+  layer's linear map (``to_module()``, the LPM the NRPM layer robustifies). The generic IRLS surrogate recomputes
+  the product tensor like the paper's reference code; a memory-bounded version belongs in the layer itself;
 * ``surrogates={module_or_type: fn}`` adds user surrogates ``fn(module, input) -> output`` for any other module.
 
 The hook construction is bit-exact on the forward pass: the module's output is replaced by
@@ -57,7 +58,8 @@ from torchrobust.attacks.base import Attack, check_positive_int, register
 from torchrobust.attacks.threat import ThreatModel
 from torchrobust.errors import TorchRobustError
 
-__all__ = ["EOT", "EOTModel", "EOTAttack", "BPDA", "Surrogate", "default_surrogates", "has_bpda_modules"]
+__all__ = ["EOT", "EOTModel", "EOTAttack", "BPDA", "Surrogate", "default_surrogates", "has_bpda_modules",
+           "irls_fixed_surrogate"]
 
 #: ``fn(module, input) -> output``: a differentiable approximation of ``module(input)``.
 Surrogate = Callable[[nn.Module, Tensor], Tensor]
@@ -145,8 +147,71 @@ def _linear_surrogate(module: nn.Module, inp: Tensor) -> Tensor:
     return module.to_module()(inp)  # type: ignore[operator]
 
 
-def default_surrogates() -> dict[type, Surrogate]:
-    """Generic surrogates for torchrobust modules that do not declare ``bpda_surrogate`` (NRPM layers → linear)."""
+def _irls_fixed_rows(rows: Tensor, weight: Tensor, K: int, eps: float) -> tuple[Tensor, Tensor]:
+    """``(z_LPM, z_surrogate)`` for rows ``(n, D)`` and weights ``(O, D)``: the IRLS of the NRPM forward pass
+    (Hou et al. 2025, Eq. 7) run without gradient; the surrogate is its last step with the weights ``w_d`` held
+    constant, ``z = D Σ_d w_d p_d / Σ_d w_d`` (equal in value to ``z⁽ᴷ⁾``, linear in the input)."""
+    D = rows.shape[-1]
+    p = rows[:, None, :] * weight[None, :, :]
+    z0 = p.sum(-1)
+    if K == 0:
+        return z0, z0
+    with torch.no_grad():
+        pd = p.detach()
+        z = z0.detach()
+        for _ in range(K - 1):
+            u = 1.0 / ((pd - z[..., None] / D).abs() + eps)
+            z = D * (u * pd).sum(-1) / u.sum(-1)
+        u = 1.0 / ((pd - z[..., None] / D).abs() + eps)
+    return z0, D * (u * p).sum(-1) / u.sum(-1)
+
+
+def irls_fixed_surrogate(module: nn.Module, inp: Tensor) -> Tensor:
+    """BPDA surrogate of an NRPM layer: its output with the IRLS weights of the last iteration held constant.
+
+    The value equals the layer's output (up to rounding); the gradient treats the weights ``w_d`` as constants,
+    so it is ``λ W + (1 − λ) D w W / Σ w`` instead of differentiating through ``K`` reweighting steps. Memory is
+    that of the paper's reference code (the ``N × O × D`` product tensor; convolution patches unfolded). Layers
+    with ``groups > 1`` or a non-zero padding mode fall back to :func:`_linear_surrogate`.
+    """
+    lam, K, eps = float(module.lam), int(module.K), float(module.eps)  # type: ignore[arg-type]
+    weight = module.weight
+    bias = None if getattr(module, "drop_bias", False) else module.bias
+    if isinstance(module.weight, Tensor) and weight.dim() == 2:  # NRPMLinear
+        rows = inp.reshape(-1, weight.shape[1])
+        z0, zs = _irls_fixed_rows(rows, weight, K, eps)
+        out = lam * z0 + (1 - lam) * zs
+        if bias is not None:
+            out = out + bias
+        return out.view(*inp.shape[:-1], weight.shape[0])
+    padding = module.padding  # type: ignore[attr-defined]
+    if module.groups != 1 or module.padding_mode != "zeros" or isinstance(padding, str):  # type: ignore[attr-defined]
+        return _linear_surrogate(module, inp)
+    b = inp.shape[0]
+    kh, kw = weight.shape[2], weight.shape[3]
+    cols = torch.nn.functional.unfold(inp, (kh, kw), dilation=module.dilation, padding=padding,  # type: ignore[attr-defined]
+                                      stride=module.stride)  # type: ignore[attr-defined]
+    L = cols.shape[-1]
+    rows = cols.transpose(1, 2).reshape(b * L, -1)
+    z0, zs = _irls_fixed_rows(rows, weight.flatten(1), K, eps)
+    out = (lam * z0 + (1 - lam) * zs).view(b, L, -1).transpose(1, 2)
+    if bias is not None:
+        out = out + bias[None, :, None]
+    h_in, w_in = inp.shape[-2:]
+    (ph, pw), (dh, dw), (sh, sw) = padding, module.dilation, module.stride  # type: ignore[attr-defined]
+    h_out = (h_in + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (w_in + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return out.reshape(b, -1, h_out, w_out)
+
+
+_NRPM_SURROGATES: dict[str, Surrogate] = {"irls": irls_fixed_surrogate, "linear": _linear_surrogate}
+
+
+def default_surrogates(nrpm: str = "irls") -> dict[type, Surrogate]:
+    """Generic surrogates for torchrobust modules that do not declare ``bpda_surrogate``: NRPM layers get
+    ``nrpm="irls"`` (:func:`irls_fixed_surrogate`, IRLS weights held constant) or ``"linear"`` (their LPM)."""
+    if nrpm not in _NRPM_SURROGATES:
+        raise TorchRobustError(f"unknown NRPM surrogate {nrpm!r}; valid: {', '.join(_NRPM_SURROGATES)}")
     out: dict[type, Surrogate] = {}
     try:
         from torchrobust.nn.nrpm_layers import NRPMConv2d, NRPMLinear
@@ -154,7 +219,7 @@ def default_surrogates() -> dict[type, Surrogate]:
         return out
     for cls in (NRPMLinear, NRPMConv2d):
         if getattr(cls, "bpda_surrogate", None) is None:
-            out[cls] = _linear_surrogate
+            out[cls] = _NRPM_SURROGATES[nrpm]
     return out
 
 
@@ -186,15 +251,17 @@ class BPDA(nn.Module):
     Args:
         model: the defended model.
         surrogates: extra ``{module instance or class: fn(module, input) -> output}`` surrogates; they override the
-            defaults (NRPM layers → their linear map). Modules declaring ``bpda_surrogate`` use their own mode.
+            defaults (NRPM layers). Modules declaring ``bpda_surrogate`` use their own mode.
+        nrpm: default surrogate of NRPM layers: ``"irls"`` (IRLS weights held constant) or ``"linear"`` (the LPM).
     """
 
-    def __init__(self, model: nn.Module, surrogates: Mapping[Any, Surrogate] | None = None) -> None:
+    def __init__(self, model: nn.Module, surrogates: Mapping[Any, Surrogate] | None = None,
+                 nrpm: str = "irls") -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TorchRobustError(f"BPDA needs an nn.Module, got {type(model).__name__}")
         self.model = model
-        self._table: dict[Any, Surrogate] = {**default_surrogates(), **dict(surrogates or {})}
+        self._table: dict[Any, Surrogate] = {**default_surrogates(nrpm), **dict(surrogates or {})}
         self._saved: list[tuple[nn.Module, bool]] = []
         self._handles: list[Any] = []
         self._depth = 0
