@@ -1,5 +1,5 @@
 r"""PGD: projected gradient descent on the loss (Madry et al. 2018, "Towards Deep Learning Models Resistant to
-Adversarial Attacks", Eq. 2; Kurakin et al. 2017 BIM without the random start).
+Adversarial Attacks", Sec. 2.1; Kurakin et al. 2017's BIM is the same loop without the random start).
 
 Distance: ℓ∞, ℓ2 or ℓ1 (any :class:`~torchrobust.attacks.threat.ThreatModel`), always intersected with [0, 1].
 
@@ -37,7 +37,8 @@ Arguments:
     eps: radius (default: the ThreatModel's own, or 0.3 for a name — the MNIST ℓ∞ budget; CIFAR-10 uses ℓ∞ 8/255,
         ℓ2 0.5, ℓ1 12).
     steps: iterations (default 40; ≥ 1).
-    alpha: step size; ``None`` → ``threat.default_alpha(steps)`` (2.5 ε / steps; ℓ1: ε · max(2.5/steps, 0.1)).
+    alpha: step size; ``None`` → ``threat.default_alpha(steps)`` (2.5 ε / steps, the ``robustness`` library rule;
+        ℓ1: ε · max(2.5/steps, 0.1)).
     restarts: number of runs (≥ 1); later runs only on still-robust examples.
     random_start: start from ``threat.random_init`` (True) or from ``x`` (False).
     loss: ``"ce"`` (cross-entropy) or ``"margin"`` (C&W-style logit margin, stronger against saturated softmax).
