@@ -135,6 +135,13 @@ def test_default_layers_follow_the_model_hooks() -> None:
     assert select_layers(_user_net()) == ["0", "3", "5"]
 
 
+def test_default_selection_skips_multihead_attention_internals() -> None:
+    enc = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True).eval()
+    assert select_layers(enc) == ["linear1", "linear2"]  # not self_attn.out_proj (read directly by MHA)
+    x = torch.rand(2, 3, 8)
+    torch.testing.assert_close(reprogram(enc, lam=1.0)(x), enc(x))
+
+
 def test_selection_by_names_pattern_and_type() -> None:
     net = _user_net()
     assert select_layers(net, ["5", "0"]) == ["0", "5"]  # named_modules order
