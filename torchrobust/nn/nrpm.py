@@ -47,6 +47,7 @@ import logging
 import math
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,6 +64,8 @@ BACKENDS = ("auto", "compiled", "eager", "reference")
 
 #: Elements in one eager chunk temporary (rows × output units × fan-in); a handful are alive at once.
 _EAGER_CHUNK = 1 << 18
+#: Elements of unfolded input per batch block of a convolution (the patches are never unfolded for the whole batch).
+_CONV_COLS_CHUNK = 1 << 22
 #: ``backend="auto"`` compiles only problems with at least this many products per IRLS iteration.
 _COMPILE_MIN_WORK = 1 << 22
 
@@ -214,6 +217,13 @@ def _compiled(name: str, x: Tensor, w: Tensor) -> Callable[..., Any]:
     return fn
 
 
+def _plain(t: Tensor) -> Tensor:
+    """``t`` as a plain tensor: dynamo treats ``nn.Parameter`` inputs as static-shaped (and views through their
+    base), which would specialise the compiled kernels to one layer's shape."""
+    t = t.detach()
+    return t if t._base is None else t.clone()
+
+
 def compiler_available(device: torch.device | str = "cpu") -> bool:
     """Whether ``torch.compile`` (inductor) works for NRPM on ``device``'s type; probed once per process."""
     dev_type = torch.device(device).type
@@ -235,16 +245,16 @@ def compiler_available(device: torch.device | str = "cpu") -> bool:
     return ok
 
 
-def _resolve_backend(backend: str, x: Tensor, out_features: int) -> str:
+def _resolve_backend(backend: str, device: torch.device, work: int) -> str:
+    """The backend to run; ``work`` is the number of products per IRLS iteration (rows × outputs × fan-in)."""
     if backend != "auto":
-        if backend == "compiled" and not compiler_available(x.device):
+        if backend == "compiled" and not compiler_available(device):
             raise TorchRobustError(
-                f"NRPM backend='compiled' but torch.compile does not work on {x.device.type} here; "
+                f"NRPM backend='compiled' but torch.compile does not work on {device.type} here; "
                 "use backend='eager' or 'auto'"
             )
         return backend
-    work = x.shape[0] * out_features * x.shape[1]
-    if work >= _COMPILE_MIN_WORK and compiler_available(x.device):
+    if work >= _COMPILE_MIN_WORK and compiler_available(device):
         return "compiled"
     return "eager"
 
@@ -273,6 +283,7 @@ def _forward_all(
     if K == 0:
         return z0[None], x.new_empty((0, n, o))
     if backend == "compiled":
+        x, w = _plain(x), _plain(w)
         step = _compiled("fwd", x, w)
         eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
         zs = x.new_empty((K + 1, n, o)) if keep else None
@@ -316,6 +327,7 @@ def _backward_all(
     if K == 0:
         return g_last.clone(), gx, gw
     if backend == "compiled":
+        x, w = _plain(x), _plain(w)
         step_z = _compiled("bwd_z", x, w)
         step_x = _compiled("bwd_x", x, w) if need_x else None
         step_w = _compiled("bwd_w", x, w) if need_w else None
@@ -386,6 +398,114 @@ class _NRPMCore(torch.autograd.Function):
         return gx if need_x else None, gw if need_w else None, None, None, None
 
 
+@dataclass(frozen=True)
+class _ConvGeom:
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    size: tuple[int, int]  # input H, W
+    L: int  # output pixels per image
+
+
+def _conv_batch_block(x: Tensor, geom: _ConvGeom) -> int:
+    per_image = geom.L * x.shape[1] * geom.kernel[0] * geom.kernel[1]
+    return max(1, min(x.shape[0], _CONV_COLS_CHUNK // max(per_image, 1)))
+
+
+def _conv_rows(x: Tensor, geom: _ConvGeom, g: int) -> Tensor:
+    """Unfolded patches of group ``g`` as rows (b·L, D), channel-major (c, kh, kw) like ``F.unfold``."""
+    cols = F.unfold(x, geom.kernel, dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
+    b = x.shape[0]
+    D = cols.shape[1] // geom.groups
+    return cols.view(b, geom.groups, D, geom.L)[:, g].transpose(1, 2).reshape(b * geom.L, D)
+
+
+def _conv_forward(
+    x: Tensor, w: Tensor, geom: _ConvGeom, K: int, eps: float, backend: str, keep: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``z_LPM``, ``z⁽ᴷ⁾`` (B, L, C_out) and, if ``keep``, all iterates (K+1, B, L, C_out) and normalisers
+    (K, B, L, C_out). Works on batch blocks so the unfolded patches never exist for the whole batch."""
+    B = x.shape[0]
+    G = geom.groups
+    wg = w.reshape(G, w.shape[0] // G, -1)
+    og = wg.shape[1]
+    cout = w.shape[0]
+    z0_all = x.new_empty((B, geom.L, cout))
+    zk_all = x.new_empty((B, geom.L, cout))
+    zs_all = x.new_empty((K + 1, B, geom.L, cout)) if keep else x.new_empty(0)
+    ss_all = x.new_empty((K, B, geom.L, cout)) if keep else x.new_empty(0)
+    bb = _conv_batch_block(x, geom)
+    for b0 in range(0, B, bb):
+        xb = x[b0 : b0 + bb]
+        nb = xb.shape[0]
+        for g in range(G):
+            rows = _conv_rows(xb, geom, g)
+            wgg = wg[g].contiguous()
+            z0 = rows @ wgg.T
+            zs, ss = _forward_all(rows, wgg, z0, K, eps, backend, keep=keep)
+            sl = slice(g * og, (g + 1) * og)
+            z0_all[b0 : b0 + nb, :, sl] = z0.view(nb, geom.L, og)
+            zk_all[b0 : b0 + nb, :, sl] = zs[-1].view(nb, geom.L, og)
+            if keep:
+                zs_all[:, b0 : b0 + nb, :, sl] = zs.view(K + 1, nb, geom.L, og)
+                ss_all[:, b0 : b0 + nb, :, sl] = ss.view(K, nb, geom.L, og)
+    return z0_all, zk_all, zs_all, ss_all
+
+
+class _NRPMConvCore(torch.autograd.Function):
+    """``(x (B, C, H, W), W (C_out, C/G, kh, kw)) ↦ (z_LPM, z⁽ᴷ⁾)`` as (B, L, C_out), hand-derived backward.
+
+    Saves only ``x``, ``W`` and the per-output iterates; the backward unfolds each batch block again and folds
+    the patch gradients back (``F.fold``), so the unfolded input is never stored."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, w: Tensor, geom: _ConvGeom, K: int, eps: float, backend: str
+    ) -> tuple[Tensor, Tensor]:
+        z0, zk, zs, ss = _conv_forward(x, w, geom, K, eps, backend, keep=True)
+        ctx.save_for_backward(x, w, zs, ss)
+        ctx.geom, ctx.eps, ctx.backend = geom, eps, backend
+        return z0, zk
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g_lpm: Tensor | None, g_last: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, w, zs_all, ss_all = ctx.saved_tensors
+        geom: _ConvGeom = ctx.geom
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        B = x.shape[0]
+        G = geom.groups
+        wg = w.reshape(G, w.shape[0] // G, -1)
+        og, D = wg.shape[1], wg.shape[2]
+        K = ss_all.shape[0]
+        gx = torch.zeros_like(x) if need_x else None
+        gw = torch.zeros_like(wg) if need_w else None
+        bb = _conv_batch_block(x, geom)
+        for b0 in range(0, B, bb):
+            xb = x[b0 : b0 + bb]
+            nb = xb.shape[0]
+            gcols = x.new_zeros((nb, G, D, geom.L)) if need_x else None
+            for g in range(G):
+                rows = _conv_rows(xb, geom, g)
+                sl = slice(g * og, (g + 1) * og)
+                zs = zs_all[:, b0 : b0 + nb, :, sl].reshape(K + 1, nb * geom.L, og)
+                ss = ss_all[:, b0 : b0 + nb, :, sl].reshape(K, nb * geom.L, og)
+                glp = None if g_lpm is None else g_lpm[b0 : b0 + nb, :, sl].reshape(nb * geom.L, og)
+                gla = None if g_last is None else g_last[b0 : b0 + nb, :, sl].reshape(nb * geom.L, og)
+                gxg, gwg = _core_backward(rows, wg[g].contiguous(), zs, ss, glp, gla, ctx.eps, ctx.backend,
+                                          need_x, need_w)
+                if gcols is not None and gxg is not None:
+                    gcols[:, g] = gxg.view(nb, geom.L, D).transpose(1, 2)
+                if gw is not None and gwg is not None:
+                    gw[g] += gwg
+            if gx is not None and gcols is not None:
+                gx[b0 : b0 + nb] = F.fold(gcols.view(nb, G * D, geom.L), geom.size, geom.kernel,
+                                          dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
+        return gx, gw.view_as(w) if gw is not None else None, None, None, None, None
+
+
 def _reference_core(x: Tensor, w: Tensor, K: int, eps: float) -> tuple[Tensor, Tensor]:
     """Autograd through the unrolled loop on the full product tensor (the paper's code, Algorithm 2)."""
     D = x.shape[-1]
@@ -404,7 +524,7 @@ def _needs_graph(*tensors: Tensor) -> bool:
 
 
 def _core(x2: Tensor, w2: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
-    backend = _resolve_backend(backend, x2, w2.shape[0])
+    backend = _resolve_backend(backend, x2.device, x2.shape[0] * w2.shape[0] * x2.shape[1])
     if backend == "reference":
         return _reference_core(x2, w2, K, eps)
     if not _needs_graph(x2, w2):  # inference: keep only the last iterate
@@ -524,18 +644,28 @@ def nrpm_conv2d(
     Wo = (W + 2 * padding_[1] - dilation_[1] * (kw - 1) - 1) // stride_[1] + 1
     if Ho <= 0 or Wo <= 0:
         raise TorchRobustError(f"nrpm_conv2d: input {H}x{W} is smaller than the kernel; pass a larger input")
-    L = Ho * Wo
-    D = Cg * kh * kw
-    cols = F.unfold(x, (kh, kw), dilation=dilation_, padding=padding_, stride=stride_)  # (B, C·kh·kw, L)
-    cols = cols.view(B, groups, D, L).permute(1, 0, 3, 2)  # (G, B, L, D)
-    wg = weight.reshape(groups, Cout // groups, D)
-    outs = []
-    for g in range(groups):
-        xg = cols[g].reshape(B * L, D)
-        z0, zk = _core(xg, wg[g], K, eps, backend)
-        outs.append(_mix(z0, zk, lam_t))  # (B·L, Cout/G)
-    out = torch.cat(outs, dim=1) if groups > 1 else outs[0]
-    out = out.view(B, L, Cout).transpose(1, 2).reshape(B, Cout, Ho, Wo)
+    geom = _ConvGeom((kh, kw), stride_, padding_, dilation_, groups, (H, W), Ho * Wo)
+    backend = _resolve_backend(backend, x.device, B * geom.L * Cout * Cg * kh * kw)
+    if backend == "reference":
+        z0, zk = _reference_conv(x, weight, geom, K, eps)
+    elif not _needs_graph(x, weight):
+        z0, zk, _, _ = _conv_forward(x, weight, geom, K, float(eps), backend, keep=False)
+    else:
+        z0, zk = _NRPMConvCore.apply(x, weight, geom, K, float(eps), backend)
+    out = _mix(z0, zk, lam_t).transpose(1, 2).reshape(B, Cout, Ho, Wo)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
+
+
+def _reference_conv(x: Tensor, weight: Tensor, geom: _ConvGeom, K: int, eps: float) -> tuple[Tensor, Tensor]:
+    """The paper code's unfold formulation with autograd through the loop (full product tensor)."""
+    G = geom.groups
+    wg = weight.reshape(G, weight.shape[0] // G, -1)
+    z0s, zks = [], []
+    for g in range(G):
+        z0, zk = _reference_core(_conv_rows(x, geom, g), wg[g], K, eps)
+        z0s.append(z0)
+        zks.append(zk)
+    B = x.shape[0]
+    return (torch.cat(z0s, 1).view(B, geom.L, -1), torch.cat(zks, 1).view(B, geom.L, -1))
