@@ -247,6 +247,15 @@ def test_l0_one_step_sets_bounds_and_iterative_not_worse(trained: nn.Module, tes
     assert _acc(trained, it, y) <= _acc(trained, one, y)
 
 
+def test_pgd_runs_with_the_l0_threat(trained: nn.Module, test_set) -> None:
+    x, y = test_set
+    x_adv = PGD(L0(8), steps=10, seed=0)(trained, x, y)  # random start, steps and projection from the threat
+    assert bool(L0(8).contains(x_adv, x).all())
+    assert bool((L0(8).norm(x_adv - x) <= 8).all())
+    start = L0(8).random_init(x, torch.Generator().manual_seed(0))
+    assert bool((L0(8).norm(start - x) <= 8).all()) and float(L0(8).norm(start - x).max()) > 0
+
+
 def test_l0_three_channel_budget() -> None:
     model = _train((3, 4, 4))
     x, y = _data(32, 1, (3, 4, 4))

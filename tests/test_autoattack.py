@@ -52,10 +52,16 @@ def _direct(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, versi
     return x_adv, y_adv == y
 
 
-def test_custom_equals_direct(mnist) -> None:
+@pytest.fixture(scope="module")
+def custom_run(mnist):
     model, x, y = mnist
-    res = run_autoattack(model, x, y, "Linf", 0.1, version="custom", attacks_to_run=["apgd-ce", "apgd-t"],
-                         batch_size=128)
+    return run_autoattack(model, x, y, "Linf", 0.1, version="custom", attacks_to_run=["apgd-ce", "apgd-t"],
+                          batch_size=128)
+
+
+def test_custom_equals_direct(mnist, custom_run) -> None:
+    model, x, y = mnist
+    res = custom_run
     x_ref, robust_ref = _direct(model, x, y, "Linf", 0.1, "custom", ["apgd-ce", "apgd-t"], 128)
     assert torch.equal(res.robust, robust_ref)
     assert torch.equal(res.x_adv, x_ref)
@@ -96,10 +102,10 @@ def test_attack_class_contract_rng_and_no_print(mnist, capsys) -> None:
     assert out.out == ""
 
 
-def test_resume_after_interruption(mnist, tmp_path, monkeypatch) -> None:
+def test_resume_after_interruption(mnist, custom_run, tmp_path, monkeypatch) -> None:
     model, x, y = mnist
     kw = dict(version="custom", attacks_to_run=["apgd-ce", "apgd-t"], batch_size=128)
-    full = run_autoattack(model, x, y, "Linf", 0.1, **kw)
+    full = custom_run
     state = tmp_path / "aa_state.pt"
     calls: list[list[str]] = []
     real = AA._run_reference
