@@ -164,6 +164,8 @@ def test_lam_per_layer_dict_and_list() -> None:
     assert learned_lams(r) == pytest.approx({"0": 0.1, "3": 0.2, "5": 0.3})
     r2 = reprogram(net, lam={"3": 0.25})  # a dict alone selects its keys
     assert learned_lams(r2) == pytest.approx({"3": 0.25})
+    r3 = reprogram(net, lam=torch.tensor(0.4))
+    assert learned_lams(r3) == pytest.approx({"0": 0.4, "3": 0.4, "5": 0.4})
     set_lam(r, 0.6)
     assert learned_lams(r) == pytest.approx({"0": 0.6, "3": 0.6, "5": 0.6})
     set_K(r, 4)
@@ -176,6 +178,7 @@ def test_lam_per_layer_dict_and_list() -> None:
         ({"lam": 1.5}, "outside"),
         ({"lam": -0.1}, "outside"),
         ({"lam": [0.5, 0.5]}, "3 layers are selected"),
+        ({"lam": [0.5, "a", 0.5]}, "lam\\[1\\] must be a number"),
         ({"lam": {"0": 0.5, "nope": 0.5}}, "no layer named 'nope'"),
         ({"lam": {"0": 0.5, "3": 0.5}, "layers": ["0"]}, "not selected"),
         ({"lam": {"0": 0.5}, "layers": ["0", "3"]}, "gives no λ"),

@@ -273,8 +273,10 @@ def _resolve_lams(lam: LamSpec, names: list[str]) -> dict[str, float]:
         if missing:
             raise TorchRobustError(f"lam gives no λ for selected layer(s) {_few(missing)}; add them to the dict")
         return {n: _check_lam(lam[n], f"lam[{n!r}]") for n in names}
+    if isinstance(lam, torch.Tensor) and lam.dim() == 0:
+        lam = float(lam)
     if isinstance(lam, (Sequence, torch.Tensor)) and not isinstance(lam, str):
-        values = [float(v) for v in (lam.tolist() if isinstance(lam, torch.Tensor) else lam)]
+        values = list(lam.tolist() if isinstance(lam, torch.Tensor) else lam)
         if len(values) != len(names):
             raise TorchRobustError(
                 f"lam has {len(values)} values but {len(names)} layers are selected ({_few(names)}); "
