@@ -81,8 +81,9 @@ def record_embeddings(
         handles.append(modules[n].register_forward_hook(hook))
     was_training = model.training
     model.eval()
+    dev = next((p.device for p in model.parameters()), x.device)
     try:
-        logits = model(x)
+        logits = model(x.to(dev))
     finally:
         for h in handles:
             h.remove()
@@ -123,9 +124,9 @@ def embedding_differences(
         ec, _ = record_embeddings(model, xc, names)
         ea, _ = record_embeddings(model, xa, names)
         if include_input:
-            ec["x"], ea["x"] = xc, xa
+            ec["x"], ea["x"] = xc, xa.to(xc.device)
         for k in keys:
-            d = (ec[k] - ea[k]).flatten(1).double()
+            d = (ec[k] - ea[k].to(ec[k].device)).flatten(1).double()
             l2 = d.norm(p=2, dim=1)
             stats = torch.stack(
                 [d.abs().sum(1), l2, l2.square(), d.abs().amax(1) if d.shape[1] else torch.zeros_like(l2)]

@@ -514,9 +514,9 @@ def _table3(ctx: _Ctx, out_dir: Path) -> dict[str, Any]:
     figs = {}
     for label, model in (("LPM-LeNet", net), ("NRPM-LeNet", nrpm)):
         model.eval()
-        xa = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
-        x_adv = (x + 0.3 * g.sign()).clamp(0, 1)
+        xa = x.to(ctx.device).requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y.to(ctx.device)), xa)
+        x_adv = (x + 0.3 * g.sign().cpu()).clamp(0, 1)  # the paper's FGSM at ε = 0.3
         layers = ["conv1", "conv2", "fc1", "fc2"]
         rows = embedding_differences(model, x, x_adv, layers=layers)
         for r in rows:
