@@ -80,7 +80,9 @@ def test_batch_consistency(trained: nn.Module, kind: str, threat: str) -> None:
     x, y = _data(12, 3)
     x = x.double()
     atk = _attack(kind, threat, random_start=False, restarts=3) if kind == "pgd" else _attack(kind, threat)
+    x_before = x.clone()
     full = atk(model, x, y)
+    assert torch.equal(x, x_before)  # starting from x itself must not write into x
     for i in range(len(x)):
         torch.testing.assert_close(atk(model, x[i : i + 1], y[i : i + 1]), full[i : i + 1], atol=1e-10, rtol=0)
     split = torch.cat([atk(model, x[:5], y[:5]), atk(model, x[5:], y[5:])])

@@ -327,7 +327,7 @@ def test_default_alpha() -> None:
 
 
 @pytest.mark.parametrize("threat", [Linf(0.1), L2(0.7), L1(2.0)])
-def test_projector_agrees_with_project(threat: ThreatModel) -> None:
+def test_projector_and_step_inplace_agree_with_pure_versions(threat: ThreatModel) -> None:
     g = torch.Generator().manual_seed(8)
     x = torch.rand(16, 3, 5, 5, generator=g)
     x[x < 0.3] = 0.0
@@ -335,6 +335,13 @@ def test_projector_agrees_with_project(threat: ThreatModel) -> None:
     fast = threat.projector(x)(u)
     torch.testing.assert_close(fast, threat.project(u, x), atol=1e-6, rtol=0)
     assert threat.contains(fast, x).all()
+    u_copy = u.clone()
+    torch.testing.assert_close(threat.projector(x, inplace=True)(u_copy), fast, atol=0, rtol=0)
+    grad = torch.randn(x.shape, generator=g)
+    grad_copy = grad.clone()
+    stepped = threat.step_(u.clone(), grad, 0.05)
+    torch.testing.assert_close(stepped, threat.step(u, grad, 0.05), atol=1e-7, rtol=0)
+    assert torch.equal(grad, grad_copy)  # the gradient is never modified
 
 
 @pytest.mark.parametrize("density", [0.02, 0.3, 1.0])

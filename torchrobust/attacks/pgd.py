@@ -132,8 +132,9 @@ class PGD(Attack):
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One PGD run from a (random) start. Returns the best point per example and its margin (> 0: success)."""
         threat, alpha, loss_fn, targeted = self.threat, self.alpha, self._loss_fn, self.targeted
-        x_adv = threat.random_init(x, generator) if self.random_start else x.detach()
-        project = threat.projector(x)
+        # x_adv is always a fresh tensor owned by this loop: steps and projections update it in place
+        x_adv = threat.random_init(x, generator) if self.random_start else x.clone()
+        project = threat.projector(x, inplace=True)
         best_x = x_adv.clone()
         best_score = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
         active: Tensor | None = None  # indices of the examples still attacked (early stop only)
@@ -165,8 +166,8 @@ class PGD(Attack):
                     active = torch.arange(x.shape[0], device=x.device) if active is None else active
                     active, ys = active[keep], ys[keep]
                     x_adv, grad = x_adv[keep], grad[keep]
-                    project = threat.projector(x[active])
-            x_adv = project(threat.step(x_adv, grad, alpha))
+                    project = threat.projector(x[active], inplace=True)
+            x_adv = project(threat.step_(x_adv, grad, alpha))
         return best_x, best_score
 
 

@@ -117,9 +117,15 @@ class ThreatModel(ABC):
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """The projection of ``x_adv`` onto ``ball(x, eps) ∩ [0, 1]`` (see the module docstring for exactness)."""
 
-    def projector(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+    def step_(self, x_adv: Tensor, grad: Tensor, alpha: float) -> Tensor:
+        """:meth:`step` that may overwrite ``x_adv`` (the caller must own it); ``grad`` is never modified. Returns
+        the new point (``x_adv`` itself when done in place). Loops use it to avoid one allocation per step."""
+        return self.step(x_adv, grad, alpha)
+
+    def projector(self, x: Tensor, inplace: bool = False) -> Callable[[Tensor], Tensor]:
         """``project(., x)`` with whatever depends only on ``x`` precomputed, for loops that project many times
-        around the same clean batch (ℓ∞: the intersected bounds, one clamp per step)."""
+        around the same clean batch (ℓ∞: the intersected bounds, one clamp per step). With ``inplace=True`` the
+        returned function may overwrite its argument."""
         return lambda x_adv: self.project(x_adv, x)
 
     def default_alpha(self, steps: int) -> float:
@@ -167,9 +173,14 @@ class Linf(ThreatModel):
         delta = (x_adv - x).clamp_(-self.eps, self.eps)
         return (x + delta).clamp_(0.0, 1.0)
 
-    def projector(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+    def step_(self, x_adv: Tensor, grad: Tensor, alpha: float) -> Tensor:
+        return x_adv.add_(grad.sign(), alpha=alpha)
+
+    def projector(self, x: Tensor, inplace: bool = False) -> Callable[[Tensor], Tensor]:
         lo = (x - self.eps).clamp_(min=0.0)
         hi = (x + self.eps).clamp_(max=1.0)
+        if inplace:
+            return lambda x_adv: x_adv.clamp_(lo, hi)
         return lambda x_adv: torch.clamp(x_adv, lo, hi)
 
 
