@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import logging
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ def plot_accuracy_vs_eps(results: Mapping[str, SweepResult], path: str | Path, t
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 75)), fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
