@@ -355,3 +355,18 @@ def test_l1_projection_sparse_and_dense_paths_agree_with_reference(density: floa
     for i in range(32):
         expect = _ref_l1(d[i].numpy(), -x[i].numpy(), 1 - x[i].numpy(), 0.8)
         np.testing.assert_allclose(v[i].numpy(), expect, atol=1e-9)
+
+
+def test_l2_projection_rounding_stays_within_tolerance_in_float32() -> None:
+    g = torch.Generator().manual_seed(10)
+    x = torch.rand(128, 784, generator=g)
+    x[x < 0.7] = 0.0
+    u = x + 0.3 * torch.randn(x.shape, generator=g)
+    for eps in (0.05, 2.0, 5.0):
+        out = L2(eps).project(u, x)
+        assert out.dtype == torch.float32 and L2(eps).contains(out, x).all()
+        norms = (out.double() - x.double()).norm(dim=1)
+        far = (u.clamp(0, 1).double() - x.double()).norm(dim=1) > eps
+        assert far.any() and (norms[far] > eps * (1 - 1e-5)).all()  # far points land on the sphere
+        exact64 = L2(eps).project(u.double(), x.double())
+        torch.testing.assert_close(out.double(), exact64, atol=2e-6, rtol=0)

@@ -200,19 +200,20 @@ def project_l2_box(d: Tensor, lo: Tensor, hi: Tensor, eps: float, max_iter: int 
     grows (an active-set iteration; about 3 rounds in PGD, at most one per distinct breakpoint). Rows whose iteration
     has not settled after ``max_iter`` rounds (never observed) fall back to the sort-based closed form.
     """
+    acc = _wide(d)  # elementwise work in d's dtype, sums and the scale s accumulated in float64
     a = d.abs()
     b = torch.where(d >= 0, hi, -lo)
     a2 = a * a
     b2 = b * b
     r = b / a  # coordinate i saturates for s >= r_i (0/0 = nan never saturates; its a_i is 0 anyway)
     eps2 = eps * eps
-    tiny = torch.finfo(a.dtype).tiny
-    total = a2.sum(1, keepdim=True)
+    tiny = torch.finfo(acc).tiny
+    total = a2.sum(1, keepdim=True, dtype=acc)
     s = (eps / total.sqrt().clamp_min(tiny)).clamp_(max=1.0)
     for _ in range(max_iter):
-        sat = (r <= s).to(a.dtype)
-        free = total - (a2 * sat).sum(1, keepdim=True)
-        fixed = (b2 * sat).sum(1, keepdim=True)
+        sat = r <= s
+        free = total - (a2 * sat).sum(1, keepdim=True, dtype=acc)
+        fixed = (b2 * sat).sum(1, keepdim=True, dtype=acc)
         s_new = ((eps2 - fixed).clamp_min(0) / free.clamp_min(tiny)).sqrt().clamp_(max=1.0)
         s_new = torch.where(free > tiny, s_new, 1.0)
         s_new = torch.maximum(s_new, s)  # monotone by construction; guards against rounding
@@ -221,7 +222,7 @@ def project_l2_box(d: Tensor, lo: Tensor, hi: Tensor, eps: float, max_iter: int 
         s = s_new
     else:
         return _project_l2_box_sorted(d, lo, hi, eps)
-    return torch.minimum(torch.maximum(s * d, lo), hi)
+    return torch.minimum(torch.maximum(s.to(d.dtype) * d, lo), hi)
 
 
 def _project_l2_box_sorted(d: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
@@ -312,10 +313,11 @@ class L2(ThreatModel):
             scale = (self.eps / n.clamp_min(1e-12)).clamp_(max=1.0)
             return (x + delta * _bcast(scale, delta)).clamp_(0.0, 1.0)
         shape, dtype = x.shape, x.dtype
-        x64 = x.flatten(1).to(_wide(x))
-        d = x_adv.flatten(1).to(x64.dtype) - x64
-        v = project_l2_box(d, -x64, 1.0 - x64, self.eps)
-        return (x64 + v).clamp_(0.0, 1.0).to(dtype).view(shape)
+        work = torch.promote_types(dtype, torch.float32)  # float32/64 as given; half precision is widened
+        xf = x.flatten(1).to(work)
+        d = x_adv.flatten(1).to(work) - xf
+        v = project_l2_box(d, -xf, 1.0 - xf, self.eps)
+        return (xf + v).clamp_(0.0, 1.0).to(dtype).view(shape)
 
 
 @dataclass(frozen=True)
