@@ -211,7 +211,7 @@ def project_l2_box(d: Tensor, lo: Tensor, hi: Tensor, eps: float, max_iter: int 
     total = a2.sum(1, keepdim=True, dtype=acc)
     s = (eps / total.sqrt().clamp_min(tiny)).clamp_(max=1.0)
     for _ in range(max_iter):
-        sat = r <= s
+        sat = r <= s.to(r.dtype)  # compare in the work dtype (no promotion); rounding here only moves exact ties
         free = total - (a2 * sat).sum(1, keepdim=True, dtype=acc)
         fixed = (b2 * sat).sum(1, keepdim=True, dtype=acc)
         s_new = ((eps2 - fixed).clamp_min(0) / free.clamp_min(tiny)).sqrt().clamp_(max=1.0)
