@@ -372,12 +372,14 @@ class _Rogue(Attack):
             return x * float("nan")
         if self.result == "shape":
             return x[:1]
+        if self.result == "type":
+            return x.numpy()
         return x + 0.5  # far outside the ball
 
 
 def test_budget_violations(trained: nn.Module, caplog: pytest.LogCaptureFixture) -> None:
     x, y = _data(4, 18)
-    for bad in ("nan", "shape"):
+    for bad in ("nan", "shape", "type"):
         with pytest.raises(AttackBudgetError):
             _Rogue(bad)(trained, x, y)
     with caplog.at_level(logging.WARNING, logger="torchrobust.attacks.base"):

@@ -140,7 +140,7 @@ class Attack:
                     handle.remove()
                 for m, mode in modes:
                     m.training = mode
-            return self._finalize(x_adv.detach(), x)
+            return self._finalize(x_adv, x)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Compute adversarial examples. ``model`` is already in eval mode, inputs are validated; return a tensor
@@ -153,7 +153,7 @@ class Attack:
         if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
             shape = tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__
             raise AttackBudgetError(f"{name} returned {shape}, expected a tensor of shape {tuple(x.shape)}")
-        x_adv = x_adv.to(dtype=x.dtype, device=x.device)
+        x_adv = x_adv.detach().to(dtype=x.dtype, device=x.device)
         if bool(self.threat.contains(x_adv, x).all()):
             return x_adv  # the common case: the attack already projected (a re-projection would be the identity)
         if not bool(torch.isfinite(x_adv).all()):
