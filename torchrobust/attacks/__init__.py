@@ -3,8 +3,10 @@
 * threat models (:mod:`torchrobust.attacks.threat`): :class:`Linf`, :class:`L2`, :class:`L1`, :func:`get_threat`;
 * the base class and registry (:mod:`torchrobust.attacks.base`): :class:`Attack`, :func:`register`, :func:`create`,
   :func:`list_attacks`, :class:`AttackBudgetError`;
-* attacks, one file each: :class:`PGD` (``pgd.py``), :class:`FGSM` (``fgsm.py``), and the modules listed in
-  ``_OPTIONAL_MODULES`` when present (they register themselves on import).
+* attacks, one file each, registered by name for :func:`create`: :class:`PGD`, :class:`FGSM`, :class:`CW` and
+  :class:`CWLinf`, :class:`DeepFool`, :class:`SPSA`, :class:`Square`, :class:`L0Attack` (with the :class:`L0`
+  threat model), the :func:`EOT` and :class:`BPDA` wrappers, and :class:`AutoAttack` (the reference
+  implementation from the ``pyautoattack`` package, imported only when used).
 
 Example::
 
@@ -15,9 +17,7 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
+from torchrobust.attacks.autoattack import AutoAttack, AutoAttackResult, run_autoattack
 from torchrobust.attacks.base import (
     Attack,
     AttackBudgetError,
@@ -26,31 +26,18 @@ from torchrobust.attacks.base import (
     margin,
     register,
 )
+from torchrobust.attacks.cw import CW, CWLinf
+from torchrobust.attacks.deepfool import DeepFool
 from torchrobust.attacks.fgsm import FGSM
+from torchrobust.attacks.l0 import L0, L0Attack
 from torchrobust.attacks.pgd import PGD
+from torchrobust.attacks.spsa import SPSA
+from torchrobust.attacks.square import Square
 from torchrobust.attacks.threat import L1, L2, Linf, ThreatModel, ThreatName, get_threat
+from torchrobust.attacks.wrappers import BPDA, EOT, EOTAttack, EOTModel
 
 __all__ = [
-    "Attack",
-    "AttackBudgetError",
-    "FGSM",
-    "L1",
-    "L2",
-    "Linf",
-    "PGD",
-    "ThreatModel",
-    "ThreatName",
-    "create",
-    "get_threat",
-    "list_attacks",
-    "margin",
-    "register",
+    "Attack", "AttackBudgetError", "AutoAttack", "AutoAttackResult", "BPDA", "CW", "CWLinf", "DeepFool", "EOT",
+    "EOTAttack", "EOTModel", "FGSM", "L0", "L0Attack", "L1", "L2", "Linf", "PGD", "SPSA", "Square", "ThreatModel",
+    "ThreatName", "create", "get_threat", "list_attacks", "margin", "register", "run_autoattack",
 ]
-
-# Attack modules written alongside this package; each calls ``register(name, cls)`` when imported. A module that is
-# absent is skipped; one that is present but fails to import raises (no error is swallowed).
-_OPTIONAL_MODULES = ("cw", "deepfool", "spsa", "square", "l0", "wrappers", "autoattack", "apgd", "fab", "eot", "bpda")
-for _name in _OPTIONAL_MODULES:
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}")
-del _name
