@@ -67,7 +67,8 @@ from torch import nn
 from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.reprogram import learned_lams, reprogram, set_K, set_lam, set_paradigm
 
-__all__ = ["run", "PRESETS", "Profile", "PROFILES", "PAPER", "fgsm_sweep", "linear_mlp", "EPS_GRID"]
+__all__ = ["run", "PRESETS", "Profile", "PROFILES", "PAPER", "fgsm_sweep", "linear_mlp", "EPS_GRID",
+           "train_paper_model", "PARADIGM1", "BACKBONE_SPECS"]
 
 logger = logging.getLogger(__name__)
 
@@ -341,17 +342,19 @@ def _backbones(ctx: _Ctx, n_layers: int = 3, adv: bool = True) -> tuple[nn.Modul
 
 
 def _learn(ctx: _Ctx, backbone: nn.Module, paradigm: int, eps_train: float, K: int, lam0: float = 0.5,
-           tag: str = "") -> nn.Module:
+           tag: str = "", nrpm_eps: float | None = None) -> nn.Module:
     """Paradigm 2 or 3 on an independent copy of ``backbone`` (FGSM training at ``eps_train``, mixed loss).
 
     Adam, lr 0.02 for Paradigm 2 (λ only) and 2e-3 for Paradigm 3 (weights and λ share one optimiser in
     :func:`torchrobust.train.fit`); λ stays in [0, 1] through the layers' ``project_()`` after every step.
+    ``nrpm_eps`` is the IRLS ε (default: the profile's MLP value).
     """
     from torchrobust.train import TrainConfig, fit
 
     p = ctx.profile
     model = reprogram(copy.deepcopy(backbone), lam=lam0, K=K, learn_lam=True, inplace=True,
-                      eps=ctx.profile.nrpm_eps_mlp, backend=ctx.profile.backend)
+                      eps=ctx.profile.nrpm_eps_mlp if nrpm_eps is None else nrpm_eps,
+                      backend=ctx.profile.backend)
     params = set_paradigm(model, paradigm)
     cfg = TrainConfig(epochs=p.reprogram_epochs, batch_size=p.batch_size, optimizer="adam",
                       lr=0.02 if paradigm == 2 else 2e-3, mode="fgsm" if eps_train > 0 else "standard",
@@ -528,6 +531,64 @@ def _table3(ctx: _Ctx, out_dir: Path) -> dict[str, Any]:
         figs[label] = fname
         ctx.add(label, model, None)
     return {"embedding_differences": tables, "figures": figs}
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+# Public helpers for other experiments (torchrobust.experiments.adaptive_reprogramming): the presets' recipes for
+# one MNIST backbone and its reprogrammed versions, without the preset bookkeeping.
+
+#: Paradigm-1 (λ, K) used outside the presets: for the MLP the best row of Table 8 (λ = 0.8, K = 4: the highest
+#: FGSM accuracy at every ε ≥ 0.1); for LeNet the paper code's default (``mnist_lenet.py --lmbd 0.3``, K = 1).
+PARADIGM1: dict[str, tuple[float, int]] = {"mlp": (0.8, 4), "lenet": (0.3, 1)}
+
+#: ``torchrobust.models.create`` specs of the two backbones (recorded so checkpoints can rebuild them).
+BACKBONE_SPECS: dict[str, dict[str, Any]] = {
+    "mlp": {"name": "mlp", "kwargs": {"num_classes": 10, "widths": [256, 64], "activation": None}},
+    "lenet": {"name": "lenet", "kwargs": {"num_classes": 10}},
+}
+
+
+def train_paper_model(arch: str, paradigm: int, *, backbone: nn.Module | None = None,
+                      train_data: tuple[torch.Tensor, torch.Tensor] | None = None, profile: str = "fast",
+                      seed: int = 0, device: str | None = None, progress: bool = False,
+                      lam: float | None = None, K: int | None = None) -> nn.Module:
+    """One model of the presets' recipes, in eval mode, with ``torchrobust_spec`` set (checkpointable).
+
+    ``arch``: ``"mlp"`` (784-256-64-10, no activation) or ``"lenet"``. ``paradigm`` 0: the standard-trained
+    backbone (as ``table1``/``lenet``). 1: ``backbone`` reprogrammed with fixed ``lam``/``K`` (default
+    :data:`PARADIGM1`). 2 / 3: λ (2) or all parameters (3) learned from λ = 0.5, K = 1, under FGSM training at
+    ε = 0.3 with the mixed loss (as Table 1's Paradigm 2/3 rows). The IRLS ε is the profile's per-architecture
+    value. ``train_data`` defaults to the profile's MNIST training set.
+    """
+    if arch not in BACKBONE_SPECS:
+        raise unknown_name("architecture", arch, BACKBONE_SPECS)
+    if paradigm not in (0, 1, 2, 3):
+        raise TorchRobustError(f"paradigm={paradigm!r} is not one of 0 (backbone), 1, 2, 3; pass one of them")
+    if paradigm > 0 and backbone is None:
+        raise TorchRobustError(f"paradigm {paradigm} reprograms a trained backbone; pass backbone=")
+    prof = PROFILES[profile] if profile in PROFILES else None
+    if prof is None:
+        raise unknown_name("profile", profile, PROFILES)
+    if train_data is None:
+        x_tr, y_tr, *_ = _load_mnist(prof, seed)
+    else:
+        x_tr, y_tr = train_data
+    dev = torch.device(device) if device else torch.device("cpu")
+    empty = torch.empty(0)
+    ctx = _Ctx(profile=prof, seed=seed, progress=progress, x_train=x_tr, y_train=y_tr, x_test=empty,
+               y_test=empty, device=dev)
+    nrpm_eps = prof.nrpm_eps_mlp if arch == "mlp" else prof.nrpm_eps_lenet
+    if paradigm == 0:
+        model = _backbones(ctx, 3, adv=False)[0] if arch == "mlp" else _trained_lenet(ctx)
+        model.torchrobust_spec = copy.deepcopy(BACKBONE_SPECS[arch])  # type: ignore[assignment]
+    elif paradigm == 1:
+        d_lam, d_K = PARADIGM1[arch]
+        model = reprogram(copy.deepcopy(backbone), lam=d_lam if lam is None else lam, K=d_K if K is None else K,
+                          inplace=True, eps=nrpm_eps, backend=prof.backend)
+    else:
+        model = _learn(ctx, backbone, paradigm, eps_train=0.3, K=1 if K is None else K,
+                       tag=f"{arch} paradigm {paradigm}", nrpm_eps=nrpm_eps)
+    return model.eval()
 
 
 PRESETS: dict[str, str] = {
