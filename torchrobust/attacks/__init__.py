@@ -21,6 +21,7 @@ from torchrobust.attacks.autoattack import AutoAttack, AutoAttackResult, run_aut
 from torchrobust.attacks.base import (
     Attack,
     AttackBudgetError,
+    attack_class,
     create,
     list_attacks,
     margin,
@@ -37,7 +38,8 @@ from torchrobust.attacks.threat import L1, L2, Linf, ThreatModel, ThreatName, ge
 from torchrobust.attacks.wrappers import BPDA, EOT, EOTAttack, EOTModel
 
 __all__ = [
-    "Attack", "AttackBudgetError", "AutoAttack", "AutoAttackResult", "BPDA", "CW", "CWLinf", "DeepFool", "EOT",
-    "EOTAttack", "EOTModel", "FGSM", "L0", "L0Attack", "L1", "L2", "Linf", "PGD", "SPSA", "Square", "ThreatModel",
+    "Attack", "AttackBudgetError", "attack_class", "AutoAttack", "AutoAttackResult", "BPDA", "CW", "CWLinf",
+    "DeepFool", "EOT", "EOTAttack", "EOTModel", "FGSM", "L0", "L0Attack", "L1", "L2", "Linf", "PGD", "SPSA", "Square",
+    "ThreatModel",
     "ThreatName", "create", "get_threat", "list_attacks", "margin", "register", "run_autoattack",
 ]

@@ -278,3 +278,11 @@ def create(name: str, **kwargs: object) -> Attack:
 def list_attacks() -> list[str]:
     """Registered attack names, sorted."""
     return sorted(_REGISTRY)
+
+
+def attack_class(name: str) -> type[Attack]:
+    """The class registered under ``name`` (e.g. to inspect which keyword arguments it takes)."""
+    cls = _REGISTRY.get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise unknown_name("attack", name, _REGISTRY)
+    return cls

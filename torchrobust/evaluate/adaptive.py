@@ -54,7 +54,7 @@ from ..checkpoint import atomic_write_bytes
 from ..errors import TorchRobustError
 from .metrics import correct as clean_correct
 
-__all__ = ["AdaptiveResult", "evaluate_adaptive"]
+__all__ = ["AdaptiveResult", "evaluate_adaptive", "undefended_base"]
 
 log = logging.getLogger(__name__)
 
@@ -357,3 +357,23 @@ def evaluate_adaptive(
         }
         res.flags = [f.to_dict() for f in run_checks(mapping)]
     return res
+
+
+def undefended_base(model: nn.Module) -> nn.Module | None:
+    """The same weights without the defences torchrobust applied (NRPM reprogramming, forged thresholds), as a
+    copy — the source model of the transfer attack. ``None`` when ``model`` carries no such defence."""
+    import copy
+
+    from ..forge import is_forged, unforge
+    from ..nn import NRPMConv2d, NRPMLinear
+    from ..reprogram import unreprogram
+
+    has_nrpm = any(isinstance(m, (NRPMLinear, NRPMConv2d)) for m in model.modules())
+    if not has_nrpm and not is_forged(model):
+        return None
+    base = copy.deepcopy(model)
+    if is_forged(base):
+        base = unforge(base, inplace=True)
+    if has_nrpm:
+        base = unreprogram(base)
+    return base.eval()
