@@ -136,3 +136,21 @@ def test_reprogram_forge_certify_commands(ckpt, tmp_path, capsys):
     assert "already" in capsys.readouterr().err
     assert main(["reprogram", str(ckpt), "--lam", "1.5", "--out", str(tmp_path / "bad.safetensors"), "--quiet"]) == 2
     assert main(["forge", str(ckpt), "--c-r", "-1", "--out", str(tmp_path / "bad2.safetensors"), "--quiet"]) == 2
+
+
+def test_evaluate_adaptive_suite_and_checks(ckpt, tmp_path):
+    out = tmp_path / "ad"
+    assert main(["evaluate", str(ckpt), "--n-examples", "12", "--eps", "0,0.3", "--suite", "adaptive",
+                 "--steps", "10", "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "adaptive.json").read_text())
+    row = doc["table"][0]
+    assert row["eps"] == 0.3 and row["worst_case"] <= min(v for k, v in row.items()
+                                                           if isinstance(v, float) and k != "eps")
+    assert (out / "state_Linf_0.3.pt").is_file()
+    out2 = tmp_path / "sw"
+    assert main(["evaluate", str(ckpt), "--n-examples", "12", "--eps", "0,0.1", "--checks", "--steps", "5",
+                 "--attack-arg", "pgd.alpha=0.02", "--out", str(out2), "--quiet"]) == 0
+    res = json.loads((out2 / "results.json").read_text())
+    assert res["config"]["attack_kwargs"]["pgd"]["alpha"] == 0.02
+    assert isinstance(res["flags"], list)
+    assert main(["evaluate", str(ckpt), "--attack-arg", "cw.steps=3", "--out", str(out2), "--quiet"]) == 2
