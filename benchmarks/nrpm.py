@@ -8,10 +8,13 @@ thread, fp32, on the layer shapes the paper's models use:
 * ResNet-18 block conv, narrow (width 8, as the paper's ``TinyRobNet``): 8→8 3×3 on 32×32, batch 32;
 * ResNet-18 block conv, full width: 64→64 3×3 on 32×32, batch 32.
 
-Time is the best of ``--reps`` calls after a warm-up call (the machine may be shared; the minimum is the least
-disturbed measurement). Peak memory is the high-water mark of bytes allocated through PyTorch's CPU allocator
-during one call, above the already-allocated inputs and parameters (from the profiler's memory events).
-fwd+bwd computes gradients for the input and all parameters, as in training.
+Time is the CPU time of the (single) computing thread, best of ``--reps`` calls after a warm-up call. CPU time,
+not wall time, because the benchmark machine is shared: under load, wall time charges other processes' time
+slices to long calls far more than to short ones, which inflates exactly the ratios measured here.
+
+Peak memory is the high-water mark of bytes allocated through PyTorch's CPU allocator during one call, above
+the already-allocated inputs and parameters (from the profiler's memory events). fwd+bwd computes gradients
+for the input and all parameters, as in training.
 
 Usage::
 
@@ -76,9 +79,9 @@ def _best_time(fn: Callable[[], object], reps: int) -> float:
     fn()  # warm-up (compilation, allocator)
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.thread_time() - t0)
     return best
 
 

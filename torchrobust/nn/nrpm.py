@@ -65,7 +65,9 @@ BACKENDS = ("auto", "compiled", "eager", "reference")
 #: Elements in one eager chunk temporary (rows × output units × fan-in); a handful are alive at once.
 _EAGER_CHUNK = 1 << 18
 #: Elements of unfolded input per batch block of a convolution (the patches are never unfolded for the whole batch).
-_CONV_COLS_CHUNK = 1 << 22
+_CONV_COLS_CHUNK = 1 << 19
+#: Elements of ``x`` per row block in the compiled ∂L/∂W kernel (a block stays in the L2 cache).
+_W_GRAD_ROWS = 1 << 16
 #: ``backend="auto"`` compiles only problems with at least this many products per IRLS iteration.
 _COMPILE_MIN_WORK = 1 << 22
 
@@ -218,9 +220,10 @@ def _compiled(name: str, x: Tensor, w: Tensor) -> Callable[..., Any]:
 
 
 def _plain(t: Tensor) -> Tensor:
-    """``t`` as a plain tensor: dynamo treats ``nn.Parameter`` inputs as static-shaped (and views through their
-    base), which would specialise the compiled kernels to one layer's shape."""
-    t = t.detach()
+    """``t`` as a plain, row-major tensor: dynamo treats ``nn.Parameter`` inputs as static-shaped (and views
+    through their base), which would specialise the compiled kernels to one layer's shape; and a kernel compiled
+    for one stride order is slow for the other (the fan-in must be the contiguous, vectorised axis)."""
+    t = t.detach().contiguous()
     return t if t._base is None else t.clone()
 
 
@@ -340,7 +343,11 @@ def _backward_all(
             if gx is not None and step_x is not None:
                 gx += step_x(x, w, m, delta, c, eps_t)
             if gw is not None and step_w is not None:
-                gw += step_w(x, w, m, delta, c, eps_t)
+                # reduction over rows: blocks of rows that stay in cache (one pass over all rows per output unit
+                # would stream x from memory o times)
+                rb = max(16, _W_GRAD_ROWS // max(d, 1))
+                for i in range(0, n, rb):
+                    gw += step_w(x[i : i + rb], w, m[i : i + rb], delta[i : i + rb], c[i : i + rb], eps_t)
             gbar = c * step_z(x, w, m, delta, c, eps_t) / d
         return gbar, gx, gw
     g0 = torch.zeros_like(g_last)
@@ -419,7 +426,7 @@ def _conv_rows(x: Tensor, geom: _ConvGeom, g: int) -> Tensor:
     cols = F.unfold(x, geom.kernel, dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
     b = x.shape[0]
     D = cols.shape[1] // geom.groups
-    return cols.view(b, geom.groups, D, geom.L)[:, g].transpose(1, 2).reshape(b * geom.L, D)
+    return cols.view(b, geom.groups, D, geom.L)[:, g].transpose(1, 2).reshape(b * geom.L, D).contiguous()
 
 
 def _conv_forward(
