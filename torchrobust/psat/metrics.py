@@ -137,6 +137,8 @@ def _fmt_params(p: int | None) -> str:
 def _fmt_saving(s: float | None) -> str:
     if s is None or math.isnan(s):
         return "–"
+    if s == 0:
+        return "0.00%"
     return f"↓{s * 100:.2f}%" if s >= 0 else f"↑{-s * 100:.2f}%"
 
 
