@@ -169,3 +169,21 @@ def test_lenet_cell_runs(tmp_path: Path, fake_mnist: None) -> None:
     assert row1["lams"] == [0.3, 0.3] and row1["K"] == 1
     assert row1["cells"]["0.3"]["paper_fgsm"] is None
     assert "| LeNet | P1: fixed λ" in (tmp_path / "adaptive_reprogramming.md").read_text()
+
+
+def test_cli_paper_adaptive_dispatches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    from torchrobust.cli import main
+
+    seen: dict[str, object] = {}
+
+    def fake_run(out_dir: str, **kw: object) -> dict[str, object]:
+        seen.update(out=out_dir, **kw)
+        (Path(out_dir) / "adaptive_reprogramming.md").write_text("# table\n")
+        return {"wall_seconds": 1.0}
+
+    monkeypatch.setattr(AR, "run", fake_run)
+    assert main(["paper", "adaptive", "--out", str(tmp_path), "--n-test", "30", "--seed", "3", "--quiet"]) == 0
+    assert seen["out"] == str(tmp_path) and seen["n_test"] == 30 and seen["seed"] == 3
+    assert seen["progress"] is False and seen["threads"] == 1
+    assert "# table" in capsys.readouterr().out
