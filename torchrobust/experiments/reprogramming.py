@@ -178,6 +178,7 @@ class Profile:
     lam_grid_k: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
     train_eps_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
     lenet_finetune_epochs: int = 1
+    lenet_finetune_lams: tuple[float, ...] = (0.8, 0.5, 0.2, 0.0)  # λ values fine-tuned for Figure 3
     lenet_advft_epochs: int = 3
     n_train: int | None = None  # training subset size (None: all 60k)
     nrpm_eps_mlp: float = 5e-5  # ε of the IRLS weights for the MLPs (the paper code's `--e 5e-5`)
@@ -190,11 +191,13 @@ PROFILES: dict[str, Profile] = {
     "full": Profile(
         n_test=10000, n_pgd=1000, pgd_eps=EPS_GRID[1:], pgd_all_rows=True, backbone_epochs=50,
         reprogram_epochs=5, reprogram_steps=None, lenet_finetune_epochs=5, lenet_advft_epochs=10,
+        lenet_finetune_lams=(0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0),
     ),
     "quick": Profile(
         n_test=100, n_pgd=16, pgd_eps=(0.3,), pgd_steps=5, backbone_epochs=1, backbone_max_batches=40,
         reprogram_steps=3, lam_grid=(1.0, 0.5, 0.0), K_grid=(0, 1), lam_grid_k=(0.7,),
         train_eps_grid=(0.0, 0.3), lenet_finetune_epochs=1, lenet_advft_epochs=1, n_train=2000,
+        lenet_finetune_lams=(0.5,),
     ),
 }
 
@@ -459,9 +462,7 @@ def _lenet_preset(ctx: _Ctx, out_dir: Path) -> dict[str, Any]:
         r = ctx.add(f"P1 λ={lam:.1f}", m, None, pgd=lam == 0.5, lams=[lam, lam], K=1)
         sweep_rows.append(r)
     ft_rows = []
-    for lam in p.lam_grid:
-        if lam == 1.0:
-            continue
+    for lam in p.lenet_finetune_lams:
         ft = reprogram(copy.deepcopy(net), lam=lam, K=1, inplace=True, eps=ctx.profile.nrpm_eps_lenet,
                        backend=ctx.profile.backend)
         ctx.train(ft, epochs=p.lenet_finetune_epochs, lr=1e-3, optimizer="adam", max_batches=p.reprogram_steps,
