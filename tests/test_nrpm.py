@@ -436,3 +436,60 @@ def test_eager_never_materialises_product_tensor() -> None:
     # chunk temporaries are 1 MiB each, the gradients 8 MiB.
     delta = _peak_delta_mb("eager")
     assert delta < 64, f"eager NRPM peak grew by {delta:.0f} MB; the full product tensor is 128 MB"
+
+
+_RESNET_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, torch
+    from torch import nn
+    torch.set_num_threads(1)
+    from torchrobust.nn import NRPMConv2d
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.short = nn.Sequential()
+            if stride != 1 or cin != cout:
+                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+    layers, cin = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
+    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+        cin = cout
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
+    n = 0
+    for blk in model.modules():
+        if isinstance(blk, Block):
+            blk.conv1 = NRPMConv2d.from_module(blk.conv1, lam=0.5, K=3)
+            blk.conv2 = NRPMConv2d.from_module(blk.conv2, lam=0.5, K=3)
+            n += 2
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"n": n, "loss": float(loss), "peak_mb": peak / 1024, "delta_mb": (peak - base) / 1024}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_full_width_resnet18_with_nrpm_block_convs_trains_at_batch_32() -> None:
+    """One SGD step of a full-width CIFAR ResNet-18 with NRPM (K=3) in all 16 block convs, batch 32, in a fresh
+    process: the peak resident memory stays far below the 24 GiB of the target machine."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", _RESNET_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=3000, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["n"] == 16
+    assert res["loss"] == res["loss"]  # finite, not NaN
+    assert res["peak_mb"] < 6 * 1024, res

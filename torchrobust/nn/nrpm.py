@@ -29,14 +29,25 @@ Backends. The full product tensor ``N × D_out × D`` (paper code; 4.8 GB for on
 on 32×32) is never materialised except by ``backend="reference"``:
 
 * ``"eager"`` — plain PyTorch, chunked over rows and output units so the live temporaries stay bounded
-  (about ``_EAGER_CHUNK`` elements each).
-* ``"compiled"`` — the same chunk functions through ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on
-  CUDA). The product, the residuals and the weights live in registers; only per-output sums reach memory.
-  Compiled with ``dynamic=True`` so new batch sizes and layer shapes reuse one graph instead of recompiling.
+  (about ``_EAGER_CHUNK`` elements each); the K steps of a chunk run back to back on the same products.
+* ``"compiled"`` — ``torch.compile`` (inductor: C++ on CPU, Triton on CUDA) of one IRLS step (forward) and of
+  the three reductions of one reverse step (∂/∂z over the fan-in, ∂/∂x over output units, ∂/∂W over rows),
+  each one fused loop nest per output so products, residuals and weights stay in registers and only per-output
+  sums reach memory. One kernel per step, not a K-unrolled graph, and the three reverse reductions separate:
+  in a single graph inductor stores the shared (N, D_out, D) terms, which is slower and breaks the memory bound.
+  Shapes are dynamic (``dynamic=True``) and kernels are cached per dtype / device / size-1 pattern, each cache
+  entry with its own code object (:func:`_compiled`), so one model with many layer shapes and batch sizes
+  compiles each kernel once and never reaches dynamo's recompile limit. Inputs are passed as plain, contiguous
+  tensors (dynamo specialises ``nn.Parameter`` shapes).
 * ``"auto"`` — ``"compiled"`` when a compiler works on this machine and the problem is large enough to repay
   compilation (``≥ _COMPILE_MIN_WORK`` products per iteration), else ``"eager"``.
 * ``"reference"`` — autograd through the unrolled loop on the full product tensor, as in the paper's code. For
   tests and small problems only.
+
+Convolutions (:class:`_NRPMConvCore`) unfold the input one batch block at a time (``_CONV_COLS_CHUNK``) and
+treat every output pixel as a row of the linear core; the backward unfolds each block again and folds the patch
+gradients back, so the unfolded input is never stored. Without autograd (``torch.no_grad()`` or nothing requires
+grad) only the last iterate is kept.
 
 Double backward (e.g. ``create_graph=True``) is not supported by the fast backends; use ``"reference"``.
 """
