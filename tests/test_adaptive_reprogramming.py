@@ -111,6 +111,12 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
     first = json.loads((tmp_path / "state" / "cell-mlp-p0-eps0.1.json").read_text())["cell"]
     assert not (tmp_path / "state" / "cell-mlp-p0-eps0.3.json").exists()
     assert trained == [0]
+    # the partial table was written after the finished cell and names what is missing
+    partial = json.loads((tmp_path / "adaptive_reprogramming.json").read_text())
+    assert partial["rows"][0]["cells"]["0.1"] == first
+    assert partial["missing_cells"] == ["mlp-p0-eps0.3", "mlp-p1-eps0.1", "mlp-p1-eps0.3", "mlp-p2-eps0.1",
+                                        "mlp-p2-eps0.3"]
+    assert "Partial run" in (tmp_path / "adaptive_reprogramming.md").read_text()
 
     calls.clear()
     trained.clear()

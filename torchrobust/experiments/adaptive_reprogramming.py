@@ -418,12 +418,33 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
     plist = ([0] if baseline else []) + sorted(set(paradigms))
     cells_todo = [(a, p, float(e)) for a in models for p in plist for e in eps]
 
+    timings: dict[str, float] = {}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    t_start = time.perf_counter()
+
+    def write_results() -> dict[str, Any]:
+        """Write the JSON + Markdown of what is finished (after every cell, so a partial run has a table)."""
+        done = {(r["arch"], r["paradigm"], k) for r in rows.values() for k in r["cells"]}
+        missing = [_cell_name(a, p, e) for a, p, e in cells_todo if (a, p, _eps_key(e)) not in done]
+        result: dict[str, Any] = {
+            "experiment": _RESULT_NAME,
+            "config": {**cfg, "models": list(models), "paradigms": plist, "torch": torch.__version__,
+                       "device": device or "cpu", "threads": threads},
+            "rows": list(rows.values()),
+            "timings": dict(timings),
+            "wall_seconds": round(time.perf_counter() - t_start, 1),
+            "cell_seconds": {f"{r['arch']}-p{r['paradigm']}-eps{k}": round(sum(c["seconds"].values()), 1)
+                             for r in rows.values() for k, c in r["cells"].items()},
+            "missing_cells": missing,
+            "files": [f"{_RESULT_NAME}.json", f"{_RESULT_NAME}.md"],
+        }
+        (out / f"{_RESULT_NAME}.md").write_text(_markdown(result), encoding="utf-8")
+        _write_json(out / f"{_RESULT_NAME}.json", result)
+        return result
+
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
     bar = None
     try:
         x_tr, y_tr, x_te, y_te = _load_mnist(PROFILES[profile], seed)
@@ -470,6 +491,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
                         logger.info("cell %s: clean %.1f FGSM %.1f PGD-20 %.1f adaptive %.1f", name, cell["clean"],
                                     cell["fgsm"], cell["pgd20"], cell["adaptive"])
                     row["cells"][_eps_key(float(e))] = cell
+                    write_results()
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix_str(f"{name} adaptive={cell['adaptive']:.1f}")
@@ -478,24 +500,8 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
             bar.close()
         if threads is not None:
             torch.set_num_threads(old_threads)
-    wall = time.perf_counter() - t_start
-    done = {(r["arch"], r["paradigm"], k) for r in rows.values() for k in r["cells"]}
-    missing = [_cell_name(a, p, e) for a, p, e in cells_todo if (a, p, _eps_key(e)) not in done]
-    result: dict[str, Any] = {
-        "experiment": _RESULT_NAME,
-        "config": {**cfg, "models": list(models), "paradigms": plist, "torch": torch.__version__,
-                   "device": device or "cpu", "threads": threads},
-        "rows": [r for r in rows.values()],
-        "timings": timings,
-        "wall_seconds": round(wall, 1),
-        "cell_seconds": {f"{r['arch']}-p{r['paradigm']}-eps{k}": round(sum(c["seconds"].values()), 1)
-                         for r in rows.values() for k, c in r["cells"].items()},
-        "missing_cells": missing,
-        "files": [f"{_RESULT_NAME}.json", f"{_RESULT_NAME}.md"],
-    }
-    (out / f"{_RESULT_NAME}.md").write_text(_markdown(result), encoding="utf-8")
-    _write_json(out / f"{_RESULT_NAME}.json", result)
-    logger.info("adaptive evaluation done in %.0f s; wrote %s", wall, out)
+    result = write_results()
+    logger.info("adaptive evaluation done in %.0f s; wrote %s", result["wall_seconds"], out)
     return result
 
 
