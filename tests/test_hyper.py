@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -124,6 +125,8 @@ def test_shared_hypernetwork_is_referenced_not_registered() -> None:
     keys = list(net.state_dict())
     assert sum(k.endswith("w_in") for k in keys) == 1
     assert net.c1.hypernetwork is net.hyper is net.c2.hypernetwork
+    clone = copy.deepcopy(net)
+    assert clone.c1.hypernetwork is clone.hyper is clone.c2.hypernetwork and clone.hyper is not net.hyper
     net.double()
     assert net.c1.weight.dtype == torch.float64
     assert net(torch.randn(1, 2, 3, 3, dtype=torch.float64)).shape == (1, 4, 3, 3)
