@@ -493,3 +493,12 @@ def test_full_width_resnet18_with_nrpm_block_convs_trains_at_batch_32() -> None:
     assert res["n"] == 16
     assert res["loss"] == res["loss"]  # finite, not NaN
     assert res["peak_mb"] < 6 * 1024, res
+
+
+def test_auto_backend_choice() -> None:
+    dev = torch.device("cpu")
+    assert nrpm_mod._resolve_backend("auto", dev, 1000) == "eager"  # too small to repay compilation
+    assert nrpm_mod._resolve_backend("auto", dev, 1 << 23, torch.bfloat16) == "eager"  # untested dtype
+    assert nrpm_mod._resolve_backend("eager", dev, 1 << 30) == "eager"
+    # this project's machines have a working inductor C++ toolchain
+    assert nrpm_mod._resolve_backend("auto", dev, 1 << 23) == "compiled"

@@ -259,8 +259,10 @@ def compiler_available(device: torch.device | str = "cpu") -> bool:
     return ok
 
 
-def _resolve_backend(backend: str, device: torch.device, work: int) -> str:
-    """The backend to run; ``work`` is the number of products per IRLS iteration (rows × outputs × fan-in)."""
+def _resolve_backend(backend: str, device: torch.device, work: int, dtype: torch.dtype = torch.float32) -> str:
+    """The backend to run; ``work`` is the number of products per IRLS iteration (rows × outputs × fan-in).
+
+    ``"auto"`` compiles only float32/float64 (the dtypes the compiled kernels are tested with)."""
     if backend != "auto":
         if backend == "compiled" and not compiler_available(device):
             raise TorchRobustError(
@@ -268,7 +270,7 @@ def _resolve_backend(backend: str, device: torch.device, work: int) -> str:
                 "use backend='eager' or 'auto'"
             )
         return backend
-    if work >= _COMPILE_MIN_WORK and compiler_available(device):
+    if dtype in (torch.float32, torch.float64) and work >= _COMPILE_MIN_WORK and compiler_available(device):
         return "compiled"
     return "eager"
 
@@ -542,7 +544,7 @@ def _needs_graph(*tensors: Tensor) -> bool:
 
 
 def _core(x2: Tensor, w2: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
-    backend = _resolve_backend(backend, x2.device, x2.shape[0] * w2.shape[0] * x2.shape[1])
+    backend = _resolve_backend(backend, x2.device, x2.shape[0] * w2.shape[0] * x2.shape[1], x2.dtype)
     if backend == "reference":
         return _reference_core(x2, w2, K, eps)
     if not _needs_graph(x2, w2):  # inference: keep only the last iterate
@@ -663,7 +665,7 @@ def nrpm_conv2d(
     if Ho <= 0 or Wo <= 0:
         raise TorchRobustError(f"nrpm_conv2d: input {H}x{W} is smaller than the kernel; pass a larger input")
     geom = _ConvGeom((kh, kw), stride_, padding_, dilation_, groups, (H, W), Ho * Wo)
-    backend = _resolve_backend(backend, x.device, B * geom.L * Cout * Cg * kh * kw)
+    backend = _resolve_backend(backend, x.device, B * geom.L * Cout * Cg * kh * kw, x.dtype)
     if backend == "reference":
         z0, zk = _reference_conv(x, weight, geom, K, eps)
     elif not _needs_graph(x, weight):
