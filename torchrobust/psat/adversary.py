@@ -89,25 +89,13 @@ class PGDConfig:
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, cfg: PGDConfig) -> Tensor:
-    """PGD (PSAT Eq. 3) with restarts; per example the best iterate (misclassified, else highest loss)."""
-    tm = cfg.threat_model()
-    alpha = cfg.step_size()
-    x = x.detach()
-    with _EvalMode(model):
-        with torch.no_grad():
-            logits = model(x)
-            best_key = _key(F.cross_entropy(logits, y, reduction="none"), logits, y)
-        best = x.clone()
-        for r in range(max(cfg.restarts, 1)):
-            x_adv = tm.random_init(x) if (cfg.random_start or r > 0) else x.clone()
-            for _ in range(cfg.steps):
-                loss, logits, grad = _loss_and_grad(model, x_adv, y)
-                _update_best(best, best_key, x_adv, _key(loss, logits, y))
-                x_adv = tm.project(tm.step(x_adv, grad, alpha), x).detach()
-            with torch.no_grad():
-                logits = model(x_adv)
-                _update_best(best, best_key, x_adv, _key(F.cross_entropy(logits, y, reduction="none"), logits, y))
-    return best
+    """PGD (PSAT Eq. 3) with restarts: the library's one PGD loop (:class:`torchrobust.attacks.PGD`), which keeps
+    per example the best iterate (misclassified first, then the largest margin) and checks the budget."""
+    from torchrobust.attacks import PGD
+
+    attack = PGD(threat=cfg.threat_model(), steps=cfg.steps, alpha=cfg.step_size(), restarts=max(cfg.restarts, 1),
+                 random_start=cfg.random_start)
+    return attack(model, x.detach(), y)
 
 
 def worst_of(model: nn.Module, x: Tensor, y: Tensor, attacks: Sequence[Callable[[nn.Module, Tensor, Tensor], Tensor]]
