@@ -23,15 +23,16 @@ everywhere: thresholds, quantisation) is replaced by a differentiable surrogate 
 context manager and a model wrapper:
 
 * every module that declares the protocol of :mod:`torchrobust.nn.forged` (a class attribute ``bpda_surrogate``
-  and a boolean ``straight_through``; e.g. :class:`~torchrobust.nn.Forged`, identity surrogate) is switched to
-  its straight-through mode;
-* NRPM layers (:class:`~torchrobust.nn.NRPMLinear` / ``NRPMConv2d``) do not declare the protocol; for them a
-  *generic* surrogate is attached by a forward hook: by default (``nrpm="irls"``) the IRLS weights of the last
-  iteration are held constant (:func:`irls_fixed_surrogate`: ``z = D Σ_d w_d p_d / Σ_d w_d`` with ``w``
-  detached — same value, gradient without the reweighting), or (``nrpm="linear"``) the backward goes through the
-  layer's linear map (``to_module()``, the LPM the NRPM layer robustifies). The generic IRLS surrogate recomputes
-  the product tensor like the paper's reference code; a memory-bounded version belongs in the layer itself;
-* ``surrogates={module_or_type: fn}`` adds user surrogates ``fn(module, input) -> output`` for any other module.
+  and a boolean ``straight_through``) is switched to its own straight-through mode: e.g.
+  :class:`~torchrobust.nn.Forged` (``"identity"``) and the NRPM layers :class:`~torchrobust.nn.NRPMLinear` /
+  ``NRPMConv2d`` (``"irls_fixed"``: the IRLS weights of the last iteration held constant, computed
+  memory-bounded inside the NRPM kernels — the default ``nrpm="irls"``);
+* ``nrpm="linear"`` instead sends the backward of NRPM layers through their linear map (``to_module()``, the LPM
+  the NRPM layer robustifies), attached by a forward hook;
+* ``surrogates={module_or_type: fn}`` adds user surrogates ``fn(module, input) -> output`` for any module; a user
+  surrogate overrides a module's declared mode. :func:`irls_fixed_surrogate` is the generic (hook) form of the
+  NRPM surrogate for foreign modules with the same attributes; it builds the full ``N × O × D`` product tensor
+  like the paper's reference code.
 
 The hook construction is bit-exact on the forward pass: the module's output is replaced by
 ``out.detach() + (h − h.detach())``, whose value is ``out + 0 = out`` exactly and whose gradient is ``∂h/∂x``.
@@ -208,8 +209,12 @@ _NRPM_SURROGATES: dict[str, Surrogate] = {"irls": irls_fixed_surrogate, "linear"
 
 
 def default_surrogates(nrpm: str = "irls") -> dict[type, Surrogate]:
-    """Generic surrogates for torchrobust modules that do not declare ``bpda_surrogate``: NRPM layers get
-    ``nrpm="irls"`` (:func:`irls_fixed_surrogate`, IRLS weights held constant) or ``"linear"`` (their LPM)."""
+    """Hook surrogates :class:`BPDA` attaches by default; they take precedence over a module's declared mode.
+
+    NRPM layers: ``nrpm="irls"`` uses the layers' own declared mode (``bpda_surrogate = "irls_fixed"``, IRLS
+    weights held constant, memory-bounded) and adds nothing here — unless the layer class declares no surrogate,
+    when the generic :func:`irls_fixed_surrogate` hook is the fallback; ``nrpm="linear"`` maps them to their
+    LPM (:func:`_linear_surrogate`)."""
     if nrpm not in _NRPM_SURROGATES:
         raise TorchRobustError(f"unknown NRPM surrogate {nrpm!r}; valid: {', '.join(_NRPM_SURROGATES)}")
     out: dict[type, Surrogate] = {}
@@ -218,7 +223,7 @@ def default_surrogates(nrpm: str = "irls") -> dict[type, Surrogate]:
     except ImportError:  # pragma: no cover - nn is part of the package
         return out
     for cls in (NRPMLinear, NRPMConv2d):
-        if getattr(cls, "bpda_surrogate", None) is None:
+        if nrpm != "irls" or getattr(cls, "bpda_surrogate", None) is None:
             out[cls] = _NRPM_SURROGATES[nrpm]
     return out
 
@@ -250,9 +255,11 @@ class BPDA(nn.Module):
 
     Args:
         model: the defended model.
-        surrogates: extra ``{module instance or class: fn(module, input) -> output}`` surrogates; they override the
-            defaults (NRPM layers). Modules declaring ``bpda_surrogate`` use their own mode.
-        nrpm: default surrogate of NRPM layers: ``"irls"`` (IRLS weights held constant) or ``"linear"`` (the LPM).
+        surrogates: extra ``{module instance or class: fn(module, input) -> output}`` surrogates (attached by a
+            forward hook); they override the defaults and a module's declared mode. Other modules declaring
+            ``bpda_surrogate`` use their own straight-through mode.
+        nrpm: surrogate of NRPM layers: ``"irls"`` (default; their declared mode, IRLS weights held constant) or
+            ``"linear"`` (the LPM, by a hook).
     """
 
     def __init__(self, model: nn.Module, surrogates: Mapping[Any, Surrogate] | None = None,
@@ -272,13 +279,12 @@ class BPDA(nn.Module):
         if self._depth > 1:
             return
         for m in self.model.modules():
-            if _declares(m):
+            fn = _lookup(self._table, m)
+            if fn is not None:  # an explicit (user or nrpm="linear") surrogate wins over the declared mode
+                self._handles.append(m.register_forward_hook(_make_hook(fn)))
+            elif _declares(m):
                 self._saved.append((m, bool(getattr(m, "straight_through", False))))
                 m.straight_through = True
-                continue
-            fn = _lookup(self._table, m)
-            if fn is not None:
-                self._handles.append(m.register_forward_hook(_make_hook(fn)))
 
     def _disable(self) -> None:
         self._depth -= 1

@@ -50,6 +50,21 @@ gradients back, so the unfolded input is never stored. Without autograd (``torch
 grad) only the last iterate is kept.
 
 Double backward (e.g. ``create_graph=True``) is not supported by the fast backends; use ``"reference"``.
+
+BPDA surrogate (``straight_through=True``). Differentiating through the K reweighting steps is ill-conditioned
+(the weights ``1/(|r| + ε)`` have curvature ``~1/ε²``), which can mask gradients (Athalye, Carlini & Wagner 2018,
+Sec. 4.1). With ``straight_through=True`` the forward pass is unchanged (bit for bit: the same code runs) and the
+backward treats the normalised weights of the final IRLS step, ``u_d = w_d / Σ_e w_e`` with ``w`` computed at
+``z⁽ᴷ⁻¹⁾``, as constants. Then ``z⁽ᴷ⁾ = D Σ_d u_d p_d`` is linear in the products and, for the hybrid
+``z = λ Σ_d p_d + (1−λ) D Σ_d u_d p_d``::
+
+    ∂z/∂p_d = λ + (1 − λ) · D · u_d,     ∂L/∂x_{n,d} = Σ_o ∂L/∂p_{n,o,d} W_{o,d},   ∂L/∂W_{o,d} likewise with x
+
+(the gradient to λ is unchanged: ``z_LPM − z⁽ᴷ⁾``). The fast backends keep only ``z⁽ᴷ⁻¹⁾`` and ``Σ_d w_d`` of
+the last step (``O(N·D_out)``, not ``O(N·D_out·K)``) and compute the reductions chunked (eager) or as fused
+kernels (compiled), never the full product tensor; ``"reference"`` detaches the weights in the unrolled loop.
+The NRPM layers expose this as the BPDA protocol of :mod:`torchrobust.nn.forged` (``bpda_surrogate =
+"irls_fixed"``, switched by ``bpda_mode``).
 """
 
 from __future__ import annotations
@@ -157,6 +172,18 @@ def _bwd_chunk(
     return gbar, gx, gw
 
 
+def _st_chunk(
+    x: Tensor, w: Tensor, m: Tensor, c: Tensor, eps: float, need_x: bool, need_w: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """Straight-through (IRLS weights held constant) terms for one chunk: with ``m = z⁽ᴷ⁻¹⁾/D`` (n, o) and
+    ``c = ∂L/∂z⁽ᴷ⁾ · D / Σ_d w_d`` (n, o), ``∂L/∂p_d = c · w_d`` with ``w_d = 1/(|p_d − m| + ε)``; returns its
+    reductions to ∂L/∂x (n, D) and ∂L/∂W (o, D)."""
+    t = c[..., None] / ((x[:, None, :] * w[None, :, :] - m[..., None]).abs() + eps)
+    gx = (t * w[None, :, :]).sum(1) if need_x else None
+    gw = (t * x[:, None, :]).sum(0) if need_w else None
+    return gx, gw
+
+
 # ----------------------------------------------------------------------------------------------------------
 # compiled kernels: one IRLS step per call (a K-unrolled graph makes inductor fuse badly), each a single fused
 # loop nest per output, so the (n, o, D) products never reach memory.
@@ -201,6 +228,18 @@ def _bwd_step_w(x: Tensor, w: Tensor, m: Tensor, delta: Tensor, c: Tensor, eps: 
     return (t * x[:, None, :]).sum(0)
 
 
+def _st_step_x(x: Tensor, w: Tensor, m: Tensor, c: Tensor, eps: Tensor) -> Tensor:
+    """Straight-through ``∂L/∂x = Σ_o c · W / (|p − m| + ε)`` (IRLS weights held constant; reduction over outputs)."""
+    t = c[..., None] / ((x[:, None, :] * w[None, :, :] - m[..., None]).abs() + eps)
+    return (t * w[None, :, :]).sum(1)
+
+
+def _st_step_w(x: Tensor, w: Tensor, m: Tensor, c: Tensor, eps: Tensor) -> Tensor:
+    """Straight-through ``∂L/∂W = Σ_n c · x / (|p − m| + ε)`` (IRLS weights held constant; reduction over rows)."""
+    t = c[..., None] / ((x[:, None, :] * w[None, :, :] - m[..., None]).abs() + eps)
+    return (t * x[:, None, :]).sum(0)
+
+
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _COMPILER_OK: dict[str, bool] = {}
 
@@ -215,7 +254,7 @@ def _fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
 
 
 def _compiled(name: str, x: Tensor, w: Tensor) -> Callable[..., Any]:
-    """The compiled step kernel ``name`` ("fwd", "bwd_z", "bwd_x", "bwd_w").
+    """The compiled step kernel ``name`` ("fwd", "bwd_z", "bwd_x", "bwd_w", "st_x", "st_w").
 
     Cached per dtype, device type and which sizes are 1 (dynamic shapes still specialise sizes 0/1), each key with
     its own code object, so dynamo never recompiles one function for another shape class and its recompile limit
@@ -223,7 +262,8 @@ def _compiled(name: str, x: Tensor, w: Tensor) -> Callable[..., Any]:
     key = (name, x.dtype, x.device.type, x.shape[0] == 1, w.shape[0] == 1, x.shape[1] == 1)
     fn = _COMPILED.get(key)
     if fn is None:
-        base = {"fwd": _fwd_step, "bwd_z": _bwd_step_z, "bwd_x": _bwd_step_x, "bwd_w": _bwd_step_w}[name]
+        base = {"fwd": _fwd_step, "bwd_z": _bwd_step_z, "bwd_x": _bwd_step_x, "bwd_w": _bwd_step_w,
+                "st_x": _st_step_x, "st_w": _st_step_w}[name]
         tag = "_".join(str(v).replace("torch.", "") for v in key[1:]).replace(" ", "")
         fn = torch.compile(_fresh(base, f"{len(_COMPILED)}_{tag}"), dynamic=True, fullgraph=True)
         _COMPILED[key] = fn
@@ -379,14 +419,58 @@ def _backward_all(
     return g0, gx, gw
 
 
+def _backward_fixed(
+    x: Tensor, w: Tensor, z_prev: Tensor, s_prev: Tensor, g_last: Tensor, eps: float, backend: str,
+    need_x: bool, need_w: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Straight-through backward of ``z⁽ᴷ⁾ = D Σ_d u_d p_d`` with the last IRLS weights held constant.
+
+    ``z_prev`` = z⁽ᴷ⁻¹⁾ and ``s_prev`` = Σ_d w_d of the last step, both (n, o). Returns ``(0, ∂L/∂x, ∂L/∂W)``
+    (nothing reaches z⁽⁰⁾: the weights are constants), in the layout of :func:`_backward_all`."""
+    n, d = x.shape
+    o = w.shape[0]
+    gx = torch.zeros_like(x) if need_x else None
+    gw = torch.zeros_like(w) if need_w else None
+    m = z_prev / d
+    c = (g_last * d / s_prev).contiguous()
+    if backend == "compiled":
+        x, w = _plain(x), _plain(w)
+        m = m.contiguous()
+        eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
+        if gx is not None:
+            gx += _compiled("st_x", x, w)(x, w, m, c, eps_t)
+        if gw is not None:
+            step_w = _compiled("st_w", x, w)
+            rb = max(16, _W_GRAD_ROWS // max(d, 1))
+            for i in range(0, n, rb):
+                gw += step_w(x[i : i + rb], w, m[i : i + rb], c[i : i + rb], eps_t)
+        return torch.zeros_like(g_last), gx, gw
+    bn, bo = _blocks(n, o, d, _EAGER_CHUNK)
+    for i in range(0, n, bn):
+        for j in range(0, o, bo):
+            gxc, gwc = _st_chunk(x[i : i + bn], w[j : j + bo], m[i : i + bn, j : j + bo],
+                                 c[i : i + bn, j : j + bo], eps, need_x, need_w)
+            if gx is not None and gxc is not None:
+                gx[i : i + bn] += gxc
+            if gw is not None and gwc is not None:
+                gw[j : j + bo] += gwc
+    return torch.zeros_like(g_last), gx, gw
+
+
 def _core_backward(
     x: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_lpm: Tensor | None, g_last: Tensor | None, eps: float,
-    backend: str, need_x: bool, need_w: bool,
+    backend: str, need_x: bool, need_w: bool, fixed: bool = False,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """∂L/∂x (n, D) and ∂L/∂W (o, D) from the output gradients of (z_LPM, z⁽ᴷ⁾)."""
+    """∂L/∂x (n, D) and ∂L/∂W (o, D) from the output gradients of (z_LPM, z⁽ᴷ⁾).
+
+    ``fixed`` (straight-through): ``zs`` (1, n, o) holds z⁽ᴷ⁻¹⁾ and ``ss`` (1, n, o) the last normaliser, and the
+    IRLS weights are held constant (:func:`_backward_fixed`)."""
     if g_last is None:
         g_last = torch.zeros_like(zs[0])
-    g0, gx, gw = _backward_all(x, w, zs, ss, g_last.contiguous(), eps, backend, need_x, need_w)
+    if fixed:
+        g0, gx, gw = _backward_fixed(x, w, zs[0], ss[0], g_last.contiguous(), eps, backend, need_x, need_w)
+    else:
+        g0, gx, gw = _backward_all(x, w, zs, ss, g_last.contiguous(), eps, backend, need_x, need_w)
     g_total = g0 if g_lpm is None else g0 + g_lpm
     if need_x:
         gx = g_total @ w if gx is None else gx.addmm_(g_total, w)
@@ -396,26 +480,33 @@ def _core_backward(
 
 
 class _NRPMCore(torch.autograd.Function):
-    """``(x (N, D), W (O, D)) ↦ (z_LPM, z⁽ᴷ⁾)``, both (N, O), with the hand-derived backward."""
+    """``(x (N, D), W (O, D)) ↦ (z_LPM, z⁽ᴷ⁾)``, both (N, O), with the hand-derived backward (exact, or with the
+    last IRLS weights held constant when ``fixed``; K ≥ 1)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, w: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, x: Tensor, w: Tensor, K: int, eps: float, backend: str, fixed: bool = False
+    ) -> tuple[Tensor, Tensor]:
         x = x.contiguous()
         w = w.contiguous()
         z0 = x @ w.T
         zs, ss = _forward_all(x, w, z0, K, eps, backend)
+        zk = zs[K].clone()
+        if fixed:  # only the last step is needed: z⁽ᴷ⁻¹⁾ and its normaliser
+            zs, ss = zs[K - 1 : K].clone(), ss[K - 1 : K].clone()
         ctx.save_for_backward(x, w, zs, ss)
         ctx.eps = eps
         ctx.backend = backend
-        return z0, zs[K].clone()
+        ctx.fixed = fixed
+        return z0, zk
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g_lpm: Tensor | None, g_last: Tensor | None) -> tuple[Tensor | None, ...]:
         x, w, zs, ss = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gx, gw = _core_backward(x, w, zs, ss, g_lpm, g_last, ctx.eps, ctx.backend, need_x, need_w)
-        return gx if need_x else None, gw if need_w else None, None, None, None
+        gx, gw = _core_backward(x, w, zs, ss, g_lpm, g_last, ctx.eps, ctx.backend, need_x, need_w, ctx.fixed)
+        return gx if need_x else None, gw if need_w else None, None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -482,11 +573,13 @@ class _NRPMConvCore(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, w: Tensor, geom: _ConvGeom, K: int, eps: float, backend: str
+        ctx: Any, x: Tensor, w: Tensor, geom: _ConvGeom, K: int, eps: float, backend: str, fixed: bool = False
     ) -> tuple[Tensor, Tensor]:
         z0, zk, zs, ss = _conv_forward(x, w, geom, K, eps, backend, keep=True)
+        if fixed:  # straight-through: only z⁽ᴷ⁻¹⁾ and the last normaliser are needed
+            zs, ss = zs[K - 1 : K].clone(), ss[K - 1 : K].clone()
         ctx.save_for_backward(x, w, zs, ss)
-        ctx.geom, ctx.eps, ctx.backend = geom, eps, backend
+        ctx.geom, ctx.eps, ctx.backend, ctx.fixed = geom, eps, backend, fixed
         return z0, zk
 
     @staticmethod
@@ -499,7 +592,7 @@ class _NRPMConvCore(torch.autograd.Function):
         G = geom.groups
         wg = w.reshape(G, w.shape[0] // G, -1)
         og, D = wg.shape[1], wg.shape[2]
-        K = ss_all.shape[0]
+        K, nz = ss_all.shape[0], zs_all.shape[0]
         gx = torch.zeros_like(x) if need_x else None
         gw = torch.zeros_like(wg) if need_w else None
         bb = _conv_batch_block(x, geom)
@@ -510,12 +603,12 @@ class _NRPMConvCore(torch.autograd.Function):
             for g in range(G):
                 rows = _conv_rows(xb, geom, g)
                 sl = slice(g * og, (g + 1) * og)
-                zs = zs_all[:, b0 : b0 + nb, :, sl].reshape(K + 1, nb * geom.L, og)
+                zs = zs_all[:, b0 : b0 + nb, :, sl].reshape(nz, nb * geom.L, og)
                 ss = ss_all[:, b0 : b0 + nb, :, sl].reshape(K, nb * geom.L, og)
                 glp = None if g_lpm is None else g_lpm[b0 : b0 + nb, :, sl].reshape(nb * geom.L, og)
                 gla = None if g_last is None else g_last[b0 : b0 + nb, :, sl].reshape(nb * geom.L, og)
                 gxg, gwg = _core_backward(rows, wg[g].contiguous(), zs, ss, glp, gla, ctx.eps, ctx.backend,
-                                          need_x, need_w)
+                                          need_x, need_w, ctx.fixed)
                 if gcols is not None and gxg is not None:
                     gcols[:, g] = gxg.view(nb, geom.L, D).transpose(1, 2)
                 if gw is not None and gwg is not None:
@@ -523,11 +616,13 @@ class _NRPMConvCore(torch.autograd.Function):
             if gx is not None and gcols is not None:
                 gx[b0 : b0 + nb] = F.fold(gcols.view(nb, G * D, geom.L), geom.size, geom.kernel,
                                           dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
-        return gx, gw.view_as(w) if gw is not None else None, None, None, None, None
+        return gx, gw.view_as(w) if gw is not None else None, None, None, None, None, None
 
 
-def _reference_core(x: Tensor, w: Tensor, K: int, eps: float) -> tuple[Tensor, Tensor]:
-    """Autograd through the unrolled loop on the full product tensor (the paper's code, Algorithm 2)."""
+def _reference_core(x: Tensor, w: Tensor, K: int, eps: float, fixed: bool = False) -> tuple[Tensor, Tensor]:
+    """Autograd through the unrolled loop on the full product tensor (the paper's code, Algorithm 2).
+
+    ``fixed``: the IRLS weights are detached (BPDA surrogate); the values are the same."""
     D = x.shape[-1]
     p = x[:, None, :] * w[None, :, :]
     z0 = x @ w.T
@@ -535,6 +630,8 @@ def _reference_core(x: Tensor, w: Tensor, K: int, eps: float) -> tuple[Tensor, T
     for _ in range(K):
         u = 1.0 / ((p - z[..., None] / D).abs() + eps)
         u = u / u.sum(-1, keepdim=True)
+        if fixed:
+            u = u.detach()
         z = D * (u * p).sum(-1)
     return z0, z
 
@@ -543,16 +640,16 @@ def _needs_graph(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _core(x2: Tensor, w2: Tensor, K: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
+def _core(x2: Tensor, w2: Tensor, K: int, eps: float, backend: str, fixed: bool = False) -> tuple[Tensor, Tensor]:
     backend = _resolve_backend(backend, x2.device, x2.shape[0] * w2.shape[0] * x2.shape[1], x2.dtype)
     if backend == "reference":
-        return _reference_core(x2, w2, K, eps)
+        return _reference_core(x2, w2, K, eps, fixed)
     if not _needs_graph(x2, w2):  # inference: keep only the last iterate
         x2, w2 = x2.contiguous(), w2.contiguous()
         z0 = x2 @ w2.T
         zs, _ = _forward_all(x2, w2, z0, K, float(eps), backend, keep=False)
         return z0, zs[0]
-    return _NRPMCore.apply(x2, w2, K, float(eps), backend)
+    return _NRPMCore.apply(x2, w2, K, float(eps), backend, bool(fixed))
 
 
 def _is_plain(lam: float | Tensor, K: int) -> bool:
@@ -579,6 +676,7 @@ def nrpm_linear(
     K: int = 3,
     eps: float = 1e-3,
     backend: str = "auto",
+    straight_through: bool = False,
 ) -> Tensor:
     """NRPM version of :func:`torch.nn.functional.linear` (Algorithm 1 with the ε of Algorithm 2).
 
@@ -590,6 +688,8 @@ def nrpm_linear(
         K: number of IRLS steps (K = 0 is the plain layer).
         eps: damping ε > 0 of the IRLS weights ``1/(|p_d − z/D| + ε)``.
         backend: ``"auto"``, ``"compiled"``, ``"eager"`` or ``"reference"`` (see the module docstring).
+        straight_through: BPDA surrogate backward with the last IRLS weights held constant (same forward value;
+            see the module docstring).
 
     Returns:
         ``(*, out_features)``: ``λ·z_LPM + (1−λ)·z⁽ᴷ⁾ + bias``.
@@ -605,7 +705,7 @@ def nrpm_linear(
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    z0, zk = _core(x2, weight, K, eps, backend)
+    z0, zk = _core(x2, weight, K, eps, backend, bool(straight_through))
     out = _mix(z0, zk, lam_t)
     if bias is not None:
         out = out + bias
@@ -633,6 +733,7 @@ def nrpm_conv2d(
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     backend: str = "auto",
+    straight_through: bool = False,
 ) -> Tensor:
     """NRPM version of :func:`torch.nn.functional.conv2d` (Algorithm 1 per output pixel; Appendix A.2 unfolding).
 
@@ -640,6 +741,8 @@ def nrpm_conv2d(
     ``F.unfold`` gives it (channel-major ``(c, kh, kw)``, zero padding included, so ``D = C_in/groups·kh·kw``).
     The bias *is* added (the paper's ``RobustConv2d`` silently drops it; pass ``bias=None`` to reproduce that).
     Only zero padding is supported (``padding`` as ints); other padding modes are for the caller to apply first.
+    ``straight_through``: BPDA surrogate backward with the last IRLS weights held constant (as
+    :func:`nrpm_linear`).
     """
     _check_hparams(K, eps, backend)
     if x.dim() != 4 or weight.dim() != 4:
@@ -667,24 +770,27 @@ def nrpm_conv2d(
     geom = _ConvGeom((kh, kw), stride_, padding_, dilation_, groups, (H, W), Ho * Wo)
     backend = _resolve_backend(backend, x.device, B * geom.L * Cout * Cg * kh * kw, x.dtype)
     if backend == "reference":
-        z0, zk = _reference_conv(x, weight, geom, K, eps)
+        z0, zk = _reference_conv(x, weight, geom, K, eps, bool(straight_through))
     elif not _needs_graph(x, weight):
         z0, zk, _, _ = _conv_forward(x, weight, geom, K, float(eps), backend, keep=False)
     else:
-        z0, zk = _NRPMConvCore.apply(x, weight, geom, K, float(eps), backend)
+        z0, zk = _NRPMConvCore.apply(x, weight, geom, K, float(eps), backend, bool(straight_through))
     out = _mix(z0, zk, lam_t).transpose(1, 2).reshape(B, Cout, Ho, Wo)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out
 
 
-def _reference_conv(x: Tensor, weight: Tensor, geom: _ConvGeom, K: int, eps: float) -> tuple[Tensor, Tensor]:
-    """The paper code's unfold formulation with autograd through the loop (full product tensor)."""
+def _reference_conv(
+    x: Tensor, weight: Tensor, geom: _ConvGeom, K: int, eps: float, fixed: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The paper code's unfold formulation with autograd through the loop (full product tensor); ``fixed``
+    detaches the IRLS weights (BPDA surrogate)."""
     G = geom.groups
     wg = weight.reshape(G, weight.shape[0] // G, -1)
     z0s, zks = [], []
     for g in range(G):
-        z0, zk = _reference_core(_conv_rows(x, geom, g), wg[g], K, eps)
+        z0, zk = _reference_core(_conv_rows(x, geom, g), wg[g], K, eps, fixed)
         z0s.append(z0)
         zks.append(zk)
     B = x.shape[0]

@@ -18,6 +18,14 @@ The paper's code uses λ raw and unconstrained (no clamp) in most modes; that ca
 ``learn_lam`` sets ``requires_grad`` of the λ Parameter (paradigms 2 and 3 of Sec. 4; paradigm 1 keeps it fixed).
 
 The conv bias is added (the paper's ``RobustConv2d`` silently drops it); ``drop_bias=True`` reproduces that.
+
+BPDA surrogate. Both layers declare the BPDA protocol of :mod:`torchrobust.nn.forged`: the class attribute
+``bpda_surrogate = "irls_fixed"`` and a per-instance boolean ``straight_through`` (default ``False``), so
+``with torchrobust.nn.forged.bpda_mode(model):`` and :class:`torchrobust.attacks.BPDA` switch them. In
+straight-through mode the forward output is bit-for-bit unchanged and the backward holds the normalised IRLS
+weights ``u`` of the final iteration constant: ``∂z/∂p_d = λ + (1 − λ)·D·u_d`` (Algorithm 1's hybrid with
+eq. 7's weights frozen; Athalye, Carlini & Wagner 2018, Sec. 4.1 BPDA). It is computed memory-bounded inside the
+NRPM kernels (see :mod:`torchrobust.nn.nrpm`), never on the full product tensor.
 """
 
 from __future__ import annotations
@@ -60,6 +68,12 @@ def _check(lam: float, K: int, eps: float, lam_parametrization: str, backend: st
 class _NRPMMixin(nn.Module):
     """λ storage, projection and bookkeeping shared by the two layers."""
 
+    #: BPDA surrogate used by the backward pass when ``straight_through`` is set (protocol of
+    #: :mod:`torchrobust.nn.forged`): the IRLS weights of the final iteration are held constant.
+    bpda_surrogate: str = "irls_fixed"
+    #: Class-level default; :meth:`_init_nrpm` sets the per-instance flag (also covers modules pickled before
+    #: the flag existed).
+    straight_through: bool = False
     K: int
     eps: float
     backend: str
@@ -76,6 +90,7 @@ class _NRPMMixin(nn.Module):
         self.backend = backend
         self.drop_bias = bool(drop_bias)
         self.lam_parametrization = lam_parametrization
+        self.straight_through = False
         dtype = self.weight.dtype if self.weight.is_floating_point() else torch.get_default_dtype()
         dev = self.weight.device if device is None else device
         if lam_parametrization == "clamp":
@@ -141,6 +156,8 @@ class _NRPMMixin(nn.Module):
             s += ", drop_bias=True"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
+        if self.straight_through:
+            s += ", straight_through=True"
         return s
 
     def _set_original(self, module: nn.Module | None) -> None:
@@ -211,7 +228,8 @@ class NRPMLinear(_NRPMMixin):
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.drop_bias else self.bias
-        return nrpm_linear(x, self.weight, bias, self._lam_arg(), self.K, self.eps, self.backend)
+        return nrpm_linear(x, self.weight, bias, self._lam_arg(), self.K, self.eps, self.backend,
+                           straight_through=bool(self.straight_through))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -295,7 +313,7 @@ class NRPMConv2d(_NRPMMixin):
                 x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0, 0)
         return nrpm_conv2d(x, self.weight, bias, self._lam_arg(), self.K, self.eps, self.stride, padding,
-                           self.dilation, self.groups, self.backend)
+                           self.dilation, self.groups, self.backend, straight_through=bool(self.straight_through))
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")
