@@ -223,20 +223,30 @@ def test_bpda_linear_option_and_user_override() -> None:
     assert has_bpda_modules(model)
 
 
-def test_checks_recognise_nrpm_surrogate() -> None:
-    """A reprogrammed MLP (λ=0.8, K=3, ε=1e-3) is probed as masking ("jump") but declares its surrogate, so
-    check_bpda_surrogates is satisfied; check_bpda_evaluated then asks for a BPDA evaluation."""
+def test_checks_recognise_nrpm_surrogate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A briefly trained MNIST MLP reprogrammed with λ=0.8, K=3, ε=1e-3: the probe sees its NRPM layers as
+    masking ("jump"); undeclared they are flagged MISSING_BPDA_SURROGATE, declared (as now) they are accepted,
+    and check_bpda_evaluated then asks for an evaluation under BPDA."""
+    from torchrobust import data
     from torchrobust.reprogram import reprogram
 
+    x, y = data.as_tensors(data.load("mnist", "test"), n=2008)
     torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
-    model = reprogram(mlp, lam=0.8, K=3, eps=1e-3)
-    nrpm_layers = [m for m in model.modules() if isinstance(m, NRPMLinear)]
-    assert nrpm_layers
-    x = torch.rand(4, 1, 8, 8)
-    found = find_zero_gradient_modules(model, x)
-    assert all(z.declares_surrogate for z in found)
-    assert check_bpda_surrogates(model, x) is None
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1, momentum=0.9)
+    for i in range(0, 2000, 50):
+        loss = F.cross_entropy(mlp(x[i : i + 50]), y[i : i + 50])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model = reprogram(mlp.eval(), lam=0.8, K=3, eps=1e-3)
+    probe = x[2000:2008]
+    found = find_zero_gradient_modules(model, probe)
+    assert found and all(z.type == "NRPMLinear" and z.declares_surrogate for z in found)
+    assert check_bpda_surrogates(model, probe) is None
     flag = check_bpda_evaluated(model, False)
     assert flag is not None and flag.code == "BPDA_NOT_EVALUATED"
     assert check_bpda_evaluated(model, True) is None
+    monkeypatch.setattr(NRPMLinear, "bpda_surrogate", None)  # what the check saw before the declaration
+    flag = check_bpda_surrogates(model, probe)
+    assert flag is not None and flag.code == "MISSING_BPDA_SURROGATE" and "NRPMLinear: jump" in flag.message
