@@ -19,7 +19,8 @@ def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize("name,kw", [("mlp", {"widths": [32, 16], "activation": None}),
                                      ("mlp", {"widths": [8], "activation": "relu"}),
-                                     ("lenet", {})])
+                                     ("lenet", {}),
+                                     ("hyper_msd_cnn", {"z_dim": 4, "unit": 16})])
 def test_round_trip_exact(tmp_path, name, kw):
     m = models.create(name, **kw)
     path = checkpoint.save(m, tmp_path / "m.safetensors", note="hello", metrics={"acc": 0.5})

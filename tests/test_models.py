@@ -39,6 +39,8 @@ SMALL: dict[str, tuple[dict, dict]] = {
 }
 # Names whose size is fixed by the name: exercised on the meta device only.
 BIG = {"wrn28_10": {}, "wrn34_10": {}, "wrn70_16": {}}
+# PSAT backbones (hypernetwork ResNets, MSD MNIST CNN): built and checked in tests/test_psat.py.
+PSAT = {"hyper_resnet18", "hyper_resnet50", "plain_resnet18", "plain_resnet50", "msd_cnn", "hyper_msd_cnn"}
 
 MNIST_SHAPE, CIFAR_SHAPE = (1, 28, 28), (3, 32, 32)
 
@@ -55,7 +57,7 @@ def on_meta(name: str, **kw) -> nn.Module:
 def test_registry_lists_every_model():
     names = models.list_models()
     assert names == sorted(names)
-    assert set(names) == set(SMALL) | set(BIG)
+    assert set(names) == set(SMALL) | set(BIG) | PSAT
 
 
 # ------------------------------------------------------------------------------------------------------------------

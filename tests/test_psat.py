@@ -152,7 +152,12 @@ def test_plain_backbone_has_the_zoo_resnet_layout(depth: int) -> None:
 def test_plain_counterpart_drops_hyper_kwargs() -> None:
     m = create("hyper_resnet18", z_dim=8, unit=32, num_classes=7)
     plain = psat.plain_counterpart(m)
-    assert plain.torchrobust_spec == {"name": "plain_resnet18", "kwargs": {"num_classes": 7}}
+    spec = plain.torchrobust_spec
+    assert spec["name"] == "plain_resnet18" and spec["kwargs"]["num_classes"] == 7
+    assert not any("Hyper" in type(mod).__name__ for mod in plain.modules())
+    from torchrobust import models
+
+    assert count_parameters(plain) == count_parameters(models.create("resnet18", num_classes=7))
 
 
 # ----------------------------------------------------------------------------------------------------------

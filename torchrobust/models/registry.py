@@ -38,6 +38,28 @@ class _Entry:
                 if n not in self.fixed and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+# PSAT backbones (torchrobust.psat.models) are imported when built, so the zoo does not import the PSAT package.
+def _psat_resnet(depth: int, num_classes: int = 10, z_dim: int = 64, hyper: bool = True, unit: int = 64,
+                 width: int = 64, init: str = "ha", reduce: str = "mean", in_channels: int = 3,
+                 mean: Any = None, std: Any = None) -> nn.Module:
+    from ..psat.models import PSATResNet
+
+    return PSATResNet(depth, num_classes, z_dim, hyper, unit, width, init, reduce, in_channels, mean, std)  # type: ignore[arg-type]
+
+
+def _psat_resnet50(num_classes: int = 10, z_dim: int = 128, hyper: bool = True, unit: int = 64, width: int = 64,
+                   init: str = "ha", reduce: str = "mean", in_channels: int = 3, mean: Any = None,
+                   std: Any = None) -> nn.Module:
+    return _psat_resnet(50, num_classes, z_dim, hyper, unit, width, init, reduce, in_channels, mean, std)
+
+
+def _msd_cnn(num_classes: int = 10, hyper: bool = False, z_dim: int = 32, unit: int = 32, init: str = "kaiming",
+             reduce: str = "mean") -> nn.Module:
+    from ..psat.models import MSDCNN
+
+    return MSDCNN(num_classes, hyper, z_dim, unit, init, reduce)  # type: ignore[arg-type]
+
+
 _REGISTRY: dict[str, _Entry] = {
     "mlp": _Entry(MLP, summary="784-256-64-10 MLP of the reprogramming paper (activation-free by default)"),
     "lenet": _Entry(LeNet, summary="PyTorch FGSM-tutorial LeNet (conv 1→10→20, fc 320→50→10)"),
@@ -54,6 +76,12 @@ _REGISTRY: dict[str, _Entry] = {
     "wrn70_16": _Entry(DMWideResNet, {"depth": 70, "widen_factor": 16, "activation": "silu"},
                        "WRN-70-16 SiLU, DMWideResNet layout"),
     "mlp_mixer": _Entry(MLPMixer, summary="small MLP-Mixer (patch, hidden, token/channel MLP dims, depth)"),
+    "hyper_resnet18": _Entry(_psat_resnet, {"depth": 18, "hyper": True}, "PSAT ResNet-18, hypernetwork convs"),
+    "hyper_resnet50": _Entry(_psat_resnet50, {"hyper": True}, "PSAT ResNet-50, hypernetwork convs (N_z=128)"),
+    "plain_resnet18": _Entry(_psat_resnet, {"depth": 18, "hyper": False}, "PSAT-layout plain ResNet-18"),
+    "plain_resnet50": _Entry(_psat_resnet50, {"hyper": False}, "PSAT-layout plain ResNet-50"),
+    "msd_cnn": _Entry(_msd_cnn, {"hyper": False}, "MNIST CNN of Maini et al. (MSD): conv32-conv64-fc1024"),
+    "hyper_msd_cnn": _Entry(_msd_cnn, {"hyper": True}, "MSD MNIST CNN with a hypernetwork-generated conv2"),
 }
 
 

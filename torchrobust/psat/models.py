@@ -243,15 +243,13 @@ def list_models() -> list[str]:
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:
-    """Build a PSAT backbone by name and record ``model.torchrobust_spec`` (JSON-serialisable)."""
+    """Build a PSAT backbone by name through the model zoo (:func:`torchrobust.models.create`), so its checkpoints
+    reload with :func:`torchrobust.load`."""
+    from torchrobust import models
+
     if name not in _REGISTRY:
         raise unknown_name("PSAT model", name, _REGISTRY)
-    try:
-        model = _REGISTRY[name](**kwargs)
-    except TypeError as e:
-        raise TorchRobustError(f"bad arguments for PSAT model {name!r}: {e}; see its docstring") from None
-    model.torchrobust_spec = {"name": name, "kwargs": dict(kwargs)}  # type: ignore[assignment]
-    return model
+    return models.create(name, **kwargs)
 
 
 def plain_counterpart(model: nn.Module) -> nn.Module:
