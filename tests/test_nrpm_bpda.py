@@ -250,3 +250,30 @@ def test_checks_recognise_nrpm_surrogate(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(NRPMLinear, "bpda_surrogate", None)  # what the check saw before the declaration
     flag = check_bpda_surrogates(model, probe)
     assert flag is not None and flag.code == "MISSING_BPDA_SURROGATE" and "NRPMLinear: jump" in flag.message
+
+
+def test_evaluate_adaptive_runs_bpda_through_the_nrpm_surrogate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate_adaptive sees the declared surrogate (bpda="auto"), runs its BPDA attacks through the layers'
+    straight-through backward, and leaves the flags as they were."""
+    from torchrobust.evaluate.adaptive import evaluate_adaptive
+
+    calls = []
+    real = nrpm_mod._backward_fixed
+
+    def spy(*a: object, **k: object) -> object:
+        calls.append(1)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nrpm_mod, "_backward_fixed", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), NRPMLinear(16, 8, lam=0.5, K=2, backend="eager"), nn.ReLU(),
+                          NRPMLinear(8, 3, lam=0.5, K=2, backend="eager")).eval()
+    x = torch.rand(12, 1, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    assert has_bpda_modules(model)
+    res = evaluate_adaptive(model, x, y, "Linf", 0.1, whitebox="pgd", steps=3, restarts=1, blackbox=False,
+                            checks=False, batch_size=12)
+    assert res.config["bpda"] is True and {"bpda-pgd-ce", "bpda-pgd-margin"} <= set(res.correct)
+    assert calls  # the BPDA jobs used the memory-bounded surrogate backward
+    assert all(not m.straight_through for m in model.modules() if isinstance(m, NRPMLinear))
