@@ -154,3 +154,18 @@ def test_evaluate_adaptive_suite_and_checks(ckpt, tmp_path):
     assert res["config"]["attack_kwargs"]["pgd"]["alpha"] == 0.02
     assert isinstance(res["flags"], list)
     assert main(["evaluate", str(ckpt), "--attack-arg", "cw.steps=3", "--out", str(out2), "--quiet"]) == 2
+
+
+def test_psat_train_and_evaluate(tmp_path, capsys):
+    run = tmp_path / "psat"
+    assert main(["psat", "train", "--out", str(run), "--members", "Linf,L2", "--baselines", "max", "--n-train", "200",
+                 "--steps", "2", "--quiet"]) == 0
+    assert {p.name for p in run.glob("*.safetensors")} >= {"Linf.safetensors", "L2.safetensors",
+                                                           "AT_max.safetensors"}
+    member = checkpoint.load(run / "Linf.safetensors")
+    assert any("Hyper" in type(m).__name__ for m in member.modules())
+    assert main(["psat", "evaluate", str(run), "--n-examples", "20", "--restarts", "1", "--steps", "3",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "trade" in out.lower() and (run / "psat_table.tex").is_file()
+    assert main(["psat", "train", "--out", str(run), "--members", "L7", "--quiet"]) == 2

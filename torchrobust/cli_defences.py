@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import _floats, _number
+from .cli import _floats, _names, _number
 from .errors import TorchRobustError
 
 
@@ -101,6 +101,34 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_psat(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import data, psat
+
+    torch.manual_seed(args.seed)
+    if args.psat_command == "train":
+        x, y = data.as_tensors(data.load(args.data, "train", root=args.data_root), args.n_train)
+        kw: dict[str, Any] = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
+        steps = {t: args.steps for t in ("Linf", "L2", "L1")}
+        if args.members:
+            paths = psat.train_members(args.out, (x, y), threats=args.members, arch=args.arch, steps=steps, **kw)
+        else:
+            paths = {}
+        if args.baselines:
+            paths.update(psat.train_baselines(args.out, (x, y), strategies=args.baselines, steps=steps, **kw))
+        for name, p in paths.items():
+            sys.stdout.write(f"saved {name}: {p}\n")
+        return 0
+    steps = None if args.steps is None else {t: args.steps for t in ("Linf", "L2", "L1")}
+    rows = psat.evaluate(args.run_dir, n_test=args.n_examples, restarts=args.restarts, steps=steps,
+                         strategies=args.strategies, dataset=args.data)
+    paths = psat.write_tables(rows, args.out or args.run_dir)
+    sys.stdout.write(Path(paths["md"]).read_text())
+    sys.stdout.write(f"\nwrote {', '.join(str(p) for p in paths.values())}\n")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- parsers
 def register(sub: Any, common: Any) -> None:
     from .experiments.reprogramming import PRESETS, PROFILES
@@ -144,6 +172,36 @@ def register(sub: Any, common: Any) -> None:
     sp.add_argument("--seed", type=int, default=0)
     common(sp)
     sp.set_defaults(fn=cmd_forge)
+
+    sp = sub.add_parser("psat", help="PSAT: train hypernetwork members per threat model / multi-norm baselines; "
+                                     "evaluate the lowest-entropy aggregate")
+    psub = sp.add_subparsers(dest="psat_command", required=True, parser_class=type(sp))
+    tp = psub.add_parser("train", help="train PSAT members (one per threat model) and/or the baselines")
+    tp.add_argument("--out", required=True, help="run folder (one checkpoint per member/baseline)")
+    tp.add_argument("--members", type=_names, default=["Linf", "L2", "L1"], help="threat models, comma-separated")
+    tp.add_argument("--baselines", type=_names, default=[], help="any of max,avg,msd (AT_max, AT_avg, AT_msd)")
+    tp.add_argument("--arch", default="hyper_msd_cnn")
+    tp.add_argument("--data", default="mnist")
+    tp.add_argument("--data-root", default=None)
+    tp.add_argument("--n-train", type=int, default=None)
+    tp.add_argument("--epochs", type=int, default=1)
+    tp.add_argument("--steps", type=int, default=10, help="PGD steps of the training adversaries")
+    tp.add_argument("--lr", type=float, default=1e-3)
+    tp.add_argument("--seed", type=int, default=0)
+    common(tp)
+    tp.set_defaults(fn=cmd_psat)
+    ep = psub.add_parser("evaluate", help="ℓ∞/ℓ2/ℓ1 PGD with restarts on members, aggregate and baselines")
+    ep.add_argument("run_dir")
+    ep.add_argument("--n-examples", type=int, default=1000)
+    ep.add_argument("--restarts", type=int, default=10)
+    ep.add_argument("--steps", type=int, default=None, help="PGD steps per norm (default: 50 ℓ∞, 100 ℓ2, 50 ℓ1)")
+    ep.add_argument("--strategies", type=_names, default=["entropy"], help="entropy, average")
+    ep.add_argument("--data", default="mnist")
+    ep.add_argument("--data-root", default=None)
+    ep.add_argument("--out", default=None, help="folder for the tables (default: the run folder)")
+    ep.add_argument("--seed", type=int, default=0)
+    common(ep)
+    ep.set_defaults(fn=cmd_psat)
 
     sp = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al. 2019) of a checkpoint")
     sp.add_argument("checkpoint")
