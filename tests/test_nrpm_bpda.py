@@ -277,3 +277,18 @@ def test_evaluate_adaptive_runs_bpda_through_the_nrpm_surrogate(monkeypatch: pyt
     assert res.config["bpda"] is True and {"bpda-pgd-ce", "bpda-pgd-margin"} <= set(res.correct)
     assert calls  # the BPDA jobs used the memory-bounded surrogate backward
     assert all(not m.straight_through for m in model.modules() if isinstance(m, NRPMLinear))
+
+
+def test_layer_mode_equals_generic_hook_surrogate() -> None:
+    """The memory-bounded in-layer surrogate and the generic full-tensor hook (irls_fixed_surrogate) agree."""
+    from torchrobust.attacks.wrappers import irls_fixed_surrogate
+
+    torch.manual_seed(2)
+    conv = NRPMConv2d.from_module(nn.Conv2d(3, 4, 3, stride=2, padding=1).double(), lam=0.6, K=2, eps=1e-2,
+                                  backend="eager")
+    model = nn.Sequential(conv).eval()
+    x = torch.rand(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    cot = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    (g_layer,) = _grads(BPDA(model)(x), cot, x)
+    (g_hook,) = _grads(BPDA(model, surrogates={NRPMConv2d: irls_fixed_surrogate})(x), cot, x)
+    assert torch.allclose(g_layer, g_hook, rtol=1e-9, atol=1e-11)
