@@ -169,3 +169,19 @@ def test_psat_train_and_evaluate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "trade" in out.lower() and (run / "psat_table.tex").is_file()
     assert main(["psat", "train", "--out", str(run), "--members", "L7", "--quiet"]) == 2
+
+
+def test_demo_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--n-test", "40", "--steps", "3", "--p3-steps", "3",
+                 "--quiet"]) == 0
+    for f in ["results.json", "results.csv", "results.md", "accuracy_vs_eps.png", "mlp.safetensors",
+              "mlp_nrpm_p1.safetensors", "mlp_nrpm_p3.safetensors"]:
+        assert (out / f).stat().st_size > 0, f
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["table"]) == 7 and set(doc["models"]) == {"LPM", "NRPM-P1(λ=0.7)", "NRPM-P3"}
+    p3 = checkpoint.load(out / "mlp_nrpm_p3.safetensors")
+    lams = checkpoint.load_metadata(out / "mlp_nrpm_p3.safetensors")["metadata"]["learned_lams"]
+    assert set(lams) == {"fc1", "fc2", "fc3"} and all(0 <= v <= 1 for v in lams.values())
+    assert abs(float(p3.fc1.lam) - lams["fc1"]) < 1e-6
+    assert "NRPM-P3 pgd" in capsys.readouterr().out

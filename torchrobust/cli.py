@@ -220,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import run_demo
 
     out = run_demo(args.out, epochs=args.epochs, n_test=args.n_test, pgd_steps=args.steps, seed=args.seed,
-                   data_root=args.data_root, progress=not args.quiet)
+                   p3_steps=args.p3_steps, data_root=args.data_root, progress=not args.quiet)
     sys.stdout.write(Path(out["md"]).read_text())
     sys.stdout.write(f"\nwrote {args.out}/: " + ", ".join(sorted(Path(p).name for p in out.values())) + "\n")
     return 0
@@ -301,11 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)
 
-    sp = sub.add_parser("demo", help="the main job: train on MNIST, reprogram with NRPM, sweep FGSM and PGD")
+    sp = sub.add_parser("demo", help="the main job: train on MNIST, reprogram with NRPM (paradigms 1 and 3), "
+                        "sweep FGSM and PGD")
     sp.add_argument("--out", default="torchrobust-demo")
     sp.add_argument("--epochs", type=int, default=3)
     sp.add_argument("--n-test", type=int, default=1000)
     sp.add_argument("--steps", type=int, default=20, help="PGD steps")
+    sp.add_argument("--p3-steps", type=int, default=100, help="paradigm-3 fine-tuning steps (batch 64)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--data-root", default=None)
     common(sp)

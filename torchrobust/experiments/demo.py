@@ -2,10 +2,12 @@
 
 1. Train the robustness-reprogramming paper's MNIST MLP (784-256-64-10, no activation: a linear classifier
    under LPM) with standard training.
-2. Reprogram it with NRPM (paradigm 1: the same weights, λ and K fixed, no training).
-3. Attack both with FGSM and PGD (ℓ∞, white-box through the IRLS iterations) over ε ∈ {0, .05, …, .3} on the
-   first ``n_test`` test images, keeping the per-example worst case over the two attacks.
-4. Write the results folder: both checkpoints, ``results.{json,csv,md}`` and ``accuracy_vs_eps.png``.
+2. Reprogram it with NRPM, paradigm 1: the same weights, λ and K fixed, nothing trained.
+3. Reprogram a copy with NRPM, paradigm 3: weights and λ fine-tuned for ``p3_steps`` steps on FGSM examples
+   (the paper's mixed loss CE(x) + CE(x_adv), ε = 0.3), λ kept in [0, 1].
+4. Attack all three with FGSM and PGD (ℓ∞, white-box through the IRLS iterations) over ε ∈ {0, .05, …, .3} on
+   the first ``n_test`` test images, keeping the per-example worst case over the two attacks.
+5. Write the results folder: the checkpoints, ``results.{json,csv,md}`` and ``accuracy_vs_eps.png``.
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ def comparison_rows(results: dict[str, SweepResult]) -> list[dict[str, Any]]:
 
 
 def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = 1000, pgd_steps: int = 20, seed: int = 0,
-             lam: float = 0.8, K: int = 3, data_root: str | None = None, progress: bool = True) -> dict[str, Path]:
+             lam: float = 0.7, K: int = 3, p3_steps: int = 100, data_root: str | None = None,
+             progress: bool = True) -> dict[str, Path]:
+    import copy
+
     import torch
 
     from .. import data, models
-    from ..reprogram import reprogram
+    from ..reprogram import learned_lams, reprogram, set_paradigm
     from ..train import TrainConfig, fit
 
     out = Path(out_dir)
@@ -62,11 +67,20 @@ def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = 1000, pgd_steps
     save(model, out / "mlp.safetensors", training=cfg.to_dict(), history=tr.history, train_seconds=tr.seconds)
 
     robust = reprogram(model, lam=lam, K=K)
-    save(robust, out / "mlp_nrpm.safetensors", reprogram={"lam": lam, "K": K, "paradigm": 1})
+    save(robust, out / "mlp_nrpm_p1.safetensors", reprogram={"lam": lam, "K": K, "paradigm": 1})
 
-    label_plain, label_nrpm = "LPM", f"NRPM(λ={lam:g},K={K})"
+    # Paradigm 3 on an independent copy (reprogram shares weights with its source; fine-tuning must not touch it).
+    p3 = reprogram(copy.deepcopy(model), lam=0.5, K=K, learn_lam=True, inplace=True)
+    cfg3 = TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=2e-3, mode="fgsm", eps=0.3, mixed=True,
+                       seed=seed, max_batches=p3_steps, progress=progress)
+    tr3 = fit(p3, train, cfg3, params=set_paradigm(p3, 3))
+    lams3 = learned_lams(p3)
+    save(p3, out / "mlp_nrpm_p3.safetensors", training=cfg3.to_dict(), learned_lams=lams3, paradigm=3,
+         train_seconds=tr3.seconds)
+
+    label_plain, label_p1, label_p3 = "LPM", f"NRPM-P1(λ={lam:g})", "NRPM-P3"
     results: dict[str, SweepResult] = {}
-    for label, m in ((label_plain, model), (label_nrpm, robust)):
+    for label, m in ((label_plain, model), (label_p1, robust), (label_p3, p3)):
         t0 = time.perf_counter()
         results[label] = sweep(m, x, y, attacks=["fgsm", "pgd"], eps=EPS, threat="Linf",
                                attack_kwargs={"pgd": {"steps": pgd_steps, "early_stop": True}}, seed=seed,
@@ -74,15 +88,17 @@ def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = 1000, pgd_steps
         log.info("%s evaluated in %.1fs", label, time.perf_counter() - t0)
 
     rows = comparison_rows(results)
-    title = (f"MNIST, 784-256-64-10 linear MLP, first {len(x)} test images, ℓ∞ FGSM and PGD-{pgd_steps} "
+    title = (f"MNIST, 784-256-64-10 linear MLP (K={K}), first {len(x)} test images, ℓ∞ FGSM and PGD-{pgd_steps} "
              f"(white-box through NRPM)")
     paths = write_table_files(out / "results", rows, title=title)
     doc = {"title": title, "table": rows, "seconds_total": time.perf_counter() - t_all,
            "train": {"config": cfg.to_dict(), "history": tr.history, "seconds": tr.seconds},
+           "paradigm3": {"config": cfg3.to_dict(), "learned_lams": lams3, "seconds": tr3.seconds},
            "models": {k: v.to_dict() for k, v in results.items()}}
     atomic_write_bytes(out / "results.json", (json.dumps(doc, indent=1) + "\n").encode())
     paths["json"] = out / "results.json"
     paths["png"] = plot_accuracy_vs_eps(results, out / "accuracy_vs_eps.png", title=title)
     paths["ckpt_plain"] = out / "mlp.safetensors"
-    paths["ckpt_nrpm"] = out / "mlp_nrpm.safetensors"
+    paths["ckpt_p1"] = out / "mlp_nrpm_p1.safetensors"
+    paths["ckpt_p3"] = out / "mlp_nrpm_p3.safetensors"
     return paths
