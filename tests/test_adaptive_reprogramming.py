@@ -149,6 +149,23 @@ def test_state_from_another_configuration_is_refused(tmp_path: Path, fake_mnist:
     assert res["rows"][0]["cells"]["0.3"]["n"] == 10
 
 
+def test_report_only_computes_nothing(tmp_path: Path, fake_mnist: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = {**KW, "eps": (0.3,), "paradigms": (1,), "baseline": False}
+    done = AR.run(tmp_path, **kw)
+
+    def forbidden(*a: object, **k: object) -> None:
+        raise AssertionError("report_only must not train or attack")
+
+    monkeypatch.setattr(AR, "_evaluate_cell", forbidden)
+    monkeypatch.setattr(R, "train_paper_model", forbidden)
+    res = AR.run(tmp_path, report_only=True, **{**kw, "paradigms": (1, 2)})
+    assert res["missing_cells"] == ["mlp-p2-eps0.3"]
+    assert res["rows"][0]["cells"] == done["rows"][0]["cells"] and res["rows"][0]["lams"] == [0.8, 0.8, 0.8]
+    assert res["rows"][1]["cells"] == {} and res["rows"][1]["lams"] is None
+    md = (tmp_path / "adaptive_reprogramming.md").read_text()
+    assert "(not run)" in md and "Partial run" in md
+
+
 def test_input_errors(tmp_path: Path) -> None:
     with pytest.raises(TorchRobustError, match="unknown model 'resnet'"):
         AR.run(tmp_path, models=("resnet",))

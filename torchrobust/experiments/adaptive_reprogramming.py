@@ -307,7 +307,9 @@ def _markdown(result: dict[str, Any]) -> str:
         "Accuracy in %; an example counts only if it is correct clean and after the attack. "
         "**adaptive** is the per-example worst case over FGSM, PGD-20 and the adaptive suite, run on the points "
         "that survive FGSM and PGD-20. *paper* is the paper's FGSM number (the paper evaluates MNIST with FGSM "
-        f"only; LeNet: figures only, no number). Wall time {result['wall_seconds']:.0f} s.", "",
+        f"only; LeNet: figures only, no number). Wall time of this invocation {result['wall_seconds']:.0f} s; "
+        f"attack time of the cells in the table {sum(result['cell_seconds'].values()):.0f} s, training "
+        f"{sum(result['timings'].values()):.0f} s (this invocation).", "",
         "Adaptive suite: " + "; ".join(suite(a, b) for a, b in cfg["budget"].items()) + ".", "",
         "| model | paradigm | λ | K | clean | " + " | ".join(
             f"ε={e} FGSM (paper) | ε={e} PGD-20 | ε={e} adaptive" for e in eps) + " | reliable |",
@@ -370,7 +372,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
         models: Sequence[str] = ARCHS, paradigms: Sequence[int] = (1, 2, 3), state_dir: str | Path | None = None,
         seed: int = 0, threads: int | None = 1, progress: bool = True, *, baseline: bool = True,
         budget: str | AttackBudget | Mapping[str, AttackBudget] = "default", profile: str = "fast",
-        device: str | None = None) -> dict[str, Any]:
+        device: str | None = None, report_only: bool = False) -> dict[str, Any]:
     """Train (or reload) the models, evaluate every (model, paradigm, ε) cell, write JSON + Markdown.
 
     Args:
@@ -388,6 +390,9 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
             :class:`AttackBudget` for every model, or a mapping model name → :class:`AttackBudget`.
         profile: training profile of the presets (:data:`torchrobust.experiments.reprogramming.PROFILES`).
         device: e.g. ``"cuda"``; default CPU.
+        report_only: train and attack nothing: write the table of the cells finished so far (e.g. while other
+            processes work on other models in the same ``out_dir``/``state_dir``; unfinished cells are listed
+            as missing).
 
     Returns:
         The result written as JSON: ``config``, ``rows`` (one per model × paradigm: ``arch``, ``paradigm``,
@@ -456,20 +461,23 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
         for arch in models:
             loaded: dict[int, nn.Module] = {}
 
-            def model_for(p: int, arch: str = arch, loaded: dict[int, nn.Module] = loaded) -> nn.Module:
+            def model_for(p: int, arch: str = arch, loaded: dict[int, nn.Module] = loaded) -> nn.Module | None:
                 if p not in loaded:
-                    bb = model_for(0) if p > 0 else None
+                    if report_only and not (models_dir / f"{arch}-p{p}.safetensors").is_file():
+                        return None
+                    bb = model_for(0) if p > 0 and not report_only else None
                     loaded[p] = _get_model(arch, p, models_dir, bb, (x_tr, y_tr), profile=profile, seed=seed,
                                            device=device, progress=progress, timings=timings)
                 return loaded[p]
 
             for p in plist:
                 model = model_for(p)
-                row = {"arch": arch, "paradigm": p, "name": PARADIGM_NAMES[p], "lams": _lams(model),
-                       "K": _K(model) if p > 0 else None, "cells": {}}
+                row = {"arch": arch, "paradigm": p, "name": PARADIGM_NAMES[p],
+                       "lams": _lams(model) if model is not None else None,
+                       "K": _K(model) if p > 0 and model is not None else None, "cells": {}}
                 rows[(arch, p)] = row
                 base = None
-                if p > 0:
+                if p > 0 and model is not None and not report_only:
                     from torchrobust.reprogram import unreprogram
 
                     base = unreprogram(copy.deepcopy(model)).eval()
@@ -483,6 +491,8 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
                                                    f"{sdir} or pass another state_dir")
                         cell = doc["cell"]
                         logger.info("cell %s: finished earlier, skipped", name)
+                    elif report_only or model is None:
+                        continue
                     else:
                         cell = _evaluate_cell(model, base, x, y, float(e), budgets[arch], seed,
                                               sdir / f"adaptive-{name}.pt", progress)
@@ -525,6 +535,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default=None)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--report-only", action="store_true",
+                    help="compute nothing: write the table of the cells finished so far")
     return ap
 
 
@@ -542,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args.out, n_test=args.n_test, eps=args.eps, models=args.models, paradigms=args.paradigms,
             state_dir=args.state_dir, seed=args.seed, threads=args.threads, progress=not args.quiet,
-            baseline=not args.no_baseline, budget=budget, profile=args.profile, device=args.device)
+            baseline=not args.no_baseline, budget=budget, profile=args.profile, device=args.device,
+            report_only=args.report_only)
     except TorchRobustError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
