@@ -155,12 +155,15 @@ def plot_accuracy_vs_eps(results: Mapping[str, SweepResult], path: str | Path, t
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for label, res in results.items():
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["--", ":", "-.", (0, (3, 1, 1, 1))]
+    for k, (label, res) in enumerate(results.items()):
+        color = colors[k % len(colors)]
         prefix = f"{label}: " if label else ""
-        for a in res.attacks:
-            ax.plot(res.eps, [100 * v for v in res.accuracy(a)], marker="o", ms=3, lw=1, alpha=0.8,
-                    label=f"{prefix}{a}")
-        ax.plot(res.eps, [100 * v for v in res.accuracy()], lw=2.5, color=None, label=f"{prefix}worst case")
+        for i, a in enumerate(res.attacks):
+            ax.plot(res.eps, [100 * v for v in res.accuracy(a)], ls=styles[i % len(styles)], marker="o", ms=3,
+                    lw=1, color=color, alpha=0.7, label=f"{prefix}{a}")
+        ax.plot(res.eps, [100 * v for v in res.accuracy()], lw=2.5, color=color, label=f"{prefix}worst case")
     ax.set_xlabel(f"ε ({next(iter(results.values())).threat})")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
