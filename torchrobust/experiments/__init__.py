@@ -1,0 +1,6 @@
+"""The papers' experiments as presets (data + model + defence + evaluation wired together).
+
+* :mod:`~torchrobust.experiments.demo` — the README's main job (``torchrobust demo``).
+* :mod:`~torchrobust.experiments.reprogramming` — the reprogramming paper's MNIST tables (``torchrobust paper``).
+* :mod:`~torchrobust.experiments.adaptive_reprogramming` — the reprogrammed models under the adaptive suite.
+"""
