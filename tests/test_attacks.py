@@ -284,8 +284,9 @@ def test_restarts_only_help_and_run_on_robust_points(trained: nn.Module) -> None
         succ_many = trained(many).argmax(1) != y
     assert (succ_many >= succ_one).all() and succ_many.sum() > succ_one.sum()
     sizes = [len(t) for t in rec.inputs]
-    # 6 evaluations of the first run, one of the clean batch, then the restart on the still-robust examples only
-    assert sizes[0] == sizes[6] == 128 and sizes[7] == 128 - int(succ_one.sum())
+    # 6 evaluations of the first run, one of the clean inputs of the examples the run did not break, then the
+    # restart on the still-robust examples only
+    assert sizes[0] == 128 and 128 - int(succ_one.sum()) == sizes[7] <= sizes[6] < 128
 
 
 def test_early_stop_keeps_the_success_set(trained: nn.Module) -> None:

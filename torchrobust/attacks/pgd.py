@@ -112,11 +112,17 @@ class PGD(Attack):
         if self.seed is not None and self.random_start:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
         best_x, best_score = self._run(model, x, y, generator)
-        if self.random_start:  # the clean point is a candidate too (a random start may undo a misclassification)
-            with torch.no_grad():
-                clean_score = margin(model(x), y, self.targeted)
-            _keep_rows(best_x, x, clean_score > best_score)
-            best_score = torch.maximum(best_score, clean_score)
+        if self.random_start:
+            # The clean point is a candidate too (a random start may undo a misclassification). It can only matter
+            # where the run has not succeeded, so only those rows are scored (saves a forward pass on most rows).
+            todo = (best_score <= 0).nonzero().squeeze(1)
+            if todo.numel():
+                with torch.no_grad():
+                    clean_score = margin(model(x[todo]), y[todo], self.targeted)
+                better = clean_score > best_score[todo]
+                idx = todo[better]
+                best_x[idx] = x[idx]
+                best_score[idx] = clean_score[better]
         runs = self.restarts if self.random_start else 1
         for _ in range(runs - 1):
             todo = (best_score <= 0).nonzero().squeeze(1)  # still robust
