@@ -86,3 +86,16 @@ def test_bad_inputs(trained, bad, match):
     xb, yb = bad(x[:20].clone(), y[:20].clone())
     with pytest.raises(TorchRobustError, match=match):
         accuracy(m, xb, yb)
+
+
+def test_evaluate_dispatcher(trained):
+    from torchrobust.evaluate import evaluate
+
+    m, x, y = trained
+    res = evaluate(m, x[:40], y[:40], suite="sweep", eps=[0.0, 0.2], attack_kwargs={"pgd": {"steps": 5}})
+    assert res.eps == [0.0, 0.2] and set(res.robust) == {"fgsm", "pgd"}
+    ad = evaluate(m, x[:24], y[:24], suite="adaptive", eps=[0.0, 0.3], whitebox="pgd", steps=5, restarts=1,
+                  blackbox=False)
+    assert list(ad) == [0.3] and 0.0 <= ad[0.3].robust_accuracy <= ad[0.3].clean_accuracy
+    with pytest.raises(TorchRobustError, match="suite"):
+        evaluate(m, x[:4], y[:4], suite="brutal")
