@@ -34,7 +34,7 @@ Command (the run documented in ``docs/adaptive-evaluation.md``)::
 From Python::
 
     >>> from torchrobust.experiments.adaptive_reprogramming import run
-    >>> res = run("results/adaptive", n_test=200)
+    >>> res = run("results/adaptive", n_test=100)
     >>> res["rows"][0]["cells"]["0.1"]["adaptive"]
 """
 
