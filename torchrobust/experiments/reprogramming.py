@@ -163,8 +163,8 @@ PAPER: dict[str, Any] = {
 class Profile:
     """Budget of a preset run (see the module docstring for what each profile deviates from)."""
 
-    n_test: int = 1000  # FGSM evaluation set: the first n_test test images
-    n_pgd: int = 100  # PGD-20 evaluation set: the first n_pgd test images
+    n_test: int = 10000  # FGSM evaluation set: the first n_test test images (the full test set)
+    n_pgd: int = 1000  # PGD-20 evaluation set: the first n_pgd test images
     pgd_eps: tuple[float, ...] = (0.1, 0.2, 0.3)
     pgd_steps: int = 20
     pgd_all_rows: bool = False  # PGD on every row, or only on the rows listed by each preset
