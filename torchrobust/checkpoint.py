@@ -38,7 +38,8 @@ from torch import nn
 
 from .errors import TorchRobustError
 
-__all__ = ["save", "load", "load_metadata", "load_state_dict_file", "load_weights", "atomic_write_bytes"]
+__all__ = ["save", "load", "load_metadata", "load_state_dict_file", "load_weights", "atomic_write_bytes",
+           "state_dict_mismatch"]
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     return model.to(map_location).eval()
 
 
-def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Why ``state`` cannot be loaded strictly into ``model`` (missing/unexpected keys, a shape), or None."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -172,13 +174,18 @@ def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
             parts.append(f"missing {len(missing)} key(s) e.g. {missing[0]!r}")
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} key(s) e.g. {unexpected[0]!r}")
-        raise TorchRobustError(f"checkpoint {path} does not match the model ({'; '.join(parts)}); "
-                               "check the architecture arguments")
+        return "; ".join(parts)
     for k, v in state.items():
         if own[k].shape != v.shape:
-            raise TorchRobustError(f"checkpoint {path} does not match the model: {k!r} has shape "
-                                   f"{tuple(v.shape)}, the model expects {tuple(own[k].shape)}; check the "
-                                   "architecture arguments")
+            return f"{k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+    return None
+
+
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    why = state_dict_mismatch(model, state)
+    if why is not None:
+        raise TorchRobustError(f"checkpoint {path} does not match the model ({why}); check the architecture "
+                               "arguments")
     model.load_state_dict(dict(state), strict=True)
 
 

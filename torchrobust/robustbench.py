@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchrobust.checkpoint import state_dict_mismatch
 from torchrobust.errors import TorchRobustError
 
 __all__ = ["load_robustbench", "read_state_dict", "infer_architecture", "ARCHS", "DATASETS", "DM_NORMALIZATION"]
@@ -210,21 +211,9 @@ def load_robustbench(
             kwargs.update(mean=list(mean), std=list(std))  # type: ignore[arg-type]
     model = models.create(name, num_classes=num_classes, **kwargs)
 
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s) e.g. {missing[0]!r}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s) e.g. {unexpected[0]!r}")
-        raise TorchRobustError(f"{path} does not match arch={arch!r} ({'; '.join(parts)}); the file looks like "
+    why = state_dict_mismatch(model, state)
+    if why is not None:
+        raise TorchRobustError(f"{path} does not match arch={arch!r} ({why}); the file looks like "
                                f"{_describe(state)} -- pass arch='auto' or the matching arch")
-    for key, value in state.items():
-        if own[key].shape != value.shape:
-            raise TorchRobustError(f"{path} does not match arch={arch!r}: {key!r} has shape {tuple(value.shape)}, "
-                                   f"the model expects {tuple(own[key].shape)}; the file looks like "
-                                   f"{_describe(state)} -- pass arch='auto' or the matching arch")
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
