@@ -45,6 +45,20 @@ def test_report_files(run_dir):
     assert "certify.csv" in csvs
 
 
+def test_report_says_whether_checks_ran(run_dir, tmp_path):
+    import shutil as sh
+
+    d = tmp_path / "plain_only"
+    sh.copytree(run_dir / "plain", d)
+    page = build_report(d)["html"].read_text()
+    assert "No gradient-masking checks were recorded" in page and "UNRELIABLE" not in page
+    doc = json.loads((d / "results.json").read_text())
+    doc["checks_run"] = True
+    (d / "results.json").write_text(json.dumps(doc))
+    page = build_report(d)["html"].read_text()
+    assert "No gradient-masking flag was raised" in page
+
+
 def test_report_cli_and_errors(run_dir, tmp_path, capsys):
     assert main(["report", str(run_dir), "--quiet"]) == 0
     assert main(["report", str(tmp_path / "missing"), "--quiet"]) == 2

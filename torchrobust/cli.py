@@ -169,6 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .evaluate.checks import run_checks
 
         res.flags = [f.to_dict() for f in run_checks(res, model=model, x=x[:32].to(dev), y=y[:32].to(dev))]
+        res.config["checks"] = True
     if distributed.is_main():
         paths = res.write(args.out)
         sys.stdout.write(Path(paths["md"]).read_text())
@@ -208,7 +209,7 @@ def _evaluate_adaptive(model: Any, x: Any, y: Any, args: argparse.Namespace) -> 
         note = "**UNRELIABLE**: flags " + ", ".join(sorted({str(f["code"]) for f in flags})) + ". " + note
     paths = write_table_files(out / "adaptive", rows, title=f"Adaptive evaluation ({args.threat}, n={len(x)})",
                               note=note)
-    doc = {"title": f"Adaptive evaluation of {args.checkpoint}", "table": rows, "flags": flags,
+    doc = {"title": f"Adaptive evaluation of {args.checkpoint}", "table": rows, "flags": flags, "checks_run": True,
            "per_eps": docs, "checkpoint": str(args.checkpoint)}
     atomic_write_bytes(out / "adaptive.json", (json.dumps(doc, indent=1) + "\n").encode())
     sys.stdout.write(Path(paths["md"]).read_text())

@@ -55,8 +55,9 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "table"
 
 
-def _collect(run_dir: Path) -> tuple[list[Table], list[Path]]:
+def _collect(run_dir: Path) -> tuple[list[Table], list[Path], bool]:
     tables: list[Table] = []
+    checked = False
     for path in sorted(run_dir.rglob("*.json")):
         if "report" in path.relative_to(run_dir).parts[:1] or path.name.endswith(".safetensors.json"):
             continue
@@ -68,6 +69,7 @@ def _collect(run_dir: Path) -> tuple[list[Table], list[Path]]:
         if not isinstance(doc, Mapping):
             continue
         rel = str(path.relative_to(run_dir))
+        checked = checked or bool(doc.get("checks_run"))
         flags = list(doc.get("flags") or [])
         for sub in (doc.get("models") or {}).values() if isinstance(doc.get("models"), Mapping) else []:
             flags += list((sub or {}).get("flags") or [])
@@ -86,7 +88,7 @@ def _collect(run_dir: Path) -> tuple[list[Table], list[Path]]:
                 tables.append(Table(_slug(rel[:-5]), f"{title} — {rel}", list(doc[key]), pct, flags, rel))
                 break
     figures = sorted(p for p in run_dir.rglob("*.png") if "report" not in p.relative_to(run_dir).parts[:1])
-    return tables, figures
+    return tables, figures, checked
 
 
 def _fmt(v: Any, pct: bool, key: str) -> str:
@@ -140,7 +142,8 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;p
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:.5em}
 figure img{max-width:520px;border:1px solid #ddd}figcaption{font-size:.85em;color:#555}
 .unreliable{background:#fde2e2;border:1px solid #d33;padding:.4em .8em;margin:.5em 0}
-.ok{background:#e4f6e4;border:1px solid #3a3;padding:.4em .8em;margin:.5em 0}"""
+.ok{background:#e4f6e4;border:1px solid #3a3;padding:.4em .8em;margin:.5em 0}
+.unchecked{background:#f3f3f3;border:1px solid #999;padding:.4em .8em;margin:.5em 0}"""
 
 # After load, the page records how many figures decoded, so a headless browser (or a person) can verify it.
 _SCRIPT = """window.addEventListener('load',function(){var im=document.images,ok=0;
@@ -148,7 +151,7 @@ for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}
 document.body.setAttribute('data-figures',im.length);document.body.setAttribute('data-figures-rendered',ok);});"""
 
 
-def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir: Path) -> str:
+def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir: Path, checked: bool) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
              f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>", f"<h1>{e(title)}</h1>"]
@@ -157,8 +160,12 @@ def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir:
         parts.append("<div class='unreliable'><b>UNRELIABLE</b>: gradient-masking checks raised "
                      + e(", ".join(sorted({str(f.get('code')) for f in all_flags})))
                      + ". See the flags section and torchrobust/evaluate/flags.md.</div>")
-    else:
+    elif checked:
         parts.append("<div class='ok'>No gradient-masking flag was raised by the checks that were run.</div>")
+    else:
+        parts.append("<div class='unchecked'>No gradient-masking checks were recorded for these results: run "
+                     "<code>torchrobust evaluate --checks</code> or <code>--suite adaptive</code> before trusting "
+                     "a defence's numbers.</div>")
     parts.append("<h2>Tables</h2>")
     for t in tables:
         cols = list(t.rows[0].keys())
@@ -193,7 +200,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
     if not run.is_dir():
         raise TorchRobustError(f"run folder not found: {run} (give a folder written by torchrobust evaluate, "
                                "demo, certify, paper or forge --search)")
-    tables, figures = _collect(run)
+    tables, figures, checked = _collect(run)
     if not tables and not figures:
         raise TorchRobustError(f"no results found under {run}: expected results.json, certify.json or other "
                                "torchrobust result files")
@@ -210,7 +217,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
     md = [f"# {title}", ""] + [_markdown(t) for t in tables]
     md += ["## Figures", ""] + [f"![{p.relative_to(run)}]({p.relative_to(run)})" for p in figures]
     atomic_write_bytes(run / "report.md", ("\n".join(md) + "\n").encode())
-    atomic_write_bytes(run / "report.html", _html(title, tables, figures, run).encode())
+    atomic_write_bytes(run / "report.html", _html(title, tables, figures, run, checked).encode())
     paths.update(html=run / "report.html", md=run / "report.md", tables=out_dir)
     log.info("report: %d tables, %d figures -> %s", len(tables), len(figures), run / "report.html")
     return paths

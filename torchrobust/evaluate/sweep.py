@@ -88,7 +88,7 @@ class SweepResult:
             "threat": self.threat, "eps": self.eps, "attacks": self.attacks, "n_examples": self.n,
             "clean_accuracy": float(self.clean.float().mean()), "table": self.rows(),
             "seconds": self.seconds, "config": self.config, "flags": self.flags,
-            "reliable": self.reliable,
+            "checks_run": bool(self.config.get("checks", False)), "reliable": self.reliable,
         }
         if per_example:
             d["per_example"] = {"clean": self.clean.int().tolist(),
