@@ -80,6 +80,28 @@ class _NRPMMixin(nn.Module):
     drop_bias: bool
     lam_parametrization: str
 
+    _plain_type: type[nn.Module]
+    _hint: str
+
+    @classmethod
+    def from_module(
+        cls, m: nn.Module, lam: float = 0.5, K: int = 3, eps: float = 1e-3, learn_lam: bool = False,
+        drop_bias: bool = False, backend: str = "auto", lam_parametrization: str = "clamp",
+    ) -> Any:
+        """Wrap a trained ``nn.Linear`` / ``nn.Conv2d``, sharing its ``weight``/``bias`` Parameter objects (no copy);
+        :meth:`to_module` gives back that very object."""
+        if not isinstance(m, cls._plain_type):
+            raise TorchRobustError(f"{cls.__name__}.from_module needs an nn.{cls._plain_type.__name__}, got "
+                                   f"{type(m).__name__}; {cls._hint}")
+        _check(lam, K, eps, lam_parametrization, backend)
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._adopt(m)
+        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self.train(m.training)
+        self._set_original(m)
+        return self
+
     def _init_nrpm(
         self, lam: float, K: int, eps: float, learn_lam: bool, lam_parametrization: str, drop_bias: bool,
         backend: str, device: Any = None,
@@ -197,23 +219,8 @@ class NRPMLinear(_NRPMMixin):
         self.weight = m.weight
         self.bias = m.bias
 
-    @classmethod
-    def from_module(
-        cls, m: nn.Linear, lam: float = 0.5, K: int = 3, eps: float = 1e-3, learn_lam: bool = False,
-        drop_bias: bool = False, backend: str = "auto", lam_parametrization: str = "clamp",
-    ) -> NRPMLinear:
-        """Wrap a trained ``nn.Linear``, sharing its ``weight``/``bias`` Parameter objects (no copy)."""
-        if not isinstance(m, nn.Linear):
-            raise TorchRobustError(f"NRPMLinear.from_module needs an nn.Linear, got {type(m).__name__}; "
-                                   "use NRPMConv2d.from_module for convolutions")
-        _check(lam, K, eps, lam_parametrization, backend)
-        self = cls.__new__(cls)
-        nn.Module.__init__(self)
-        self._adopt(m)
-        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
-        self.train(m.training)
-        self._set_original(m)
-        return self
+    _plain_type = nn.Linear
+    _hint = "use NRPMConv2d.from_module for convolutions"
 
     def to_module(self) -> nn.Linear:
         """The original ``nn.Linear`` (the same object, if built by :meth:`from_module`); λ is discarded."""
@@ -272,23 +279,8 @@ class NRPMConv2d(_NRPMMixin):
         self.weight = m.weight
         self.bias = m.bias
 
-    @classmethod
-    def from_module(
-        cls, m: nn.Conv2d, lam: float = 0.5, K: int = 3, eps: float = 1e-3, learn_lam: bool = False,
-        drop_bias: bool = False, backend: str = "auto", lam_parametrization: str = "clamp",
-    ) -> NRPMConv2d:
-        """Wrap a trained ``nn.Conv2d``, sharing its ``weight``/``bias`` Parameter objects (no copy)."""
-        if not isinstance(m, nn.Conv2d):
-            raise TorchRobustError(f"NRPMConv2d.from_module needs an nn.Conv2d, got {type(m).__name__}; "
-                                   "use NRPMLinear.from_module for linear layers")
-        _check(lam, K, eps, lam_parametrization, backend)
-        self = cls.__new__(cls)
-        nn.Module.__init__(self)
-        self._adopt(m)
-        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
-        self.train(m.training)
-        self._set_original(m)
-        return self
+    _plain_type = nn.Conv2d
+    _hint = "use NRPMLinear.from_module for linear layers"
 
     def to_module(self) -> nn.Conv2d:
         """The original ``nn.Conv2d`` (the same object, if built by :meth:`from_module`); λ is discarded."""
