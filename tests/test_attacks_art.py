@@ -15,8 +15,8 @@ art = pytest.importorskip("art")
 
 from art.attacks import evasion as E  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
+from conftest import train_small_mnist_mlp  # noqa: E402
 
-from torchrobust import data  # noqa: E402
 from torchrobust.attacks import FGSM, PGD  # noqa: E402
 from torchrobust.attacks.cw import CW  # noqa: E402
 from torchrobust.attacks.deepfool import DeepFool  # noqa: E402
@@ -29,24 +29,10 @@ TOL = 0.01  # one point of robust accuracy
 
 @pytest.fixture(scope="module")
 def setup() -> tuple[nn.Module, Tensor, Tensor, PyTorchClassifier]:
-    xtr, ytr = data.as_tensors(data.load("mnist", "train"), 12000)
-    x, y = data.as_tensors(data.load("mnist", "test"), N)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(2):
-        perm = torch.randperm(len(xtr))
-        for i in range(0, len(xtr), 128):
-            idx = perm[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    model, x, y = train_small_mnist_mlp(N)
     clf = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
                             clip_values=(0.0, 1.0), device_type="cpu")
-    return model, x.clone(), y.clone(), clf
+    return model, x, y, clf
 
 
 def _robust_acc(model: nn.Module, x_adv: Tensor, y: Tensor) -> float:

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 pyautoattack = pytest.importorskip("pyautoattack")
 
-from torchrobust import data  # noqa: E402
+from conftest import train_small_mnist_mlp  # noqa: E402
+
 from torchrobust.attacks import autoattack as AA  # noqa: E402
 from torchrobust.attacks.autoattack import AutoAttack, run_autoattack  # noqa: E402
 from torchrobust.attacks.threat import L2, Linf  # noqa: E402
@@ -20,24 +21,10 @@ N = 300
 @pytest.fixture(scope="module")
 def mnist() -> tuple[nn.Module, Tensor, Tensor]:
     """A small MLP trained for one pass over 12k MNIST training images (~97 % test accuracy), 300 test points."""
-    xtr, ytr = data.as_tensors(data.load("mnist", "train"), 12000)
-    x, y = data.as_tensors(data.load("mnist", "test"), N)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(2):
-        perm = torch.randperm(len(xtr))
-        for i in range(0, len(xtr), 128):
-            idx = perm[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    model, x, y = train_small_mnist_mlp(N)
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.9
-    return model, x.clone(), y.clone()
+    return model, x, y
 
 
 def _direct(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, version: str,
