@@ -169,6 +169,8 @@ def test_psat_train_and_evaluate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "trade" in out.lower() and (run / "psat_table.tex").is_file()
     assert main(["psat", "train", "--out", str(run), "--members", "L7", "--quiet"]) == 2
+    assert main(["psat", "evaluate", str(run), "--autoattack", "apgd-x", "--quiet"]) == 2
+    assert "unknown AutoAttack sub-attack" in capsys.readouterr().err
 
 
 def test_demo_small(tmp_path, capsys):

@@ -17,7 +17,7 @@ from torchrobust.attacks.threat import get_threat
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn.hyper import HyperConv2d
 from torchrobust.psat.adversary import PGDConfig, TrainingAdversary, msd, pgd, worst_of
-from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack, prediction_entropy
+from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack, prediction_entropy, strongest
 from torchrobust.psat.metrics import MultiNormRow, evaluate_multi_norm, format_table, trade_off
 from torchrobust.psat.models import (
     count_parameters,
@@ -361,10 +361,31 @@ def test_tiny_psat_run_end_to_end(tmp_path: Path) -> None:
     assert psat_row.params == 3 * rows[0].params and psat_row.saving is not None and psat_row.saving < 0
     written = psat.write_tables(rows, tmp_path)
     assert all(p.is_file() for p in written.values())
+    with pytest.raises(TorchRobustError, match="unknown AutoAttack sub-attack"):
+        psat.evaluate(tmp_path, (x, y), n_test=4, autoattack=["apgd-xx"])
     with pytest.raises(TorchRobustError, match="no PSAT member"):
         psat.evaluate(_empty_dir(tmp_path), (x, y))
     with pytest.raises(TorchRobustError, match="no threat models"):
         psat.train_members(tmp_path, (x, y), threats=[])
+
+
+def test_evaluate_with_autoattack_reports_worst_case_over_pgd_and_autoattack(tmp_path: Path) -> None:
+    pytest.importorskip("pyautoattack")
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 28, 28)
+    y = torch.randint(0, 10, (6,))
+    steps = {"Linf": 1, "L2": 1, "L1": 1}
+    psat.train_members(tmp_path, (x, y), threats=["Linf", "L2"], arch_kwargs={"z_dim": 4, "unit": 16}, steps=steps,
+                       batch_size=6, max_batches=1)
+    eps = {"Linf": 0.05, "L2": 0.5, "L1": 2.0}
+    rows = psat.evaluate(tmp_path, (x, y), n_test=6, eps=eps, steps=steps, restarts=1, members=False,
+                         baselines=[], autoattack=["apgd-ce"])
+    assert [r.name for r in rows] == ["PSAT (entropy)"]
+    r = rows[0]
+    assert set(r.extra) == {f"{k}/{a}" for k in ("Linf", "L2", "L1") for a in ("pgd", "autoattack")}
+    for k in ("Linf", "L2", "L1"):  # the worst case is no better than either attack alone
+        assert r.per_norm[k] <= min(r.extra[f"{k}/pgd"], r.extra[f"{k}/autoattack"]) + 1e-9
+        assert r.per_norm[k] <= r.clean
 
 
 def _empty_dir(root: Path) -> Path:
@@ -422,6 +443,46 @@ def test_max_is_loss_selected_and_union_is_strict() -> None:
         evaluate_multi_norm("toy", Ident(), x, y, attacks, eps={"Linf": 0.01, "L2": 0.3, "L1": 0.3})
     with pytest.raises(TorchRobustError, match="needs an attack"):
         evaluate_multi_norm("toy", Ident(), x, y, {"Linf": attacks["Linf"]}, eps={"Linf": 0.2})
+
+
+def test_several_attacks_per_norm_keep_the_per_example_worst_and_report_each() -> None:
+    class Ident(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1) * 10 + self.p
+
+    x = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4]])
+    y = torch.zeros(3, dtype=torch.long)
+    # attack "a" fools example 0 only, "b" fools example 1 only; nothing fools example 2 ("b" has more loss there)
+    a = torch.tensor([[0.45, 0.55], [0.59, 0.41], [0.58, 0.42]])
+    b = torch.tensor([[0.59, 0.41], [0.45, 0.55], [0.52, 0.48]])
+    same = torch.tensor([[0.6, 0.4]] * 3)
+    attacks = {"Linf": {"a": lambda m, u, v: a, "b": lambda m, u, v: b},
+               "L2": lambda m, u, v: same, "L1": lambda m, u, v: same}
+    row = evaluate_multi_norm("toy", Ident(), x, y, attacks, eps={"Linf": 0.2, "L2": 0.3, "L1": 0.3})
+    assert row.per_norm["Linf"] == pytest.approx(1 / 3)  # worst case over a and b: only example 2 survives
+    assert row.extra == {"Linf/a": pytest.approx(2 / 3), "Linf/b": pytest.approx(2 / 3)}
+    assert row.union == pytest.approx(1 / 3) and row.per_norm["L2"] == 1.0
+    with pytest.raises(TorchRobustError, match="attack 'a' returned 1 example"):
+        evaluate_multi_norm("toy", Ident(), x, y, attacks, eps={"Linf": 0.1, "L2": 0.3, "L1": 0.3})
+    with pytest.raises(TorchRobustError, match="no attack given for Linf"):
+        evaluate_multi_norm("toy", Ident(), x, y, {**attacks, "Linf": {}}, eps={"Linf": 0.2, "L2": 0.3, "L1": 0.3})
+
+
+def test_strongest_prefers_a_fooling_candidate_over_a_higher_loss_one() -> None:
+    w = torch.tensor([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]])
+    model = _Fixed(w)
+    x = torch.tensor([[1.0, 0.0, 0.0]])
+    y = torch.zeros(1, dtype=torch.long)
+    fools = torch.tensor([[0.40, 0.41, 0.0]])  # argmax 1: fooled, cross-entropy 0.75
+    lossy = torch.tensor([[0.36, 0.35, 0.35]])  # still correct, but cross-entropy 1.03
+    best, src = strongest(model, x, y, [lossy, fools])
+    assert src.tolist() == [1] and torch.equal(best, fools)
+    best, src = strongest(model, x, y, [x.clone()])
+    assert src.tolist() == [0] and torch.equal(best, x)
 
 
 def test_max_loss_can_exceed_per_norm_minimum() -> None:

@@ -122,7 +122,9 @@ def cmd_psat(args: argparse.Namespace) -> int:
         return 0
     steps = None if args.steps is None else {t: args.steps for t in ("Linf", "L2", "L1")}
     rows = psat.evaluate(args.run_dir, n_test=args.n_examples, restarts=args.restarts, steps=steps,
-                         strategies=args.strategies, dataset=args.data)
+                         strategies=args.strategies, dataset=args.data,
+                         autoattack=None if args.autoattack is None else
+                         ([] if args.autoattack == ["standard"] else args.autoattack))
     paths = psat.write_tables(rows, args.out or args.run_dir)
     sys.stdout.write(Path(paths["md"]).read_text())
     sys.stdout.write(f"\nwrote {', '.join(str(p) for p in paths.values())}\n")
@@ -196,6 +198,9 @@ def register(sub: Any, common: Any) -> None:
     ep.add_argument("--restarts", type=int, default=10)
     ep.add_argument("--steps", type=int, default=None, help="PGD steps per norm (default: 50 ℓ∞, 100 ℓ2, 50 ℓ1)")
     ep.add_argument("--strategies", type=_names, default=["entropy"], help="entropy, average")
+    ep.add_argument("--autoattack", type=_names, default=None, metavar="SUBATTACKS",
+                    help="also run the reference AutoAttack per norm, e.g. apgd-ce,apgd-t (or 'standard' for all "
+                         "of it); each row is then the per-example worst case over PGD and AutoAttack")
     ep.add_argument("--data", default="mnist")
     ep.add_argument("--data-root", default=None)
     ep.add_argument("--out", default=None, help="folder for the tables (default: the run folder)")

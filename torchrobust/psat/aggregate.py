@@ -14,7 +14,7 @@ most damage to the aggregate (notes §1.1, "evaluating the aggregate").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from torchrobust.errors import TorchRobustError
 
-__all__ = ["PSATEnsemble", "adaptive_attack", "canonical_threat", "THREATS", "prediction_entropy"]
+__all__ = ["PSATEnsemble", "adaptive_attack", "canonical_threat", "strongest", "THREATS", "prediction_entropy"]
 
 #: Member names: the three ℓp threat models of PSAT, plus ``"natural"`` for the standard-training member of
 #: the paper's member analysis (Table 3).
@@ -134,31 +134,46 @@ class PSATEnsemble(nn.Module):
         return [self.threats[i] for i in idx.tolist()]
 
 
+def strongest(model: nn.Module, x: Tensor, y: Tensor, candidates: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per example, the candidate that does most damage to ``model``: the first that makes it misclassify, else
+    the one with the highest cross-entropy (the clean ``x`` if no candidate beats it). Candidates are scored in
+    eval mode without gradients. Returns ``(x_adv, source)`` with ``source`` the candidate index per example
+    (``-1``: none was used). This is the selection of :func:`adaptive_attack` and of
+    :func:`~torchrobust.psat.metrics.evaluate_multi_norm` when a norm has several attacks."""
+    best = x.detach().clone()
+    source = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
+    was = model.training
+    model.eval()
+    try:
+        for s, cand in enumerate(candidates):
+            cand = cand.detach()
+            with torch.no_grad():
+                out = model(cand)
+                loss = F.cross_entropy(out, y, reduction="none").to(best_loss.dtype)
+                fooled = out.argmax(-1) != y
+            better = ~best_fooled & (fooled | (loss > best_loss))
+            best[better] = cand[better]
+            source[better] = s
+            best_loss = torch.where(better, loss, best_loss)
+            best_fooled |= fooled
+    finally:
+        model.train(was)
+    return best, source
+
+
 def adaptive_attack(ensemble: PSATEnsemble, attack: AttackFn, x: Tensor, y: Tensor,
                     return_source: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Per-example worst of an end-to-end attack on the aggregate and of the same attack on each member.
 
     ``attack(model, x, y) -> x_adv`` is run on the ensemble itself (source 0) and on each member alone
-    (sources 1..M, in ``ensemble.threats`` order). Every candidate is scored on the *aggregate*: per example
-    we keep the first candidate that makes the aggregate misclassify, else the one with the highest
-    aggregate cross-entropy. All candidates lie in the attack's ball, so the result does too.
+    (sources 1..M, in ``ensemble.threats`` order). Every candidate is scored on the *aggregate* with
+    :func:`strongest`: per example we keep the first candidate that makes the aggregate misclassify, else the one
+    with the highest aggregate cross-entropy. All candidates lie in the attack's ball, so the result does too.
 
     Returns ``x_adv`` (and, with ``return_source``, the source index per example).
     """
     models: list[nn.Module] = [ensemble, *ensemble.members.values()]
-    best = x.clone()
-    source = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-    best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
-    for s, model in enumerate(models):
-        cand = attack(model, x, y).detach()
-        with torch.no_grad():
-            out = ensemble(cand)
-            loss = F.cross_entropy(out, y, reduction="none").to(best_loss.dtype)
-            fooled = out.argmax(-1) != y
-        better = ~best_fooled & (fooled | (loss > best_loss))
-        best[better] = cand[better]
-        source[better] = s
-        best_loss = torch.where(better, loss, best_loss)
-        best_fooled |= fooled
+    best, source = strongest(ensemble, x, y, (attack(m, x, y) for m in models))
     return (best, source) if return_source else best

@@ -26,7 +26,7 @@ from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
 from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_table
 from torchrobust.psat.train import _tensors, load_member, member_path
 
-__all__ = ["evaluate", "write_tables", "pgd_attacks", "EVAL_STEPS", "EVAL_ALPHA"]
+__all__ = ["evaluate", "write_tables", "pgd_attacks", "autoattack_attacks", "EVAL_STEPS", "EVAL_ALPHA"]
 
 log = logging.getLogger(__name__)
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -48,6 +48,28 @@ def pgd_attacks(eps: Mapping[str, float], steps: Mapping[str, int] | None = None
     return out
 
 
+def autoattack_attacks(eps: Mapping[str, float], attacks_to_run: Sequence[str] | None = ("apgd-ce", "apgd-t"),
+                       version: str = "standard", seed: int = 0, batch_size: int = 250) -> dict[str, AttackFn]:
+    """The reference AutoAttack per norm (:func:`~torchrobust.attacks.run_autoattack`) as ``attack(model, x, y)``.
+
+    The default runs APGD-CE and APGD-T with the standard version's hyper-parameters (for ℓ1 the standard version
+    *is* these two, with ``use_largereps``); ``attacks_to_run=None`` runs the full standard AutoAttack (adds FAB-T
+    and Square 5000 queries for ℓ∞/ℓ2)."""
+    from torchrobust.attacks.autoattack import AA_ATTACKS, reference_autoattack, run_autoattack
+
+    bad = [a for a in attacks_to_run or () if a not in AA_ATTACKS]
+    if bad:
+        raise TorchRobustError(f"unknown AutoAttack sub-attack(s) {bad}; valid: {', '.join(AA_ATTACKS)}")
+    reference_autoattack()  # fails now, with the install hint, rather than after the PGD rows
+    out: dict[str, AttackFn] = {}
+    for k in NORMS:
+        def aa(m: nn.Module, x: Tensor, y: Tensor, k: str = k) -> Tensor:
+            return run_autoattack(m, x, y, threat=k, eps=float(eps[k]), version=version,
+                                  attacks_to_run=attacks_to_run, seed=seed, batch_size=batch_size).x_adv
+        out[k] = aa
+    return out
+
+
 def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
              data: Dataset | tuple[Tensor, Tensor] | None = None, n_test: int = 1000,
              eps: Mapping[str, float] | None = None,
@@ -55,7 +77,8 @@ def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str
              threats: Sequence[str] = ("Linf", "L2", "L1"), strategies: Sequence[Strategy] = ("entropy",),
              members: bool = True, baselines: Sequence[str] | None = None,
              attacks: Mapping[str, AttackFn] | None = None, batch_size: int = 250,
-             device: str | torch.device = "cpu", dataset: str = "mnist") -> list[MultiNormRow]:
+             device: str | torch.device = "cpu", dataset: str = "mnist",
+             autoattack: Sequence[str] | None = None, autoattack_adaptive: bool = False) -> list[MultiNormRow]:
     """Evaluate a PSAT run.
 
     Args:
@@ -69,6 +92,12 @@ def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str
         members: also report each member alone (PSAT Table 3's member analysis).
         baselines: names of baselines to include (default: all ``AT_*`` checkpoints in ``source``).
         attacks: override the attacks (``threat -> attack(model, x, y)``), e.g. ``torchrobust.attacks.PGD``.
+        autoattack: also run the reference AutoAttack per norm with these sub-attacks (e.g.
+            ``["apgd-ce", "apgd-t"]``; ``[]`` for the full standard version) and report, per example, the worst
+            case over PGD and AutoAttack; each attack's own accuracy is in ``row.extra["<norm>/pgd"]`` and
+            ``row.extra["<norm>/autoattack"]``.
+        autoattack_adaptive: run AutoAttack on the aggregate adaptively too (end to end and on each member alone:
+            twice the cost with three members). By default only PGD is adaptive and AutoAttack runs end to end.
     """
     eps = dict(eps or MNIST_BUDGETS)
     if isinstance(source, Mapping):
@@ -91,7 +120,15 @@ def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str
         data = tr_data.load(dataset, "test")
     x, y = _tensors(data)
     x, y = x[:n_test], y[:n_test]
-    atk = dict(attacks) if attacks is not None else pgd_attacks(eps, steps, alpha, restarts)
+    atk: dict[str, AttackFn | dict[str, AttackFn]] = (dict(attacks) if attacks is not None
+                                                      else pgd_attacks(eps, steps, alpha, restarts))
+    adaptive: bool | tuple[str, ...] = True
+    tol = 1e-6
+    if autoattack is not None:
+        aa = autoattack_attacks(eps, list(autoattack) or None, batch_size=batch_size)
+        atk = {k: {"pgd": atk[k], "autoattack": aa[k]} for k in NORMS}
+        adaptive = True if autoattack_adaptive else ("pgd",)
+        tol = 1e-5  # the reference's float32 projections (see torchrobust.attacks.autoattack)
     rows: list[MultiNormRow] = []
     loaded = {k: load_member(p, device) for k, p in member_paths.items()}
     plain_params: int | None = None
@@ -106,20 +143,22 @@ def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str
         for k, m in loaded.items():
             p = psat_models.count_parameters(m)
             log.info("evaluating member %s", k)
-            rows.append(evaluate_multi_norm(f"H_{k}", m, x, y, atk, eps, batch_size, params=p, saving=saving(p)))
+            rows.append(evaluate_multi_norm(f"H_{k}", m, x, y, atk, eps, batch_size, params=p, saving=saving(p),
+                                            tol=tol))
     if len(loaded) > 1:
         for s in strategies:
             ens = PSATEnsemble(loaded, strategy=s)
             p = psat_models.count_parameters(ens)
             log.info("evaluating PSAT aggregate (%s)", s)
-            rows.append(evaluate_multi_norm(f"PSAT ({s})", ens, x, y, atk, eps, batch_size, params=p,
-                                            saving=saving(p)))
+            rows.append(evaluate_multi_norm(f"PSAT ({s})", ens, x, y, atk, eps, batch_size, adaptive=adaptive,
+                                            params=p, saving=saving(p), tol=tol))
     for name, path in base_paths.items():
         m = load_member(path, device)
         p = psat_models.count_parameters(m)
         log.info("evaluating baseline %s", name)
         base_plain = psat_models.count_parameters(psat_models.plain_counterpart(m))
-        rows.append(evaluate_multi_norm(name, m, x, y, atk, eps, batch_size, params=p, saving=1.0 - p / base_plain))
+        rows.append(evaluate_multi_norm(name, m, x, y, atk, eps, batch_size, params=p, saving=1.0 - p / base_plain,
+                                        tol=tol))
     return rows
 
 

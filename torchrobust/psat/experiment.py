@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--start", type=int, default=0, help="first test index (split evaluation over processes)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--autoattack", nargs="*", default=None, metavar="SUBATTACK",
+                   help="evaluate: also run the reference AutoAttack per norm with these sub-attacks (e.g. apgd-ce "
+                        "apgd-t; no names = full standard version); rows report the per-example worst case")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
@@ -76,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         xt, yt = data.load("mnist", "test").tensors
         kw = {"data": (xt[a.start:a.start + a.n_test], yt[a.start:a.start + a.n_test]), "n_test": a.n_test,
-              "steps": {k: a.steps for k in MNIST_BUDGETS}, "alpha": {}, "restarts": a.restarts}
+              "steps": {k: a.steps for k in MNIST_BUDGETS}, "alpha": {}, "restarts": a.restarts,
+              "autoattack": a.autoattack}
         if not a.only:
             rows = evaluate(out, strategies=("entropy", "average"), **kw)
             write_tables(rows, out)
@@ -99,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for part in sorted(out.glob("part_*.json")):
             for d in json.loads(part.read_text()):
                 r = MultiNormRow(d["name"], d["clean"], d["per_norm"], d["max_loss"], d["union"], d["n"],
-                                 d["params"], d["saving"])
+                                 d["params"], d["saving"], d.get("extra", {}))
                 if r.name in merged:  # same row evaluated on disjoint test slices: n-weighted means
                     m = merged[r.name]
                     n = m.n + r.n
@@ -109,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                     r = MultiNormRow(r.name, w(m.clean, r.clean), {k: w(m.per_norm[k], r.per_norm[k]) for k in
                                      r.per_norm}, w(m.max_loss, r.max_loss), w(m.union, r.union), n, r.params,
-                                     r.saving)
+                                     r.saving, {k: w(m.extra[k], r.extra[k]) for k in r.extra if k in m.extra})
                 merged[r.name] = r
         rows = list(merged.values())
         order = {"H_Linf": 0, "H_L2": 1, "H_L1": 2, "PSAT (entropy)": 3}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from torchrobust.attacks.threat import get_threat
 from torchrobust.errors import TorchRobustError
-from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack
+from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack, strongest
 
 __all__ = ["MultiNormRow", "evaluate_multi_norm", "format_table", "trade_off", "NORMS"]
 
@@ -77,36 +77,58 @@ class MultiNormRow:
         return d
 
 
-def evaluate_multi_norm(name: str, model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, AttackFn],
-                        eps: Mapping[str, float], batch_size: int = 250, adaptive: bool = True,
-                        params: int | None = None, saving: float | None = None) -> MultiNormRow:
+def evaluate_multi_norm(name: str, model: nn.Module, x: Tensor, y: Tensor,
+                        attacks: Mapping[str, AttackFn | Mapping[str, AttackFn]],
+                        eps: Mapping[str, float], batch_size: int = 250, adaptive: bool | Collection[str] = True,
+                        params: int | None = None, saving: float | None = None, tol: float = 1e-6) -> MultiNormRow:
     """Clean, per-norm, loss-selected max, union accuracies of ``model`` on ``(x, y)``.
 
-    ``attacks`` maps each of ``Linf``/``L2``/``L1`` to ``attack(model, x, y) -> x_adv``; ``eps`` gives the
-    budgets used for the membership check. ``adaptive``: for a :class:`PSATEnsemble`, use
-    :func:`adaptive_attack` (otherwise the attack runs end to end only).
+    ``attacks`` maps each of ``Linf``/``L2``/``L1`` to ``attack(model, x, y) -> x_adv``, or to a mapping
+    ``attack name -> attack`` (e.g. ``{"pgd": ..., "autoattack": ...}``): then every attack is run and, per example,
+    the strongest result is kept (:func:`~torchrobust.psat.aggregate.strongest`: the first that fools the model,
+    else the highest loss), so a norm's accuracy is that of the worst case over its attacks. Each attack's own
+    accuracy is recorded in ``row.extra["<norm>/<attack>"]``. ``eps`` gives the budgets of the membership check
+    (every result must lie in its ε-ball ∩ [0, 1], up to ``tol`` relative, else :class:`TorchRobustError`; the
+    reference AutoAttack's float32 projections need ``tol=1e-5``).
+
+    ``adaptive``: for a :class:`PSATEnsemble`, run attacks through :func:`adaptive_attack` (end to end plus each
+    member alone) — ``True`` for all attacks, ``False`` for none (end to end only), or the names of the attacks to
+    run adaptively (a single attack is named ``"attack"``).
     """
     missing = [k for k in NORMS if k not in attacks or k not in eps]
     if missing:
         raise TorchRobustError(f"evaluate_multi_norm needs an attack and an eps for {missing}; "
                                "pass attacks/eps for Linf, L2 and L1")
+    named = {k: (dict(attacks[k]) if isinstance(attacks[k], Mapping) else {"attack": attacks[k]}) for k in NORMS}
+    for k, atks in named.items():
+        if not atks:
+            raise TorchRobustError(f"no attack given for {k}; pass at least one attack per norm")
     was = model.training
     model.eval()
     dev = next((p.device for p in model.parameters()), x.device)
     clean_ok, adv_ok, adv_loss = [], {k: [] for k in NORMS}, {k: [] for k in NORMS}
+    each_ok: dict[str, list[Tensor]] = {f"{k}/{a}": [] for k in NORMS for a in named[k]}
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
         with torch.no_grad():
             clean_ok.append(model(xb).argmax(-1) == yb)
         for k in NORMS:
-            if adaptive and isinstance(model, PSATEnsemble):
-                xa = adaptive_attack(model, attacks[k], xb, yb)
-            else:
-                xa = attacks[k](model, xb, yb)
-            inside = get_threat(k, eps[k]).contains(xa, xb)
-            if not bool(inside.all()):
-                raise TorchRobustError(f"{k} attack returned {int((~inside).sum())} example(s) outside the "
-                                       f"eps={eps[k]} ball or [0, 1]; fix the attack")
+            tm = get_threat(k, eps[k])
+            cands = []
+            for a, attack in named[k].items():
+                use_adaptive = adaptive if isinstance(adaptive, bool) else a in adaptive
+                if use_adaptive and isinstance(model, PSATEnsemble):
+                    xa = adaptive_attack(model, attack, xb, yb)
+                else:
+                    xa = attack(model, xb, yb)
+                inside = tm.contains(xa, xb, tol=tol)
+                if not bool(inside.all()):
+                    raise TorchRobustError(f"{k} attack {a!r} returned {int((~inside).sum())} example(s) outside the "
+                                           f"eps={eps[k]} ball or [0, 1]; fix the attack")
+                with torch.no_grad():
+                    each_ok[f"{k}/{a}"].append(model(xa).argmax(-1) == yb)
+                cands.append(xa)
+            xa = cands[0] if len(cands) == 1 else strongest(model, xb, yb, cands)[0]
             with torch.no_grad():
                 out = model(xa)
             adv_ok[k].append(out.argmax(-1) == yb)
@@ -119,8 +141,10 @@ def evaluate_multi_norm(name: str, model: nn.Module, x: Tensor, y: Tensor, attac
     max_ok = ok.gather(0, pick.view(1, -1)).squeeze(0)
     union = c & ok.all(0)
     n = len(c)
+    extra = {key: torch.cat(v).float().mean().item() for key, v in each_ok.items()
+             if len(named[key.split("/")[0]]) > 1}
     return MultiNormRow(name, c.float().mean().item(), {k: ok[j].float().mean().item() for j, k in enumerate(NORMS)},
-                        max_ok.float().mean().item(), union.float().mean().item(), n, params, saving)
+                        max_ok.float().mean().item(), union.float().mean().item(), n, params, saving, extra)
 
 
 _COLS = ("clean", "Linf", "L2", "L1", "max", "union", "avg", "trade_off")
