@@ -18,7 +18,13 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.nn.hyper import HyperConv2d
 from torchrobust.psat.adversary import PGDConfig, TrainingAdversary, msd, pgd, worst_of
 from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack, prediction_entropy, strongest
-from torchrobust.psat.metrics import MultiNormRow, evaluate_multi_norm, format_table, trade_off
+from torchrobust.psat.metrics import (
+    MultiNormRow,
+    evaluate_multi_norm,
+    format_attack_breakdown,
+    format_table,
+    trade_off,
+)
 from torchrobust.psat.models import (
     count_parameters,
     create,
@@ -386,6 +392,12 @@ def test_evaluate_with_autoattack_reports_worst_case_over_pgd_and_autoattack(tmp
     for k in ("Linf", "L2", "L1"):  # the worst case is no better than either attack alone
         assert r.per_norm[k] <= min(r.extra[f"{k}/pgd"], r.extra[f"{k}/autoattack"]) + 1e-9
         assert r.per_norm[k] <= r.clean
+    written = psat.write_tables(rows, tmp_path)
+    md = written["attacks_md"].read_text().splitlines()
+    assert md[0] == ("| Method | ℓ∞ pgd | ℓ∞ autoattack | ℓ∞ worst | ℓ2 pgd | ℓ2 autoattack | ℓ2 worst | ℓ1 pgd | "
+                     "ℓ1 autoattack | ℓ1 worst |")
+    assert md[2].startswith("| PSAT (entropy) | ") and md[2].count("|") == 11
+    assert format_attack_breakdown([MultiNormRow("x", 1.0, {"Linf": 1, "L2": 1, "L1": 1}, 1, 1, 1)]) == ""
 
 
 def _empty_dir(root: Path) -> Path:

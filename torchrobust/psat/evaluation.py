@@ -23,7 +23,7 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.psat import models as psat_models
 from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, pgd
 from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
-from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_table
+from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_attack_breakdown, format_table
 from torchrobust.psat.train import _tensors, load_member, member_path
 
 __all__ = ["evaluate", "write_tables", "pgd_attacks", "autoattack_attacks", "EVAL_STEPS", "EVAL_ALPHA"]
@@ -164,13 +164,18 @@ def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str
 
 def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],
                  stem: str = "psat_table") -> dict[str, Path]:
-    """Write ``rows`` as ``<stem>.md``, ``.csv``, ``.tex`` and ``.json`` in ``out_dir``; returns the paths."""
+    """Write ``rows`` as ``<stem>.md``, ``.csv``, ``.tex`` and ``.json`` in ``out_dir`` (and, when rows carry a
+    per-attack breakdown, ``<stem>_attacks.md``); returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
         paths[ext] = out / f"{stem}.{ext}"
         paths[ext].write_text(format_table(rows, fmt))
+    breakdown = format_attack_breakdown(rows)
+    if breakdown:
+        paths["attacks_md"] = out / f"{stem}_attacks.md"
+        paths["attacks_md"].write_text(breakdown)
     paths["json"] = out / f"{stem}.json"
     paths["json"].write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
     return paths

@@ -35,7 +35,7 @@ from torchrobust.attacks.threat import get_threat
 from torchrobust.errors import TorchRobustError
 from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack, strongest
 
-__all__ = ["MultiNormRow", "evaluate_multi_norm", "format_table", "trade_off", "NORMS"]
+__all__ = ["MultiNormRow", "evaluate_multi_norm", "format_attack_breakdown", "format_table", "trade_off", "NORMS"]
 
 NORMS = ("Linf", "L2", "L1")
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -195,4 +195,28 @@ def format_table(rows: Sequence[MultiNormRow], fmt: str = "markdown", digits: in
         name = r.name.replace("_", r"\_")
         lines.append(" & ".join([name, *vals, _fmt_params(r.params), sav]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def format_attack_breakdown(rows: Sequence[MultiNormRow], digits: int = 2) -> str:
+    """Markdown table of each attack's own accuracy per norm (``row.extra["<norm>/<attack>"]``) beside the
+    per-example worst case over the attacks (the value in :func:`format_table`). Rows without a breakdown
+    (one attack per norm) are left out; an empty string if there are none."""
+    keyed = [r for r in rows if r.extra]
+    if not keyed:
+        return ""
+    attacks: list[str] = []
+    for r in keyed:
+        for key in r.extra:
+            a = key.split("/", 1)[1]
+            if a not in attacks:
+                attacks.append(a)
+    head = ["Method"] + [f"{_LABELS[k]} {a}" for k in NORMS for a in [*attacks, "worst"]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in keyed:
+        vals = []
+        for k in NORMS:
+            vals += [f"{r.extra[f'{k}/{a}'] * 100:.{digits}f}" if f"{k}/{a}" in r.extra else "–" for a in attacks]
+            vals.append(f"{r.per_norm[k] * 100:.{digits}f}")
+        lines.append("| " + " | ".join([r.name, *vals]) + " |")
     return "\n".join(lines) + "\n"
