@@ -3,8 +3,11 @@ they save for the tiny models used here."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import Tensor, nn
 
 torch.set_num_threads(1)
 
@@ -38,3 +41,37 @@ def train_small_mnist_mlp(n_test: int, n_train: int = 12000):
     for p in model.parameters():
         p.grad = None
     return model, x.clone(), y.clone()
+
+
+def prototype_images(n: int, seed: int, shape: tuple[int, ...] = (1, 8, 8), n_classes: int = 10,
+                     scale: float = 0.7, offset: float = 0.15, noise: float = 0.2, proto_seed: int = 7,
+                     zero_background: bool = False) -> tuple[Tensor, Tensor]:
+    """Separable synthetic "images" in [0, 1]: one binary prototype per class, ``scale·proto + offset + noise``.
+    With ``zero_background`` the pixels that are 0 in the prototype are exactly 0 (as most of MNIST is), which is
+    where an attack that differentiates through a clamp loses its gradient."""
+    g = torch.Generator().manual_seed(seed)
+    protos = (torch.rand(n_classes, *shape, generator=torch.Generator().manual_seed(proto_seed)) > 0.5).float()
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    x = (scale * protos[y] + offset + noise * torch.randn(n, *shape, generator=g)).clamp(0, 1)
+    if zero_background:
+        x[protos[y] == 0] = 0.0
+    return x, y
+
+
+def tiny_mlp(shape: tuple[int, ...], n_classes: int, hidden: int = 64, seed: int = 0) -> nn.Module:
+    """Flatten → Linear(prod(shape), hidden) → ReLU → Linear(hidden, n_classes), initialised from ``seed``."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+
+def fit(model: nn.Module, x: Tensor, y: Tensor, steps: int = 200, lr: float = 1e-2) -> nn.Module:
+    """Full-batch Adam on ``(x, y)``; returns the model in eval mode with no stored gradients."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return model

@@ -3,10 +3,9 @@ masking, the per-example worst case, and resuming from a state file."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from conftest import fit, prototype_images, tiny_mlp
 from torch import Tensor, nn
 
 from torchrobust.errors import TorchRobustError
@@ -20,27 +19,12 @@ FAST = dict(whitebox="pgd", steps=20, restarts=1, square_queries=300, spsa_steps
 
 
 def _data(n: int, seed: int) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(N_CLASSES, *SHAPE, generator=torch.Generator().manual_seed(7)) > 0.5).float()
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    x = (0.7 * protos[y] + 0.15 + 0.2 * torch.randn(n, *SHAPE, generator=g)).clamp(0, 1)
-    return x, y
+    return prototype_images(n, seed, SHAPE, N_CLASSES)
 
 
 @pytest.fixture(scope="module")
 def base() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(SHAPE), 64), nn.ReLU(), nn.Linear(64, N_CLASSES))
-    x, y = _data(512, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    return model
+    return fit(tiny_mlp(SHAPE, N_CLASSES), *_data(512, 0))
 
 
 @pytest.fixture(scope="module")

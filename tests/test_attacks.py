@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from conftest import fit, prototype_images, tiny_mlp
 from torch import Tensor, nn
 
 from torchrobust import attacks
@@ -20,31 +21,17 @@ EPS = {"Linf": 0.3, "L2": 1.5, "L1": 6.0}
 
 def _data(n: int, seed: int) -> tuple[Tensor, Tensor]:
     """Separable synthetic 'images': one prototype per class plus noise, about half the pixels exactly 0."""
-    g = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(N_CLASSES, *SHAPE, generator=torch.Generator().manual_seed(123)) > 0.5).float()
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    x = (0.8 * protos[y] + 0.25 * torch.randn(n, *SHAPE, generator=g)).clamp(0, 1)
-    x[protos[y] == 0] = 0.0
-    return x, y
+    return prototype_images(n, seed, SHAPE, N_CLASSES, scale=0.8, offset=0.0, noise=0.25, proto_seed=123,
+                            zero_background=True)
 
 
 def _mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(36, 32), nn.ReLU(), nn.Linear(32, N_CLASSES))
+    return tiny_mlp(SHAPE, N_CLASSES, hidden=32, seed=seed)
 
 
 @pytest.fixture(scope="module")
 def trained() -> nn.Module:
-    model = _mlp(0)
-    x, y = _data(256, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
+    model = fit(_mlp(0), *_data(256, 0), steps=150)
     xt, yt = _data(256, 1)
     assert (model(xt).argmax(1) == yt).float().mean() > 0.95
     return model

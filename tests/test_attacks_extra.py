@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import fit, prototype_images, tiny_mlp
 from torch import Tensor, nn
 
 from torchrobust.attacks import PGD, Attack, create
@@ -24,27 +25,11 @@ SHAPE = (1, 8, 8)
 
 
 def _data(n: int, seed: int, shape: tuple[int, ...] = SHAPE) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(N_CLASSES, *shape, generator=torch.Generator().manual_seed(7)) > 0.5).float()
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    x = (0.7 * protos[y] + 0.15 + 0.2 * torch.randn(n, *shape, generator=g)).clamp(0, 1)
-    return x, y
+    return prototype_images(n, seed, shape, N_CLASSES)
 
 
 def _train(shape: tuple[int, ...] = SHAPE, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    n_in = math.prod(shape)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(n_in, 64), nn.ReLU(), nn.Linear(64, N_CLASSES))
-    x, y = _data(512, 0, shape)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    return model
+    return fit(tiny_mlp(shape, N_CLASSES, seed=seed), *_data(512, 0, shape))
 
 
 @pytest.fixture(scope="module")
