@@ -101,3 +101,15 @@ def test_foreign_pt_loads_weights_only(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
     with pytest.raises(TorchRobustError, match="weights-only"):
         checkpoint.load_state_dict_file(tmp_path / "evil.pt")
+
+
+def test_write_texts_writes_every_extension_and_leaves_no_temporary_files(tmp_path):
+    from torchrobust.checkpoint import write_texts
+
+    out = tmp_path / "new" / "dir"
+    paths = write_texts(out, "report", {"md": "# a\n", "csv": "x,y\n1,2\n"})
+    assert paths == {"md": out / "report.md", "csv": out / "report.csv"}
+    assert paths["md"].read_text() == "# a\n" and paths["csv"].read_text() == "x,y\n1,2\n"
+    write_texts(out, "report", {"md": "# b\n"})  # rewrite in place
+    assert paths["md"].read_text() == "# b\n"
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.md"]

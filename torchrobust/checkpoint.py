@@ -39,7 +39,7 @@ from torch import nn
 from .errors import TorchRobustError
 
 __all__ = ["save", "load", "load_metadata", "load_state_dict_file", "load_weights", "atomic_write_bytes",
-           "state_dict_mismatch"]
+           "state_dict_mismatch", "write_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_texts(out_dir: str | os.PathLike[str], stem: str, texts: dict[str, str]) -> dict[str, Path]:
+    """Write ``texts[ext]`` to ``out_dir/<stem>.<ext>`` for every extension, each atomically (a report that is
+    rewritten never exists half-written). Returns ``{ext: path}``."""
+    out = Path(out_dir)
+    paths = {ext: out / f"{stem}.{ext}" for ext in texts}
+    for ext, text in texts.items():
+        atomic_write_bytes(paths[ext], text.encode())
+    return paths
 
 
 def _jsonable(obj: Any, where: str) -> Any:

@@ -516,13 +516,11 @@ class CrSearchResult:
 
     def write(self, out_dir: str | os.PathLike[str], stem: str = "cr_search") -> dict[str, Path]:
         """Write ``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png`` into ``out_dir``."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
-        paths["md"].write_text(self.to_markdown())
-        paths["csv"].write_text(self.to_csv())
-        paths["json"].write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        paths["png"] = self.plot(out / f"{stem}.png")
+        from torchrobust.checkpoint import write_texts
+
+        paths = write_texts(out_dir, stem, {"md": self.to_markdown(), "csv": self.to_csv(),
+                                            "json": json.dumps(self.to_json(), indent=2) + "\n"})
+        paths["png"] = self.plot(Path(out_dir) / f"{stem}.png")
         return paths
 
 

@@ -166,16 +166,12 @@ def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],
                  stem: str = "psat_table") -> dict[str, Path]:
     """Write ``rows`` as ``<stem>.md``, ``.csv``, ``.tex`` and ``.json`` in ``out_dir`` (and, when rows carry a
     per-attack breakdown, ``<stem>_attacks.md``); returns the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
-        paths[ext] = out / f"{stem}.{ext}"
-        paths[ext].write_text(format_table(rows, fmt))
+    from torchrobust.checkpoint import write_texts
+
+    texts = {"md": format_table(rows, "markdown"), "csv": format_table(rows, "csv"),
+             "tex": format_table(rows, "latex"), "json": json.dumps([r.as_dict() for r in rows], indent=2) + "\n"}
+    paths = write_texts(out_dir, stem, texts)
     breakdown = format_attack_breakdown(rows)
     if breakdown:
-        paths["attacks_md"] = out / f"{stem}_attacks.md"
-        paths["attacks_md"].write_text(breakdown)
-    paths["json"] = out / f"{stem}.json"
-    paths["json"].write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        paths["attacks_md"] = write_texts(out_dir, f"{stem}_attacks", {"md": breakdown})["md"]
     return paths
