@@ -86,3 +86,50 @@ def test_schedules_run():
     for s in ["cosine", "step", "multistep", "onecycle"]:
         m = _net()
         fit(m, (x, y), TrainConfig(epochs=2, batch_size=32, schedule=s))
+
+
+def test_triangular_schedule_rises_to_lr_at_two_fifths_then_falls_to_zero(monkeypatch):
+    from torchrobust.train.loop import triangular
+
+    x, y = _blobs(100)
+    lrs: list[float] = []
+    orig = torch.optim.Adam.step
+
+    def step(self, *a, **k):  # type: ignore[no-untyped-def]
+        lrs.append(self.param_groups[0]["lr"])  # the lr this optimiser step uses
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    fit(_net(), (x, y), TrainConfig(epochs=1, batch_size=10, lr=0.5, optimizer="adam", schedule="triangular"))
+    assert lrs == pytest.approx([0.5 * triangular(k / 10) for k in range(10)])
+    assert lrs[0] == 0.0 and lrs[4] == pytest.approx(0.5) and lrs[9] == pytest.approx(0.5 / 6)
+
+
+def test_an_adversary_returning_several_batches_trains_on_their_mean_loss():
+    x, y = _blobs(64)
+    calls: list[int] = []
+
+    def two_views(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> list[torch.Tensor]:
+        calls.append(len(xb))
+        return [xb, (xb + 0.05).clamp(0, 1)]
+
+    torch.manual_seed(0)
+    a = _net()
+    res = fit(a, (x, y), TrainConfig(epochs=1, batch_size=64, lr=0.1), adversary=two_views)
+    assert calls == [64] and 0.0 <= res.final["train_acc"] <= 1.0
+    # the same single step by hand: mean of the two cross-entropies, one SGD step
+    torch.manual_seed(0)
+    b = _net()
+    opt = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
+    xs = x[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    ys = y[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    loss = (nn.functional.cross_entropy(b(xs), ys) + nn.functional.cross_entropy(b((xs + 0.05).clamp(0, 1)), ys)) / 2
+    loss.backward()
+    opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+    assert res.final["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    with pytest.raises(TorchRobustError, match="cannot be combined with mode='trades'"):
+        fit(_net(), (x, y), TrainConfig(epochs=1, mode="trades"), adversary=two_views)
+    with pytest.raises(TorchRobustError, match="mixed=True needs an adversary that returns one batch"):
+        fit(_net(), (x, y), TrainConfig(epochs=1, mixed=True), adversary=two_views)

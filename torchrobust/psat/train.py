@@ -9,11 +9,11 @@
   the averaged loss; robust_union's ``triple_adv`` instead takes three optimiser steps per batch), ``"msd"``
   (AT_msd, Maini et al. 2020, Eq. 7), and the single-norm ``"Linf"``/``"L2"``/``"L1"`` (AT_p).
 
-Members and baselines go through the same loop (:func:`train_model`), optimiser and schedule, so the comparison
-is fair. The default recipe is robust_union's MNIST one (Adam, lr_max 1e-3, triangular schedule
-``interp([0, 2e/5, e], [0, lr_max, 0])``, batch 100); PSAT's own optimiser settings are in its unavailable
-supplementary material (notes §1.4). The lead's ``torchrobust.train.fit`` is not used because it has no hook
-for multi-example adversaries (AT_avg) or the triangular schedule; see ``docs/psat.md``.
+Members and baselines go through the same loop — the library's :func:`torchrobust.train.fit`, with the PSAT
+adversary as its ``adversary`` hook (:func:`train_model`) — and the same optimiser and schedule, so the
+comparison is fair. The default recipe is robust_union's MNIST one (Adam, lr_max 1e-3, triangular schedule
+``interp([0, 2e/5, e], [0, lr_max, 0])`` stepped per batch, batch 100); PSAT's own optimiser settings are in its
+unavailable supplementary material (notes §1.4).
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -85,70 +84,18 @@ def _tensors(data: Data) -> tuple[Tensor, Tensor]:
     return torch.stack(list(xs)), torch.as_tensor(ys)
 
 
-def _lr_at(cfg: PSATTrainConfig, t: float) -> float:
-    """Learning rate at training progress ``t`` ∈ [0, 1]."""
-    if cfg.schedule == "triangular":
-        return cfg.lr * (t / 0.4 if t < 0.4 else max(0.0, (1 - t) / 0.6))
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-    return cfg.lr
-
-
 def train_model(model: nn.Module, data: Data, adversary: MultiAdversary, config: PSATTrainConfig | None = None,
                 device: str | torch.device | None = None) -> list[dict[str, float]]:
-    """Train ``model`` in place: per batch, ``adversary(model, x, y)`` (eval mode) gives a list of inputs and
-    the loss is the mean cross-entropy over them (train mode). Returns the per-epoch history."""
-    cfg = (config or PSATTrainConfig()).validate()
-    dev = torch.device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
-    model.to(dev)
-    x_all, y_all = _tensors(data)
-    n = len(x_all)
-    nb = math.ceil(n / cfg.batch_size)
-    if cfg.max_batches is not None:
-        nb = min(nb, cfg.max_batches)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt: torch.optim.Optimizer = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-                                  if cfg.optimizer == "adam" else
-                                  torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                                  weight_decay=cfg.weight_decay))
-    torch.manual_seed(cfg.seed)
-    total = cfg.epochs * nb
-    history: list[dict[str, float]] = []
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-        it: Iterable[int] = range(nb)
-        if cfg.progress:
-            from tqdm.auto import tqdm
+    """Train ``model`` in place with :func:`torchrobust.train.fit`: per batch, ``adversary(model, x, y)`` (eval
+    mode) gives a list of inputs and the loss is the mean cross-entropy over them (train mode). Returns the
+    per-epoch history (``train_acc`` is the accuracy on the adversarial inputs)."""
+    from torchrobust.train.loop import TrainConfig, fit
 
-            it = tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        for b in it:
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, y = x_all[idx].to(dev), y_all[idx].to(dev)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(cfg, (epoch * nb + b) / total)
-            inputs = adversary(model, x, y)
-            model.train()
-            losses = []
-            for xi in inputs:
-                logits = model(xi)
-                losses.append(F.cross_entropy(logits, y))
-                tot_correct += int((logits.detach().argmax(1) == y).sum())
-                tot_n += len(y)
-            loss = torch.stack(losses).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot_loss += float(loss.detach()) * len(y) * len(inputs)
-        rec = {"epoch": float(epoch + 1), "loss": tot_loss / max(tot_n, 1),
-               "train_adv_acc": tot_correct / max(tot_n, 1), "seconds": time.perf_counter() - t0}
-        history.append(rec)
-        log.info("epoch %d/%d loss %.4f adv-acc %.4f (%.1fs)", epoch + 1, cfg.epochs, rec["loss"],
-                 rec["train_adv_acc"], rec["seconds"])
-    model.eval()
-    return history
+    cfg = (config or PSATTrainConfig()).validate()
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
+                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=cfg.seed,
+                       max_batches=cfg.max_batches, progress=cfg.progress)
+    return fit(model, data, tcfg, device=device, adversary=adversary).history
 
 
 def member_path(out_dir: str | os.PathLike[str], name: str) -> Path:

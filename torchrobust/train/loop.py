@@ -11,6 +11,9 @@ One loop serves every mode; a mode only changes which inputs the loss sees:
 ``gaussian``   cross-entropy on x + N(0, σ²) (not clipped to [0,1], as in Cohen et al.)
 =============  ==========================================================================================
 
+A custom ``adversary(model, x, y)`` may replace the mode's: it returns one input batch, or several (the loss is
+then the mean cross-entropy over them — AT_avg of Tramèr & Boneh 2019, used by :mod:`torchrobust.psat`).
+
 ``mixed=True`` adds the clean loss to the adversarial one (CE(x) + CE(x_adv)), as the robustness-reprogramming
 paper's code does (it calls ``backward`` twice before one optimiser step).
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,13 +44,13 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..errors import TorchRobustError
 from . import distributed as D
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "MODES", "iterate_batches"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "MODES", "SCHEDULES", "iterate_batches", "triangular"]
 
 log = logging.getLogger(__name__)
 
 MODES = ("standard", "fgsm", "pgd", "trades", "gaussian")
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("none", "cosine", "step", "multistep", "onecycle")
+SCHEDULES = ("none", "cosine", "step", "multistep", "onecycle", "triangular")
 
 
 @dataclass
@@ -154,8 +157,16 @@ def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def triangular(t: float) -> float:
+    """The triangular LR factor at training progress ``t`` ∈ [0, 1]: 0 → 1 linearly over the first 2/5, then
+    back to 0 (robust_union's MNIST schedule, Maini et al. 2020)."""
+    return t / 0.4 if t < 0.4 else max(0.0, (1 - t) / 0.6)
+
+
 def _make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "triangular":  # per optimiser step; the first step has lr 0
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: triangular(k / total))
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     if cfg.schedule == "onecycle":
@@ -214,11 +225,16 @@ Data = Dataset | tuple[torch.Tensor, torch.Tensor]
 def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         params: Iterable[nn.Parameter] | None = None, val_set: Data | None = None,
         device: str | torch.device | None = None,
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        adversary: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor | Sequence[torch.Tensor]]
+        | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_set`` as ``config`` says; returns the per-epoch history.
 
     ``params``: the parameters to optimise (default: every parameter with ``requires_grad``) — e.g. only the
     NRPM λ's for reprogramming paradigm 2. ``val_set``: clean accuracy on it is logged after every epoch.
+    ``adversary``: replaces the inputs of ``config.mode`` (not with ``"trades"``): ``adversary(model, x, y)`` is
+    called with the model as it is (the attacks put it in eval mode themselves) and returns the training input,
+    or a list of them whose cross-entropies are averaged; ``train_acc`` then counts over all of them.
     Seeded by ``config.seed`` (torch's global RNG is re-seeded at the start for the attacks' random starts).
     """
     cfg = config.validate()
@@ -240,7 +256,10 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         steps_per_epoch = min(steps_per_epoch, cfg.max_batches)
     opt = _make_optimizer(plist, cfg)
     sched = _make_schedule(opt, cfg, steps_per_epoch)
-    adversary = _adversary(cfg)
+    if adversary is not None and cfg.mode == "trades":
+        raise TorchRobustError("a custom adversary replaces the mode's inputs; it cannot be combined with "
+                               "mode='trades' (use mode='standard')")
+    adversary = adversary if adversary is not None else _adversary(cfg)
     history: list[dict[str, float]] = []
     t_start = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -263,11 +282,19 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
             else:
                 if adversary is not None:
                     x_in = adversary(model, x, y)
+                    model.train()  # whatever mode the adversary left the model in
                 elif cfg.mode == "gaussian":
                     x_in = x + cfg.noise_sigma * torch.randn_like(x)
                 else:
                     x_in = x
-                if cfg.mixed and x_in is not x:
+                if not isinstance(x_in, torch.Tensor):  # several inputs per batch: the mean of their losses
+                    if cfg.mixed:
+                        raise TorchRobustError("mixed=True needs an adversary that returns one batch; this one "
+                                               "returned several (add the clean batch to its list instead)")
+                    outs = [net(xi) for xi in x_in]
+                    loss = torch.stack([F.cross_entropy(o, y) for o in outs]).mean()
+                    logits = torch.cat(outs)
+                elif cfg.mixed and x_in is not x:
                     both = net(torch.cat([x, x_in]))
                     logits = both[len(x):]
                     loss = F.cross_entropy(both[:len(x)], y) + F.cross_entropy(logits, y)
@@ -280,9 +307,10 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
             if sched is not None:
                 sched.step()
             _project_constraints(model)
-            tot_loss += float(loss.detach()) * len(y)
-            tot_correct += int((logits.detach().argmax(1) == y).sum())
-            tot_n += len(y)
+            k = len(logits) // len(y)
+            tot_loss += float(loss.detach()) * len(y) * k
+            tot_correct += int((logits.detach().argmax(1) == y.repeat(k)).sum())
+            tot_n += len(y) * k
         rec: dict[str, float] = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
                                  "train_acc": tot_correct / max(tot_n, 1), "lr": opt.param_groups[0]["lr"],
                                  "seconds": time.perf_counter() - t0}
