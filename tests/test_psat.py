@@ -425,16 +425,18 @@ def test_trade_off_reproduces_paper_row() -> None:
     assert trade_off(79.08, 42.01, 60.89, 53.48, 42.22, 52.11) == pytest.approx(54.97, abs=0.005)
 
 
+class _Scaled(nn.Module):
+    """Logits = 10·x (one class per input coordinate): outputs crafted directly by the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) * 10 + self.p
+
+
 def test_max_is_loss_selected_and_union_is_strict() -> None:
-    # a 2-class model on 2-D input whose output is the input: hand-computable.
-    class Ident(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.p = nn.Parameter(torch.zeros(()))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.flatten(1) * 10 + self.p
-
     x = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4]])
     y = torch.zeros(3, dtype=torch.long)
     # rows = examples. Ex 0: nothing fools, L1 has the highest loss; ex 1: only L2 fools; ex 2: only Linf fools.
@@ -444,7 +446,7 @@ def test_max_is_loss_selected_and_union_is_strict() -> None:
         "L1": torch.tensor([[0.51, 0.49], [0.58, 0.42], [0.58, 0.42]]),
     }
     attacks = {k: (lambda m, a, b, c=c: c[: len(a)]) for k, c in cands.items()}
-    row = evaluate_multi_norm("toy", Ident(), x, y, attacks, eps={"Linf": 0.2, "L2": 0.3, "L1": 0.3})
+    row = evaluate_multi_norm("toy", _Scaled(), x, y, attacks, eps={"Linf": 0.2, "L2": 0.3, "L1": 0.3})
     assert row.clean == 1.0
     assert row.per_norm == {"Linf": pytest.approx(2 / 3), "L2": pytest.approx(2 / 3), "L1": 1.0}
     # ex 0: highest loss is L1 (0.51 vs 0.49), correct; ex 1: L2 fooled; ex 2: Linf fooled
@@ -452,20 +454,12 @@ def test_max_is_loss_selected_and_union_is_strict() -> None:
     assert row.union == pytest.approx(1 / 3)
     assert row.avg == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
     with pytest.raises(TorchRobustError, match="outside the eps"):
-        evaluate_multi_norm("toy", Ident(), x, y, attacks, eps={"Linf": 0.01, "L2": 0.3, "L1": 0.3})
+        evaluate_multi_norm("toy", _Scaled(), x, y, attacks, eps={"Linf": 0.01, "L2": 0.3, "L1": 0.3})
     with pytest.raises(TorchRobustError, match="needs an attack"):
-        evaluate_multi_norm("toy", Ident(), x, y, {"Linf": attacks["Linf"]}, eps={"Linf": 0.2})
+        evaluate_multi_norm("toy", _Scaled(), x, y, {"Linf": attacks["Linf"]}, eps={"Linf": 0.2})
 
 
 def test_several_attacks_per_norm_keep_the_per_example_worst_and_report_each() -> None:
-    class Ident(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.p = nn.Parameter(torch.zeros(()))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.flatten(1) * 10 + self.p
-
     x = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4]])
     y = torch.zeros(3, dtype=torch.long)
     # attack "a" fools example 0 only, "b" fools example 1 only; nothing fools example 2 ("b" has more loss there)
@@ -474,14 +468,36 @@ def test_several_attacks_per_norm_keep_the_per_example_worst_and_report_each() -
     same = torch.tensor([[0.6, 0.4]] * 3)
     attacks = {"Linf": {"a": lambda m, u, v: a, "b": lambda m, u, v: b},
                "L2": lambda m, u, v: same, "L1": lambda m, u, v: same}
-    row = evaluate_multi_norm("toy", Ident(), x, y, attacks, eps={"Linf": 0.2, "L2": 0.3, "L1": 0.3})
+    row = evaluate_multi_norm("toy", _Scaled(), x, y, attacks, eps={"Linf": 0.2, "L2": 0.3, "L1": 0.3})
     assert row.per_norm["Linf"] == pytest.approx(1 / 3)  # worst case over a and b: only example 2 survives
     assert row.extra == {"Linf/a": pytest.approx(2 / 3), "Linf/b": pytest.approx(2 / 3)}
     assert row.union == pytest.approx(1 / 3) and row.per_norm["L2"] == 1.0
     with pytest.raises(TorchRobustError, match="attack 'a' returned 1 example"):
-        evaluate_multi_norm("toy", Ident(), x, y, attacks, eps={"Linf": 0.1, "L2": 0.3, "L1": 0.3})
+        evaluate_multi_norm("toy", _Scaled(), x, y, attacks, eps={"Linf": 0.1, "L2": 0.3, "L1": 0.3})
     with pytest.raises(TorchRobustError, match="no attack given for Linf"):
-        evaluate_multi_norm("toy", Ident(), x, y, {**attacks, "Linf": {}}, eps={"Linf": 0.2, "L2": 0.3, "L1": 0.3})
+        evaluate_multi_norm("toy", _Scaled(), x, y, {**attacks, "Linf": {}}, eps={"Linf": 0.2, "L2": 0.3, "L1": 0.3})
+
+
+def test_cascade_runs_later_attacks_only_on_survivors_with_the_same_worst_case() -> None:
+    x = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4]])
+    y = torch.zeros(3, dtype=torch.long)
+    a = torch.tensor([[0.45, 0.55], [0.59, 0.41], [0.58, 0.42]])  # fools example 0
+    b = torch.tensor([[0.59, 0.41], [0.45, 0.55], [0.52, 0.48]])  # fools example 1
+    seen: list[int] = []
+
+    def attack_b(m: nn.Module, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        seen.append(len(u))
+        return b[[1, 2]] if len(u) == 2 else b
+
+    same = torch.tensor([[0.6, 0.4]] * 3)
+    attacks = {"Linf": {"a": lambda m, u, v: a, "b": attack_b},
+               "L2": lambda m, u, v: same, "L1": lambda m, u, v: same}
+    eps = {"Linf": 0.2, "L2": 0.3, "L1": 0.3}
+    full = evaluate_multi_norm("toy", _Scaled(), x, y, attacks, eps=eps)
+    cas = evaluate_multi_norm("toy", _Scaled(), x, y, attacks, eps=eps, cascade=True)
+    assert seen == [3, 2]  # without cascade b sees all three examples, with it the two that a did not fool
+    assert cas.per_norm == full.per_norm and cas.per_norm["Linf"] == pytest.approx(1 / 3)
+    assert cas.extra == {"Linf/a": pytest.approx(2 / 3), "Linf/b": pytest.approx(1 / 3)}  # cumulative
 
 
 def test_strongest_prefers_a_fooling_candidate_over_a_higher_loss_one() -> None:
@@ -499,15 +515,6 @@ def test_strongest_prefers_a_fooling_candidate_over_a_higher_loss_one() -> None:
 
 def test_max_loss_can_exceed_per_norm_minimum() -> None:
     # PSAT Table 1 prints Acc^max > min(per-norm): possible when the highest-loss example is still correct.
-    class Lin(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.p = nn.Parameter(torch.zeros(()))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            # 3 classes; logits crafted directly by the input
-            return x.flatten(1) * 10 + self.p
-
     x = torch.tensor([[0.5, 0.25, 0.25]])
     y = torch.zeros(1, dtype=torch.long)
     # Linf: fooled with low loss (class 1 barely wins); L2: correct but very high loss (class 0 barely wins
@@ -517,7 +524,7 @@ def test_max_loss_can_exceed_per_norm_minimum() -> None:
     for k in cands:
         assert get_threat(k, 1.0).contains(cands[k], x).all()
     attacks = {k: (lambda m, a, b, c=c: c) for k, c in cands.items()}
-    row = evaluate_multi_norm("toy", Lin(), x, y, attacks, eps={"Linf": 1.0, "L2": 1.0, "L1": 1.0})
+    row = evaluate_multi_norm("toy", _Scaled(), x, y, attacks, eps={"Linf": 1.0, "L2": 1.0, "L1": 1.0})
     assert row.per_norm["Linf"] == 0.0 and row.max_loss == 1.0 and row.union == 0.0
 
 
