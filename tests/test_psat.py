@@ -290,6 +290,29 @@ def test_adaptive_attack_keeps_worst_candidate_per_example() -> None:
     torch.testing.assert_close(x_adv, attack(ens.members["Linf"], x, y))
 
 
+def test_routing_counts_where_the_gate_sends_clean_and_per_member_attacks() -> None:
+    w_a = torch.tensor([[4.0, -4.0], [0.0, 0.0]])  # "Linf": confident, decides by x0
+    w_b = torch.tensor([[0.0, 0.0], [-1.0, 1.0]])  # "L2": says class 1 by x1
+    ens = PSATEnsemble({"Linf": _Fixed(w_a), "L2": _Fixed(w_b)})
+    x = torch.tensor([[0.9, 0.9], [0.9, 0.1]])
+    y = torch.zeros(2, dtype=torch.long)
+    shift = {"Linf": torch.tensor([-0.8, 0.0]), "L2": torch.tensor([0.0, -0.8])}
+    attacks = {k: (lambda m, xx, yy, d=d: (xx + d).clamp(0, 1)) for k, d in shift.items()}
+    rows = psat.routing(ens, x, y, attacks)
+    assert [r["input"] for r in rows] == ["clean", "Linf", "L2"]
+    assert rows[0]["routed"] == {"Linf": 2, "L2": 0} and rows[0]["aggregate_acc"] == 1.0
+    assert rows[0]["own_member_acc"] is None
+    # after the Linf member's attack, H_Linf is unsure on both; example 0 goes to the (wrong, more confident) L2
+    assert rows[1]["routed"] == {"Linf": 1, "L2": 1} and rows[1]["aggregate_acc"] == 0.5
+    assert rows[1]["own_member_acc"] == 1.0
+    assert rows[2]["routed"] == {"Linf": 2, "L2": 0} and rows[2]["aggregate_acc"] == 1.0
+    md = psat.format_routing(rows).splitlines()
+    assert md[0] == "| input | → Linf | → L2 | aggregate acc % | own member acc % |"
+    assert md[3] == "| Linf PGD vs H_Linf | 1 | 1 | 50.0 | 100.0 |"
+    with pytest.raises(TorchRobustError, match="strategy='entropy' only"):
+        psat.routing(PSATEnsemble({"Linf": _Fixed(w_a), "L2": _Fixed(w_b)}, strategy="average"), x, y, attacks)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # adversaries
 

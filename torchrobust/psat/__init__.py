@@ -26,7 +26,14 @@ from torchrobust.psat.adversary import (
     worst_of,
 )
 from torchrobust.psat.aggregate import THREATS, PSATEnsemble, adaptive_attack, prediction_entropy, strongest
-from torchrobust.psat.evaluation import autoattack_attacks, evaluate, pgd_attacks, write_tables
+from torchrobust.psat.evaluation import (
+    autoattack_attacks,
+    evaluate,
+    format_routing,
+    pgd_attacks,
+    routing,
+    write_tables,
+)
 from torchrobust.psat.metrics import MultiNormRow, evaluate_multi_norm, format_attack_breakdown, format_table, trade_off
 from torchrobust.psat.models import (
     MSDCNN,
@@ -54,7 +61,7 @@ from torchrobust.psat.train import (
 __all__ = [
     "CIFAR10_BUDGETS", "MNIST_BUDGETS", "STRATEGIES", "THREATS", "MSDCNN", "MultiNormRow", "PGDConfig",
     "PSATEnsemble", "PSATResNet", "PSATTrainConfig", "ParameterReport", "TrainingAdversary", "adaptive_attack",
-    "autoattack_attacks", "format_attack_breakdown", "strongest",
+    "autoattack_attacks", "format_attack_breakdown", "format_routing", "routing", "strongest",
     "count_parameters", "create", "evaluate", "evaluate_multi_norm", "format_table", "hyper_msd_cnn",
     "hyper_resnet18", "hyper_resnet50", "list_models", "load_ensemble", "load_member", "msd", "msd_cnn",
     "parameter_report", "pgd", "pgd_attacks", "plain_counterpart", "prediction_entropy", "train_baselines",

@@ -27,7 +27,8 @@ from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
 from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_attack_breakdown, format_table
 from torchrobust.psat.train import _tensors, load_member, member_path
 
-__all__ = ["evaluate", "write_tables", "pgd_attacks", "autoattack_attacks", "EVAL_STEPS", "EVAL_ALPHA"]
+__all__ = ["evaluate", "write_tables", "pgd_attacks", "autoattack_attacks", "routing", "format_routing", "EVAL_STEPS",
+           "EVAL_ALPHA"]
 
 log = logging.getLogger(__name__)
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -167,6 +168,52 @@ def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str
         rows.append(evaluate_multi_norm(name, m, x, y, atk, eps, batch_size, params=p, saving=1.0 - p / base_plain,
                                         tol=tol, **mn_kw))
     return rows
+
+
+def routing(ensemble: PSATEnsemble, x: Tensor, y: Tensor, attacks: Mapping[str, AttackFn],
+            batch_size: int = 250) -> list[dict[str, Any]]:
+    """Where Eq. 12's lowest-entropy gate routes inputs: on the clean ``x`` and, for every member ``p`` with an
+    attack in ``attacks``, on ``attacks[p]`` crafted against member ``p`` alone (its own threat model — the input
+    the gate should send to ``p``). Per condition: how many inputs go to each member, the aggregate's accuracy and
+    the accuracy of the member trained for that threat model (``None`` for clean inputs).
+    """
+    if ensemble.strategy != "entropy":
+        raise TorchRobustError("routing is defined for strategy='entropy' only")
+    names = ensemble.threats
+    conditions: list[tuple[str, str | None]] = [("clean", None)] + [(k, k) for k in names if k in attacks]
+    rows: list[dict[str, Any]] = []
+    for label, k in conditions:
+        counts = dict.fromkeys(names, 0)
+        agg_ok = own_ok = 0
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            if k is not None:
+                xb = attacks[k](ensemble.members[k], xb, yb).detach()
+            with torch.no_grad():
+                out, idx = ensemble.forward_with_selection(xb)
+                assert idx is not None
+                for j in idx.tolist():
+                    counts[names[j]] += 1
+                agg_ok += int((out.argmax(-1) == yb).sum())
+                if k is not None:
+                    own_ok += int((ensemble.members[k](xb).argmax(-1) == yb).sum())
+        n = len(x)
+        rows.append({"input": label, "n": n, "routed": counts, "aggregate_acc": agg_ok / n,
+                     "own_member_acc": None if k is None else own_ok / n})
+    return rows
+
+
+def format_routing(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of :func:`routing`."""
+    names = list(rows[0]["routed"]) if rows else []
+    head = ["input", *[f"→ {m}" for m in names], "aggregate acc %", "own member acc %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        own = "–" if r["own_member_acc"] is None else f"{100 * r['own_member_acc']:.1f}"
+        label = "clean" if r["input"] == "clean" else f"{r['input']} PGD vs H_{r['input']}"
+        lines.append("| " + " | ".join([label, *[str(r["routed"][m]) for m in names],
+                                         f"{100 * r['aggregate_acc']:.1f}", own]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],

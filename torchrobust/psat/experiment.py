@@ -10,7 +10,9 @@ The stages log to stderr; ``evaluate`` writes ``psat_table.{md,csv,tex,json}`` a
 ``--out``. On a shared machine every stage takes ``--only NAME ...`` (members: ``Linf L2 L1``; baselines:
 ``max avg msd``; evaluate: ``psat`` for the aggregate, ``members`` for the member rows, or ``AT_max`` etc.), so
 the work can be split over processes; ``evaluate --only X`` writes ``part_X.json`` and the ``table`` stage merges
-all parts into ``psat_table.*``.
+all parts into ``psat_table.*``. ``evaluate --autoattack apgd-ce apgd-t`` adds the reference AutoAttack per norm
+on the examples PGD did not fool. ``routing`` writes ``routing.{md,json}``: where the entropy gate sends clean
+inputs and each member's own PGD examples.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _train_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m torchrobust.psat.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["members", "baselines", "evaluate", "table"])
+    p.add_argument("stage", choices=["members", "baselines", "evaluate", "routing", "table"])
     p.add_argument("--only", nargs="*", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--n-train", type=int, default=10000)
@@ -74,6 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif a.stage == "baselines":
         train_baselines(out, _train_set(a.n_train, a.seed), strategies=a.only or ("max", "avg", "msd"),
                         arch="msd_cnn", steps=steps, config=cfg)
+    elif a.stage == "routing":
+        from torchrobust import data
+        from torchrobust.psat.evaluation import format_routing, pgd_attacks, routing
+        from torchrobust.psat.train import load_ensemble
+
+        xt, yt = data.load("mnist", "test").tensors
+        sl = slice(a.start, a.start + a.n_test)
+        atk = pgd_attacks(MNIST_BUDGETS, {k: a.steps for k in MNIST_BUDGETS}, {}, a.restarts)
+        rows = routing(load_ensemble(out), xt[sl], yt[sl], atk)
+        (out / "routing.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (out / "routing.md").write_text(format_routing(rows))
+        log.info("routing\n%s", format_routing(rows))
     elif a.stage == "evaluate":
         from torchrobust import data
 
