@@ -133,8 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         order = {"H_Linf": 0, "H_L2": 1, "H_L1": 2, "PSAT (entropy)": 3}
         rows.sort(key=lambda r: (order.get(r.name, 9), r.name))
         write_tables(rows, out)
-        times = {pth.stem: checkpoint.load_metadata(pth)["metadata"].get("train_seconds")
-                 for pth in sorted(out.glob("*.safetensors"))}
+        times = {}
+        for pth in sorted(out.glob("*.safetensors")):
+            meta = checkpoint.load_metadata(pth)["metadata"]
+            times[pth.stem] = {"train_seconds": meta.get("train_seconds"),
+                               "train_cpu_seconds": meta.get("train_cpu_seconds")}
         (out / "train_times.json").write_text(json.dumps(times, indent=2) + "\n")
         log.info("results\n%s", format_table(rows))
     return 0
