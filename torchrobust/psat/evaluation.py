@@ -54,9 +54,9 @@ def autoattack_attacks(eps: Mapping[str, float], attacks_to_run: Sequence[str] |
                        version: str = "standard", seed: int = 0, batch_size: int = 250) -> dict[str, AttackFn]:
     """The reference AutoAttack per norm (:func:`~torchrobust.attacks.run_autoattack`) as ``attack(model, x, y)``.
 
-    The default runs APGD-CE and APGD-T with the standard version's hyper-parameters (for ℓ1 the standard version
-    *is* these two, with ``use_largereps``); ``attacks_to_run=None`` runs the full standard AutoAttack (adds FAB-T
-    and Square 5000 queries for ℓ∞/ℓ2)."""
+    The default runs APGD-CE and APGD-T with the standard version's hyper-parameters (ℓ∞/ℓ2: 1 restart, 9 target
+    classes; ℓ1: ``use_largereps``, 5 restarts, 5 target classes); ``attacks_to_run=None`` runs the full standard
+    AutoAttack (adds FAB-T and Square with 5000 queries), several times the cost."""
     from torchrobust.attacks.autoattack import AA_ATTACKS, reference_autoattack, run_autoattack
 
     bad = [a for a in attacks_to_run or () if a not in AA_ATTACKS]
