@@ -85,9 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sl = slice(a.start, a.start + a.n_test)
         atk = pgd_attacks(MNIST_BUDGETS, {k: a.steps for k in MNIST_BUDGETS}, {}, a.restarts)
         rows = routing(load_ensemble(out), xt[sl], yt[sl], atk)
-        (out / "routing.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (out / "routing.md").write_text(format_routing(rows))
-        log.info("routing\n%s", format_routing(rows))
+        md = format_routing(rows)
+        checkpoint.write_texts(out, "routing", {"json": json.dumps(rows, indent=2) + "\n", "md": md})
+        log.info("routing\n%s", md)
     elif a.stage == "evaluate":
         from torchrobust import data
 
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             meta = checkpoint.load_metadata(pth)["metadata"]
             times[pth.stem] = {"train_seconds": meta.get("train_seconds"),
                                "train_cpu_seconds": meta.get("train_cpu_seconds")}
-        (out / "train_times.json").write_text(json.dumps(times, indent=2) + "\n")
+        checkpoint.write_texts(out, "train_times", {"json": json.dumps(times, indent=2) + "\n"})
         log.info("results\n%s", format_table(rows))
     return 0
 
