@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,7 +40,7 @@ from torch import nn
 from .errors import TorchRobustError
 
 __all__ = ["save", "load", "load_metadata", "load_state_dict_file", "load_weights", "atomic_write_bytes",
-           "state_dict_mismatch", "write_texts"]
+           "state_dict_mismatch", "write_texts", "check_output_file"]
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,58 @@ FORMAT_VERSION = 1
 _META_KEY = "torchrobust"
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+def _umask() -> int:
+    """The process umask, read without changing it where the OS tells (Linux >= 4.7: ``Umask:`` in
+    ``/proc/self/status``). Elsewhere it falls back to ``os.umask`` set-and-restore, during which a file created
+    by another thread of this process would get the temporary mask 0o022 for a moment."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` can be written as a file: it is not a directory and no existing ancestor is a file.
+
+    Raises a one-line :class:`TorchRobustError` otherwise; returns ``path`` as a :class:`~pathlib.Path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise TorchRobustError(f"cannot write {path}: it is a directory; give a file path inside it, e.g. "
+                               f"{path / 'model.safetensors'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TorchRobustError(f"cannot write {path}: {parent} is a file, not a folder; choose another "
+                                       "output path")
+            break
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``).
+
+    Permissions are those an ordinary ``open(path, "w")`` gives: an existing target keeps its mode, a new file
+    gets ``0o666 & ~umask`` (``mkstemp``'s private 0o600 is changed before the rename). The folder is fsynced
+    after the rename where the OS allows, so the new name survives a crash too. A path that is a directory or
+    lies under a file, or a folder that cannot be written, raises :class:`TorchRobustError`.
+    """
+    path = check_output_file(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~_umask()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise TorchRobustError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path") from None
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -62,6 +108,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # some file systems cannot fsync a directory; the data itself is already on disk
+        pass
+    finally:
+        os.close(dfd)
 
 
 def write_texts(out_dir: str | os.PathLike[str], stem: str, texts: dict[str, str]) -> dict[str, Path]:
@@ -91,6 +151,8 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: Mapping[str, Any]
     """
     from safetensors.torch import save as st_save
 
+    path = check_output_file(path)
+    check_output_file(path.with_name(path.name + ".json"))
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     spec = dict(spec if spec is not None else getattr(module, "torchrobust_spec", None) or {})
     if "name" not in spec:
@@ -100,7 +162,6 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: Mapping[str, Any]
            "metadata": _jsonable(metadata, "metadata")}
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     blob = st_save(tensors, metadata={_META_KEY: json.dumps(doc)})
-    path = Path(path)
     atomic_write_bytes(path, blob)
     atomic_write_bytes(path.with_name(path.name + ".json"), (json.dumps(doc, indent=2) + "\n").encode())
     log.info("saved %s (%d tensors)", path, len(tensors))
@@ -133,7 +194,30 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch
     except json.JSONDecodeError:
         raise TorchRobustError(f"corrupt checkpoint {path}: its torchrobust metadata is not valid JSON; "
                                "re-save it") from None
+    problem = _doc_problem(doc)
+    if problem is not None:
+        raise TorchRobustError(f"corrupt checkpoint {path}: its torchrobust metadata {problem}; re-save it with "
+                               "torchrobust.checkpoint.save") from None
     return doc, tensors
+
+
+def _doc_problem(doc: Any) -> str | None:
+    """What is wrong with the structure of a stored checkpoint document, or None (see the module docstring)."""
+    if not isinstance(doc, dict):
+        return f"is a JSON {type(doc).__name__}, not an object"
+    spec = doc.get("model")
+    if not isinstance(spec, dict):
+        return "has no 'model' object"
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        return "names no model ('model.name' is missing)"
+    if not isinstance(spec.get("kwargs") or {}, dict):
+        return "has 'model.kwargs' that is not an object"
+    transforms = spec.get("transforms") or []
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        return "has 'model.transforms' that is not a list of objects"
+    if not isinstance(doc.get("metadata") or {}, dict):
+        return "has 'metadata' that is not an object"
+    return None
 
 
 def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -143,17 +227,23 @@ def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _apply_transforms(model: nn.Module, transforms: list[Mapping[str, Any]]) -> nn.Module:
     for t in transforms:
-        name, kwargs = t.get("name"), dict(t.get("kwargs") or {})
+        name, kwargs = t.get("name"), t.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise TorchRobustError(f"checkpoint transform {name!r} has kwargs that are not an object; re-save it")
         if name == "reprogram":
-            from .reprogram import reprogram
-
-            model = reprogram(model, inplace=True, **kwargs)
+            from .reprogram import reprogram as apply
         elif name == "forge":
             from .forge import forge
 
-            model = forge(model, None, inplace=True, **kwargs)
+            def apply(m: nn.Module, inplace: bool, **kw: Any) -> nn.Module:
+                return forge(m, None, inplace=inplace, **kw)
         else:
             raise TorchRobustError(f"checkpoint uses unknown transform {name!r}; upgrade torchrobust")
+        try:
+            model = apply(model, inplace=True, **kwargs)
+        except TypeError as exc:
+            raise TorchRobustError(f"checkpoint transform {name!r} has invalid arguments ({exc}); re-save it with "
+                                   "this torchrobust") from None
     return model
 
 
@@ -165,7 +255,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     if doc.get("format") != FORMAT_VERSION:
         raise TorchRobustError(f"{path} has checkpoint format {doc.get('format')!r}, this torchrobust reads "
                                f"{FORMAT_VERSION}; upgrade torchrobust")
-    spec = doc.get("model") or {}
+    spec = doc["model"]
     model = models.create(spec["name"], **dict(spec.get("kwargs") or {}))
     model = _apply_transforms(model, list(spec.get("transforms") or []))
     _load_into(model, tensors, path)
@@ -233,7 +323,8 @@ def _read_plain_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise TorchRobustError(f"corrupt safetensors file {path} ({exc}); re-save it") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TorchRobustError(f"corrupt safetensors file {path} ({first}); re-save it") from None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
