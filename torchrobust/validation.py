@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import TorchRobustError
 
-__all__ = ["check_images", "check_labels", "check_eps", "probe_logits"]
+__all__ = ["check_images", "check_labels", "check_eps", "probe_logits", "check_output_file", "check_output_dir"]
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
@@ -64,3 +67,53 @@ def probe_logits(model: nn.Module, x: torch.Tensor) -> int:
         raise TorchRobustError("the model must return logits of shape (N, num_classes); got "
                                f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
     return int(out.shape[1])
+
+
+def _check_writable_folder(folder: Path, flag: str, shown: Path) -> None:
+    """``folder`` exists as a writable directory or can be created (its nearest existing ancestor is a writable
+    directory on a writable filesystem). Creates nothing."""
+    p = folder
+    while not os.path.lexists(p):
+        if p.parent == p:
+            break
+        p = p.parent
+    if os.path.lexists(p) and not p.exists():
+        raise TorchRobustError(f"{flag} {shown}: {p} is a broken symbolic link; remove it or choose another path")
+    if not p.is_dir():
+        raise TorchRobustError(f"{flag} {shown}: {p} is a file, not a folder; choose a path outside it")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise TorchRobustError(f"{flag} {shown}: folder {p} is not writable; choose a writable location")
+    try:
+        read_only = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows) or it failed: os.access already answered
+        read_only = False
+    if read_only:
+        raise TorchRobustError(f"{flag} {shown}: {p} is on a read-only filesystem; choose a writable location")
+
+
+def check_output_file(path: str | os.PathLike[str], *, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Before any work: ``path`` can be written as a file (not a folder, its folder writable or creatable) and,
+    unless ``overwrite``, does not exist yet. Creates nothing; returns ``Path(path)``."""
+    out = Path(path)
+    if str(path) == "" or out.is_dir():
+        raise TorchRobustError(f"{flag} {out} is a folder; give a file path such as {out / 'model.safetensors'}")
+    _check_writable_folder(out.parent, flag, out)
+    if out.exists() and not overwrite:
+        raise TorchRobustError(f"{flag} {out} already exists; pass --overwrite to replace it or choose another path")
+    return out
+
+
+def check_output_dir(path: str | os.PathLike[str], results: Iterable[str] = (), *, overwrite: bool = False,
+                     flag: str = "--out") -> Path:
+    """Before any work: ``path`` is a writable folder or can be created and, unless ``overwrite``, holds none of
+    ``results`` (file names relative to it that the command writes). Creates nothing; returns ``Path(path)``."""
+    out = Path(path)
+    if os.path.lexists(out) and not out.is_dir():
+        raise TorchRobustError(f"{flag} {out} is a file, not a folder; give a folder path")
+    _check_writable_folder(out, flag, out)
+    if not overwrite:
+        for name in results:
+            if os.path.lexists(out / name):
+                raise TorchRobustError(f"{flag} {out} already holds results ({name}); pass --overwrite to replace "
+                                       "them or choose another folder")
+    return out
