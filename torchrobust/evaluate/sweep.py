@@ -1,8 +1,12 @@
 """Robust accuracy over an ε sweep for a list of attacks, with the per-example worst case across attacks.
 
->>> res = sweep(model, x, y, attacks=["fgsm", "pgd"], eps=[0, 0.1, 0.2, 0.3], threat="Linf",
-...             attack_kwargs={"pgd": {"steps": 20}})
+>>> res = sweep(model, x, y, eps=[0, 0.1, 0.2, 0.3], threat="Linf")   # FGSM, APGD-CE, APGD-T on the survivors
 >>> res.write("results/")   # results.json, results.csv, results.md, accuracy_vs_eps.png
+>>> sweep(model, x, y, attacks=["pgd"], eps=[0.1], attack_kwargs={"pgd": {"steps": 20}}).strength
+'weak'
+
+Every sweep is a plan of jobs run by the one evaluation engine (:mod:`torchrobust.evaluate.engine`): eval mode,
+batching, per-example booleans, per-job time and forward/gradient counts, and resumable state (``state=``).
 
 Under ``torchrun`` each process attacks its contiguous shard of the examples and the per-example results are
 all-gathered, so every rank ends with the same :class:`SweepResult` as a single process would compute.
@@ -15,7 +19,6 @@ import io
 import json
 import logging
 import textwrap
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +31,17 @@ from ..checkpoint import atomic_write_bytes
 from ..errors import TorchRobustError
 from ..train import distributed as D
 from ..validation import check_eps
-from .metrics import correct, robust_correct
+from .engine import Job, PlanResult, result_strength, run_plan, validate_jobs
 
-__all__ = ["SweepResult", "sweep", "write_table_files", "markdown_table", "plot_accuracy_vs_eps"]
+__all__ = ["SweepResult", "sweep", "plan_jobs", "DEFAULT_ATTACKS", "SURVIVORS_ONLY", "WEAK_NOTE", "write_table_files",
+           "markdown_table", "plot_accuracy_vs_eps"]
 
 log = logging.getLogger(__name__)
+
+
+#: the line every table computed only from weak attacks carries
+WEAK_NOTE = ("**Strength: weak** — computed only from weak attacks (FGSM, or PGD with one restart and < 50 steps); "
+             "it overstates robustness. Use the default attacks (APGD-CE + APGD-T) for a trustworthy number.")
 
 
 @dataclass
@@ -67,6 +76,11 @@ class SweepResult:
     def reliable(self) -> bool:
         return not self.flags
 
+    @property
+    def strength(self) -> str:
+        """``"weak"`` when every attack is weak (FGSM, or PGD with one restart and < 50 steps), else ``"strong"``."""
+        return str(self.config.get("strength", "weak"))
+
     def accuracy(self, attack: str | None = None) -> list[float]:
         """Accuracy per ε for ``attack`` (None: the worst case over all attacks)."""
         r = self.worst if attack is None else self.robust[attack]
@@ -89,6 +103,7 @@ class SweepResult:
             "clean_accuracy": float(self.clean.float().mean()), "table": self.rows(),
             "seconds": self.seconds, "config": self.config, "flags": self.flags,
             "checks_run": bool(self.config.get("checks", False)), "reliable": self.reliable,
+            "strength": self.strength,
         }
         if per_example:
             d["per_example"] = {"clean": self.clean.int().tolist(),
@@ -99,9 +114,12 @@ class SweepResult:
         """Write ``results.json`` (per-example included), ``.csv``, ``.md`` and ``accuracy_vs_eps.png``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        notes = [] if self.reliable else ["**UNRELIABLE**: gradient-masking flags raised: "
+                                          + ", ".join(f["code"] for f in self.flags)]
+        if self.strength == "weak":
+            notes.append(WEAK_NOTE)
         paths = write_table_files(out / "results", self.rows(), title=title or self._title(),
-                                  note=None if self.reliable else "**UNRELIABLE**: gradient-masking flags raised: "
-                                  + ", ".join(f["code"] for f in self.flags))
+                                  note="\n\n".join(notes) or None)
         atomic_write_bytes(out / "results.json", (json.dumps(self.to_dict(), indent=1) + "\n").encode())
         paths["json"] = out / "results.json"
         paths["png"] = plot_accuracy_vs_eps({"": self}, out / "accuracy_vs_eps.png", title=title or self._title())
@@ -179,62 +197,79 @@ def plot_accuracy_vs_eps(results: Mapping[str, SweepResult], path: str | Path, t
     return path
 
 
-def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str], eps: Sequence[float],
-          threat: str = "Linf", attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-          batch_size: int = 500, seed: int = 0, progress: bool = False) -> SweepResult:
-    """Clean and robust accuracy of ``model`` on ``(x, y)`` for each attack name × ε.
+#: the default attack set: the per-example worst case over APGD-CE and APGD-T (AutoAttack's white-box pair,
+#: APGD-T on APGD-CE's survivors) plus FGSM, kept as the papers' protocol column
+DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "apgd-ce", "apgd-t")
+#: attacks run only on the points the earlier attacks at the same ε left robust (AutoAttack's protocol)
+SURVIVORS_ONLY: tuple[str, ...] = ("apgd-t", "square")
+
+
+def plan_jobs(attacks: Sequence[str], eps: Sequence[float], threat: str = "Linf",
+              attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+              survivors_only: Sequence[str] = SURVIVORS_ONLY) -> list[Job]:
+    """The engine's jobs of a sweep: every attack at every ε > 0, in the given attack order within each ε."""
+    attack_kwargs = attack_kwargs or {}
+    return [Job(a, threat, float(e), kwargs=dict(attack_kwargs.get(a, {})), survivors_only=a in survivors_only)
+            for e in eps if float(e) > 0 for a in attacks]
+
+
+def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str] = DEFAULT_ATTACKS,
+          eps: Sequence[float] = (0.0, 0.1, 0.2, 0.3), threat: str = "Linf",
+          attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 500, seed: int = 0,
+          progress: bool = False, state: str | Path | None = None,
+          survivors_only: Sequence[str] = SURVIVORS_ONLY) -> SweepResult:
+    """Clean and robust accuracy of ``model`` on ``(x, y)`` for each attack name × ε, run by the evaluation engine
+    (:func:`torchrobust.evaluate.engine.run_plan`).
 
     ``attack_kwargs[name]`` are passed to :func:`torchrobust.attacks.create` (e.g. ``{"pgd": {"steps": 20}}``).
-    ε = 0 is not attacked (its robust accuracy is the clean accuracy).
+    ε = 0 is not attacked (its robust accuracy is the clean accuracy). Attacks named in ``survivors_only`` run only
+    on the points the earlier attacks at the same ε left robust, so their column is cumulative (robust after them
+    and every earlier attack), as AutoAttack reports. ``state``: a path stem for the resumable state (see the
+    engine). The result's ``strength`` is ``"weak"`` when every attack is weak (FGSM, or PGD with one restart and
+    fewer than 50 steps): such a table overstates robustness.
     """
     from .. import attacks as A
 
     if not attacks:
         raise TorchRobustError("no attacks given; pass at least one of: " + ", ".join(A.list_attacks()))
+    if isinstance(eps, (int, float)):
+        eps = [eps]
+    if not len(eps):
+        raise TorchRobustError("no eps given; pass at least one budget, e.g. eps=[0, 0.1, 0.3]")
     for e in eps:
         check_eps(e)
-    attack_kwargs = dict(attack_kwargs or {})
-    valid = set(A.list_attacks())
-    for a in attacks:
-        if a not in valid:
-            from ..errors import unknown_name
+    attack_kwargs = {k: dict(v) for k, v in (attack_kwargs or {}).items()}
+    eps_f = [float(e) for e in eps]
+    jobs = plan_jobs(attacks, eps_f, threat, attack_kwargs, survivors_only)
+    if not jobs:  # only ε = 0: nothing to attack, but the inputs and attack names are still checked
+        validate_jobs([Job(a, threat, 0.0) for a in attacks], {})
+        from .metrics import correct
 
-            raise unknown_name("attack", a, valid)
-    n_total = len(x)
-    a_, b_ = D.shard_bounds(n_total)
-    xs, ys = x[a_:b_], y[a_:b_]
-    clean = correct(model, xs, ys, batch_size)
+        clean = correct(model, x, y, batch_size).cpu()
+        res = PlanResult(jobs=[], clean=clean, correct={}, seconds={}, counts={})
+    else:
+        res = run_plan(model, x, y, jobs, batch_size=batch_size, seed=seed, state=state, progress=progress)
     robust: dict[str, torch.Tensor] = {}
     seconds: dict[str, float] = {}
-    jobs = [(name, j, e) for name in attacks for j, e in enumerate(eps)]
-    bar = None
-    if progress and D.is_main():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc="attacks", leave=False)
-    for name in attacks:
-        res = torch.zeros(len(eps), len(xs), dtype=torch.bool)
-        t0 = time.perf_counter()
-        for j, e in enumerate(eps):
+    counts: dict[str, dict[str, int]] = {}
+    for a in attacks:
+        rows = []
+        for e in eps_f:
             if e == 0:
-                res[j] = clean
-            else:
-                atk = A.create(name, threat=threat, eps=float(e), **dict(attack_kwargs.get(name, {})))
-                if getattr(atk, "seed", 0) is None:  # randomised attack without its own seed: use the sweep's
-                    atk.seed = seed
-                res[j] = robust_correct(model, xs, ys, atk, batch_size=batch_size, clean=clean).cpu()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"{name} ε={e:g} acc={float(res[j].float().mean()):.3f}")
-        seconds[name] = time.perf_counter() - t0
-        robust[name] = res
-    if bar is not None:
-        bar.close()
-    clean = D.gather_rows(clean.cpu(), n_total)
-    robust = {k: D.gather_rows(v.t().contiguous(), n_total).t().contiguous() for k, v in robust.items()}
-    config = {"threat": threat, "eps": [float(e) for e in eps], "attacks": list(attacks),
-              "attack_kwargs": {k: dict(v) for k, v in attack_kwargs.items()}, "seed": seed,
-              "n_examples": n_total, "world_size": D.world_size()}
-    return SweepResult(threat=threat, eps=[float(e) for e in eps], attacks=list(attacks), clean=clean,
-                       robust=robust, seconds=seconds, config=config)
-
+                rows.append(res.clean.clone())
+                continue
+            key = Job(a, threat, e).key
+            col = res.clean & res.correct[key]
+            if a in survivors_only:  # cumulative: robust after this attack and every earlier one at this ε
+                col = col & res.worst(threat, e)
+            rows.append(col)
+        robust[a] = torch.stack(rows)
+        keys = [j.key for j in jobs if j.label == a]
+        seconds[a] = float(sum(res.seconds[k] for k in keys))
+        counts[a] = {c: int(sum(res.counts[k].get(c, 0) for k in keys)) for c in ("forward", "gradient")}
+    config = {"threat": threat, "eps": eps_f, "attacks": list(attacks), "attack_kwargs": attack_kwargs,
+              "survivors_only": [a for a in attacks if a in survivors_only], "seed": seed, "batch_size": batch_size,
+              "n_examples": len(x), "world_size": D.world_size(), "counts": counts,
+              "strength": result_strength([Job(a, threat, 1.0, kwargs=attack_kwargs.get(a, {})) for a in attacks])}
+    return SweepResult(threat=threat, eps=eps_f, attacks=list(attacks), clean=res.clean, robust=robust,
+                       seconds=seconds, config=config)
