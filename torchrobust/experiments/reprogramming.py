@@ -228,30 +228,19 @@ def fgsm_sweep(
 
     ``x_adv = clip(x + ε·sign(∇ₓ CE(f(x), y)), 0, 1)`` (Goodfellow et al. 2015; the paper code's ``fgsm_attack``),
     with the model in eval mode; an example counts as correct only if it is also correct on the clean input
-    (so the ε = 0 row is clean accuracy). The gradient is taken once per example and reused for every ε.
+    (so the ε = 0 row is clean accuracy). Each ε is one job of the evaluation engine
+    (:func:`torchrobust.evaluate.engine.run_plan`).
     """
-    was_training = model.training
-    model.eval()
-    dev = next((p.device for p in model.parameters()), x.device)
-    out = torch.zeros(len(eps), len(x), dtype=torch.bool)
-    try:
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(dev).clone().requires_grad_(True)
-            yb = y[i : i + batch_size].to(dev)
-            logits = model(xb)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, yb), xb)
-            clean = (logits.detach().argmax(1) == yb).cpu()
-            step = grad.sign()
-            with torch.no_grad():
-                for j, e in enumerate(eps):
-                    if e == 0:
-                        out[j, i : i + len(yb)] = clean
-                        continue
-                    xa = (xb.detach() + e * step).clamp(0, 1)
-                    out[j, i : i + len(yb)] = clean & (model(xa).argmax(1) == yb).cpu()
-    finally:
-        model.train(was_training)
-    return out
+    from torchrobust.evaluate.engine import Job, run_plan
+
+    jobs = [Job("fgsm", "Linf", float(e)) for e in eps if float(e) > 0]
+    if not jobs:
+        from torchrobust.evaluate.metrics import correct
+
+        return correct(model, x, y, batch_size).cpu().unsqueeze(0).expand(len(eps), -1).clone()
+    res = run_plan(model, x, y, jobs, batch_size=batch_size)
+    return torch.stack([res.clean if float(e) == 0 else res.clean & res.correct[Job("fgsm", "Linf", float(e)).key]
+                        for e in eps])
 
 
 @dataclass
