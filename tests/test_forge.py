@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import pytest
@@ -440,3 +441,68 @@ def test_search_checkpoint_cli_helper(tmp_path) -> None:
     assert all(mod._c_r_value == res.chosen for _, mod in forged_modules(f))
     with pytest.raises(TorchRobustError, match="exceeds"):
         search_checkpoint(src, tmp_path / "s2", data="mnist", n_calib=60000, n_val=1000)
+
+
+# ------------------------------------------------------------------------------------------- non-finite guards
+@pytest.mark.parametrize("shape", [(32, 1, 4, 4), (32, 16)])
+def test_a_nan_or_inf_calibration_value_is_refused(shape: tuple[int, ...]) -> None:
+    for bad in (math.nan, math.inf):
+        x = torch.rand(*shape)
+        x.view(-1)[7] = bad
+        m = _mlp()
+        with pytest.raises(TorchRobustError, match="NaN/inf"):
+            forge(m, x, inplace=True)
+        assert not any(isinstance(mod, Forged) for mod in m.modules())
+
+
+def test_failed_recalibration_keeps_the_previous_thresholds() -> None:
+    f = forge(_mlp(), _data())
+    before = {n: (m.b.clone(), m.n_tracked.clone()) for n, m in forged_modules(f)}
+    bad = _data()
+    bad[3, 0, 1, 1] = math.nan
+    for reset in (True, False):
+        with pytest.raises(TorchRobustError, match="NaN"):
+            calibrate(f, bad, batch_size=16, reset=reset)
+        for n, m in forged_modules(f):
+            assert torch.equal(m.b, before[n][0]) and torch.equal(m.n_tracked, before[n][1])
+            assert not m.tracking
+
+
+def test_overflowing_activations_give_no_threshold() -> None:
+    m = _mlp()
+    with torch.no_grad():
+        m[1].weight.fill_(3e38)  # finite weights, but the first hidden activations overflow to inf
+    with pytest.raises(TorchRobustError, match="non-finite threshold"):
+        forge(m, _data())
+
+
+def test_c_r_too_large_for_a_float() -> None:
+    for bad in (10**400, "1e400", float("-inf")):
+        with pytest.raises(TorchRobustError, match="finite"):
+            Forged(bad)  # type: ignore[arg-type]
+        with pytest.raises(TorchRobustError, match="finite"):
+            forge(_mlp(), _data(), c_r=bad)  # type: ignore[arg-type]
+
+
+def test_search_c_r_refuses_nan_validation_images() -> None:
+    vx, vy = _data(4), torch.zeros(4, dtype=torch.long)
+    vx[0, 0, 0, 0] = math.nan
+    with pytest.raises(TorchRobustError, match="val_x contains NaN"):
+        search_c_r(_mlp(), _data(), vx, vy, grid=[0.1])
+    with pytest.raises(TorchRobustError, match="val_y"):
+        search_c_r(_mlp(), _data(), _data(4), torch.zeros(4), grid=[0.1])
+
+
+def test_c_r_plot_is_written_atomically_with_the_umask_mode(tmp_path) -> None:
+    res = CrSearchResult(rows=[{"c_r": 0.0, "log2_c_r": -math.inf, "clean": 90.0, "robust": 10.0,
+                                "robust_bpda": 10.0, "robust_worst": 10.0, "zero_fraction": 0.0},
+                               {"c_r": 0.25, "log2_c_r": -2.0, "clean": 80.0, "robust": 20.0,
+                                "robust_bpda": 15.0, "robust_worst": 15.0, "zero_fraction": 0.5}],
+                         chosen=0.25, criterion="max_sum", n_val=4, attack="pgd")
+    old = os.umask(0o022)
+    try:
+        path = res.plot(tmp_path / "sub" / "p.png")
+    finally:
+        os.umask(old)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.stat(path).st_mode & 0o777 == 0o644
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["p.png"]

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn.forged import Forged, PreForged, bpda_mode, check_c_r
+from torchrobust.validation import check_images, check_labels
 
 __all__ = [
     "forge",
@@ -224,6 +225,11 @@ def _check_batch(model: nn.Module, x: Any) -> torch.Tensor:
             f"calibration data must be float batches of shape {_expected_input(model)}, got dtype {x.dtype} and "
             f"shape {tuple(x.shape)}"
         )
+    if not bool(torch.isfinite(x).all()):  # NaN fails every min/max comparison: test finiteness first
+        raise TorchRobustError(
+            f"calibration data contains {int((~torch.isfinite(x)).sum())} NaN/inf value(s); a single one makes "
+            "every threshold NaN: clean or drop those examples"
+        )
     if x.dim() == 4 and x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
         raise TorchRobustError(
             f"calibration images must lie in [0, 1] (got min {float(x.min()):.3g}, max {float(x.max()):.3g}); "
@@ -312,9 +318,10 @@ def calibrate(
     modules = [m for _, m in forged_modules(model)]
     if not modules:
         raise TorchRobustError("the model has no Forged modules; call forge(model, data) first")
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     device = _device_of(model)
     batches, total = _batches(calibration_data, batch_size, max_batches)
+    saved = [(m.b.clone(), m.n_tracked.clone(), m._has_tracked, m._warned_uncalibrated) for m in modules]
     if reset:
         for m in modules:
             m.reset()
@@ -322,6 +329,7 @@ def calibrate(
     model.eval()
     for m in modules:
         m.track()
+    ok = False
     try:
         for x in tqdm(batches, total=total, desc="calibrating forged thresholds", disable=not progress):
             x = _check_batch(model, x).to(device)
@@ -336,12 +344,25 @@ def calibrate(
                     f"expects {_expected_input(model)}"
                 ) from None
             n_seen += x.shape[0]
+        if n_seen == 0:
+            raise TorchRobustError("calibration data is empty; pass at least one batch of training images")
+        bad = [name for name, m in forged_modules(model) if not bool(torch.isfinite(m.b).all())]
+        if bad:
+            raise TorchRobustError(
+                f"calibration gave a non-finite threshold at {bad[0]!r} ({len(bad)} of {len(modules)} layers): the "
+                "model's activations overflow or are NaN on this data; check the model's weights and the inputs"
+            )
+        ok = True
     finally:
         for m in modules:
             m.freeze()
-        model.train(was_training)
-    if n_seen == 0:
-        raise TorchRobustError("calibration data is empty; pass at least one batch of training images")
+        for m, mode in modes:
+            m.training = mode
+        if not ok:  # never leave half-measured or non-finite thresholds behind
+            for m, (b, n, has, warned) in zip(modules, saved, strict=True):
+                m.b.copy_(b)
+                m.n_tracked.copy_(n)
+                m._has_tracked, m._warned_uncalibrated = has, warned
     log.info("calibrated %d forged modules on %d examples", len(modules), n_seen)
     return model
 
@@ -508,10 +529,13 @@ class CrSearchResult:
         ax.set_title(f"forged threshold c_r search (n={self.n_val})")
         ax.legend()
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
         plt.close(fig)
+        from torchrobust.checkpoint import atomic_write_bytes
+
+        path = Path(path)
+        atomic_write_bytes(path, buf.getvalue())
         return path
 
     def write(self, out_dir: str | os.PathLike[str], stem: str = "cr_search") -> dict[str, Path]:
@@ -589,6 +613,8 @@ def search_c_r(
         raise TorchRobustError("val_x and val_y must be tensors with the same number of examples")
     if val_x.shape[0] == 0:
         raise TorchRobustError("the validation set is empty; pass at least one example")
+    check_images(val_x, "val_x")
+    check_labels(val_y, val_x.shape[0], name="val_y")
     if not callable(criterion) and criterion not in CRITERIA:
         raise TorchRobustError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)} or a callable")
     if is_forged(model):
@@ -675,6 +701,8 @@ def forge_checkpoint(
     from torchrobust import checkpoint
     from torchrobust import data as trdata
 
+    c_r = check_c_r(c_r)
+    checkpoint.check_output_file(out_path)
     model = checkpoint.load(in_path, map_location=device)
     x, _ = _subset(trdata.load(data, "train", root=root), n_calib, seed)
     forged = forge(model, x, c_r=c_r, where=where, inplace=True, per_channel=per_channel, batch_size=batch_size,
@@ -711,6 +739,7 @@ def search_checkpoint(
     from torchrobust import checkpoint
     from torchrobust import data as trdata
 
+    grid = [check_c_r(c) for c in grid]
     model = checkpoint.load(in_path, map_location=device)
     x, y = _subset(trdata.load(data, "train", root=root), None, seed)
     idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))

@@ -164,6 +164,8 @@ class Smooth:
         _check_int("batch_size", batch_size, minimum=1)
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TorchRobustError("x must be a floating-point tensor (one example, no batch dimension)")
+        if not bool(torch.isfinite(x).all()):
+            raise TorchRobustError("x contains NaN or inf; clean the input data before certifying")
         counts = torch.zeros(self.num_classes, dtype=torch.long)
         remaining = n
         while remaining > 0:
@@ -177,6 +179,8 @@ class Smooth:
                     f"base returned shape {tuple(logits.shape)}, expected (batch, {self.num_classes}); "
                     "check num_classes and that the model outputs logits"
                 )
+            if not bool(torch.isfinite(logits).all()):  # argmax of NaN is an arbitrary class: never count it
+                raise TorchRobustError("base returned NaN/inf logits on noisy inputs; check the model's weights")
             pred = logits.argmax(dim=1)
             counts += torch.bincount(pred.cpu(), minlength=self.num_classes)
         return counts

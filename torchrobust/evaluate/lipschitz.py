@@ -242,6 +242,8 @@ def _iter_x(data: Any, n: int | None, batch_size: int) -> Iterator[torch.Tensor]
             if seen >= n:
                 break
             x = x[: n - seen]
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise TorchRobustError("data contains NaN or inf; every ratio would be NaN and silently skipped: clean it")
         seen += x.shape[0]
         yield x
 
@@ -393,6 +395,8 @@ def local_lipschitz(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> t
     if x.shape != x_adv.shape:
         raise TorchRobustError(f"x and x_adv must have the same shape, got {tuple(x.shape)} and "
                                f"{tuple(x_adv.shape)}")
+    if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(x_adv).all())):
+        raise TorchRobustError("x or x_adv contains NaN or inf; clean the inputs (NaN ratios would be dropped)")
     with torch.no_grad():
         d_out = (model(x_adv) - model(x)).double().flatten(1).norm(dim=1)
         d_in = (x_adv - x).double().flatten(1).norm(dim=1)

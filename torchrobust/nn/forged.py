@@ -60,6 +60,9 @@ def check_c_r(c_r: float) -> float:
         value = float(c_r)
     except (TypeError, ValueError):
         raise TorchRobustError(f"c_r must be a number, got {c_r!r}; pass e.g. c_r=2**-7") from None
+    except OverflowError:  # an int beyond float range, e.g. 10**400
+        raise TorchRobustError("c_r must be a finite number >= 0, got an integer too large for a float; the paper "
+                               "uses 2**-8 .. 2**-6") from None
     if not math.isfinite(value) or value < 0:
         raise TorchRobustError(f"c_r must be a finite number >= 0, got {c_r!r}; the paper uses 2**-8 .. 2**-6")
     return value
