@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..attacks.threat import get_threat
 from ..errors import TorchRobustError
 from ..train import distributed as D
 from ..validation import check_eps, check_images, check_labels, probe_logits
@@ -167,6 +168,8 @@ class PlanResult:
     seconds: dict[str, float]
     counts: dict[str, dict[str, int]]
     resumed: dict[str, int] = field(default_factory=dict)
+    #: per job, the evaluated model's cross-entropy at each attacked point's result (NaN where not attacked)
+    loss: dict[str, Tensor] = field(default_factory=dict)
 
     def job(self, key: str) -> Job:
         return next(j for j in self.jobs if j.key == key)
@@ -182,12 +185,20 @@ class PlanResult:
     def robust_accuracy(self, threat: str, eps: float) -> float:
         return float(self.worst(threat, eps).float().mean())
 
-    def accuracy(self, key: str) -> float:
-        """Accuracy under one job alone (for ``survivors_only`` jobs: after the earlier jobs at its ε as well)."""
+    def cumulative(self, key: str) -> Tensor:
+        """Per-example: correct clean, under this job and under every earlier job at its threat and ε."""
         j = self.job(key)
-        out = self.clean & self.correct[key]
-        if j.survivors_only:
-            out = out & self.worst(j.threat, j.eps)
+        out = self.clean.clone()
+        for prev in self.jobs[:self.jobs.index(j) + 1]:
+            if prev.threat == j.threat and float(prev.eps) == float(j.eps):
+                out &= self.correct[prev.key]
+        return out
+
+    def accuracy(self, key: str) -> float:
+        """Accuracy under one job alone; for a ``survivors_only`` job, after it and the earlier jobs at its ε (it
+        attacked nothing else), as AutoAttack reports its sub-attacks."""
+        j = self.job(key)
+        out = self.cumulative(key) if j.survivors_only else self.clean & self.correct[key]
         return float(out.float().mean())
 
 
@@ -229,6 +240,14 @@ def _predict(model: nn.Module, x: Tensor) -> Tensor:
         return model(x).argmax(1)
 
 
+def _score(model: nn.Module, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(correct, cross-entropy)`` of ``model`` at ``x_adv``, on the CPU."""
+    with torch.no_grad():
+        logits = model(x_adv)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
+    return (logits.argmax(1) == y).cpu(), loss.cpu()
+
+
 def _build_attack(job: Job, seed: int) -> AttackLike:
     if not isinstance(job.attack, str):
         return job.attack
@@ -264,6 +283,18 @@ def validate_jobs(jobs: Sequence[Job], sources: Mapping[str, nn.Module]) -> None
         seen.add(j.key)
 
 
+def _check_budget(job: Job, threat: Any, x_adv: Tensor, x: Tensor, tol: float) -> None:
+    """Every result must lie in its ε-ball ∩ [0, 1] (attack objects of ours check themselves; callables may not)."""
+    if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
+        raise TorchRobustError(f"{job.threat} attack {job.label!r} returned "
+                               f"{tuple(getattr(x_adv, 'shape', ())) or type(x_adv).__name__}, expected the shape "
+                               f"{tuple(x.shape)} of its input; fix the attack")
+    inside = threat.contains(x_adv.detach(), x, tol=tol)
+    if not bool(inside.all()):
+        raise TorchRobustError(f"{job.threat} attack {job.label!r} returned {int((~inside).sum())} example(s) "
+                               f"outside the eps={float(job.eps):g} ball or [0, 1]; fix the attack")
+
+
 # ------------------------------------------------------------------------------------------------------ state
 class _Store:
     """The runner's per-example state, in memory and (with a path stem) on disk as JSON + safetensors."""
@@ -273,6 +304,7 @@ class _Store:
         self.clean: Tensor | None = None
         self.correct: dict[str, Tensor] = {}
         self.done: dict[str, Tensor] = {}
+        self.loss: dict[str, Tensor] = {}
         self.finished: dict[str, bool] = {}
         self.seconds: dict[str, float] = {}
         self.counts: dict[str, dict[str, int]] = {}
@@ -297,11 +329,14 @@ class _Store:
             correct = {k: tensors[f"correct/{i}"].to(torch.bool) for i, k in enumerate(self.keys)
                        if f"correct/{i}" in tensors}
             done = {k: tensors[f"done/{i}"].to(torch.bool) for i, k in enumerate(self.keys) if f"done/{i}" in tensors}
+            loss = {k: tensors[f"loss/{i}"].float() for i, k in enumerate(self.keys) if f"loss/{i}" in tensors}
+            if set(correct) != set(done) or set(correct) != set(loss):
+                raise KeyError("correct/done/loss")
             jobs = meta["jobs"]
         except (KeyError, TypeError, RuntimeError):
             log.warning("evaluation state %s is incomplete; recomputing", self.stem)
             return
-        self.clean, self.correct, self.done = clean, correct, done
+        self.clean, self.correct, self.done, self.loss = clean, correct, done, loss
         for k in self.keys:
             info = jobs.get(k, {}) if isinstance(jobs, dict) else {}
             self.finished[k] = bool(info.get("finished", False)) and k in correct
@@ -312,9 +347,9 @@ class _Store:
         n_done = sum(1 for k in self.keys if self.finished[k])
         log.info("resuming evaluation from %s: %d of %d jobs finished", self.stem, n_done, len(self.keys))
 
-    def update(self, key: str, correct: Tensor, done: Tensor, seconds: float, counter: _Counter,
+    def update(self, key: str, correct: Tensor, done: Tensor, loss: Tensor, seconds: float, counter: _Counter,
                finished: bool = False) -> None:
-        self.correct[key], self.done[key] = correct, done
+        self.correct[key], self.done[key], self.loss[key] = correct, done, loss
         self.seconds[key] = self._base_seconds.get(key, 0.0) + seconds
         f0, g0 = self._base_counts.get(key, (0, 0))
         self.counts[key] = {"forward": f0 + counter.forward, "gradient": g0 + counter.gradient}
@@ -336,6 +371,7 @@ class _Store:
             if k in self.correct:
                 tensors[f"correct/{i}"] = self.correct[k]
                 tensors[f"done/{i}"] = self.done[k]
+                tensors[f"loss/{i}"] = self.loss[k]
         meta = {"jobs": {k: {"finished": self.finished.get(k, False), "seconds": self.seconds.get(k, 0.0),
                              **self.counts.get(k, {})} for k in self.keys if k in self.correct}}
         resume.save_state(self.stem, tensors, meta, self.fingerprint)
@@ -355,6 +391,7 @@ def run_plan(
     save_every: int = 1,
     progress: bool = False,
     shard: bool = True,
+    tol: float = 1e-6,
 ) -> PlanResult:
     """Run ``jobs`` against ``model`` on ``(x, y)``; see the module docstring.
 
@@ -369,6 +406,8 @@ def run_plan(
         save_every: write the state after every this many batches (and after every job).
         progress: a tqdm bar over all batches.
         shard: under torchrun, split the examples over the processes (False: every process runs everything).
+        tol: relative tolerance of the budget check of every result (the reference AutoAttack's float32
+            projections need 1e-5).
     """
     from .. import resume
 
@@ -420,10 +459,11 @@ def run_plan(
                     bar.update(1)
                 continue
             src = model if j.source is None else sources[j.source]
-            correct = store.correct.get(key)
-            done = store.done.get(key)
-            if correct is None or done is None:
+            correct, done, loss = store.correct.get(key), store.done.get(key), store.loss.get(key)
+            if correct is None or done is None or loss is None:
                 correct, done = clean.clone(), torch.zeros(n, dtype=torch.bool)
+                loss = torch.full((n,), float("nan"))
+            threat = get_threat(j.threat, float(j.eps)) if float(j.eps) > 0 else None
             todo = clean.clone()
             if j.survivors_only:
                 for prev in jobs[:pos]:
@@ -444,14 +484,15 @@ def run_plan(
                         continue
                     xb, yb = xs[sel].to(dev), ys[sel].to(dev)
                     x_adv = attack(src, xb, yb)
-                    correct[sel] = _predict(model, x_adv).cpu() == yb.cpu()
+                    _check_budget(j, threat, x_adv, xb, tol)
+                    correct[sel], loss[sel] = _score(model, x_adv, yb)
                     done[sel] = True
-                    store.update(key, correct, done, time.perf_counter() - t0, counter)
+                    store.update(key, correct, done, loss, time.perf_counter() - t0, counter)
                     if (b + 1) % save_every == 0 and b + 1 < len(batches):
                         store.save()
             finally:
                 handle.remove()
-            store.update(key, correct, done, time.perf_counter() - t0, counter, finished=True)
+            store.update(key, correct, done, loss, time.perf_counter() - t0, counter, finished=True)
             store.save()
             if bar is not None:
                 bar.update(1)
@@ -462,4 +503,5 @@ def run_plan(
     gather = (lambda t: D.gather_rows(t, n_total)) if shard else (lambda t: t)
     return PlanResult(jobs=jobs, clean=gather(clean), correct={j.key: gather(store.correct[j.key]) for j in jobs},
                       seconds={j.key: store.seconds.get(j.key, 0.0) for j in jobs},
-                      counts={j.key: dict(store.counts.get(j.key, {})) for j in jobs}, resumed=dict(store.resumed))
+                      counts={j.key: dict(store.counts.get(j.key, {})) for j in jobs}, resumed=dict(store.resumed),
+                      loss={j.key: gather(store.loss[j.key]) for j in jobs})

@@ -259,9 +259,8 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[
                 rows.append(res.clean.clone())
                 continue
             key = Job(a, threat, e).key
-            col = res.clean & res.correct[key]
-            if a in survivors_only:  # cumulative: robust after this attack and every earlier one at this ε
-                col = col & res.worst(threat, e)
+            # survivors-only columns are cumulative: robust after this attack and every earlier one at this ε
+            col = res.cumulative(key) if a in survivors_only else res.clean & res.correct[key]
             rows.append(col)
         robust[a] = torch.stack(rows)
         keys = [j.key for j in jobs if j.label == a]

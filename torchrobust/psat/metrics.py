@@ -14,7 +14,9 @@ Columns (notes §1.5, verified arithmetic on PSAT Table 1):
   PSAT Table 1 to 0.01. It uses the paper's ``max``, not ``union``.
 * ``params``, ``saving`` — parameter count and ``1 - params / plain`` (negative = more parameters).
 
-Every adversarial example is checked to lie in its ε-ball ∩ [0, 1] (hard error otherwise). For a
+Every row is a plan of the evaluation engine (:func:`torchrobust.evaluate.engine.run_plan`: one job per norm and
+attack; ``cascade`` makes the later attacks survivors-only). Every adversarial example is checked to lie in its
+ε-ball ∩ [0, 1] (hard error otherwise). For a
 :class:`~torchrobust.psat.aggregate.PSATEnsemble` the attack is adaptive by default
 (:func:`~torchrobust.psat.aggregate.adaptive_attack`: end to end plus each member alone, per-example worst).
 """
@@ -28,12 +30,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchrobust.attacks.threat import get_threat
 from torchrobust.errors import TorchRobustError
-from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack, strongest
+from torchrobust.evaluate.engine import Job, PlanResult, run_plan
+from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack
 
 __all__ = ["MultiNormRow", "evaluate_multi_norm", "format_attack_breakdown", "format_table", "trade_off", "NORMS"]
 
@@ -109,57 +110,51 @@ def evaluate_multi_norm(name: str, model: nn.Module, x: Tensor, y: Tensor,
     for k, atks in named.items():
         if not atks:
             raise TorchRobustError(f"no attack given for {k}; pass at least one attack per norm")
-    was = model.training
-    model.eval()
-    dev = next((p.device for p in model.parameters()), x.device)
-    clean_ok, adv_ok, adv_loss = [], {k: [] for k in NORMS}, {k: [] for k in NORMS}
-    each_ok: dict[str, list[Tensor]] = {f"{k}/{a}": [] for k in NORMS for a in named[k]}
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        with torch.no_grad():
-            clean_ok.append(model(xb).argmax(-1) == yb)
-        for k in NORMS:
-            tm = get_threat(k, eps[k])
-            cands: list[Tensor] = []
-            xa = xb
-            for a, attack in named[k].items():
-                idx = torch.arange(len(xb), device=xb.device)
-                if cascade and cands:
-                    with torch.no_grad():
-                        idx = (model(xa).argmax(-1) == yb).nonzero().squeeze(1)
-                use_adaptive = adaptive if isinstance(adaptive, bool) else a in adaptive
-                if len(idx) == 0:
-                    sub = xb[idx]
-                elif use_adaptive and isinstance(model, PSATEnsemble):
-                    sub = adaptive_attack(model, attack, xb[idx], yb[idx])
-                else:
-                    sub = attack(model, xb[idx], yb[idx])
-                inside = tm.contains(sub, xb[idx], tol=tol)
-                if not bool(inside.all()):
-                    raise TorchRobustError(f"{k} attack {a!r} returned {int((~inside).sum())} example(s) outside the "
-                                           f"eps={eps[k]} ball or [0, 1]; fix the attack")
-                cand = xa.detach().clone() if cascade and cands else xb.detach().clone()
-                cand[idx] = sub.detach().to(cand.dtype)
-                cands.append(cand)
-                xa = cand if len(cands) == 1 else strongest(model, xb, yb, cands)[0]
-                with torch.no_grad():
-                    each_ok[f"{k}/{a}"].append(model(xa if cascade else cand).argmax(-1) == yb)
-            with torch.no_grad():
-                out = model(xa)
-            adv_ok[k].append(out.argmax(-1) == yb)
-            adv_loss[k].append(F.cross_entropy(out, yb, reduction="none"))
-    model.train(was)
-    c = torch.cat(clean_ok)
-    ok = torch.stack([torch.cat(adv_ok[k]) for k in NORMS])
-    loss = torch.stack([torch.cat(adv_loss[k]) for k in NORMS])
-    pick = loss.argmax(0)
+    jobs: list[Job] = []
+    for k in NORMS:
+        for pos, (a, attack) in enumerate(named[k].items()):
+            use_adaptive = adaptive if isinstance(adaptive, bool) else a in adaptive
+            fn = _AdaptiveAttack(attack) if use_adaptive and isinstance(model, PSATEnsemble) else attack
+            jobs.append(Job(fn, k, float(eps[k]), name=a, survivors_only=cascade and pos > 0))
+    res = run_plan(model, x, y, jobs, batch_size=batch_size, tol=tol)
+    c = res.clean
+    ok = torch.stack([res.worst(k, float(eps[k])) for k in NORMS])
+    loss = torch.stack([_norm_loss(res, [j for j in jobs if j.threat == k]) for k in NORMS])
+    pick = torch.nan_to_num(loss, nan=-math.inf).argmax(0)
     max_ok = ok.gather(0, pick.view(1, -1)).squeeze(0)
     union = c & ok.all(0)
     n = len(c)
-    extra = {key: torch.cat(v).float().mean().item() for key, v in each_ok.items()
-             if len(named[key.split("/")[0]]) > 1}
-    return MultiNormRow(name, c.float().mean().item(), {k: ok[j].float().mean().item() for j, k in enumerate(NORMS)},
+    extra = {f"{j.threat}/{j.label}": res.accuracy(j.key) for j in jobs if len(named[j.threat]) > 1}
+    return MultiNormRow(name, c.float().mean().item(), {k: ok[i].float().mean().item() for i, k in enumerate(NORMS)},
                         max_ok.float().mean().item(), union.float().mean().item(), n, params, saving, extra)
+
+
+class _AdaptiveAttack:
+    """``attack`` run through :func:`adaptive_attack` on a :class:`PSATEnsemble` (end to end plus each member)."""
+
+    def __init__(self, attack: AttackFn) -> None:
+        self.attack = attack
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return adaptive_attack(model, self.attack, x, y)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"adaptive({self.attack!r})"
+
+
+def _norm_loss(res: PlanResult, jobs: Sequence[Job]) -> Tensor:
+    """Per example, the loss of the strongest of one norm's results (:func:`strongest`'s rule): the first attack
+    (in order) whose result fools the model, else the highest loss. NaN where nothing was attacked."""
+    out = torch.full_like(res.clean, float("nan"), dtype=torch.float32)
+    fooled = torch.zeros_like(res.clean)
+    for j in jobs:
+        lo, attacked = res.loss[j.key], ~torch.isnan(res.loss[j.key])
+        hit = attacked & ~res.correct[j.key] & ~fooled
+        out = torch.where(hit, lo, out)
+        fooled |= hit
+        higher = attacked & ~fooled & ~(lo <= out)  # (NaN-safe: a first value replaces NaN)
+        out = torch.where(higher, lo, out)
+    return out
 
 
 _COLS = ("clean", "Linf", "L2", "L1", "max", "union", "avg", "trade_off")
