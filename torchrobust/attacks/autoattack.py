@@ -17,8 +17,12 @@ reference ``run_standard_evaluation`` on the points still robust, in their origi
 ``batch_size``. The reference implementation does exactly this internally and re-seeds torch's RNG with ``seed``
 before every batch of every sub-attack, so the batches, seeds and results are identical to one direct call with
 the same seed (``tests/test_autoattack.py`` checks equality per example). Running one sub-attack per call is what
-gives the per-attack breakdown and the resumable state file (``state_path``: written atomically after every
-sub-attack; a restarted run skips the finished ones).
+gives the per-attack breakdown and the resumable state (``state_path``, a stem: ``<stem>.safetensors`` +
+``<stem>.json``, written atomically after every sub-attack through :mod:`torchrobust.resume`; a restarted run skips
+the finished ones). The state is reused only for the same model, data and configuration (fingerprints); a state of
+another model/data/configuration, or a corrupt one, is recomputed with one warning line and overwritten. Nothing
+is ever unpickled: the legacy spelling ``state_path="x.pt"`` means the stem ``x``, and an old pickled ``x.pt`` is
+ignored.
 
 Other differences from calling the reference code directly, all on the safe side:
 
@@ -50,8 +54,6 @@ import importlib
 import inspect
 import io
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -203,16 +205,40 @@ class AutoAttackResult:
         return out
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+_PER_ATTACK = ("robust_after", "broken_by")
+
+
+def _save_state(store: Any, state: dict[str, Any]) -> None:
+    tensors = {k: state[k] for k in ("clean", "robust", "x_adv")}
+    for group in _PER_ATTACK:
+        tensors.update({f"{group}/{a}": v for a, v in state[group].items()})
+    store.save(tensors, {"done": state["done"], "seconds": state["seconds"]})
+
+
+def _restore(store: Any, attacks: list[str], x: Tensor) -> dict[str, Any] | None:
+    """A saved state as the run's working dict, or None (logged) when nothing consistent can be reused."""
+    from torchrobust.resume import finite_seconds
+
+    loaded = store.load()
+    if loaded is None:
+        return None
+    tensors, meta = loaded
+    done = meta.get("done")
+    if not isinstance(done, list) or done != attacks[:len(done)]:
+        store.discard("its finished sub-attacks are not a prefix of this run's")
+        return None
+    n = len(x)
+    want = {"clean": (torch.bool, (n,)), "robust": (torch.bool, (n,)), "x_adv": (x.dtype, tuple(x.shape))}
+    want.update({f"{g}/{a}": (torch.bool, (n,)) for g in _PER_ATTACK for a in done})
+    for k, (dtype, shape) in want.items():
+        t = tensors.get(k)
+        if t is None or t.dtype != dtype or tuple(t.shape) != shape:
+            store.discard(f"tensor {k!r} is missing or has the wrong dtype/shape")
+            return None
+    seconds = finite_seconds(meta["seconds"]) if isinstance(meta.get("seconds"), dict) else {}
+    return {"done": list(done), "clean": tensors["clean"], "robust": tensors["robust"], "x_adv": tensors["x_adv"],
+            **{g: {a: tensors[f"{g}/{a}"] for a in done} for g in _PER_ATTACK},
+            "seconds": {a: seconds[a] for a in done if a in seconds}}
 
 
 def run_autoattack(
@@ -240,7 +266,9 @@ def run_autoattack(
         attacks_to_run: sub-attacks for ``"custom"``, or a subset of the version's attacks.
         seed: the reference seed (``None`` is refused: the reference would seed from the clock).
         batch_size: the reference batch size (part of what makes results reproducible).
-        state_path: resumable state file (torch format), updated atomically after every sub-attack.
+        state_path: stem of the resumable state (``<stem>.safetensors`` + ``<stem>.json``; a trailing ``.pt`` is
+            dropped), updated atomically after every sub-attack; reused only for the same model, data and
+            configuration (:mod:`torchrobust.resume`).
         verbose: let the reference logger emit its DEBUG progress lines.
     """
     from torchrobust.attacks.threat import get_threat
@@ -264,6 +292,10 @@ def run_autoattack(
         raise TorchRobustError("version='custom' needs attacks_to_run, e.g. ['apgd-ce', 'apgd-t']")
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise TorchRobustError(f"AutoAttack needs image batches shaped (N, C, H, W), got {getattr(x, 'shape', x)}")
+    if state_path is not None:
+        from torchrobust.resume import check_state_path
+
+        check_state_path(state_path)
     mod = reference_autoattack()
     device = next((p.device for p in model.parameters()), x.device)
     x_dev, y_dev = x.detach().to(device), y.detach().to(device)
@@ -271,7 +303,6 @@ def run_autoattack(
               "n_examples": int(len(x)), "reference": mod.__name__,
               "reference_version": getattr(mod, "__version__", "")}
 
-    path = Path(state_path) if state_path is not None else None
     with _quiet_eval(model, device):
         aa = _build(mod, model, norm, float(tm.eps), version, attacks_to_run, seed, device, verbose)
         attacks = list(aa.attacks_to_run)
@@ -283,12 +314,14 @@ def run_autoattack(
             attacks = [a for a in attacks if a in attacks_to_run]
         config["attacks"] = attacks
         state: dict[str, Any] | None = None
-        if path is not None and path.exists():
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if state.get("config") != config:
-                raise TorchRobustError(f"state file {path} was written by a different run; delete it or pass "
-                                       "another state_path")
-            logger.info("resuming AutoAttack from %s (done: %s)", path, ", ".join(state["done"]) or "none")
+        store = None
+        if state_path is not None:
+            from torchrobust.resume import StateStore, make_fingerprint
+
+            store = StateStore(state_path, make_fingerprint(model, (x, y), {"job": "run_autoattack", **config}))
+            state = _restore(store, attacks, x)
+            if state is not None:
+                logger.info("resuming AutoAttack from %s (done: %s)", store.path, ", ".join(state["done"]) or "none")
         with torch.no_grad():
             n_classes = int(model(x_dev[:1]).shape[1])
         _cap_targets(aa, n_classes)
@@ -320,8 +353,8 @@ def run_autoattack(
             state["done"].append(attack)
             logger.info("AutoAttack %s: robust accuracy %.2f%% (%.1f s)", attack, 100 * float(robust.float().mean()),
                         state["seconds"][attack])
-            if path is not None:
-                _atomic_save(state, path)
+            if store is not None:
+                _save_state(store, state)
     ok = tm.contains(x_adv, x.detach().cpu(), tol=1e-5)
     if not bool(ok.all()):
         raise AttackBudgetError(f"reference AutoAttack returned {int((~ok).sum())} point(s) outside {tm} ∩ [0,1]")

@@ -25,21 +25,24 @@ average (Carlini et al. 2019, Sec. 5.1; AutoAttack). Each attack's result is als
 black-box, transfer) so :func:`torchrobust.evaluate.checks.run_checks` can raise flags such as
 ``BLACKBOX_STRONGER`` / ``TRANSFER_STRONGER`` / ``ZERO_GRADIENTS``; ``reliable`` is True iff no flag was raised.
 
-Long runs: ``progress=True`` shows a tqdm bar over attacks; ``state_path=`` saves the per-attack results
-atomically after every attack, and a restarted call with the same arguments skips the finished attacks (a state
-written by a different configuration is refused).
+Long runs: ``progress=True`` shows a tqdm bar over attacks; ``state_path=`` (a stem: ``runs/adaptive`` writes
+``runs/adaptive.safetensors`` + ``runs/adaptive.json``, see :mod:`torchrobust.resume`) saves the per-attack results
+atomically after every attack, and a restarted call skips the finished attacks. The state is bound to a
+fingerprint of the model (and ``base_model``), the data ``(x, y)`` and the configuration: a state written for
+anything else, or a corrupt one, is never reused — it is recomputed with one warning line and overwritten.
+Nothing is unpickled; the legacy spelling ``state_path="x.pt"`` means the stem ``x`` and an old pickled ``x.pt``
+is ignored.
 
 Example::
 
     >>> from torchrobust.evaluate.adaptive import evaluate_adaptive
     >>> res = evaluate_adaptive(forged_model, x, y, "Linf", 0.3, base_model=unforge(copy.deepcopy(forged_model)),
-    ...                         state_path="runs/adaptive.pt", progress=True)
+    ...                         state_path="runs/adaptive", progress=True)
     >>> res.robust_accuracy, res.reliable, [f["code"] for f in res.flags]
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -50,7 +53,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import atomic_write_bytes
 from ..errors import TorchRobustError
 from .metrics import correct as clean_correct
 
@@ -153,10 +155,33 @@ def _under_attack(attack: Callable[[nn.Module, Tensor, Tensor], Tensor], attack_
     return out
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+def _restore(store: Any, jobs: list[str], n: int) -> dict[str, Any] | None:
+    """The per-attack results of a saved state, or None (logged) when nothing consistent can be reused."""
+    from ..resume import finite_seconds
+
+    loaded = store.load()
+    if loaded is None:
+        return None
+    tensors, meta = loaded
+    done = meta.get("done")
+    if not isinstance(done, list) or not all(isinstance(d, str) and d in jobs for d in done) \
+            or len(set(done)) != len(done):
+        store.discard("its list of finished attacks does not match this evaluation")
+        return None
+    correct = {}
+    for name in done:
+        t = tensors.get(f"correct/{name}")
+        if t is None or t.dtype != torch.bool or tuple(t.shape) != (n,):
+            store.discard(f"no per-example result of {name!r}")
+            return None
+        correct[name] = t
+    seconds = finite_seconds(meta.get("seconds", {})) if isinstance(meta.get("seconds"), dict) else {}
+    return {"done": list(done), "correct": correct, "seconds": {k: v for k, v in seconds.items() if k in correct}}
+
+
+def _save_state(store: Any, state: dict[str, Any]) -> None:
+    store.save({f"correct/{k}": v for k, v in state["correct"].items()},
+               {"done": state["done"], "seconds": state["seconds"]})
 
 
 # ------------------------------------------------------------------------------------------------ main entry
@@ -201,7 +226,9 @@ def evaluate_adaptive(
         blackbox: run Square and SPSA on the survivors; ``square_queries``, ``spsa_steps``, ``spsa_samples``.
         seed: seed of every randomised attack.
         batch_size: examples per attack call.
-        state_path: resumable state file (rewritten atomically after each attack).
+        state_path: stem of the resumable state (``<stem>.safetensors`` + ``<stem>.json``, rewritten atomically
+            after each attack; a trailing ``.pt`` is dropped). Reused only for the same model, data and
+            configuration (:mod:`torchrobust.resume`); validated before any attack runs.
         checks: run :func:`torchrobust.evaluate.checks.run_checks` on the results (``n_check`` examples for the
             model probes).
         progress: tqdm bar over the attacks.
@@ -215,6 +242,10 @@ def evaluate_adaptive(
     if whitebox not in _WHITEBOX:
         raise TorchRobustError(f"unknown whitebox {whitebox!r}; valid: {', '.join(_WHITEBOX)}")
     tm = A.get_threat(threat, eps)
+    if state_path is not None:
+        from ..resume import check_state_path
+
+        check_state_path(state_path)
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y) or len(x) == 0:
         raise TorchRobustError("x and y must be non-empty tensors of equal length; pass (N, ...) inputs, (N,) labels")
     x, y = x.detach(), y.detach()
@@ -304,16 +335,19 @@ def evaluate_adaptive(
     if base_model is None:
         skipped["transfer"] = "no base_model given"
 
-    # --- resume
-    path = Path(state_path) if state_path is not None else None
-    state: dict[str, Any] = {"config": config, "done": [], "correct": {}, "seconds": {}}
-    if path is not None and path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved.get("config") != config:
-            raise TorchRobustError(f"state file {path} belongs to a different evaluation; delete it or pass another "
-                                   "state_path")
-        state = saved
-        log.info("resuming adaptive evaluation from %s (done: %s)", path, ", ".join(state["done"]) or "none")
+    # --- resume: only a state with the same model, base model, data and configuration is reused
+    store = None
+    state: dict[str, Any] = {"done": [], "correct": {}, "seconds": {}}
+    if state_path is not None:
+        from ..resume import StateStore, fingerprint_model, make_fingerprint
+
+        extra = {"base_model": fingerprint_model(base_model)} if config["transfer"] else {}
+        store = StateStore(state_path, make_fingerprint(model, (x, y), {"job": "evaluate_adaptive", **config},
+                                                        **extra))
+        saved = _restore(store, [name for name, _, _, _ in jobs], len(x))
+        if saved is not None:
+            state = saved
+            log.info("resuming adaptive evaluation from %s (done: %s)", store.path, ", ".join(state["done"]) or "none")
 
     bar = None
     if progress:
@@ -334,8 +368,8 @@ def evaluate_adaptive(
             state["correct"][name] = result.cpu() | ~todo
             state["seconds"][name] = time.perf_counter() - t0
             state["done"].append(name)
-            if path is not None:
-                _save_state(path, state)
+            if store is not None:
+                _save_state(store, state)
             acc = float((clean & state["correct"][name]).float().mean())
             log.info("adaptive: %s robust accuracy %.2f%% (%.1f s)", name, 100 * acc, state["seconds"][name])
             if bar is not None:
