@@ -118,6 +118,59 @@ def test_resume_after_interruption(mnist, custom_run, tmp_path, monkeypatch) -> 
         assert torch.equal(resumed.broken_by[a], full.broken_by[a])
 
 
+class _Marker:
+    """Unpickling this creates ``path``: the planted state file of the issue."""
+
+    def __init__(self, path) -> None:  # noqa: ANN001
+        self.path = str(path)
+
+    def __reduce__(self):  # noqa: ANN204
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.path),))
+
+
+def test_stale_or_pickled_state_is_not_reused(mnist, tmp_path, monkeypatch, caplog) -> None:
+    import copy
+    import logging
+
+    model, x, y = mnist
+    x, y = x[:16], y[:16]
+    kw = dict(version="custom", attacks_to_run=["apgd-ce"], batch_size=16)
+    marker = tmp_path / "PWNED"
+    state = tmp_path / "state_Linf_0.1.pt"
+    torch.save({"config": {}, "done": ["apgd-ce"], "evil": _Marker(marker)}, state)  # planted pickle
+    torch.save({"evil": _Marker(marker)}, tmp_path / "state_Linf_0.1.safetensors")
+    calls: list[list[str]] = []
+    real = AA._run_reference
+    monkeypatch.setattr(AA, "_run_reference", lambda aa, xb, yb, bs: (calls.append(list(aa.attacks_to_run)),
+                                                                      real(aa, xb, yb, bs))[1])
+    with caplog.at_level(logging.WARNING):
+        first = run_autoattack(model, x, y, "Linf", 0.1, state_path=state, **kw)
+    assert not marker.exists() and calls == [["apgd-ce"]]
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("never loaded" in m for m in msgs) and any("unreadable" in m for m in msgs)
+    calls.clear()
+    assert torch.equal(run_autoattack(model, x, y, "Linf", 0.1, state_path=state, **kw).robust, first.robust)
+    assert calls == []  # its own state is reused
+    # another model, other data, another config: recomputed, equal to a run without state
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    for what, (m, xx, yy, eps) in {"model": (other, x, y, 0.1), "data": (model, x.flip(0), y.flip(0), 0.1),
+                                   "config": (model, x, y, 0.05)}.items():
+        fresh = run_autoattack(m, xx, yy, "Linf", eps, **kw)
+        calls.clear()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="torchrobust.resume"):
+            res = run_autoattack(m, xx, yy, "Linf", eps, state_path=state, **kw)
+        assert calls == [["apgd-ce"]], what
+        assert torch.equal(res.robust, fresh.robust) and torch.equal(res.x_adv, fresh.x_adv), what
+        assert any(f"another {what}" in r.getMessage() for r in caplog.records), what
+    assert not marker.exists()
+
+
 def test_input_errors(mnist) -> None:
     model, x, y = mnist
     with pytest.raises(TorchRobustError, match="seed"):
