@@ -66,3 +66,76 @@ def test_cli_c_r_that_is_not_a_finite_number_is_one_line(tmp_path, capsys, value
     err = capsys.readouterr().err.strip()
     assert err.startswith("torchrobust: error:") and ("c_r" in err or "--c-r" in err) and "\n" not in err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ 3. evaluation modes
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3), nn.Flatten(),
+                      nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():  # running statistics that differ from any batch's own
+        m[1].running_mean.uniform_(-0.5, 0.5)
+        m[1].running_var.uniform_(0.5, 2.0)
+    m.train()
+    m[6].eval()  # mixed modes: the caller's per-submodule choice must survive
+    return m
+
+
+def _snapshot(m: nn.Module) -> tuple[dict[str, torch.Tensor], list[bool]]:
+    return ({k: v.clone() for k, v in m.state_dict().items()}, [s.training for s in m.modules()])
+
+
+def _unchanged(m: nn.Module, snap: tuple[dict[str, torch.Tensor], list[bool]]) -> None:
+    state, modes = snap
+    now = m.state_dict()
+    for k, v in state.items():  # running_mean/var and num_batches_tracked bit-identical
+        assert torch.equal(now[k], v), k
+    assert [s.training for s in m.modules()] == modes
+
+
+def test_evaluation_forwards_run_in_eval_mode_and_touch_nothing() -> None:
+    from torchrobust.evaluate import checks
+    from torchrobust.validation import probe_logits
+
+    m = _bn_model()
+    x, y = _xy(16)
+    ref = m.eval()(x).argmax(1) == y  # the deployed function
+    m.train()
+    m[6].eval()
+    snap = _snapshot(m)
+
+    assert torch.equal(tr.evaluate.correct(m, x, y, batch_size=5), ref)
+    _unchanged(m, snap)
+    assert tr.evaluate.accuracy(m, x, y) == float(ref.float().mean())
+    _unchanged(m, snap)
+    assert probe_logits(m, x) == 3
+    _unchanged(m, snap)
+
+    seen: list[bool] = []
+
+    def my_attack(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        seen.append(any(s.training for s in model.modules()))
+        return (xb + 0.01).clamp(0, 1)
+
+    tr.evaluate.robust_correct(m, x, y, my_attack, batch_size=4)
+    assert seen and not any(seen)  # a plain callable attack also sees the model in eval mode
+    tr.evaluate.robust_correct(m, x, y, tr.attacks.PGD("Linf", eps=0.05, steps=2), batch_size=8)
+    _unchanged(m, snap)
+
+    assert checks.check_randomness(m, x) is None  # dropout is off in eval mode: deterministic
+    checks.check_gradients(m, x, y)
+    checks.find_zero_gradient_modules(m, x[:4], path_points=2)
+    flags = checks.check_input_contract(m, x)
+    assert [f.code for f in flags] == ["TRAIN_MODE"]  # the mode the model was handed is still reported
+    checks.run_checks({"model": m, "x": x[:4], "y": y[:4]})
+    _unchanged(m, snap)
+
+
+def test_batchnorm1d_in_train_mode_evaluates_a_single_example() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).train()
+    x, y = _xy(1)
+    snap = _snapshot(m)
+    acc = tr.evaluate.accuracy(m, x, y)  # was: ValueError "Expected more than 1 value per channel when training"
+    _unchanged(m, snap)
+    assert acc == float(m.eval()(x).argmax(1).item() == y.item())

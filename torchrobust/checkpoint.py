@@ -40,7 +40,7 @@ from torch import nn
 from .errors import TorchRobustError
 
 __all__ = ["save", "load", "load_metadata", "load_state_dict_file", "load_weights", "atomic_write_bytes",
-           "state_dict_mismatch", "write_texts", "check_output_file"]
+           "state_dict_mismatch", "write_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _umask() -> int:
     return old
 
 
-def check_output_file(path: str | os.PathLike[str]) -> Path:
+def _check_file_path(path: str | os.PathLike[str]) -> Path:
     """``path`` can be written as a file: it is not a directory and no existing ancestor is a file.
 
     Raises a one-line :class:`TorchRobustError` otherwise; returns ``path`` as a :class:`~pathlib.Path`.
@@ -90,7 +90,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     after the rename where the OS allows, so the new name survives a crash too. A path that is a directory or
     lies under a file, or a folder that cannot be written, raises :class:`TorchRobustError`.
     """
-    path = check_output_file(path)
+    path = _check_file_path(path)
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~_umask()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +151,8 @@ def save(model: nn.Module, path: str | os.PathLike[str], spec: Mapping[str, Any]
     """
     from safetensors.torch import save as st_save
 
-    path = check_output_file(path)
-    check_output_file(path.with_name(path.name + ".json"))
+    path = _check_file_path(path)
+    _check_file_path(path.with_name(path.name + ".json"))
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     spec = dict(spec if spec is not None else getattr(module, "torchrobust_spec", None) or {})
     if "name" not in spec:

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn.forged import Forged, PreForged, bpda_mode, check_c_r
-from torchrobust.validation import check_images, check_labels
+from torchrobust.validation import check_images, check_labels, check_output_file
 
 __all__ = [
     "forge",
@@ -631,7 +631,7 @@ def search_c_r(
 
         attack = _attacks.PGD(threat="Linf", eps=eps, steps=steps)
     attack_name = getattr(attack, "__name__", None) or repr(attack)
-    was_training = forged.training
+    modes = [(m, m.training) for m in forged.modules()]  # restored per submodule afterwards
     forged.eval()
     rows: list[dict[str, float]] = []
     n = val_x.shape[0]
@@ -656,7 +656,8 @@ def search_c_r(
         chosen = _choose(rows, criterion, max_clean_drop)
         set_c_r(forged, chosen)
     finally:
-        forged.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     result = CrSearchResult(rows=rows, chosen=chosen, criterion=criterion if isinstance(criterion, str) else
                             getattr(criterion, "__name__", "callable"), n_val=n, attack=attack_name,
                             model=forged, seconds=time.perf_counter() - start)
@@ -702,7 +703,7 @@ def forge_checkpoint(
     from torchrobust import data as trdata
 
     c_r = check_c_r(c_r)
-    checkpoint.check_output_file(out_path)
+    check_output_file(out_path, overwrite=True, flag="output")
     model = checkpoint.load(in_path, map_location=device)
     x, _ = _subset(trdata.load(data, "train", root=root), n_calib, seed)
     forged = forge(model, x, c_r=c_r, where=where, inplace=True, per_channel=per_channel, batch_size=batch_size,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -12,7 +13,8 @@ from torch import nn
 
 from .errors import TorchRobustError
 
-__all__ = ["check_images", "check_labels", "check_eps", "probe_logits", "check_output_file", "check_output_dir"]
+__all__ = ["check_images", "check_labels", "check_eps", "probe_logits", "check_output_file", "check_output_dir",
+           "eval_mode", "dtype_mismatch"]
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
@@ -54,12 +56,48 @@ def check_eps(eps: float, name: str = "eps") -> None:
         raise TorchRobustError(f"{name} must be a finite number >= 0, got {eps!r}")
 
 
-def probe_logits(model: nn.Module, x: torch.Tensor) -> int:
-    """Run the model on one example; returns the number of classes, or a clear error if the shape is wrong."""
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode inside the context; every submodule's ``training`` flag is restored on exit.
+
+    Every evaluation forward pass uses it, so evaluating never updates BatchNorm running statistics, never
+    samples dropout masks, and never changes the modes a caller set per submodule (``model.train(was)`` would
+    set them all alike).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     try:
-        with torch.no_grad():
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def dtype_mismatch(model: nn.Module, x: torch.Tensor) -> str | None:
+    """A one-line error naming the fix when ``x``'s floating dtype differs from the model's parameters' dtype
+    (e.g. a float64 model given float32 images), or None when they agree (or the model has no parameters)."""
+    dtypes = {t.dtype for t in model.parameters() if t.is_floating_point()}
+    if not dtypes or x.dtype in dtypes:
+        return None
+    want = sorted(str(d).replace("torch.", "") for d in dtypes)
+    got = str(x.dtype).replace("torch.", "")
+    if len(want) > 1:
+        return (f"the model mixes parameter dtypes ({', '.join(want)}) and the input is {got}; cast the model to one "
+                "dtype (e.g. model.float()) and the input to match (x.float())")
+    return (f"the input is {got} but the model's parameters are {want[0]}; cast the model "
+            f"(model.to(torch.{got})) or the input (x.to(torch.{want[0]}))")
+
+
+def probe_logits(model: nn.Module, x: torch.Tensor) -> int:
+    """Run the model (in eval mode, modes restored) on one example; returns the number of classes, or a clear
+    error if the shape or the dtype is wrong."""
+    try:
+        with torch.no_grad(), eval_mode(model):
             out = model(x[:1])
     except RuntimeError as exc:
+        why = dtype_mismatch(model, x)
+        if why is not None:
+            raise TorchRobustError(why) from None
         first = str(exc).strip().splitlines()[0][:160]
         raise TorchRobustError(f"inputs of shape {tuple(x.shape[1:])} do not fit the model ({first}); check the "
                                "dataset's channels and image size") from None

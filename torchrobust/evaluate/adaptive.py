@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TorchRobustError
+from ..validation import eval_mode
 from .metrics import correct as clean_correct
 
 __all__ = ["AdaptiveResult", "evaluate_adaptive", "undefended_base"]
@@ -144,13 +145,8 @@ def _under_attack(attack: Callable[[nn.Module, Tensor, Tensor], Tensor], attack_
         sel = idx[i:i + batch_size]
         xb, yb = x[sel].to(dev), y[sel].to(dev)
         x_adv = attack(attack_model, xb, yb)
-        was = eval_model.training
-        eval_model.eval()
-        try:
-            with torch.no_grad():
-                pred = eval_model(x_adv).argmax(1)
-        finally:
-            eval_model.train(was)
+        with torch.no_grad(), eval_mode(eval_model):  # every submodule's mode restored, not just the root's
+            pred = eval_model(x_adv).argmax(1)
         out[sel] = (pred == yb).cpu()
     return out
 

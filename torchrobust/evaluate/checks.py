@@ -33,10 +33,11 @@ correctly after that attack (see :func:`torchrobust.evaluate.robust_correct`). :
 results of an evaluation as one mapping (or a :class:`~torchrobust.evaluate.SweepResult`) and runs every check
 whose inputs are present; it is what ``evaluate(..., suite="adaptive")`` calls.
 
-The model-running checks never change the model: its train/eval modes are left as they are and every buffer
-(BatchNorm statistics, calibration maxima of tracking modules) is restored afterwards; plain Python attributes a
-forward pass may set (e.g. a "has been calibrated" flag of a module left in tracking mode) are not. They run the
-model as given, so pass the same model (and mode) the evaluation attacked.
+The model-running checks never change the model: they run it in eval mode, as every torchrobust evaluation
+forward and attack does (a model left in training mode is reported by :func:`check_eval_mode` instead), restore
+every submodule's train/eval flag and every buffer (BatchNorm statistics, calibration maxima of tracking modules)
+afterwards; plain Python attributes a forward pass may set (e.g. a "has been calibrated" flag of a module left in
+tracking mode) are not restored.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import eval_mode
 
 __all__ = [
     "Flag",
@@ -207,7 +209,7 @@ def check_input_contract(
     if model is not None:
         flags.append(check_eval_mode(model))
         if logits is None and bool(torch.isfinite(x).all()):
-            with torch.no_grad(), _preserve_buffers(model):
+            with torch.no_grad(), _probing(model):
                 logits = model(x)
     if logits is not None:
         flags.append(check_logits(logits, atol=atol))
@@ -224,14 +226,14 @@ def check_randomness(
 ) -> Flag | None:
     """Checklist item 2 (AutoAttack ``check_randomized``; RobustBench's deterministic-forward rule).
 
-    Runs ``passes`` forward passes on the same batch (no grad, buffers restored, modes untouched) and flags
+    Runs ``passes`` forward passes on the same batch (no grad, eval mode, modes and buffers restored) and flags
     ``RANDOMIZED_OUTPUT`` when the predictions differ or a row-normalised logit (divided by the row's max
     ``|logit|``) differs by more than ``rtol`` — which tolerates non-deterministic GPU reductions. A randomised
     model needs EOT (≥ 20 samples per gradient) and a fixed-randomness baseline.
     """
     _check_count("passes", passes, 2)
     x = _tensor("x", x)
-    with torch.no_grad(), _preserve_buffers(model):
+    with torch.no_grad(), _probing(model):
         outs = [model(x).detach().flatten(1).to(torch.float64) for _ in range(passes)]
     ref = outs[0]
     scale = ref.abs().amax(1, keepdim=True).clamp_min(1e-12)
@@ -284,7 +286,7 @@ def check_gradients(
     if loss not in ("margin", "ce"):
         raise TorchRobustError(f"unknown loss {loss!r}; valid: ce, margin")
     x_in = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), _preserve_buffers(model):
+    with torch.enable_grad(), _probing(model):
         logits = model(x_in.clone())  # a non-leaf copy: models may start with an in-place op
         if logits.ndim != 2 or logits.shape[0] != len(x):
             raise TorchRobustError(f"model returned shape {tuple(logits.shape)}; expected (batch, num_classes) logits")
@@ -621,7 +623,7 @@ def find_zero_gradient_modules(
     Modules whose output is not reproducible (randomised) are skipped — :func:`check_randomness` covers them.
     A module is reported only if none of its descendants is detected (the innermost culprit); so a parent whose
     only masking comes from a covered child is not reported — but neither is an inline zero-gradient op in a
-    parent that also has a detected child (a known limitation). The model is run as given (mode untouched, all
+    parent that also has a detected child (a known limitation). The model is run in eval mode (modes and all
     buffers restored). Use a small batch (4–32 examples): every module is re-run about ten times (the ``probes``
     directions stacked into one batch when the module treats examples independently), and entrywise leaves
     another ``path_points`` times on one example — ResNet-18 on 4 CIFAR images takes about 20 s on one CPU
@@ -649,7 +651,7 @@ def find_zero_gradient_modules(
     handles = [m.register_forward_pre_hook(pre_hook) for m in names]
     handles += [m.register_forward_hook(hook) for m in names]
     try:
-        with torch.no_grad(), _preserve_buffers(model):
+        with torch.no_grad(), _probing(model):
             model(x)
     finally:
         for h in handles:
@@ -657,7 +659,7 @@ def find_zero_gradient_modules(
 
     gen = torch.Generator().manual_seed(seed)
     detected: dict[nn.Module, str] = {}
-    with _preserve_buffers(model):
+    with _probing(model):
         for m, a in records.items():
             try:
                 reason = _classify_module(m, a, probes, rel_step, factor, gen, path_points)
@@ -773,7 +775,7 @@ def run_checks(results: Mapping[str, Any] | Any, **overrides: Any) -> list[Flag]
         flags.extend(check_input_contract(model, x, **tol.get("check_input_contract", {})))
     if model is not None and x is not None:
         if num_classes is None:
-            with torch.no_grad(), _preserve_buffers(model):
+            with torch.no_grad(), _probing(model):
                 num_classes = int(model(x).shape[1])
         flags.append(check_randomness(model, x, **tol.get("check_randomness", {})))
         if y is not None:
@@ -909,11 +911,13 @@ def _weaker_beats_stronger(
 
 
 @contextmanager
-def _preserve_buffers(model: nn.Module) -> Iterator[None]:
-    """Restore every buffer of ``model`` (BatchNorm running stats, calibration maxima) on exit."""
+def _probing(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode (:func:`torchrobust.validation.eval_mode`: every submodule's mode restored on
+    exit) and restore every buffer (BatchNorm running stats, calibration maxima of tracking modules) on exit."""
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     try:
-        yield
+        with eval_mode(model):
+            yield
     finally:
         with torch.no_grad():
             for b, v in saved:

@@ -12,28 +12,24 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..validation import check_images, check_labels, probe_logits
+from ..validation import check_images, check_labels, eval_mode, probe_logits
 
 __all__ = ["predict", "accuracy", "correct", "robust_correct"]
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Predicted labels of ``model`` (in eval mode, restored afterwards) on ``x``; on ``x``'s device."""
-    was_training = model.training
-    model.eval()
+    """Predicted labels of ``model`` on ``x``, on ``x``'s device. The forward passes run in eval mode (no
+    BatchNorm statistic or dropout mask changes) and every submodule's mode is restored afterwards."""
     dev = next((p.device for p in model.parameters()), x.device)
-    try:
-        with torch.no_grad():
-            out = [model(x[i:i + batch_size].to(dev)).argmax(1).to(x.device) for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        out = [model(x[i:i + batch_size].to(dev)).argmax(1).to(x.device) for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
 def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Per-example booleans: is ``model`` right on ``x``? Validates the inputs first."""
     check_images(x)
-    num_classes = probe_logits(model, x.to(next((p.device for p in model.parameters()), x.device)))
+    num_classes = probe_logits(model, x[:1].to(next((p.device for p in model.parameters()), x.device)))
     check_labels(y, len(x), num_classes)
     return predict(model, x, batch_size) == y.to(x.device)
 
@@ -48,7 +44,8 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    batch_size: int = 500, clean: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example booleans: correct on the clean input AND on ``attack(model, x, y)``.
 
-    Only clean-correct examples are attacked (a misclassified example is already an error), batch by batch.
+    Only clean-correct examples are attacked (a misclassified example is already an error), batch by batch. The
+    attack runs with the model in eval mode too (every submodule's mode restored afterwards).
     """
     if clean is None:
         clean = correct(model, x, y, batch_size)
@@ -58,6 +55,7 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     for i in range(0, len(idx), batch_size):
         sel = idx[i:i + batch_size]
         xb, yb = x[sel].to(dev), y[sel].to(dev)
-        x_adv = attack(model, xb, yb)
+        with eval_mode(model):
+            x_adv = attack(model, xb, yb)
         out[sel] = (predict(model, x_adv, batch_size) == yb).to(out.device)
     return out
