@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -31,22 +32,80 @@ def parse_number(v: str) -> float:
     v = v.strip()
     if "**" in v:
         base, exp = v.split("**", 1)
-        return float(base) ** float(exp)
+        try:
+            return float(base) ** float(exp)
+        except OverflowError:  # e.g. 10**400: too large for a float, like float("1e400"); callers reject inf
+            return float("inf")
+        except ZeroDivisionError:  # 0**-1
+            raise ValueError(f"{v!r} divides by zero") from None
     return float(v)
 
 
+def _finite(v: str) -> float:
+    """:func:`parse_number`, rejecting results that are not finite real numbers (inf, nan, 2**10000, (-8)**0.5)."""
+    x = parse_number(v)
+    if not isinstance(x, float) or not math.isfinite(x):
+        raise ValueError(v)
+    return x
+
+
 def _floats(s: str) -> list[float]:
+    """Comma-separated finite numbers >= 0 (budgets ε, thresholds c_r), at least one."""
     try:
-        return [parse_number(v) for v in s.split(",") if v.strip()]
+        vals = [_finite(v) for v in s.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (2**-7 allowed), got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers (2**-7 allowed), got {s!r}") \
+            from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected at least one number, e.g. 0,0.1,0.3; got {s!r}")
+    if any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {s!r}")
+    return vals
 
 
 def _number(s: str) -> float:
+    """One finite number (2**-7 allowed)."""
     try:
-        return parse_number(s)
+        return _finite(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.0078125 or 2**-7, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a finite number such as 0.0078125 or 2**-7, got {s!r}") from None
+
+
+def _count(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            v = None
+        if v is None or v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {s!r}")
+        return v
+    return parse
+
+
+_pos_int = _count(1)
+_nonneg_int = _count(0)
+
+
+def check_device(s: str) -> None:
+    """``--device`` must name a device that exists on this machine (cpu, cuda, cuda:N, mps)."""
+    import torch
+
+    try:
+        dev = torch.device(s)
+    except (RuntimeError, ValueError):
+        raise TorchRobustError(f"unknown --device {s!r}; valid: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise TorchRobustError(f"--device {s}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise TorchRobustError(f"--device {s}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise TorchRobustError(f"--device {s}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise TorchRobustError(f"unsupported --device {s!r}; valid: cpu, cuda, cuda:N, mps")
 
 
 def _names(s: str) -> list[str]:
@@ -66,6 +125,9 @@ def _kv(s: str) -> tuple[str, Any]:
 def _setup(args: argparse.Namespace) -> None:
     import torch
 
+    device = getattr(args, "device", None)
+    if device is not None:  # every sub-command with --device: checked before any work
+        check_device(device)
     logging.basicConfig(level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     threads = getattr(args, "threads", None)
@@ -148,11 +210,43 @@ def _attack_kwargs(names: Sequence[str], args: argparse.Namespace) -> dict[str, 
     return kw
 
 
+SWEEP_FILES = ("results.json", "results.csv", "results.md", "accuracy_vs_eps.png")
+ADAPTIVE_FILES = ("adaptive.json", "adaptive.csv", "adaptive.md")
+
+
+def _check_evaluate_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Everything about ``evaluate``'s arguments that can be checked before loading anything; returns the
+    per-attack keyword arguments of a sweep."""
+    from .attacks import get_threat
+    from .validation import check_output_dir
+
+    get_threat(args.threat, 0.0)
+    if args.suite == "adaptive":
+        ignored = [flag for flag, given in (("--attacks", args.attacks is not None),
+                                            ("--attack-arg", bool(args.attack_arg))) if given]
+        if ignored:
+            raise TorchRobustError(f"--suite adaptive runs its own fixed attack suite and cannot take "
+                                   f"{' or '.join(ignored)}; drop {'them' if len(ignored) > 1 else 'it'} or use "
+                                   "--suite sweep")
+        if not any(e > 0 for e in args.eps):
+            raise TorchRobustError("--suite adaptive needs at least one eps > 0, e.g. --eps 0.1,0.3")
+        check_output_dir(args.out, ADAPTIVE_FILES, overwrite=args.overwrite)
+        return {}
+    if args.attacks is None:
+        args.attacks = ["fgsm", "pgd"]
+    if not args.attacks:
+        raise TorchRobustError("--attacks is empty; name at least one attack, e.g. --attacks fgsm,pgd")
+    kw = _attack_kwargs(args.attacks, args)
+    check_output_dir(args.out, SWEEP_FILES, overwrite=args.overwrite)
+    return kw
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import load
     from .evaluate import sweep
     from .train import distributed
 
+    attack_kwargs = _check_evaluate_args(args)
     distributed.init_from_env(args.device)
     dev = distributed.device_for_rank(args.device)
     model = load(args.checkpoint, map_location=dev)
@@ -161,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_adaptive(model, x.to(dev), y.to(dev), args)
     t0 = time.perf_counter()
     res = sweep(model, x.to(dev), y.to(dev), attacks=args.attacks, eps=args.eps, threat=args.threat,
-                attack_kwargs=_attack_kwargs(args.attacks, args), batch_size=args.batch_size, seed=args.seed,
+                attack_kwargs=attack_kwargs, batch_size=args.batch_size, seed=args.seed,
                 progress=not args.quiet)
     res.config.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split,
                       seconds=time.perf_counter() - t0)
@@ -185,13 +279,12 @@ def _evaluate_adaptive(model: Any, x: Any, y: Any, args: argparse.Namespace) -> 
     from .evaluate.sweep import write_table_files
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     base = undefended_base(model)
     rows, docs = [], []
     for e in args.eps:
         if e == 0:
             continue
-        res = evaluate_adaptive(model, x, y, threat=args.threat, eps=e, base_model=base, steps=max(args.steps, 1),
+        res = evaluate_adaptive(model, x, y, threat=args.threat, eps=e, base_model=base, steps=args.steps,
                                 restarts=args.restarts, seed=args.seed, batch_size=args.batch_size,
                                 state_path=out / f"state_{args.threat}_{e:g}.pt", progress=not args.quiet)
         row: dict[str, Any] = {"eps": e, "clean": res.clean_accuracy}
@@ -200,8 +293,6 @@ def _evaluate_adaptive(model: Any, x: Any, y: Any, args: argparse.Namespace) -> 
         row["reliable"] = "yes" if res.reliable else "no"
         rows.append(row)
         docs.append(res.to_dict())
-    if not rows:
-        raise TorchRobustError("--suite adaptive needs at least one eps > 0")
     flags = [f for d in docs for f in d["flags"]]
     note = ("Black-box attacks (square, spsa) run only on the white-box survivors; their columns count the other "
             "points as not broken.")
@@ -217,9 +308,14 @@ def _evaluate_adaptive(model: Any, x: Any, y: Any, args: argparse.Namespace) -> 
     return 0
 
 
+DEMO_FILES = (*SWEEP_FILES, "mlp.safetensors", "mlp_nrpm_p1.safetensors", "mlp_nrpm_p3.safetensors")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import run_demo
+    from .validation import check_output_dir
 
+    check_output_dir(args.out, DEMO_FILES, overwrite=args.overwrite)
     out = run_demo(args.out, epochs=args.epochs, n_test=args.n_test, pgd_steps=args.steps, seed=args.seed,
                    p3_steps=args.p3_steps, data_root=args.data_root, progress=not args.quiet)
     sys.stdout.write(Path(out["md"]).read_text())
@@ -229,8 +325,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .evaluate.report import build_report
+    from .validation import check_output_dir
 
-    paths = build_report(args.run_dir, title=args.title)
+    if not Path(args.run_dir).is_dir():
+        raise TorchRobustError(f"run folder not found: {args.run_dir} (give a folder written by torchrobust "
+                               "evaluate, demo, certify, paper or forge --search)")
+    check_output_dir(args.out if args.out is not None else args.run_dir)  # a report is regenerated, never refused
+    paths = build_report(args.run_dir, title=args.title, out_dir=args.out)
     sys.stdout.write(f"wrote {paths['html']}, {paths['md']} and tables in {paths['tables']}/\n")
     return 0
 
@@ -241,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--threads", type=int, default=None,
+        sp.add_argument("--threads", type=_pos_int, default=None,
                         help="torch intra-op threads (on small CPUs 1 is often fastest)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
@@ -283,32 +384,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="mnist")
     sp.add_argument("--data-root", default=None)
     sp.add_argument("--split", default="test")
-    sp.add_argument("--n-examples", type=int, default=1000, help="first N examples of the split (papers' protocol)")
-    sp.add_argument("--attacks", type=_names, default=["fgsm", "pgd"])
+    sp.add_argument("--n-examples", type=_pos_int, default=1000,
+                    help="first N examples of the split (papers' protocol)")
+    sp.add_argument("--attacks", type=_names, default=None, help="comma-separated (default fgsm,pgd); --suite sweep")
     sp.add_argument("--threat", default="Linf")
     sp.add_argument("--eps", type=_floats, default=[0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
-    sp.add_argument("--steps", type=int, default=20)
-    sp.add_argument("--restarts", type=int, default=1)
+    sp.add_argument("--steps", type=_pos_int, default=20)
+    sp.add_argument("--restarts", type=_pos_int, default=1)
     sp.add_argument("--attack-arg", type=_kv, action="append", metavar="ATTACK.PARAM=JSON",
-                    help="attack keyword argument, e.g. --attack-arg square.n_queries=1000")
+                    help="attack keyword argument, e.g. --attack-arg square.n_queries=1000 (--suite sweep)")
     sp.add_argument("--suite", choices=["sweep", "adaptive"], default="sweep",
                     help="sweep: the given attacks over ε; adaptive: AutoAttack/BPDA/EOT/transfer/black-box, "
                          "per-example worst case (resumable)")
     sp.add_argument("--checks", action="store_true", help="run the gradient-masking checks on the sweep")
-    sp.add_argument("--batch-size", type=int, default=500)
+    sp.add_argument("--batch-size", type=_pos_int, default=500)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", default="results")
+    sp.add_argument("--out", default="results", help="results folder (refused if it already holds results)")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace results already in --out (an adaptive run's resume state is reused either way)")
     sp.add_argument("--device", default=None)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("demo", help="the main job: train on MNIST, reprogram with NRPM (paradigms 1 and 3), "
                         "sweep FGSM and PGD")
-    sp.add_argument("--out", default="torchrobust-demo")
-    sp.add_argument("--epochs", type=int, default=3)
-    sp.add_argument("--n-test", type=int, default=1000)
-    sp.add_argument("--steps", type=int, default=20, help="PGD steps")
-    sp.add_argument("--p3-steps", type=int, default=100, help="paradigm-3 fine-tuning steps (batch 64)")
+    sp.add_argument("--out", default="torchrobust-demo", help="output folder (refused if it already holds results)")
+    sp.add_argument("--overwrite", action="store_true", help="replace results and checkpoints already in --out")
+    sp.add_argument("--epochs", type=_pos_int, default=3)
+    sp.add_argument("--n-test", type=_pos_int, default=1000)
+    sp.add_argument("--steps", type=_pos_int, default=20, help="PGD steps")
+    sp.add_argument("--p3-steps", type=_pos_int, default=100, help="paradigm-3 fine-tuning steps (batch 64), >= 1")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--data-root", default=None)
     common(sp)
@@ -317,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="one self-contained HTML page + Markdown/CSV/LaTeX tables of a run folder")
     sp.add_argument("run_dir")
     sp.add_argument("--title", default=None)
+    sp.add_argument("--out", default=None, help="folder for report.html, report.md and report/ (default: RUN_DIR); "
+                    "a previous report there is regenerated")
     common(sp)
     sp.set_defaults(fn=cmd_report)
 
@@ -331,14 +438,27 @@ def _register_extensions(sub: Any, common: Any) -> None:
     register(sub, common)
 
 
+def _one_line(msg: str) -> str:
+    """An error message on one line (a library message that spans lines is joined, never printed as several)."""
+    return " ".join(part.strip() for part in msg.splitlines() if part.strip()) or "unknown error"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup(args)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2; its one line is already on stderr)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        _setup(args)
         return int(args.fn(args) or 0)
     except TorchRobustError as exc:
-        sys.stderr.write(f"torchrobust: error: {exc}\n")
+        sys.stderr.write(f"torchrobust: error: {_one_line(str(exc))}\n")
+        return 2
+    except OSError as exc:  # the filesystem refused (disk full, permissions changed mid-run): one line, no traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"torchrobust: error: cannot access{where}: {exc.strerror or exc}; check the path, its "
+                         "permissions and the free disk space\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("torchrobust: interrupted\n")

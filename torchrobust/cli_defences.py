@@ -14,14 +14,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import _floats, _names, _number
+from .cli import _floats, _names, _nonneg_int, _number, _pos_int
 from .errors import TorchRobustError
+from .validation import check_output_dir, check_output_file
+
+CERTIFY_FILES = ("certify.json", "certified_accuracy.png")
+SEARCH_FILES = ("cr_search.json", "cr_search.csv", "cr_search.md", "cr_search.png", "forged.safetensors")
+PSAT_TABLE_FILES = ("psat_table.md", "psat_table.csv", "psat_table.tex", "psat_table.json", "psat_table_attacks.md")
 
 
 # ----------------------------------------------------------------------------------------------- commands
 def cmd_paper(args: argparse.Namespace) -> int:
     from .experiments.reprogramming import run
 
+    check_output_dir(args.out)  # paper runs resume their finished cells, so existing results are not refused
     if args.name == "adaptive":  # the full adaptive evaluation (torchrobust.experiments.adaptive_reprogramming)
         from .experiments import adaptive_reprogramming as ar
 
@@ -43,6 +49,7 @@ def cmd_reprogram(args: argparse.Namespace) -> int:
     from .checkpoint import load, save
     from .reprogram import reprogram
 
+    check_output_file(args.out, overwrite=args.overwrite)
     model = load(args.checkpoint)
     layers: Any = args.layers.split(",") if args.layers and "," in args.layers else args.layers
     robust = reprogram(model, lam=args.lam, K=args.K, eps=args.irls_eps, layers=layers, inplace=True)
@@ -55,6 +62,10 @@ def cmd_forge(args: argparse.Namespace) -> int:
     from .forge import forge_checkpoint, search_checkpoint
 
     if args.search:
+        if args.c_r is not None:
+            raise TorchRobustError("--c-r and --search exclude each other: --search chooses c_r on validation data; "
+                                   "drop one of them")
+        check_output_dir(args.out, SEARCH_FILES, overwrite=args.overwrite)
         kw: dict[str, Any] = {}
         if args.grid:
             kw["grid"] = args.grid
@@ -66,6 +77,9 @@ def cmd_forge(args: argparse.Namespace) -> int:
         return 0
     if args.c_r is None:
         raise TorchRobustError("give --c-r VALUE (e.g. 2**-7) or --search to choose it on validation data")
+    if args.grid is not None:
+        raise TorchRobustError("--grid is the c_r grid of --search; with --c-r drop it (or use --search)")
+    check_output_file(args.out, overwrite=args.overwrite)
     path = forge_checkpoint(args.checkpoint, args.out, data=args.data, c_r=args.c_r, n_calib=args.n_calib,
                             seed=args.seed, root=args.data_root, progress=not args.quiet)
     sys.stdout.write(f"saved {path}\n")
@@ -80,13 +94,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from .evaluate.certify import Smooth, certified_accuracy_curve, certify_dataset, plot_certified_accuracy
     from .validation import probe_logits
 
+    out = check_output_dir(args.out, CERTIFY_FILES, overwrite=args.overwrite)
     model = load(args.checkpoint)
     x, y = data.as_tensors(data.load(args.data, args.split, root=args.data_root), args.n_examples)
     smooth = Smooth(model, num_classes=probe_logits(model, x), sigma=args.sigma)
     g = torch.Generator().manual_seed(args.seed)
     results = certify_dataset(smooth, x, y, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
                               generator=g, progress=not args.quiet)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     radii = [i * 0.25 for i in range(0, 17)]
     curve = certified_accuracy_curve(results, radii)
@@ -106,6 +120,20 @@ def cmd_psat(args: argparse.Namespace) -> int:
 
     from . import data, psat
 
+    if args.psat_command == "train":
+        names = [*(args.members or []), *(f"AT_{b}" for b in args.baselines or [])]
+        if not names:
+            raise TorchRobustError("nothing to train: --members and --baselines are both empty; name at least one")
+        check_output_dir(args.out, [f"{n}.safetensors" for n in names], overwrite=args.overwrite)
+    else:
+        from .attacks.autoattack import AA_ATTACKS
+
+        bad = [a for a in args.autoattack or () if a not in (*AA_ATTACKS, "standard")]
+        if bad:
+            raise TorchRobustError(f"unknown AutoAttack sub-attack(s) {bad}; valid: standard, {', '.join(AA_ATTACKS)}")
+        if not Path(args.run_dir).is_dir():
+            raise TorchRobustError(f"PSAT run folder not found: {args.run_dir} (give the --out of psat train)")
+        check_output_dir(args.out or args.run_dir, PSAT_TABLE_FILES, overwrite=args.overwrite)
     torch.manual_seed(args.seed)
     if args.psat_command == "train":
         x, y = data.as_tensors(data.load(args.data, "train", root=args.data_root), args.n_train)
@@ -141,8 +169,8 @@ def register(sub: Any, common: Any) -> None:
                     + "; adaptive: FGSM, PGD-20 and the adaptive suite on the MLP/LeNet paradigms 1-3 (resumable)")
     sp.add_argument("--out", default="paper-results")
     sp.add_argument("--profile", default="fast", choices=sorted(PROFILES))
-    sp.add_argument("--n-test", type=int, default=None, help="FGSM evaluation size (default: profile's, 10000)")
-    sp.add_argument("--n-pgd", type=int, default=None, help="PGD-20 evaluation size (default: profile's, 1000)")
+    sp.add_argument("--n-test", type=_pos_int, default=None, help="FGSM evaluation size (default: profile's, 10000)")
+    sp.add_argument("--n-pgd", type=_pos_int, default=None, help="PGD-20 evaluation size (default: profile's, 1000)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default=None)
     common(sp)
@@ -150,26 +178,29 @@ def register(sub: Any, common: Any) -> None:
 
     sp = sub.add_parser("reprogram", help="NRPM-reprogram a checkpoint (paradigm 1: fixed λ, K) and save it")
     sp.add_argument("checkpoint")
-    sp.add_argument("--lam", type=float, default=0.5, help="λ, the weight of the linear (LPM) part, in [0, 1]")
-    sp.add_argument("--K", type=int, default=3, help="IRLS iterations")
-    sp.add_argument("--irls-eps", type=float, default=1e-3, help="ε inside the IRLS weights 1/(|r|+ε)")
+    sp.add_argument("--lam", type=_number, default=0.5, help="λ, the weight of the linear (LPM) part, in [0, 1]")
+    sp.add_argument("--K", type=_nonneg_int, default=3, help="IRLS iterations")
+    sp.add_argument("--irls-eps", type=_number, default=1e-3, help="ε inside the IRLS weights 1/(|r|+ε)")
     sp.add_argument("--layers", default=None, help="layer names (comma-separated) or a glob; default: paper's")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="reprogrammed checkpoint path (refused if it exists)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     common(sp)
     sp.set_defaults(fn=cmd_reprogram)
 
     sp = sub.add_parser("forge", help="insert calibrated forged thresholds (data-driven Lipschitz) into a checkpoint")
     sp.add_argument("checkpoint")
-    sp.add_argument("--out", required=True, help="forged checkpoint path, or the output folder with --search")
+    sp.add_argument("--out", required=True, help="forged checkpoint path, or the output folder with --search "
+                    "(refused if it already holds results)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint / search results")
     sp.add_argument("--c-r", type=_number, default=None, help="threshold ratio c_r, e.g. 2**-7")
     sp.add_argument("--search", action="store_true", help="search c_r over a grid on held-out training data")
     sp.add_argument("--grid", type=_floats, default=None, help="c_r grid for --search (default 2**-10..2**-4)")
     sp.add_argument("--data", default="mnist")
     sp.add_argument("--data-root", default=None)
-    sp.add_argument("--n-calib", type=int, default=None, help="calibration examples from the training split")
-    sp.add_argument("--n-val", type=int, default=1000)
-    sp.add_argument("--eps", type=float, default=0.3)
-    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--n-calib", type=_pos_int, default=None, help="calibration examples from the training split")
+    sp.add_argument("--n-val", type=_pos_int, default=1000)
+    sp.add_argument("--eps", type=_number, default=0.3)
+    sp.add_argument("--steps", type=_pos_int, default=20)
     sp.add_argument("--no-bpda", action="store_true", help="skip the BPDA-adaptive column of --search")
     sp.add_argument("--seed", type=int, default=0)
     common(sp)
@@ -180,46 +211,50 @@ def register(sub: Any, common: Any) -> None:
     psub = sp.add_subparsers(dest="psat_command", required=True, parser_class=type(sp))
     tp = psub.add_parser("train", help="train PSAT members (one per threat model) and/or the baselines")
     tp.add_argument("--out", required=True, help="run folder (one checkpoint per member/baseline)")
+    tp.add_argument("--overwrite", action="store_true", help="replace member/baseline checkpoints already in --out")
     tp.add_argument("--members", type=_names, default=["Linf", "L2", "L1"], help="threat models, comma-separated")
     tp.add_argument("--baselines", type=_names, default=[], help="any of max,avg,msd (AT_max, AT_avg, AT_msd)")
     tp.add_argument("--arch", default="hyper_msd_cnn")
     tp.add_argument("--data", default="mnist")
     tp.add_argument("--data-root", default=None)
-    tp.add_argument("--n-train", type=int, default=None)
-    tp.add_argument("--epochs", type=int, default=1)
-    tp.add_argument("--steps", type=int, default=10, help="PGD steps of the training adversaries")
-    tp.add_argument("--lr", type=float, default=1e-3)
+    tp.add_argument("--n-train", type=_pos_int, default=None)
+    tp.add_argument("--epochs", type=_pos_int, default=1)
+    tp.add_argument("--steps", type=_pos_int, default=10, help="PGD steps of the training adversaries")
+    tp.add_argument("--lr", type=_number, default=1e-3)
     tp.add_argument("--seed", type=int, default=0)
     common(tp)
     tp.set_defaults(fn=cmd_psat)
     ep = psub.add_parser("evaluate", help="ℓ∞/ℓ2/ℓ1 PGD with restarts on members, aggregate and baselines")
     ep.add_argument("run_dir")
-    ep.add_argument("--n-examples", type=int, default=1000)
-    ep.add_argument("--restarts", type=int, default=10)
-    ep.add_argument("--steps", type=int, default=None, help="PGD steps per norm (default: 50 ℓ∞, 100 ℓ2, 50 ℓ1)")
+    ep.add_argument("--n-examples", type=_pos_int, default=1000)
+    ep.add_argument("--restarts", type=_pos_int, default=10)
+    ep.add_argument("--steps", type=_pos_int, default=None, help="PGD steps per norm (default: 50 ℓ∞, 100 ℓ2, 50 ℓ1)")
     ep.add_argument("--strategies", type=_names, default=["entropy"], help="entropy, average")
     ep.add_argument("--autoattack", type=_names, default=None, metavar="SUBATTACKS",
                     help="also run the reference AutoAttack per norm, e.g. apgd-ce,apgd-t (or 'standard' for all "
                          "of it); each row is then the per-example worst case over PGD and AutoAttack")
     ep.add_argument("--data", default="mnist")
     ep.add_argument("--data-root", default=None)
-    ep.add_argument("--out", default=None, help="folder for the tables (default: the run folder)")
+    ep.add_argument("--out", default=None, help="folder for the tables (default: the run folder; refused if it "
+                    "already holds them)")
+    ep.add_argument("--overwrite", action="store_true", help="replace tables already in the output folder")
     ep.add_argument("--seed", type=int, default=0)
     common(ep)
     ep.set_defaults(fn=cmd_psat)
 
     sp = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al. 2019) of a checkpoint")
     sp.add_argument("checkpoint")
-    sp.add_argument("--sigma", type=float, default=0.25)
-    sp.add_argument("--n0", type=int, default=100)
-    sp.add_argument("--n", type=int, default=10000)
-    sp.add_argument("--alpha", type=float, default=0.001)
-    sp.add_argument("--batch-size", type=int, default=1000)
+    sp.add_argument("--sigma", type=_number, default=0.25)
+    sp.add_argument("--n0", type=_pos_int, default=100)
+    sp.add_argument("--n", type=_pos_int, default=10000)
+    sp.add_argument("--alpha", type=_number, default=0.001)
+    sp.add_argument("--batch-size", type=_pos_int, default=1000)
     sp.add_argument("--data", default="mnist")
     sp.add_argument("--data-root", default=None)
     sp.add_argument("--split", default="test")
-    sp.add_argument("--n-examples", type=int, default=100)
+    sp.add_argument("--n-examples", type=_pos_int, default=100)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", default="certify-results")
+    sp.add_argument("--out", default="certify-results", help="results folder (refused if it already holds results)")
+    sp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     common(sp)
     sp.set_defaults(fn=cmd_certify)

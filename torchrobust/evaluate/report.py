@@ -22,6 +22,7 @@ import html
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -194,9 +195,11 @@ def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir:
     return "\n".join(parts)
 
 
-def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Path]:
-    """Write ``RUN_DIR/report.html`` (self-contained), ``report.md`` and ``report/<table>.{csv,md,tex}``."""
+def build_report(run_dir: str | Path, title: str | None = None, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write ``OUT/report.html`` (self-contained), ``report.md`` and ``report/<table>.{csv,md,tex}``; ``OUT`` is
+    ``out_dir``, by default ``run_dir``."""
     run = Path(run_dir)
+    dest = run if out_dir is None else Path(out_dir)
     if not run.is_dir():
         raise TorchRobustError(f"run folder not found: {run} (give a folder written by torchrobust evaluate, "
                                "demo, certify, paper or forge --search)")
@@ -205,19 +208,20 @@ def build_report(run_dir: str | Path, title: str | None = None) -> dict[str, Pat
         raise TorchRobustError(f"no results found under {run}: expected results.json, certify.json or other "
                                "torchrobust result files")
     title = title or f"torchrobust report — {run.resolve().name}"
-    out_dir = run / "report"
+    tables_dir = dest / "report"
     paths: dict[str, Path] = {}
     seen: dict[str, int] = {}
     for t in tables:
         n = seen.get(t.name, 0)
         seen[t.name] = n + 1
-        stem = out_dir / (t.name if n == 0 else f"{t.name}_{n}")
+        stem = tables_dir / (t.name if n == 0 else f"{t.name}_{n}")
         for ext, text in (("csv", _csv(t)), ("md", _markdown(t)), ("tex", latex_table(t))):
             atomic_write_bytes(stem.with_suffix(f".{ext}"), text.encode())
     md = [f"# {title}", ""] + [_markdown(t) for t in tables]
-    md += ["## Figures", ""] + [f"![{p.relative_to(run)}]({p.relative_to(run)})" for p in figures]
-    atomic_write_bytes(run / "report.md", ("\n".join(md) + "\n").encode())
-    atomic_write_bytes(run / "report.html", _html(title, tables, figures, run, checked).encode())
-    paths.update(html=run / "report.html", md=run / "report.md", tables=out_dir)
-    log.info("report: %d tables, %d figures -> %s", len(tables), len(figures), run / "report.html")
+    md += ["## Figures", ""] + [f"![{p.relative_to(run)}]({Path(os.path.relpath(p, dest)).as_posix()})"
+                                for p in figures]
+    atomic_write_bytes(dest / "report.md", ("\n".join(md) + "\n").encode())
+    atomic_write_bytes(dest / "report.html", _html(title, tables, figures, run, checked).encode())
+    paths.update(html=dest / "report.html", md=dest / "report.md", tables=tables_dir)
+    log.info("report: %d tables, %d figures -> %s", len(tables), len(figures), dest / "report.html")
     return paths
