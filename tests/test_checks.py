@@ -21,6 +21,7 @@ from torchrobust.evaluate.checks import (
     check_budget,
     check_convergence,
     check_eval_mode,
+    check_finite,
     check_gradients,
     check_input_contract,
     check_input_range,
@@ -529,3 +530,28 @@ def test_input_errors_are_one_line_torchrobust_errors(plain: nn.Module, data) ->
         with pytest.raises(TorchRobustError) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- non-finite model
+def test_finite_check_flags_nan_weights_buffers_and_outputs(plain: nn.Module, data) -> None:
+    x, _ = data
+    assert check_finite(plain) is None and check_finite(plain, x) is None
+    nan_w = copy.deepcopy(plain)
+    with torch.no_grad():
+        next(nan_w.parameters()).view(-1)[0] = math.nan
+    flag = check_finite(nan_w)
+    assert flag is not None and flag.code == "NONFINITE" and flag.severity == "error"
+    assert flag.details["tensors_count"] == 1 and flag.details["rows_nonfinite"] == 0
+    assert check_finite(nan_w, x).details["rows_nonfinite"] == len(x)
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).eval()
+    bn[2].running_var[1] = math.inf  # a buffer, not a parameter
+    assert check_finite(bn).details["tensors"] == ["2.running_var"]
+    # finite weights whose outputs overflow: only the probe sees it
+    big = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).eval()
+    with torch.no_grad():
+        big[1].weight.fill_(3e38)
+    assert check_finite(big) is None
+    assert check_finite(big, x).details["rows_nonfinite"] == len(x)
+    assert check_finite(plain, logits=torch.tensor([[0.0, math.nan], [1.0, 2.0]])).details["rows_nonfinite"] == 1
+    codes = [f.code for f in run_checks({"model": nan_w, "x": x})]
+    assert "NONFINITE" in codes

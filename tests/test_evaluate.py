@@ -99,3 +99,26 @@ def test_evaluate_dispatcher(trained):
     assert list(ad) == [0.3] and 0.0 <= ad[0.3].robust_accuracy <= ad[0.3].clean_accuracy
     with pytest.raises(TorchRobustError, match="suite"):
         evaluate(m, x[:4], y[:4], suite="brutal")
+
+
+def test_nan_weight_makes_sweep_and_adaptive_unreliable(trained, tmp_path):
+    import copy
+    import math
+
+    from torchrobust.evaluate import evaluate_adaptive
+
+    model, x, y = trained
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        next(bad.parameters()).view(-1)[0] = math.nan
+    x, y = x[:16], y[:16]
+    assert sweep(model, x, y, attacks=["fgsm"], eps=[0, 0.1]).reliable  # the same model, healthy
+    res = sweep(bad, x, y, attacks=["fgsm"], eps=[0, 0.1])
+    assert not res.reliable and [f["code"] for f in res.flags] == ["NONFINITE"]
+    res.write(tmp_path)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["reliable"] is False and "UNRELIABLE" in (tmp_path / "results.md").read_text()
+    for checks in (False, True):
+        ad = evaluate_adaptive(bad, x, y, "Linf", 0.1, whitebox="pgd", steps=2, restarts=1, blackbox=False,
+                               checks=checks, n_check=8)
+        assert not ad.reliable and "NONFINITE" in [f["code"] for f in ad.flags]

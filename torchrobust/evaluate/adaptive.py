@@ -386,6 +386,11 @@ def evaluate_adaptive(
             "roles": roles, "bpda_evaluated": use_bpda,
         }
         res.flags = [f.to_dict() for f in run_checks(mapping)]
+    else:  # the cheap NaN/inf check runs regardless: such a model's numbers are never reliable
+        from .checks import check_finite
+
+        finite = check_finite(model, xs)
+        res.flags = [finite.to_dict()] if finite is not None else []
     return res
 
 

@@ -13,6 +13,8 @@ Checks, the inputs each needs (for ``evaluate(..., suite="adaptive")``), checkli
 * :func:`check_input_contract` — ``model``, ``x`` (or precomputed ``logits``); #1; runs
   :func:`check_input_range` (``x``; INPUT_RANGE), :func:`check_eval_mode` (``model``; TRAIN_MODE) and
   :func:`check_logits` (the model's output; PROBABILITY_OUTPUT) and returns a list.
+* :func:`check_finite` — ``model`` (+ ``x`` or ``logits``); #1; NONFINITE. Cheap: every sweep and adaptive
+  evaluation runs it, with or without the other checks.
 * :func:`check_randomness` — ``model``, ``x``; #2; RANDOMIZED_OUTPUT.
 * :func:`check_gradients` — ``model``, ``x``, ``y``; #3; ZERO_GRADIENTS, NONFINITE_GRADIENTS.
 * :func:`check_budget` — ``x``, ``x_adv``, ``threat`` (+ ``eps``); #5; BUDGET_VIOLATION.
@@ -66,6 +68,7 @@ __all__ = [
     "check_budget",
     "check_convergence",
     "check_eval_mode",
+    "check_finite",
     "check_gradients",
     "check_input_contract",
     "check_input_range",
@@ -104,6 +107,7 @@ FLAG_CODES: tuple[str, ...] = (
     "MISSING_BPDA_SURROGATE",
     "BPDA_NOT_EVALUATED",
     "BASE_NOT_BROKEN",
+    "NONFINITE",
 )
 
 _DOC = "torchrobust/evaluate/flags.md"
@@ -214,6 +218,43 @@ def check_input_contract(
     if logits is not None:
         flags.append(check_logits(logits, atol=atol))
     return [f for f in flags if f is not None]
+
+
+def check_finite(model: nn.Module, x: Tensor | None = None, logits: Tensor | None = None) -> Flag | None:
+    """``NONFINITE`` (error) when a floating parameter or buffer of ``model`` holds NaN/inf, or when the logits on
+    the probe batch ``x`` (or the given ``logits``) do.
+
+    The argmax of a NaN row is an arbitrary class and attacks take NaN steps, so accuracies computed from such a
+    model are meaningless rather than low. ``x`` (if given, and finite) is run once in eval mode, modes and
+    buffers restored, on the model's device.
+    """
+    named = [(n, t) for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point()]
+    ok = torch.stack([torch.isfinite(t).all().cpu() for _, t in named]) if named else torch.ones(0, dtype=torch.bool)
+    bad = [n for (n, _), good in zip(named, ok.tolist(), strict=True) if not good]
+    if logits is None and x is not None:
+        x = _tensor("x", x)
+        if x.numel() and bool(torch.isfinite(x).all()):
+            dev = next((t.device for t in model.parameters()), x.device)
+            with torch.no_grad(), _probing(model):
+                logits = model(x.to(dev))
+    rows = 0
+    if isinstance(logits, Tensor) and logits.numel():
+        rows = int((~torch.isfinite(logits.detach().flatten(1))).any(1).sum())
+    if not bad and not rows:
+        return None
+    parts = []
+    if bad:
+        parts.append(f"{len(bad)} parameter/buffer tensor(s) hold NaN/inf (e.g. {', '.join(bad[:3])})")
+    if rows:
+        parts.append(f"{rows} of {len(logits)} probe output row(s) are NaN/inf")
+    return Flag(
+        "NONFINITE", "error",
+        "; ".join(parts) + ": accuracies of this model are not measurements",
+        "reload or retrain the weights (check the checkpoint, the learning rate and the loss for NaN) and find the "
+        "layer that overflows; never report numbers from this evaluation",
+        {"tensors": bad[:20], "tensors_count": len(bad), "rows_nonfinite": rows,
+         "rows": int(len(logits)) if isinstance(logits, Tensor) else 0},
+    )
 
 
 # ============================================================================================= 2. randomness
@@ -740,8 +781,8 @@ def run_checks(results: Mapping[str, Any] | Any, **overrides: Any) -> list[Flag]
 
     Keys:
 
-    * ``model``, ``x``, ``y`` — the evaluated model and a (small) clean batch: input contract, randomness,
-      gradients, BPDA surrogates (set ``probe_modules=False`` to skip the per-module probe);
+    * ``model``, ``x``, ``y`` — the evaluated model and a (small) clean batch: input contract, finite weights and
+      outputs, randomness, gradients, BPDA surrogates (set ``probe_modules=False`` to skip the per-module probe);
     * ``num_classes`` — chance level (inferred from ``model(x)`` when absent);
     * ``threat`` (ThreatModel or name), ``eps``, ``x_adv`` (tensor, or attack name → tensor) — budget;
     * ``correct`` — attack name → ``(N,)`` bool per-example robust correctness at the evaluation ε;
@@ -773,6 +814,8 @@ def run_checks(results: Mapping[str, Any] | Any, **overrides: Any) -> list[Flag]
 
     if x is not None:
         flags.extend(check_input_contract(model, x, **tol.get("check_input_contract", {})))
+    if model is not None:
+        flags.append(check_finite(model, x))
     if model is not None and x is not None:
         if num_classes is None:
             with torch.no_grad(), _probing(model):

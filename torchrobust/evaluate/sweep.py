@@ -270,5 +270,8 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[
               "survivors_only": [a for a in attacks if a in survivors_only], "seed": seed, "batch_size": batch_size,
               "n_examples": len(x), "world_size": D.world_size(), "counts": counts,
               "strength": result_strength([Job(a, threat, 1.0, kwargs=attack_kwargs.get(a, {})) for a in attacks])}
+    from .checks import check_finite  # always, checks or not: NaN/inf weights or logits make every number void
+
+    finite = check_finite(model, x[:64])
     return SweepResult(threat=threat, eps=eps_f, attacks=list(attacks), clean=res.clean, robust=robust,
-                       seconds=seconds, config=config)
+                       seconds=seconds, config=config, flags=[finite.to_dict()] if finite is not None else [])
