@@ -107,7 +107,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
     monkeypatch.setattr(AR, "_evaluate_cell", failing_cell)
     with pytest.raises(KeyboardInterrupt):
         AR.run(tmp_path, **KW)
-    assert calls == ["adaptive-mlp-p0-eps0.1.pt", "adaptive-mlp-p0-eps0.3.pt"]
+    assert calls == ["adaptive-mlp-p0-eps0.1", "adaptive-mlp-p0-eps0.3"]
     first = json.loads((tmp_path / "state" / "cell-mlp-p0-eps0.1.json").read_text())["cell"]
     assert not (tmp_path / "state" / "cell-mlp-p0-eps0.3.json").exists()
     assert trained == [0]
@@ -123,8 +123,8 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
     monkeypatch.setattr(AR, "_evaluate_cell", lambda *a: (calls.append(a[7].name), real_cell(*a))[1])
     res = AR.run(tmp_path, **KW)
     # the finished cell is not recomputed; the interrupted one and the rest are
-    assert "adaptive-mlp-p0-eps0.1.pt" not in calls
-    assert calls[0] == "adaptive-mlp-p0-eps0.3.pt" and len(calls) == 5
+    assert "adaptive-mlp-p0-eps0.1" not in calls
+    assert calls[0] == "adaptive-mlp-p0-eps0.3" and len(calls) == 5
     assert res["rows"][0]["cells"]["0.1"] == first
     # the backbone was reloaded from its checkpoint, only the reprogrammed models were trained (P1 trains nothing
     # but is built by train_paper_model)
@@ -147,6 +147,50 @@ def test_state_from_another_configuration_is_refused(tmp_path: Path, fake_mnist:
     # another state_dir is fine (models are reused)
     res = AR.run(tmp_path, state_dir=tmp_path / "other", **{**kw, "n_test": 10})
     assert res["rows"][0]["cells"]["0.3"]["n"] == 10
+
+
+def test_cell_of_another_model_or_unreadable_is_recomputed(tmp_path: Path, fake_mnist: None,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from torchrobust import checkpoint
+    from torchrobust.resume import fingerprint_model
+
+    kw = {**KW, "eps": (0.3,), "paradigms": (1,), "baseline": False}
+    first = AR.run(tmp_path, **kw)
+    real_cell = AR._evaluate_cell
+    calls: list[str] = []
+    monkeypatch.setattr(AR, "_evaluate_cell", lambda *a: (calls.append(a[7].name), real_cell(*a))[1])
+    # another checkpoint with the same training metadata (e.g. retrained elsewhere): its cell is not reused
+    path = tmp_path / "models" / "mlp-p1.safetensors"
+    meta = checkpoint.load_metadata(path)["metadata"]
+    model = checkpoint.load(path)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.mul_(0.5)
+    checkpoint.save(model, path, **meta)
+    with caplog.at_level(logging.WARNING, logger=AR.logger.name):
+        res = AR.run(tmp_path, **kw)
+    assert calls == ["adaptive-mlp-p1-eps0.3"]
+    assert any("another model" in r.getMessage() for r in caplog.records)
+    doc = json.loads((tmp_path / "state" / "cell-mlp-p1-eps0.3.json").read_text())
+    assert doc["fingerprint"]["model"] == fingerprint_model(checkpoint.load(path))  # overwritten for the new model
+    assert first["rows"][0]["cells"]["0.3"]["n"] == res["rows"][0]["cells"]["0.3"]["n"]
+    # an unreadable cell file is recomputed (one warning), not a traceback
+    calls.clear()
+    caplog.clear()
+    (tmp_path / "state" / "cell-mlp-p1-eps0.3.json").write_text('{"config": ', encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger=AR.logger.name):
+        again = AR.run(tmp_path, **kw)
+    assert calls == ["adaptive-mlp-p1-eps0.3"] and any("unreadable" in r.getMessage() for r in caplog.records)
+    def numbers(r: dict) -> dict:
+        return {k: v for k, v in r["rows"][0]["cells"]["0.3"].items() if k != "seconds"}
+
+    assert numbers(again) == numbers(res)
+    calls.clear()
+    AR.run(tmp_path, **kw)
+    assert calls == []
 
 
 def test_report_only_computes_nothing(tmp_path: Path, fake_mnist: None, monkeypatch: pytest.MonkeyPatch) -> None:

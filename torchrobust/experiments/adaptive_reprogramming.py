@@ -23,9 +23,13 @@ paper-code default λ = 0.3, K = 1), paradigm 2 (λ learned) and paradigm 3 (wei
 
 Resumable. Every model is checkpointed (:func:`torchrobust.checkpoint.save`) under ``out_dir/models`` and
 reloaded on a rerun; every (model, paradigm, ε) cell writes its result to ``state_dir/cell-*.json`` when it
-finishes and is skipped on a rerun; inside a cell the adaptive suite keeps a per-attack state file
-(``state_dir/adaptive-*.pt``) so an interrupted cell restarts at the attack it was running. A state written
-with a different configuration is refused (delete ``state_dir`` or pass another).
+finishes and is skipped on a rerun; inside a cell the adaptive suite keeps a per-attack state
+(``state_dir/adaptive-*.safetensors`` + ``.json``, :mod:`torchrobust.resume`) so an interrupted cell restarts at
+the attack it was running. A cell file written with a different configuration is refused (delete ``state_dir``
+or pass another). Every cell file and suite state also carries fingerprints of the model weights and of the test
+images: a cell computed for another checkpoint (e.g. a retrained model in ``out_dir/models``) or other data is
+never reused — it is recomputed with one warning line (``report_only`` leaves it out) — and an unreadable cell
+file is recomputed the same way. Nothing is unpickled.
 
 Command (the run documented in ``docs/adaptive-evaluation.md``)::
 
@@ -55,6 +59,7 @@ import torch
 from torch import nn
 
 from torchrobust.errors import TorchRobustError, unknown_name
+from torchrobust.resume import fingerprint_model, fingerprint_tensors
 
 __all__ = ["run", "AttackBudget", "BUDGETS", "ARCHS", "PARADIGM_NAMES", "paper_fgsm", "main"]
 
@@ -240,6 +245,31 @@ def _config(n_test: int, eps: Sequence[float], budgets: dict[str, AttackBudget],
             profile: str) -> dict[str, Any]:
     return {"n_test": n_test, "eps": [float(e) for e in eps], "budget": {a: asdict(b) for a, b in budgets.items()},
             "seed": seed, "profile": profile, "threat": "Linf"}
+
+
+def _load_cell(path: Path, config: dict[str, Any], fingerprint: dict[str, str], sdir: Path) -> dict[str, Any] | None:
+    """A finished cell from ``path`` if it belongs to this configuration, model and data; None (one warning) when
+    it is unreadable or was computed for another model/data. Another configuration raises (the whole run
+    differs: the user chose a folder of another run)."""
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("cell"), dict):
+            raise ValueError("no cell in it")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        logger.warning("cell file %s is unreadable (%s); recomputing the cell", path, exc)
+        return None
+    if doc.get("config") != config:
+        raise TorchRobustError(f"{path} was written by another configuration; delete {sdir} or pass another "
+                               "state_dir")
+    saved = doc.get("fingerprint") if isinstance(doc.get("fingerprint"), dict) else {}
+    differ = sorted(k for k, v in fingerprint.items() if saved.get(k) != v)
+    if differ:
+        logger.warning("cell file %s was computed for another %s (fingerprint mismatch); recomputing the cell", path,
+                       "/".join(differ))
+        return None
+    return doc["cell"]
 
 
 def _cell_config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
@@ -454,6 +484,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
     try:
         x_tr, y_tr, x_te, y_te = _load_mnist(PROFILES[profile], seed)
         x, y = x_te[:n_test], y_te[:n_test]
+        data_fp = fingerprint_tensors(x, y)
         if progress:
             from tqdm.auto import tqdm
 
@@ -481,23 +512,23 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
                     from torchrobust.reprogram import unreprogram
 
                     base = unreprogram(copy.deepcopy(model)).eval()
+                # a model that could not be loaded (report_only without its checkpoint) is checked on data only
+                fprint = {"data": data_fp, **({"model": fingerprint_model(model)} if model is not None else {})}
                 for e in eps:
                     name = _cell_name(arch, p, float(e))
                     cell_path = sdir / f"cell-{name}.json"
-                    if cell_path.is_file():
-                        doc = json.loads(cell_path.read_text(encoding="utf-8"))
-                        if doc.get("config") != _cell_config(cfg, arch):
-                            raise TorchRobustError(f"{cell_path} was written by another configuration; delete "
-                                                   f"{sdir} or pass another state_dir")
-                        cell = doc["cell"]
+                    loaded_cell = _load_cell(cell_path, _cell_config(cfg, arch), fprint, sdir)
+                    if loaded_cell is not None:
+                        cell = loaded_cell
                         logger.info("cell %s: finished earlier, skipped", name)
                     elif report_only or model is None:
                         continue
                     else:
                         cell = _evaluate_cell(model, base, x, y, float(e), budgets[arch], seed,
-                                              sdir / f"adaptive-{name}.pt", progress)
+                                              sdir / f"adaptive-{name}", progress)
                         cell["paper_fgsm"] = paper_fgsm(arch, p, float(e))
-                        _write_json(cell_path, {"config": _cell_config(cfg, arch), "cell": cell})
+                        _write_json(cell_path, {"config": _cell_config(cfg, arch), "fingerprint": fprint,
+                                                "cell": cell})
                         logger.info("cell %s: clean %.1f FGSM %.1f PGD-20 %.1f adaptive %.1f", name, cell["clean"],
                                     cell["fgsm"], cell["pgd20"], cell["adaptive"])
                     row["cells"][_eps_key(float(e))] = cell
