@@ -163,28 +163,43 @@ def _train_modes() -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train; a resume state is kept in ``--checkpoint-dir`` (default ``<out>.resume/``) after every epoch and
+    every ``--checkpoint-every`` steps, so ``--resume`` continues a killed run bit for bit."""
     from . import models
     from .checkpoint import save
-    from .train import TrainConfig, distributed, fit
+    from .train import TrainConfig, distributed, fit, resume
+    from .validation import check_output_dir, check_output_file
 
-    distributed.init_from_env(args.device)
-    dev = distributed.device_for_rank(args.device)
-    x, y = _load_split(args.data, "train", args.data_root, args.n_train)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                       mode=args.mode, threat=args.threat, eps=args.eps, steps=args.steps, alpha=args.alpha,
                       trades_beta=args.trades_beta, noise_sigma=args.sigma, seed=args.seed,
-                      max_batches=args.max_batches, progress=not args.quiet).validate()
+                      max_batches=args.max_batches, progress=not args.quiet,
+                      checkpoint_every=args.checkpoint_every).validate()
+    out = check_output_file(args.out, overwrite=args.overwrite)
+    ckdir = check_output_dir(args.checkpoint_dir or out.with_name(out.name + ".resume"), flag="--checkpoint-dir")
+    if args.resume and not resume.has_state(ckdir):
+        raise TorchRobustError(f"--resume: no resume state in {ckdir}; run without --resume to start training "
+                               "(or pass the --checkpoint-dir of the interrupted run)")
+    if not args.resume and resume.has_state(ckdir):
+        raise TorchRobustError(f"{ckdir} holds the resume state of an interrupted run; add --resume to continue "
+                               "it, or delete that folder to start over")
+    distributed.init_from_env(args.device)
+    dev = distributed.device_for_rank(args.device)
+    x, y = _load_split(args.data, "train", args.data_root, args.n_train)
     import torch
 
     torch.manual_seed(args.seed)
     model = models.create(args.model, **dict(args.model_arg or []))
     val = _load_split(args.data, "test", args.data_root, 1000) if not args.no_val else None
-    result = fit(model, (x, y), cfg, val_set=val, device=dev)
+    result = fit(model, (x, y), cfg, val_set=val, device=dev, checkpoint_dir=ckdir,
+                 resume_from=ckdir if args.resume else None)
     if distributed.is_main():
-        path = save(model, args.out, training=cfg.to_dict(), data=args.data, history=result.history,
+        path = save(model, out, training=cfg.to_dict(), data=args.data, history=result.history,
                     train_seconds=result.seconds)
         sys.stdout.write(f"saved {path} (final: {json.dumps(result.final)})\n")
+    distributed.barrier()  # the final model is on disk before any rank drops its resume state
+    resume.clear_state(ckdir)
     distributed.cleanup()
     return 0
 
@@ -211,7 +226,9 @@ def _attack_kwargs(names: Sequence[str], args: argparse.Namespace) -> dict[str, 
 
 
 SWEEP_FILES = ("results.json", "results.csv", "results.md", "accuracy_vs_eps.png")
-ADAPTIVE_FILES = ("adaptive.json", "adaptive.csv", "adaptive.md")
+# adaptive.json is written last: it marks a finished run. Without it the folder holds an interrupted run, which
+# resumes from its fingerprinted per-ε state (torchrobust.resume) and rewrites adaptive.csv/.md.
+ADAPTIVE_FILES = ("adaptive.json",)
 
 
 def _check_evaluate_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -358,8 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-root", default=None)
     sp.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
     sp.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
-    sp.add_argument("--epochs", type=int, default=5)
-    sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    sp.add_argument("--checkpoint-dir", default=None,
+                    help="where the resume state is kept during training (default: <out>.resume/; removed once "
+                         "--out is saved)")
+    sp.add_argument("--checkpoint-every", type=_pos_int, default=None, metavar="N",
+                    help="also write the resume state every N optimiser steps (default: after every epoch only)")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the interrupted run in --checkpoint-dir (same options; bitwise-identical result)")
+    sp.add_argument("--epochs", type=_pos_int, default=5)
+    sp.add_argument("--batch-size", type=_pos_int, default=128)
     sp.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     sp.add_argument("--lr", type=float, default=0.01)
     sp.add_argument("--momentum", type=float, default=0.9)
@@ -373,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--trades-beta", type=float, default=6.0)
     sp.add_argument("--sigma", type=float, default=0.25, help="noise σ for --mode gaussian")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--max-batches", type=int, default=None)
+    sp.add_argument("--max-batches", type=_pos_int, default=None, help="at most N batches per epoch")
     sp.add_argument("--no-val", action="store_true", help="skip the per-epoch validation accuracy")
     sp.add_argument("--device", default=None)
     common(sp)

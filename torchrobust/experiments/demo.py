@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write_bytes, save
+from ..errors import TorchRobustError
 from ..evaluate import SweepResult, plot_accuracy_vs_eps, sweep, write_table_files
 
 __all__ = ["run_demo", "comparison_rows"]
@@ -53,6 +54,9 @@ def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = 1000, pgd_steps
     from ..reprogram import learned_lams, reprogram, set_paradigm
     from ..train import TrainConfig, fit
 
+    if isinstance(p3_steps, bool) or not isinstance(p3_steps, int) or p3_steps < 1:
+        raise TorchRobustError(f"p3_steps (paradigm-3 fine-tuning steps) must be an integer >= 1, got {p3_steps!r}; "
+                               "the demo's paradigm 3 needs at least one step (100 is the default)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()

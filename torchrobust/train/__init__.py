@@ -1,6 +1,13 @@
-"""Training: standard, FGSM/PGD adversarial training, TRADES, Gaussian noise; distributed under torchrun."""
+"""Training: standard, FGSM/PGD adversarial training, TRADES, Gaussian noise; distributed under torchrun.
 
-from . import distributed
-from .loop import MODES, TrainConfig, TrainResult, fit, iterate_batches
+Runs never lose work and never end "successfully" after diverging: ``fit(..., checkpoint_dir=D)`` keeps a resume
+state in ``D`` (after every epoch and every ``TrainConfig.checkpoint_every`` steps; safetensors + JSON, no
+pickle), ``fit(..., resume_from=D)`` continues a killed run to a bitwise-identical result (:mod:`.resume`), and
+a NaN/inf loss or weight stops training with a one-line :class:`~torchrobust.errors.TorchRobustError`, the model
+back at its last finite weights. CLI: ``torchrobust train ... --checkpoint-every N`` then ``... --resume``.
+"""
 
-__all__ = ["MODES", "TrainConfig", "TrainResult", "fit", "iterate_batches", "distributed"]
+from . import distributed, resume
+from .loop import MODES, TrainConfig, TrainResult, epoch_order, fit, iterate_batches
+
+__all__ = ["MODES", "TrainConfig", "TrainResult", "epoch_order", "fit", "iterate_batches", "distributed", "resume"]

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "gather_rows", "device_for_rank",
-           "barrier", "cleanup"]
+           "barrier", "cleanup", "any_rank"]
 
 
 def is_distributed() -> bool:
@@ -91,3 +91,14 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (all-reduce MAX; no communication alone)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -25,15 +25,31 @@ called, so constrained parameters stay feasible (projected gradient descent).
 
 Under ``torchrun`` the model is wrapped in DistributedDataParallel and each process trains on its shard of
 every epoch's permutation (same seed everywhere, so the union of the shards is the permutation).
+
+**Divergence.** After every optimiser step the loss and every floating tensor of the model's state are checked;
+a NaN/inf stops training with a one-line :class:`~torchrobust.errors.TorchRobustError` (lower the learning rate,
+check the weight decay), the model is put back to its weights before that step, and no resume state is written
+past the last good one. Hyper-parameters are validated before any work (finite, in range).
+
+**Resume.** ``fit(..., checkpoint_dir=D)`` writes a resume state (:mod:`torchrobust.train.resume`: model,
+optimiser, LR scheduler, RNG states, epoch, batch and the epoch's permutation; safetensors + JSON, atomic) after
+every epoch and every ``checkpoint_every`` steps. ``fit(..., resume_from=D)`` on a freshly built model continues
+from it: the data order depends only on ``(seed, epoch)`` and every RNG is restored, so the final weights are
+bitwise identical to the uninterrupted run's. A state from another configuration, model, data set or process
+count is refused. CLI: ``torchrobust train ... --checkpoint-every N`` (state in ``<out>.resume/``), rerun with
+``--resume`` after a crash or ``kill -9``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import numbers
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..errors import TorchRobustError
 from . import distributed as D
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "MODES", "SCHEDULES", "iterate_batches", "triangular"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "MODES", "SCHEDULES", "iterate_batches", "epoch_order", "triangular"]
 
 log = logging.getLogger(__name__)
 
@@ -77,30 +93,50 @@ class TrainConfig:
     seed: int = 0
     max_batches: int | None = None
     progress: bool = False
+    checkpoint_every: int | None = None
 
     def validate(self) -> TrainConfig:
+        """Check every field (finite, in range) before any work; raises :class:`TorchRobustError`."""
+        for name in ("epochs", "batch_size", "steps", "seed"):
+            _check_int(name, getattr(self, name), 0 if name == "seed" else 1)
+        for name in ("max_batches", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        for name, fix in (("lr", "try 0.01 (SGD) or 1e-3 (Adam)"), ("momentum", "use 0 for none, 0.9 is usual"),
+                          ("weight_decay", "use 0 for none, 5e-4 is usual"), ("gamma", "e.g. 0.1"),
+                          ("eps", "e.g. 0.3 for MNIST Linf"), ("trades_beta", "TRADES uses 6"),
+                          ("noise_sigma", "e.g. 0.25")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0 \
+                    or v > _FLOAT32_MAX:
+                label = "learning rate (lr)" if name == "lr" else name
+                raise TorchRobustError(f"{label} must be a finite number >= 0, got {v!r}; {fix}")
+        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real)
+                                       or not math.isfinite(self.alpha) or self.alpha <= 0):
+            raise TorchRobustError(f"alpha (attack step size) must be a finite number > 0 or None, got "
+                                   f"{self.alpha!r}; leave it unset for the threat model's default")
+        if not all(isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 0 for m in self.milestones):
+            raise TorchRobustError(f"milestones must be epoch numbers >= 0, got {self.milestones!r}")
         if self.mode not in MODES:
             raise TorchRobustError(f"unknown training mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.optimizer not in OPTIMIZERS:
             raise TorchRobustError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise TorchRobustError(f"unknown LR schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if self.epochs < 1:
-            raise TorchRobustError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise TorchRobustError(f"batch size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TorchRobustError(f"learning rate must be a positive number, got {self.lr}")
-        if not (self.eps >= 0 and math.isfinite(self.eps)):
-            raise TorchRobustError(f"eps must be >= 0, got {self.eps}")
-        if self.steps < 1:
-            raise TorchRobustError(f"steps must be >= 1, got {self.steps}")
-        if self.noise_sigma < 0:
-            raise TorchRobustError(f"noise sigma must be >= 0, got {self.noise_sigma}")
+        if self.lr == 0:
+            raise TorchRobustError("learning rate (lr) must be > 0, got 0; try 0.01 (SGD) or 1e-3 (Adam)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # larger values overflow inside the optimisers
+
+
+def _check_int(name: str, v: Any, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise TorchRobustError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
 @dataclass
@@ -121,23 +157,33 @@ def _dataset_tensors(data: Dataset | tuple[torch.Tensor, torch.Tensor]) -> tuple
     return None
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of ``n`` examples in ``epoch``: a function of ``(seed, epoch)`` only."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
 def iterate_batches(data: Dataset | tuple[torch.Tensor, torch.Tensor], batch_size: int, *, shuffle: bool,
                     seed: int, epoch: int, device: torch.device, max_batches: int | None = None,
-                    shard: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    shard: bool = True, order: torch.Tensor | None = None,
+                    start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches on ``device``; in-memory tensors are sliced directly (no DataLoader overhead).
 
-    The permutation depends only on ``(seed, epoch)``; under DDP each rank takes its contiguous shard of it.
+    The permutation depends only on ``(seed, epoch)`` (or is ``order``, e.g. the one a resume state saved);
+    under DDP each rank takes its contiguous shard of it. ``start`` skips the first batches (resuming).
     """
     tensors = _dataset_tensors(data)
     n = len(tensors[0]) if tensors is not None else len(data)  # type: ignore[arg-type]
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    if order is None:
+        order = epoch_order(n, seed, epoch) if shuffle else torch.arange(n)
     if shard:
         a, b = D.shard_bounds(n)
         order = order[a:b]
     nb = math.ceil(len(order) / batch_size)
     if max_batches is not None:
         nb = min(nb, max_batches)
+    order = order[start * batch_size:]
+    nb -= start
     if tensors is not None:
         x_all, y_all = tensors
         for i in range(nb):
@@ -220,14 +266,108 @@ def _project_constraints(model: nn.Module) -> None:
 
 
 Data = Dataset | tuple[torch.Tensor, torch.Tensor]
+Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor | Sequence[torch.Tensor]]
+
+
+def _check_data(model: nn.Module, train_set: Data, dev: torch.device) -> None:
+    """Before any work: in-memory training data is non-empty and finite, and its labels are classes the model
+    outputs (one eval-mode forward pass on two examples)."""
+    tensors = _dataset_tensors(train_set)
+    if tensors is None:
+        if len(train_set) == 0:  # type: ignore[arg-type]
+            raise TorchRobustError("the training set is empty; check the data folder or --n-train")
+        return
+    x, y = tensors
+    if len(x) == 0 or len(x) != len(y):
+        raise TorchRobustError(f"training data needs as many labels as inputs (>= 1), got {len(x)} inputs and "
+                               f"{len(y)} labels")
+    if y.is_floating_point() or y.dtype == torch.bool or y.dim() != 1:
+        raise TorchRobustError(f"training labels must be a 1-D integer tensor of class indices, got {y.dtype} "
+                               f"{tuple(y.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise TorchRobustError("the training inputs contain NaN or inf; clean the data")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:2].to(dev))
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise TorchRobustError(f"training inputs of shape {tuple(x.shape[1:])} do not fit the model ({first}); "
+                               "check the dataset's channels and image size") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise TorchRobustError("the model must return logits of shape (N, num_classes); got "
+                               f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
+    lo, hi, classes = int(y.min()), int(y.max()), int(out.shape[1])
+    if lo < 0 or hi >= classes:
+        raise TorchRobustError(f"the training labels go from {lo} to {hi} but the model outputs {classes} "
+                               f"classes; build it with num_classes={hi + 1} (CLI: --model-arg "
+                               f"num_classes={hi + 1})")
+
+
+class _LastGood:
+    """A copy of the model's state (parameters and buffers) after the last step whose loss and weights were
+    finite; :meth:`restore` puts it back in place."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.live = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+        self.saved = [t.detach().clone() for t in self.live]
+        self.floats = [t for t in self.live if t.is_floating_point() or t.is_complex()]
+
+    def finite(self) -> bool:
+        return not self.floats or bool(torch.stack([torch.isfinite(t).all() for t in self.floats]).all())
+
+    def take(self) -> None:
+        with torch.no_grad():
+            for s, t in zip(self.saved, self.live, strict=True):
+                s.copy_(t)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for s, t in zip(self.saved, self.live, strict=True):
+                t.copy_(s)
+
+
+def _batch_loss(net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                adversary: Adversary | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mode's loss on one batch and the logits ``train_acc`` counts (several batches' logits concatenated)."""
+    if cfg.mode == "trades":
+        x_adv = _trades_adversarial(model, x, cfg)
+        logits = net(x)
+        logits_adv = net(x_adv)
+        loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
+            F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+        return loss, logits
+    if adversary is not None:
+        x_in = adversary(model, x, y)
+        model.train()  # whatever mode the adversary left the model in
+    elif cfg.mode == "gaussian":
+        x_in = x + cfg.noise_sigma * torch.randn_like(x)
+    else:
+        x_in = x
+    if not isinstance(x_in, torch.Tensor):  # several inputs per batch: the mean of their losses
+        if cfg.mixed:
+            raise TorchRobustError("mixed=True needs an adversary that returns one batch; this one "
+                                   "returned several (add the clean batch to its list instead)")
+        outs = [net(xi) for xi in x_in]
+        return torch.stack([F.cross_entropy(o, y) for o in outs]).mean(), torch.cat(outs)
+    if cfg.mixed and x_in is not x:
+        both = net(torch.cat([x, x_in]))
+        logits = both[len(x):]
+        return F.cross_entropy(both[:len(x)], y) + F.cross_entropy(logits, y), logits
+    logits = net(x_in)
+    return F.cross_entropy(logits, y), logits
 
 
 def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         params: Iterable[nn.Parameter] | None = None, val_set: Data | None = None,
         device: str | torch.device | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
-        adversary: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor | Sequence[torch.Tensor]]
-        | None = None) -> TrainResult:
+        adversary: Adversary | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume_from: str | os.PathLike[str] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_set`` as ``config`` says; returns the per-epoch history.
 
     ``params``: the parameters to optimise (default: every parameter with ``requires_grad``) — e.g. only the
@@ -236,19 +376,40 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     called with the model as it is (the attacks put it in eval mode themselves) and returns the training input,
     or a list of them whose cross-entropies are averaged; ``train_acc`` then counts over all of them.
     Seeded by ``config.seed`` (torch's global RNG is re-seeded at the start for the attacks' random starts).
+
+    ``checkpoint_dir``: write a resume state there (:mod:`torchrobust.train.resume`) after every epoch and every
+    ``config.checkpoint_every`` optimiser steps; a folder that already holds one is refused (resume it or delete
+    it). ``resume_from``: continue the run whose state is in that folder (default ``checkpoint_dir``: the same
+    folder); the result is bitwise identical to the uninterrupted run. ``on_epoch`` is not called again for
+    epochs finished before the interruption.
+
+    Raises :class:`TorchRobustError` when a step makes the loss or the weights NaN/inf; the model then holds the
+    weights before that step and the last resume state on disk is untouched.
     """
+    from . import resume
+
     cfg = config.validate()
+    if adversary is not None and cfg.mode == "trades":
+        raise TorchRobustError("a custom adversary replaces the mode's inputs; it cannot be combined with "
+                               "mode='trades' (use mode='standard')")
+    ckdir = Path(checkpoint_dir if checkpoint_dir is not None else resume_from) \
+        if checkpoint_dir is not None or resume_from is not None else None
+    if ckdir is not None:
+        from ..validation import check_output_dir
+
+        check_output_dir(ckdir, flag="checkpoint folder")
+        if resume_from is None and resume.has_state(ckdir):
+            raise TorchRobustError(f"{ckdir} already holds the resume state of an earlier run; resume it "
+                                   "(CLI: --resume, API: resume_from=) or delete that folder to start over")
     dev = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
     model.to(dev)
+    _check_data(model, train_set, dev)
     torch.manual_seed(cfg.seed + D.rank())
     plist = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not plist:
         raise TorchRobustError("no trainable parameters: every parameter has requires_grad=False; unfreeze "
                                "some or pass params=")
-    net: nn.Module = model
-    if D.is_distributed():
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     n = len(_dataset_tensors(train_set)[0]) if _dataset_tensors(train_set) is not None else len(train_set)
     shard_n = (lambda ab: ab[1] - ab[0])(D.shard_bounds(n))
     steps_per_epoch = math.ceil(shard_n / cfg.batch_size)
@@ -256,61 +417,70 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         steps_per_epoch = min(steps_per_epoch, cfg.max_batches)
     opt = _make_optimizer(plist, cfg)
     sched = _make_schedule(opt, cfg, steps_per_epoch)
-    if adversary is not None and cfg.mode == "trades":
-        raise TorchRobustError("a custom adversary replaces the mode's inputs; it cannot be combined with "
-                               "mode='trades' (use mode='standard')")
     adversary = adversary if adversary is not None else _adversary(cfg)
-    history: list[dict[str, float]] = []
-    t_start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
+    fp = resume.fingerprint(cfg.to_dict(), model, plist, train_set) if ckdir is not None else {}
+    done: dict[str, Any] = {"history": [], "loss": 0.0, "correct": 0, "n": 0, "epoch_seconds": 0.0, "seconds": 0.0}
+    epoch0, batch0, order = 0, 0, None
+    if resume_from is not None:  # last: it restores the RNG states the loop continues from
+        pos, done, order = resume.load_state(resume_from, model=model, optimizer=opt, scheduler=sched, fp=fp)
+        epoch0, batch0 = int(pos["epoch"]), int(pos["batch"])
+    net: nn.Module = model
+    if D.is_distributed():
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    history: list[dict[str, float]] = list(done["history"])
+    last_good = _LastGood(model)
+    step = epoch0 * steps_per_epoch + batch0
+    t_start = time.perf_counter() - float(done["seconds"])
+
+    def checkpoint(epoch: int, batch: int, order: torch.Tensor, sums: tuple[float, int, int], t0: float) -> None:
+        now = time.perf_counter()
+        resume.write_state(ckdir, model=model, optimizer=opt, scheduler=sched, fp=fp,  # type: ignore[arg-type]
+                           position={"epoch": epoch, "batch": batch, "step": step}, order=order,
+                           progress={"history": history, "loss": sums[0], "correct": sums[1], "n": sums[2],
+                                     "epoch_seconds": now - t0, "seconds": now - t_start})
+
+    for epoch in range(epoch0, cfg.epochs):
+        first = batch0 if epoch == epoch0 else 0
+        tot_loss, tot_correct, tot_n = (float(done["loss"]), int(done["correct"]), int(done["n"])) if first \
+            else (0.0, 0, 0)
+        t0 = time.perf_counter() - (float(done["epoch_seconds"]) if first else 0.0)
+        if order is None or epoch != epoch0:
+            order = epoch_order(n, cfg.seed, epoch)
         model.train()
-        tot_loss, tot_correct, tot_n = 0.0, 0, 0
         batches = iterate_batches(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                  device=dev, max_batches=cfg.max_batches)
+                                  device=dev, max_batches=cfg.max_batches, order=order, start=first)
         if cfg.progress and D.is_main():
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for x, y in batches:
-            if cfg.mode == "trades":
-                x_adv = _trades_adversarial(model, x, cfg)
-                logits = net(x)
-                logits_adv = net(x_adv)
-                loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
-                    F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
-            else:
-                if adversary is not None:
-                    x_in = adversary(model, x, y)
-                    model.train()  # whatever mode the adversary left the model in
-                elif cfg.mode == "gaussian":
-                    x_in = x + cfg.noise_sigma * torch.randn_like(x)
-                else:
-                    x_in = x
-                if not isinstance(x_in, torch.Tensor):  # several inputs per batch: the mean of their losses
-                    if cfg.mixed:
-                        raise TorchRobustError("mixed=True needs an adversary that returns one batch; this one "
-                                               "returned several (add the clean batch to its list instead)")
-                    outs = [net(xi) for xi in x_in]
-                    loss = torch.stack([F.cross_entropy(o, y) for o in outs]).mean()
-                    logits = torch.cat(outs)
-                elif cfg.mixed and x_in is not x:
-                    both = net(torch.cat([x, x_in]))
-                    logits = both[len(x):]
-                    loss = F.cross_entropy(both[:len(x)], y) + F.cross_entropy(logits, y)
-                else:
-                    logits = net(x_in)
-                    loss = F.cross_entropy(logits, y)
+            batches = tqdm(batches, total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           leave=False)
+        for b, (x, y) in enumerate(batches, start=first):
+            loss, logits = _batch_loss(net, model, x, y, cfg, adversary)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
             _project_constraints(model)
+            step += 1
+            loss_value = float(loss.detach())
+            if D.any_rank(not (math.isfinite(loss_value) and last_good.finite())):
+                last_good.restore()
+                what = f"the loss is {loss_value}" if not math.isfinite(loss_value) else "the weights became NaN/inf"
+                kept = f"; the last resume state in {ckdir} is kept" if ckdir is not None and resume.has_state(
+                    ckdir) else ""
+                raise TorchRobustError(f"training diverged at epoch {epoch + 1}, batch {b + 1}: {what} (lr "
+                                       f"{cfg.lr:g}, weight_decay {cfg.weight_decay:g}); lower the learning rate "
+                                       "(--lr) or check the weight decay (--weight-decay); the model holds the "
+                                       f"weights before that step{kept}")
+            last_good.take()
             k = len(logits) // len(y)
-            tot_loss += float(loss.detach()) * len(y) * k
+            tot_loss += loss_value * len(y) * k
             tot_correct += int((logits.detach().argmax(1) == y.repeat(k)).sum())
             tot_n += len(y) * k
+            if ckdir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 \
+                    and b + 1 < steps_per_epoch:
+                checkpoint(epoch, b + 1, order, (tot_loss, tot_correct, tot_n), t0)
         rec: dict[str, float] = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
                                  "train_acc": tot_correct / max(tot_n, 1), "lr": opt.param_groups[0]["lr"],
                                  "seconds": time.perf_counter() - t0}
@@ -322,6 +492,8 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         history.append(rec)
         log.info("epoch %d/%d loss %.4f train_acc %.4f%s (%.1fs)", epoch + 1, cfg.epochs, rec["loss"],
                  rec["train_acc"], f" val_acc {rec['val_acc']:.4f}" if "val_acc" in rec else "", rec["seconds"])
+        if ckdir is not None:
+            checkpoint(epoch + 1, 0, epoch_order(n, cfg.seed, epoch + 1), (0.0, 0, 0), time.perf_counter())
         if on_epoch is not None:
             on_epoch(rec)
     model.eval()
