@@ -139,3 +139,37 @@ def test_batchnorm1d_in_train_mode_evaluates_a_single_example() -> None:
     acc = tr.evaluate.accuracy(m, x, y)  # was: ValueError "Expected more than 1 value per channel when training"
     _unchanged(m, snap)
     assert acc == float(m.eval()(x).argmax(1).item() == y.item())
+
+
+# ------------------------------------------------------------------------------------------ 5. dtype mismatches
+@pytest.mark.parametrize("model_dtype,input_dtype", [(torch.float64, torch.float32), (torch.float64, torch.float16),
+                                                     (torch.float32, torch.float64), (torch.float32, torch.float16)])
+def test_model_and_input_dtype_mismatch_names_the_cast(model_dtype: torch.dtype, input_dtype: torch.dtype) -> None:
+    from torchrobust.validation import probe_logits
+
+    m = _mlp().to(model_dtype)
+    x, y = _xy(4)
+    x = x.to(input_dtype)
+    want = str(model_dtype).replace("torch.", "")
+    got = str(input_dtype).replace("torch.", "")
+    calls = [lambda: probe_logits(m, x), lambda: tr.evaluate.accuracy(m, x, y),
+             lambda: tr.attacks.PGD("Linf", eps=0.1, steps=2)(m, x, y),
+             lambda: tr.attacks.FGSM("Linf", eps=0.1)(m, x, y),
+             lambda: tr.evaluate.sweep(m, x, y, attacks=["fgsm"], eps=[0, 0.1])]
+    if model_dtype == torch.float64 and input_dtype == torch.float32:
+        from torchrobust.attacks.autoattack import run_autoattack
+
+        calls.append(lambda: run_autoattack(m, x, y, "Linf", 0.1, version="custom", attacks_to_run=["apgd-ce"]))
+    for call in calls:
+        with pytest.raises(TorchRobustError, match=rf"input is {got} but the model's parameters are {want}") as info:
+            call()
+        msg = str(info.value)
+        assert "\n" not in msg and f"model.to(torch.{got})" in msg and f"x.to(torch.{want})" in msg
+
+
+def test_matching_dtypes_still_work_in_float64() -> None:
+    m = _mlp().double()
+    x, y = _xy(4)
+    x = x.double()
+    assert 0.0 <= tr.evaluate.accuracy(m, x, y) <= 1.0
+    assert tr.attacks.PGD("Linf", eps=0.1, steps=2)(m, x, y).dtype == torch.float64

@@ -292,6 +292,9 @@ def run_autoattack(
         raise TorchRobustError("version='custom' needs attacks_to_run, e.g. ['apgd-ce', 'apgd-t']")
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise TorchRobustError(f"AutoAttack needs image batches shaped (N, C, H, W), got {getattr(x, 'shape', x)}")
+    if not isinstance(y, Tensor) or y.shape != (len(x),) or len(x) == 0:
+        raise TorchRobustError(f"AutoAttack needs N >= 1 inputs and N labels, got {len(x)} inputs and labels shaped "
+                               f"{tuple(getattr(y, 'shape', ()))}; pass a non-empty batch")
     if state_path is not None:
         from torchrobust.resume import check_state_path
 
@@ -322,8 +325,9 @@ def run_autoattack(
             state = _restore(store, attacks, x)
             if state is not None:
                 logger.info("resuming AutoAttack from %s (done: %s)", store.path, ", ".join(state["done"]) or "none")
-        with torch.no_grad():
-            n_classes = int(model(x_dev[:1]).shape[1])
+        from torchrobust.validation import probe_logits
+
+        n_classes = probe_logits(model, x_dev)  # a wrong input shape or dtype is a one-line error naming the fix
         _cap_targets(aa, n_classes)
         if state is None:
             with torch.no_grad():

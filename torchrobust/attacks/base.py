@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from torchrobust.attacks.threat import ThreatModel, get_threat
 from torchrobust.errors import TorchRobustError, unknown_name
+from torchrobust.validation import dtype_mismatch
 
 __all__ = [
     "Attack",
@@ -135,6 +136,11 @@ class Attack:
             try:
                 model.eval()
                 x_adv = self.perturb(model, x, y)
+            except RuntimeError:
+                why = dtype_mismatch(model, x)  # e.g. float32 images into a float64 model: name the cast to make
+                if why is None:
+                    raise
+                raise TorchRobustError(why) from None
             finally:
                 if handle is not None:
                     handle.remove()
