@@ -25,7 +25,9 @@ Calibration
     modules tracking and returning their input unchanged, so every ``b`` is measured on the *unmodified*
     network (Algorithm 1: "feeding all images in the set S once in track mode"). ``b`` is reset first, which
     makes calibration idempotent. The paper uses the full training set without augmentation for CIFAR and
-    ~5,000 random training images for ImageNet (``max_batches`` / a subset).
+    ~5,000 random training images for ImageNet (``max_batches`` / a subset). A NaN/inf input value (one would make
+    every ``b``, hence every threshold, NaN) or a non-finite resulting ``b`` (overflowing activations) is refused
+    with a :class:`~torchrobust.errors.TorchRobustError`, and a failed calibration leaves the previous ``b``.
 
 c_r search (:func:`search_c_r`)
     ``b`` does not depend on ``c_r``, so the model is calibrated once and only ``c_r`` changes along the grid.
