@@ -187,3 +187,39 @@ def test_demo_small(tmp_path, capsys):
     assert set(lams) == {"fc1", "fc2", "fc3"} and all(0 <= v <= 1 for v in lams.values())
     assert abs(float(p3.fc1.lam) - lams["fc1"]) < 1e-6
     assert "NRPM-P3 pgd" in capsys.readouterr().out
+
+
+def _without_times(o):
+    """A results document without its wall-clock fields (the only part of a rerun allowed to differ)."""
+    if isinstance(o, dict):
+        return {k: _without_times(v) for k, v in o.items() if "seconds" not in k}
+    if isinstance(o, list):
+        return [_without_times(v) for v in o]
+    return o
+
+
+def test_evaluate_rerun_is_identical(ckpt, tmp_path):
+    """Deterministic reruns: the same command twice (a randomised attack included) gives the same per-example
+    results and tables; no seed comes from the clock."""
+    docs, csvs = [], []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["evaluate", str(ckpt), "--n-examples", "24", "--eps", "0,0.1,0.2", "--attacks", "fgsm,pgd,square",
+                     "--attack-arg", "square.n_queries=20", "--steps", "3", "--out", str(out), "--quiet"]) == 0
+        docs.append(_without_times(json.loads((out / "results.json").read_text())))
+        csvs.append((out / "results.csv").read_bytes())
+    assert docs[0] == docs[1] and csvs[0] == csvs[1]
+    assert docs[0]["per_example"]["square"] and len(docs[0]["table"]) == 3
+
+
+def test_report_out_folder(ckpt, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["evaluate", str(ckpt), "--n-examples", "8", "--eps", "0,0.1", "--steps", "1", "--out", str(run),
+                 "--quiet"]) == 0
+    before = sorted(p.name for p in run.iterdir())
+    rep = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(rep), "--quiet"]) == 0
+    assert sorted(p.name for p in run.iterdir()) == before  # the run folder is only read
+    assert "<img" in (rep / "report.html").read_text() and (rep / "report.md").is_file()
+    assert "(../run/accuracy_vs_eps.png)" in (rep / "report.md").read_text()
+    assert main(["report", str(run), "--out", str(rep), "--quiet"]) == 0  # a report is regenerated, not refused
