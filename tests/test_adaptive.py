@@ -164,6 +164,16 @@ def test_progress_and_errors(base: nn.Module, test_set) -> None:
         evaluate_adaptive(base, x[:4], y[:3], "Linf", 0.1)
 
 
+def test_autoattack_whitebox_with_no_correct_point(base: nn.Module, test_set) -> None:
+    """Nothing is classified correctly: the reference AutoAttack is not called on an empty batch."""
+    pytest.importorskip("pyautoattack")
+    x, y = test_set
+    wrong = (base(x[:8]).argmax(1) + 1) % N_CLASSES
+    res = evaluate_adaptive(base, x[:8], wrong, "Linf", 0.25, blackbox=False, checks=False,
+                            **{**FAST, "whitebox": "autoattack"})
+    assert res.clean_accuracy == 0.0 and res.robust_accuracy == 0.0 and set(res.correct) == {"apgd-ce", "apgd-t"}
+
+
 def test_autoattack_whitebox_when_available(base: nn.Module, test_set) -> None:
     pytest.importorskip("pyautoattack")
     x, y = test_set

@@ -183,6 +183,8 @@ def test_input_errors(mnist) -> None:
         run_autoattack(model, x[:4], y[:4], "Linf", 0.1, version="fast")
     with pytest.raises(TorchRobustError, match="threat"):
         AutoAttack("L0", eps=3)
+    with pytest.raises(TorchRobustError, match="non-empty"):
+        run_autoattack(model, x[:0], y[:0], "Linf", 0.1)
 
 
 def test_fewer_than_ten_classes_capped(mnist) -> None:

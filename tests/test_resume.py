@@ -376,3 +376,35 @@ def test_adaptive_corrupt_or_pickled_state(setup, tmp_path: Path, monkeypatch: p
         evaluate_adaptive(model, x, y, "Linf", 0.2, state_path=tmp_path / "state_Linf_0.2", **FAST)
     assert calls == []
     assert [m for m in _warnings(caplog) if "unreadable" in m or "inconsistent" in m] == []
+
+
+# ------------------------------------------------------------------------------------------------ the issue's CLI path
+def test_cli_adaptive_ignores_planted_pickle_and_other_checkpoints_state(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """``torchrobust evaluate CKPT --suite adaptive --eps 0.1 --out DIR`` with a pickle planted as DIR's state:
+    never unpickled; then checkpoint B in the same DIR does not reuse checkpoint A's state."""
+    from torchrobust import checkpoint, models
+    from torchrobust.cli import main
+
+    ckpts = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ckpts.append(checkpoint.save(models.create("mlp"), tmp_path / f"m{seed}.safetensors"))
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "PWNED"
+    _plant_pickle(out / "state_Linf_0.1.pt", marker)
+    argv = ["--suite", "adaptive", "--eps", "0.1", "--out", str(out), "--n-examples", "4", "--steps", "2",
+            "--quiet", "--overwrite"]
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", str(ckpts[0]), *argv]) == 0
+    assert not marker.exists()
+    assert any("never loaded" in m for m in _warnings(caplog))
+    fp_a = json.loads((out / "state_Linf_0.1.json").read_text())["fingerprint"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", str(ckpts[1]), *argv]) == 0
+    assert any("another model" in m for m in _warnings(caplog))
+    fp_b = json.loads((out / "state_Linf_0.1.json").read_text())["fingerprint"]
+    assert fp_b["model"] != fp_a["model"] and fp_b["data"] == fp_a["data"]
+    assert not marker.exists()

@@ -285,6 +285,8 @@ def evaluate_adaptive(
         cache: dict[str, Tensor] = {}
 
         def aa_both(todo: Tensor) -> dict[str, Tensor]:
+            if not cache and not bool(todo.any()):  # nothing correctly classified: nothing to attack
+                cache.update({k: torch.ones(len(x), dtype=torch.bool) for k in ("apgd-ce", "apgd-t")})
             if not cache:
                 res = AA.run_autoattack(model, x[todo], y[todo], tm, version="standard",
                                                   attacks_to_run=["apgd-ce", "apgd-t"], seed=seed,
