@@ -312,8 +312,9 @@ class _LastGood:
     finite; :meth:`restore` puts it back in place."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.live = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
-        self.saved = [t.detach().clone() for t in self.live]
+        unique = {id(t): t.detach() for t in [*model.parameters(), *model.buffers()]}  # shared weights once
+        self.live = list(unique.values())
+        self.saved = [t.clone() for t in self.live]
         self.floats = [t for t in self.live if t.is_floating_point() or t.is_complex()]
 
     def finite(self) -> bool:
@@ -418,11 +419,12 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     opt = _make_optimizer(plist, cfg)
     sched = _make_schedule(opt, cfg, steps_per_epoch)
     adversary = adversary if adversary is not None else _adversary(cfg)
-    fp = resume.fingerprint(cfg.to_dict(), model, plist, train_set) if ckdir is not None else {}
+    fp = resume.fingerprint(cfg.to_dict(), model, plist, train_set, dev) if ckdir is not None else {}
     done: dict[str, Any] = {"history": [], "loss": 0.0, "correct": 0, "n": 0, "epoch_seconds": 0.0, "seconds": 0.0}
     epoch0, batch0, order = 0, 0, None
     if resume_from is not None:  # last: it restores the RNG states the loop continues from
-        pos, done, order = resume.load_state(resume_from, model=model, optimizer=opt, scheduler=sched, fp=fp)
+        pos, done, order = resume.load_state(resume_from, model=model, optimizer=opt, scheduler=sched, fp=fp,
+                                             device=dev)
         epoch0, batch0 = int(pos["epoch"]), int(pos["batch"])
     net: nn.Module = model
     if D.is_distributed():
@@ -434,7 +436,7 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
 
     def checkpoint(epoch: int, batch: int, order: torch.Tensor, sums: tuple[float, int, int], t0: float) -> None:
         now = time.perf_counter()
-        resume.write_state(ckdir, model=model, optimizer=opt, scheduler=sched, fp=fp,  # type: ignore[arg-type]
+        resume.write_state(ckdir, model=model, optimizer=opt, scheduler=sched, fp=fp, device=dev,  # type: ignore
                            position={"epoch": epoch, "batch": batch, "step": step}, order=order,
                            progress={"history": history, "loss": sums[0], "correct": sums[1], "n": sums[2],
                                      "epoch_seconds": now - t0, "seconds": now - t_start})

@@ -3,13 +3,13 @@
 A resume state is one safetensors file per process, ``<dir>/state.rank<R>.safetensors``, written atomically
 (:func:`torchrobust.checkpoint.atomic_write_bytes`) after every epoch and every ``checkpoint_every`` optimiser
 steps. Its tensors are the model's ``state_dict`` (``model.*``), the optimiser's and the LR scheduler's tensors
-(``optimizer.*``, ``scheduler.*``), the RNG states (``rng.*``: torch CPU, every CUDA device, numpy) and the
+(``optimizer.*``, ``scheduler.*``), the RNG states (``rng.*``: torch CPU, the training CUDA device, numpy) and the
 epoch's data permutation (``data.order``); its safetensors header holds one JSON document (key
 ``torchrobust-resume``) with the rest: the position (epoch, batches done in it, optimiser steps), the history so
 far and the epoch's running sums, the optimiser/scheduler state dicts with every tensor replaced by a reference
 (non-string keys, tuples and ``Counter``\\ s are tagged so they come back as they were), Python ``random``'s
 state, and a *fingerprint* of the run (training configuration, model structure, data, optimised parameters,
-world size). :func:`load_state` refuses a state whose fingerprint differs from the run asking for it.
+world size, device type). :func:`load_state` refuses a state whose fingerprint differs from the run asking for it.
 
 Under ``torchrun`` each rank keeps its previous state too (``state.rank<R>.prev.safetensors``), so a run killed
 between two ranks' writes resumes from the newest step every rank has.
@@ -99,12 +99,12 @@ def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ RNG states
-def capture_rng(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Torch CPU, CUDA (every device, if initialised), Python ``random`` and numpy's global RNG states."""
+def capture_rng(tensors: dict[str, torch.Tensor], device: torch.device | None = None) -> dict[str, Any]:
+    """Torch CPU, the training CUDA device's (if any), Python ``random`` and numpy's global RNG states."""
     doc: dict[str, Any] = {"torch": encode(torch.get_rng_state(), "rng.torch", tensors),
                            "python": encode(random.getstate(), "rng.python", tensors)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        doc["cuda"] = encode(list(torch.cuda.get_rng_state_all()), "rng.cuda", tensors)
+    if device is not None and device.type == "cuda":
+        doc["cuda"] = encode(torch.cuda.get_rng_state(device), "rng.cuda", tensors)
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy ships with torch's wheels
@@ -113,16 +113,14 @@ def capture_rng(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     return doc
 
 
-def restore_rng(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def restore_rng(doc: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device | None = None) -> None:
     torch.set_rng_state(decode(doc["torch"], tensors))
     random.setstate(decode(doc["python"], tensors))
-    if "cuda" in doc and torch.cuda.is_available():
-        states = decode(doc["cuda"], tensors)
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-        else:
-            log.warning("resume state has %d CUDA RNG states, this machine %d devices; CUDA RNG not restored",
-                        len(states), torch.cuda.device_count())
+    if "cuda" in doc:
+        if device is None or device.type != "cuda":
+            raise TorchRobustError("this resume state was written by a run on CUDA; resume it on a CUDA device "
+                                   "(--device cuda)")
+        torch.cuda.set_rng_state(decode(doc["cuda"], tensors), device)
     if "numpy" in doc:
         import numpy as np
 
@@ -157,14 +155,17 @@ def data_digest(data: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(config: dict[str, Any], model: nn.Module, params: list[nn.Parameter], data: Any) -> dict[str, Any]:
-    """What a resume state must agree on with the run that loads it."""
+def fingerprint(config: dict[str, Any], model: nn.Module, params: list[nn.Parameter], data: Any,
+                device: torch.device | None = None) -> dict[str, Any]:
+    """What a resume state must agree on with the run that loads it (the device type too: CPU and CUDA kernels
+    and RNGs differ, so only the same kind of device continues a run bit for bit)."""
     names = {id(p): n for n, p in model.named_parameters()}
     structure = [type(model).__qualname__, getattr(model, "torchrobust_spec", None),
                  [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()]]
     return {"config": {k: v for k, v in config.items() if k not in NEUTRAL_CONFIG},
             "model": _sha(structure), "params": _sha([names.get(id(p), "?") for p in params]),
-            "data": data_digest(data), "world_size": D.world_size()}
+            "data": data_digest(data), "world_size": D.world_size(),
+            "device": (device or torch.device("cpu")).type}
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -174,8 +175,9 @@ def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if a != b:
             out.append(f"{k} {a!r} -> {b!r}")
     labels = {"model": "model structure", "params": "trained parameters", "data": "training data",
-              "world_size": "number of processes"}
-    out += [label for k, label in labels.items() if saved.get(k) != now[k]]
+              "world_size": "number of processes", "device": "device type"}
+    out += [f"{label} {saved.get(k)!r} -> {now[k]!r}" if k in ("world_size", "device") else label
+            for k, label in labels.items() if saved.get(k) != now[k]]
     return out
 
 
@@ -192,7 +194,7 @@ def has_state(directory: str | os.PathLike[str]) -> bool:
 
 def write_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: Any, fp: dict[str, Any], position: dict[str, int], progress: dict[str, Any],
-                order: torch.Tensor) -> Path:
+                order: torch.Tensor, device: torch.device | None = None) -> Path:
     """Write this process's resume state atomically (the previous one survives any interruption)."""
     from safetensors.torch import save as st_save
 
@@ -203,7 +205,7 @@ def write_state(directory: str | os.PathLike[str], *, model: nn.Module, optimize
     doc = {"format": FORMAT_VERSION, "torch": torch.__version__, "fingerprint": fp, "position": position,
            "progress": progress, "optimizer": encode(optimizer.state_dict(), "optimizer", tensors),
            "scheduler": encode(scheduler.state_dict(), "scheduler", tensors) if scheduler is not None else None,
-           "rng": capture_rng(tensors)}
+           "rng": capture_rng(tensors, device)}
     blob = st_save(tensors, metadata={_META_KEY: json.dumps(doc)})
     path = state_path(directory)
     if D.is_distributed() and path.is_file():  # keep one generation back: ranks may be killed between writes
@@ -250,7 +252,8 @@ def _choose(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def load_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, fp: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any], torch.Tensor]:
+               scheduler: Any, fp: dict[str, Any],
+               device: torch.device | None = None) -> tuple[dict[str, int], dict[str, Any], torch.Tensor]:
     """Load this rank's resume state into ``model``/``optimizer``/``scheduler`` and the RNGs.
 
     Returns ``(position, progress, order)``. Raises :class:`TorchRobustError` when no state is there or it
@@ -273,7 +276,7 @@ def load_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer
     optimizer.load_state_dict(decode(doc["optimizer"], tensors))
     if scheduler is not None:
         scheduler.load_state_dict(decode(doc["scheduler"], tensors))
-    restore_rng(doc["rng"], tensors)
+    restore_rng(doc["rng"], tensors, device)
     log.info("resumed from %s at epoch %d, batch %d", directory, doc["position"]["epoch"] + 1,
              doc["position"]["batch"])
     return doc["position"], doc["progress"], tensors["data.order"]
