@@ -55,12 +55,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from .checkpoint import atomic_write_bytes
 from .errors import TorchRobustError
 
-__all__ = ["StateStore", "fingerprint_config", "fingerprint_model", "fingerprint_tensors", "load_state",
-           "make_fingerprint", "save_state", "state_stem"]
+__all__ = ["StateStore", "canonical_json", "check_state_path", "fingerprint_config", "fingerprint_model",
+           "fingerprint_tensors", "load_state", "make_fingerprint", "save_state", "state_stem"]
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +215,6 @@ def save_state(path_stem: str | os.PathLike[str], tensors: Mapping[str, Tensor],
     """Write ``<stem>.safetensors`` (tensors + the JSON document in its header) atomically, then the
     human-readable copy ``<stem>.json``. ``meta`` must be JSON-serialisable (no NaN/Inf). Returns the
     ``.safetensors`` path."""
-    from safetensors.torch import save as st_save
-
-    from .checkpoint import atomic_write_bytes
-
     stem = state_stem(path_stem)
     cpu = _cpu_tensors(tensors)
     doc = {"format": FORMAT_VERSION, "fingerprint": dict(fingerprint), "tensors": sorted(cpu), "meta": dict(meta)}
@@ -268,8 +267,6 @@ def load_state(path_stem: str | os.PathLike[str],
     ``None``: no state, a state of another model/data/config, or an unreadable file (each logged as one
     warning line, except plain absence). Never unpickles anything; a legacy ``.pt``/``.pth`` beside the stem is
     ignored with a warning."""
-    from safetensors.torch import load as st_load
-
     stem = state_stem(path_stem)
     _warn_legacy(stem)
     st_path, _ = _paths(stem)
