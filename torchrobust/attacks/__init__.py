@@ -3,7 +3,8 @@
 * threat models (:mod:`torchrobust.attacks.threat`): :class:`Linf`, :class:`L2`, :class:`L1`, :func:`get_threat`;
 * the base class and registry (:mod:`torchrobust.attacks.base`): :class:`Attack`, :func:`register`, :func:`create`,
   :func:`list_attacks`, :class:`AttackBudgetError`;
-* attacks, one file each, registered by name for :func:`create`: :class:`PGD`, :class:`FGSM`, :class:`CW` and
+* attacks, one file each, registered by name for :func:`create`: :class:`PGD`, :class:`APGD` (``"apgd-ce"``),
+  :class:`APGDDLR` (``"apgd-dlr"``) and :class:`APGDT` (``"apgd-t"``), :class:`FGSM`, :class:`CW` and
   :class:`CWLinf`, :class:`DeepFool`, :class:`SPSA`, :class:`Square`, :class:`L0Attack` (with the :class:`L0`
   threat model), the :func:`EOT` and :class:`BPDA` wrappers, and :class:`AutoAttack` (the reference
   implementation from the ``pyautoattack`` package, imported only when used).
@@ -17,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+from torchrobust.attacks.apgd import APGD, APGDDLR, APGDT
 from torchrobust.attacks.autoattack import AutoAttack, AutoAttackResult, run_autoattack
 from torchrobust.attacks.base import (
     Attack,
@@ -38,6 +40,7 @@ from torchrobust.attacks.threat import L1, L2, Linf, ThreatModel, ThreatName, ge
 from torchrobust.attacks.wrappers import BPDA, EOT, EOTAttack, EOTModel
 
 __all__ = [
+    "APGD", "APGDDLR", "APGDT",
     "Attack", "AttackBudgetError", "attack_class", "AutoAttack", "AutoAttackResult", "BPDA", "CW", "CWLinf",
     "DeepFool", "EOT", "EOTAttack", "EOTModel", "FGSM", "L0", "L0Attack", "L1", "L2", "Linf", "PGD", "SPSA", "Square",
     "ThreatModel",

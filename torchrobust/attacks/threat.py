@@ -225,6 +225,32 @@ def project_l2_box(d: Tensor, lo: Tensor, hi: Tensor, eps: float, max_iter: int 
     return torch.minimum(torch.maximum(s.to(d.dtype) * d, lo), hi)
 
 
+def _project_l2_box_lean(d: Tensor, lo: Tensor, hi: Tensor, half: Tensor, eps: float,
+                         max_iter: int = 100) -> Tensor | None:
+    """:func:`project_l2_box` with fewer temporaries, for :meth:`L2.projector` (loops project every step): the same
+    active-set iteration, with ``half = (hi + lo) / 2`` precomputed (``b = 1/2 + sign(d)·half`` when
+    ``hi - lo = 1``, the [0, 1] box), the saturation test ``s²a² > b²`` as a float mask (equal to ``r <= s`` except at
+    exact ties, which do not change ``||v||``) and preallocated buffers. Overwrites ``d`` with the result; returns
+    None (``d`` untouched) if the iteration has not settled, for the caller to fall back to :func:`project_l2_box`."""
+    acc = _wide(d)
+    b2 = d.sign().mul_(half).add_(0.5).square_()
+    a2 = d.square()
+    tiny = torch.finfo(acc).tiny
+    total = a2.sum(1, keepdim=True, dtype=acc)
+    s = (eps / total.sqrt().clamp_min(tiny)).clamp_(max=1.0)
+    sat, prod = torch.empty_like(d), torch.empty_like(d)
+    for _ in range(max_iter):
+        torch.mul(a2, (s * s).to(d.dtype), out=sat).sub_(b2).sign_().clamp_(min=0.0)
+        free = total - torch.mul(a2, sat, out=prod).sum(1, keepdim=True, dtype=acc)
+        fixed = torch.mul(b2, sat, out=prod).sum(1, keepdim=True, dtype=acc)
+        s_new = ((eps * eps - fixed).clamp_min(0) / free.clamp_min(tiny)).sqrt().clamp_(max=1.0)
+        s_new = torch.maximum(torch.where(free > tiny, s_new, 1.0), s)
+        if not bool((s_new > s).any()):
+            return d.mul_(s.to(d.dtype)).clamp_(lo, hi)
+        s = s_new
+    return None
+
+
 def _project_l2_box_sorted(d: Tensor, lo: Tensor, hi: Tensor, eps: float) -> Tensor:
     """The same projection in closed form after one sort of the breakpoints ``r_i = b_i / a_i``: between sorted
     breakpoints ``||v||^2 = s^2 * sum_{unsaturated} a_i^2 + sum_{saturated} b_i^2``, solved for ``s`` exactly."""
@@ -318,6 +344,24 @@ class L2(ThreatModel):
         d = x_adv.flatten(1).to(work) - xf
         v = project_l2_box(d, -xf, 1.0 - xf, self.eps)
         return (xf + v).clamp_(0.0, 1.0).to(dtype).view(shape)
+
+    def projector(self, x: Tensor, inplace: bool = False) -> Callable[[Tensor], Tensor]:
+        """:meth:`project` with the box terms precomputed and fewer temporaries per call (about 2x faster on CPU;
+        equal to :meth:`project` up to float rounding). The argument is never overwritten."""
+        if not self.exact_projection or x.dtype not in (torch.float32, torch.float64):
+            return super().projector(x, inplace)
+        shape, eps = x.shape, self.eps
+        xf = x.flatten(1)
+        lo, hi = -xf, 1.0 - xf
+        half = 0.5 - xf
+
+        def project(x_adv: Tensor) -> Tensor:
+            v = _project_l2_box_lean(x_adv.flatten(1) - xf, lo, hi, half, eps)
+            if v is None:
+                return self.project(x_adv, x)
+            return v.add_(xf).clamp_(0.0, 1.0).view(shape)
+
+        return project
 
 
 @dataclass(frozen=True)
