@@ -14,7 +14,6 @@ import torchrobust as tr
 from torchrobust.errors import TorchRobustError
 from torchrobust.forge import (
     CrSearchResult,
-    _choose,
     calibrate,
     forge,
     forge_checkpoint,
@@ -25,6 +24,7 @@ from torchrobust.forge import (
     set_c_r,
     unforge,
 )
+from torchrobust.forge_search import _choose
 from torchrobust.nn.forged import Forged, PreForged, bpda, bpda_mode
 
 VALUES = torch.tensor([-4.0, -2.0, -1.9, 0.0, 1.0, 2.0, 2.1, 3.0])
@@ -407,6 +407,60 @@ def test_search_c_r_table_and_files(tmp_path) -> None:
     md = res.to_markdown()
     assert "0 (unforged)" in md and "2^-3" in md and "*" in md
     assert res.to_csv().splitlines()[0] == "c_r,log2_c_r,clean,robust,robust_bpda,robust_worst,zero_fraction"
+
+
+def test_search_c_r_rows_equal_a_hand_computation() -> None:
+    """Each row is clean and robust accuracy counted by hand: FGSM (per-example, so batching cannot matter) on the
+    clean-correct points, with autograd and inside bpda_mode; a point misclassified clean never counts."""
+    torch.manual_seed(0)
+    m = _mlp()
+    x, vx = _data(64), _data(30)
+    vy = m(vx).argmax(1)
+    vy[::3] = (vy[::3] + 1) % 3  # a third of the points misclassified clean
+    attack = tr.attacks.FGSM(threat="Linf", eps=0.1)
+    res = search_c_r(m, x, vx, vy, grid=[2**-6, 2**-3, 0.5], attack=attack, batch_size=7)
+    f = res.model
+    f.eval()
+    for row in res.rows:
+        set_c_r(f, row["c_r"])
+        with torch.no_grad():
+            clean = f(vx).argmax(1) == vy
+        ok, ok_b = torch.zeros_like(clean), torch.zeros_like(clean)
+        ok[clean] = f(attack(f, vx[clean], vy[clean])).argmax(1) == vy[clean]
+        with bpda_mode(f):
+            x_b = attack(f, vx[clean], vy[clean])
+        ok_b[clean] = f(x_b).argmax(1) == vy[clean]
+        n = len(vy)
+        assert row["clean"] == 100 * int(clean.sum()) / n
+        assert row["robust"] == 100 * int(ok.sum()) / n
+        if row["c_r"] > 0:
+            assert row["robust_bpda"] == 100 * int(ok_b.sum()) / n
+            assert row["robust_worst"] == 100 * int((ok & ok_b).sum()) / n
+        else:
+            assert row["robust_bpda"] == row["robust_worst"] == row["robust"]
+    assert any(r["robust_bpda"] != r["robust"] for r in res.rows)  # BPDA changes something on this model
+
+
+def test_search_c_r_default_attack_is_seeded_and_callables_are_budget_checked() -> None:
+    torch.manual_seed(0)
+    m = _mlp()
+    x, vx = _data(64), _data(24)
+    vy = m(vx).argmax(1)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(len(runs))  # the global RNG differs between the runs: the attack must not use it
+        runs.append(search_c_r(m, x, vx, vy, grid=[2**-3, 0.5], eps=0.1, steps=2, batch_size=8))
+    assert runs[0].rows == runs[1].rows and "seed=0" in runs[0].attack
+    assert "seed=5" in search_c_r(m, x, vx, vy, grid=[0.5], eps=0.1, steps=1, seed=5).attack
+
+    def too_far(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return (xb + 0.2).clamp(0, 1)
+
+    with pytest.raises(TorchRobustError, match=r"Linf attack .* outside the eps=0.1 ball") as err:
+        search_c_r(m, x, vx, vy, grid=[0.5], attack=too_far, eps=0.1)
+    assert "\n" not in str(err.value)
+    inside = search_c_r(m, x, vx, vy, grid=[0.5], attack=too_far, eps=0.2, bpda=False)
+    assert math.isnan(inside.rows[1]["robust_bpda"]) and inside.rows[1]["robust_worst"] == inside.rows[1]["robust"]
 
 
 def test_search_c_r_errors() -> None:

@@ -29,27 +29,23 @@ Calibration
     every ``b``, hence every threshold, NaN) or a non-finite resulting ``b`` (overflowing activations) is refused
     with a :class:`~torchrobust.errors.TorchRobustError`, and a failed calibration leaves the previous ``b``.
 
-c_r search (:func:`search_c_r`)
-    ``b`` does not depend on ``c_r``, so the model is calibrated once and only ``c_r`` changes along the grid.
-    Robust accuracy is measured with the attack as given and, with ``bpda=True`` (default), also with the
-    attack run through :func:`~torchrobust.nn.forged.bpda_mode` (identity backward of Eq. 9); the choice uses the
-    per-sample worst case of the two. The paper reports only non-adaptive AutoAttack numbers.
+c_r search
+    :func:`search_c_r`, :class:`CrSearchResult`, :data:`DEFAULT_GRID` and :func:`search_checkpoint` live in
+    :mod:`torchrobust.forge_search` (robust accuracy per ``c_r`` through the evaluation engine) and are importable
+    from here as well.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import fnmatch
-import io
 import json
 import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -57,8 +53,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.nn.forged import Forged, PreForged, bpda_mode, check_c_r
-from torchrobust.validation import check_images, check_labels, check_output_file
+from torchrobust.nn.forged import Forged, PreForged, check_c_r
+from torchrobust.validation import check_output_file
+
+if TYPE_CHECKING:  # imported lazily at run time by __getattr__ below (forge_search imports this module)
+    from torchrobust.forge_search import CRITERIA, DEFAULT_GRID, CrSearchResult, search_c_r, search_checkpoint
 
 __all__ = [
     "forge",
@@ -69,6 +68,7 @@ __all__ = [
     "is_forged",
     "insertion_points",
     "DEFAULT_GRID",
+    "CRITERIA",
     "CrSearchResult",
     "search_c_r",
     "forge_checkpoint",
@@ -76,9 +76,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: The c_r grid of :func:`search_c_r`: 2**-10 .. 2**-4 (the paper's candidates are 2**-8, 2**-7, 2**-6).
-DEFAULT_GRID: tuple[float, ...] = tuple(2.0**k for k in range(-10, -3))
 
 Where = None | str | Sequence[str] | Callable[[str, nn.Module], bool]
 CalibrationData = torch.Tensor | Dataset | DataLoader | Iterable[Any] | tuple[torch.Tensor, ...]
@@ -404,270 +401,6 @@ def set_c_r(model: nn.Module, c_r: float) -> nn.Module:
     return model
 
 
-# ---------------------------------------------------------------------------------------------- c_r search
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = _device_of(model)
-    out = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            out.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def _zero_fraction(model: nn.Module, x: torch.Tensor, batch_size: int) -> float:
-    """Fraction of forged-module inputs set to zero by the threshold (excluding exact zeros), over ``x``."""
-    counts = [0, 0]
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        inp = inputs[0]
-        counts[0] += int(((output == 0) & (inp != 0)).sum())
-        counts[1] += inp.numel()
-
-    handles = [m.register_forward_hook(hook) for _, m in forged_modules(model)]
-    try:
-        _predict(model, x, batch_size)
-    finally:
-        for h in handles:
-            h.remove()
-    return counts[0] / max(counts[1], 1)
-
-
-def _attack_correct(
-    model: nn.Module, attack: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch_size: int,
-    adaptive: bool,
-) -> torch.Tensor:
-    device = _device_of(model)
-    correct = []
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        with bpda_mode(model, enabled=adaptive):
-            x_adv = attack(model, xb, yb)
-        with torch.no_grad():
-            correct.append((model(x_adv.detach()).argmax(1) == yb).cpu())
-    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
-
-
-@dataclass
-class CrSearchResult:
-    """Table of the c_r search (:func:`search_c_r`): one row per c_r, the first row is the unforged baseline.
-
-    Row fields: ``c_r``, ``log2_c_r`` (``-inf`` for the baseline), ``clean``, ``robust`` (attack with autograd
-    gradients), ``robust_bpda`` (attack through BPDA; ``nan`` if not run), ``robust_worst`` (per-sample minimum
-    of the two), ``zero_fraction`` (fraction of forged inputs zeroed on the clean validation set). Accuracies
-    are percentages.
-    """
-
-    rows: list[dict[str, float]]
-    chosen: float
-    criterion: str
-    n_val: int
-    attack: str
-    model: nn.Module | None = field(default=None, repr=False)
-    seconds: float = 0.0
-
-    _COLUMNS = ("c_r", "log2_c_r", "clean", "robust", "robust_bpda", "robust_worst", "zero_fraction")
-
-    def to_markdown(self) -> str:
-        """The table as GitHub Markdown; the chosen c_r is marked with ``*``."""
-        head = "| c_r | clean % | robust % | robust BPDA % | robust worst % | zeroed % |"
-        lines = [head, "|---|---|---|---|---|---|"]
-        for r in self.rows:
-            name = "0 (unforged)" if r["c_r"] == 0 else f"2^{r['log2_c_r']:g}"
-            mark = " *" if r["c_r"] == self.chosen else ""
-
-            def f(v: float) -> str:
-                return "n/a" if math.isnan(v) else f"{v:.2f}"
-
-            lines.append(
-                f"| {name}{mark} | {f(r['clean'])} | {f(r['robust'])} | {f(r['robust_bpda'])} | "
-                f"{f(r['robust_worst'])} | {100 * r['zero_fraction']:.1f} |"
-            )
-        lines.append("")
-        lines.append(f"n = {self.n_val} validation examples; attack: {self.attack}; criterion: {self.criterion}; "
-                     f"chosen c_r = {self.chosen:g} (marked *).")
-        return "\n".join(lines) + "\n"
-
-    def to_csv(self) -> str:
-        """The table as CSV text (columns: c_r, log2_c_r, clean, robust, robust_bpda, robust_worst, zero_fraction)."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(self._COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        for r in self.rows:
-            writer.writerow({k: r[k] for k in self._COLUMNS})
-        return buf.getvalue()
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable summary (rows with ``null`` for missing values)."""
-
-        def clean(v: float) -> float | None:
-            return None if (isinstance(v, float) and not math.isfinite(v)) else v
-
-        return {
-            "criterion": self.criterion, "chosen_c_r": self.chosen, "n_val": self.n_val, "attack": self.attack,
-            "seconds": self.seconds, "rows": [{k: clean(r[k]) for k in self._COLUMNS} for r in self.rows],
-        }
-
-    def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Save a PNG of clean / robust / BPDA accuracy against log2(c_r), baselines dashed."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        base, rest = self.rows[0], [r for r in self.rows if r["c_r"] > 0]
-        xs = [r["log2_c_r"] for r in rest]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, label, color in (("clean", "clean", "C0"), ("robust", "robust (autograd)", "C1"),
-                                  ("robust_bpda", "robust (BPDA)", "C3")):
-            ys = [r[key] for r in rest]
-            if all(math.isnan(v) for v in ys):
-                continue
-            ax.plot(xs, ys, "o-", color=color, label=label)
-            if not math.isnan(base[key]):
-                ax.axhline(base[key], color=color, ls="--", lw=1)
-        ax.axvline(math.log2(self.chosen) if self.chosen > 0 else min(xs), color="grey", ls=":", lw=1)
-        ax.set_xlabel("log2 c_r  (dashed: unforged model)")
-        ax.set_ylabel("accuracy %")
-        ax.set_title(f"forged threshold c_r search (n={self.n_val})")
-        ax.legend()
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        plt.close(fig)
-        from torchrobust.checkpoint import atomic_write_bytes
-
-        path = Path(path)
-        atomic_write_bytes(path, buf.getvalue())
-        return path
-
-    def write(self, out_dir: str | os.PathLike[str], stem: str = "cr_search") -> dict[str, Path]:
-        """Write ``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png`` into ``out_dir``."""
-        from torchrobust.checkpoint import write_texts
-
-        paths = write_texts(out_dir, stem, {"md": self.to_markdown(), "csv": self.to_csv(),
-                                            "json": json.dumps(self.to_json(), indent=2) + "\n"})
-        paths["png"] = self.plot(Path(out_dir) / f"{stem}.png")
-        return paths
-
-
-CRITERIA = ("max_robust_clean_drop", "max_sum")
-
-
-def _choose(rows: list[dict[str, float]], criterion: str | Callable[[list[dict[str, float]]], float],
-            max_clean_drop: float) -> float:
-    if callable(criterion):
-        return float(criterion(rows))
-    base = rows[0]
-    candidates = rows
-    if criterion == "max_robust_clean_drop":
-        candidates = [r for r in rows if r["clean"] >= base["clean"] - max_clean_drop]
-        best = max(candidates, key=lambda r: (r["robust_worst"], -r["c_r"]))
-    elif criterion == "max_sum":
-        best = max(candidates, key=lambda r: (r["clean"] + r["robust_worst"], -r["c_r"]))
-    else:
-        raise TorchRobustError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)} or a callable")
-    return best["c_r"]
-
-
-def search_c_r(
-    model: nn.Module,
-    calibration_data: CalibrationData | None,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
-    grid: Sequence[float] = DEFAULT_GRID,
-    attack: Callable[..., torch.Tensor] | None = None,
-    criterion: str | Callable[[list[dict[str, float]]], float] = "max_robust_clean_drop",
-    max_clean_drop: float = 1.0,
-    bpda: bool = True,
-    eps: float = 8 / 255,
-    steps: int = 10,
-    where: Where = None,
-    max_batches: int | None = None,
-    batch_size: int = 256,
-    out_dir: str | os.PathLike[str] | None = None,
-    progress: bool = False,
-) -> CrSearchResult:
-    """Grid search of ``c_r`` (paper Sec. 4.3 / A.1): clean and robust accuracy of the forged model per ``c_r``.
-
-    Args:
-        model: an unforged model (forged on a copy with ``calibration_data``) or an already forged one
-            (``calibration_data=None`` keeps its ``b``; otherwise it is recalibrated).
-        val_x, val_y: validation images in [0, 1] and labels (keep them disjoint from the test set).
-        grid: positive c_r values; the unforged baseline (c_r = 0) is always evaluated as the first row.
-        attack: ``attack(model, x, y) -> x_adv``; default ``torchrobust.attacks.PGD(threat="Linf", eps=eps,
-            steps=steps)``.
-        criterion: ``"max_robust_clean_drop"`` (highest worst-case robust accuracy whose clean accuracy is at
-            most ``max_clean_drop`` points below the baseline; ties go to the smaller c_r), ``"max_sum"``
-            (highest clean + worst-case robust), or a callable ``rows -> c_r``.
-        bpda: also attack through BPDA (identity backward of the threshold) and use the per-sample worst case.
-        out_dir: if given, the table is written there as Markdown, CSV, JSON and PNG.
-
-    Returns:
-        :class:`CrSearchResult`; ``result.model`` is the forged model set to the chosen ``c_r``.
-    """
-    import time
-
-    start = time.perf_counter()
-    grid = [check_c_r(c) for c in grid]
-    if not grid or any(c == 0 for c in grid):
-        raise TorchRobustError("grid must be a non-empty list of c_r > 0 (the c_r = 0 baseline is always added)")
-    if not isinstance(val_x, torch.Tensor) or not isinstance(val_y, torch.Tensor) or val_x.shape[0] != val_y.shape[0]:
-        raise TorchRobustError("val_x and val_y must be tensors with the same number of examples")
-    if val_x.shape[0] == 0:
-        raise TorchRobustError("the validation set is empty; pass at least one example")
-    check_images(val_x, "val_x")
-    check_labels(val_y, val_x.shape[0], name="val_y")
-    if not callable(criterion) and criterion not in CRITERIA:
-        raise TorchRobustError(f"unknown criterion {criterion!r}; valid: {', '.join(CRITERIA)} or a callable")
-    if is_forged(model):
-        forged = model
-        if calibration_data is not None:
-            calibrate(forged, calibration_data, max_batches=max_batches, batch_size=batch_size, progress=progress)
-    else:
-        if calibration_data is None:
-            raise TorchRobustError("an unforged model needs calibration_data to compute the thresholds")
-        forged = forge(model, calibration_data, c_r=grid[0], where=where, max_batches=max_batches,
-                       batch_size=batch_size, progress=progress)
-    if attack is None:
-        from torchrobust import attacks as _attacks
-
-        attack = _attacks.PGD(threat="Linf", eps=eps, steps=steps)
-    attack_name = getattr(attack, "__name__", None) or repr(attack)
-    modes = [(m, m.training) for m in forged.modules()]  # restored per submodule afterwards
-    forged.eval()
-    rows: list[dict[str, float]] = []
-    n = val_x.shape[0]
-    try:
-        for c in tqdm([0.0, *grid], desc="c_r search", disable=not progress):
-            set_c_r(forged, c)
-            clean = (_predict(forged, val_x, batch_size) == val_y.cpu()).float().mean().item() * 100
-            ok = _attack_correct(forged, attack, val_x, val_y, batch_size, adaptive=False)
-            row = {"c_r": c, "log2_c_r": math.log2(c) if c > 0 else -math.inf, "clean": clean,
-                   "robust": ok.float().mean().item() * 100, "robust_bpda": math.nan,
-                   "robust_worst": ok.float().mean().item() * 100,
-                   "zero_fraction": _zero_fraction(forged, val_x, batch_size) if c > 0 else 0.0}
-            if bpda and c > 0:
-                ok_b = _attack_correct(forged, attack, val_x, val_y, batch_size, adaptive=True)
-                row["robust_bpda"] = ok_b.float().mean().item() * 100
-                row["robust_worst"] = (ok & ok_b).float().mean().item() * 100
-            elif bpda:
-                row["robust_bpda"] = row["robust"]  # c_r = 0: the forged function is the identity
-            rows.append(row)
-            log.info("c_r=%g clean=%.2f robust=%.2f bpda=%.2f", c, row["clean"], row["robust"],
-                     row["robust_bpda"])
-        chosen = _choose(rows, criterion, max_clean_drop)
-        set_c_r(forged, chosen)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    result = CrSearchResult(rows=rows, chosen=chosen, criterion=criterion if isinstance(criterion, str) else
-                            getattr(criterion, "__name__", "callable"), n_val=n, attack=attack_name,
-                            model=forged, seconds=time.perf_counter() - start)
-    if out_dir is not None:
-        result.write(out_dir)
-    return result
-
-
 # ---------------------------------------------------------------------------------------------- CLI helpers
 def _subset(dataset: Dataset, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(dataset, TensorDataset):
@@ -714,48 +447,15 @@ def forge_checkpoint(
         "dataset": data, "split": "train", "n": int(x.shape[0]), "seed": seed})
 
 
-def search_checkpoint(
-    in_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    data: str = "mnist",
-    grid: Sequence[float] = DEFAULT_GRID,
-    n_calib: int | None = 10000,
-    n_val: int = 1000,
-    eps: float = 0.3,
-    steps: int = 20,
-    criterion: str = "max_robust_clean_drop",
-    max_clean_drop: float = 1.0,
-    bpda: bool = True,
-    batch_size: int = 256,
-    seed: int = 0,
-    root: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-    save_forged: bool = True,
-    progress: bool = False,
-) -> CrSearchResult:
-    """``torchrobust forge CHECKPOINT --search``: c_r search on a checkpoint, tables + plot into ``out_dir``.
+# ---------------------------------------------------------------------------------------------- re-exports
+_SEARCH_NAMES = frozenset({"DEFAULT_GRID", "CRITERIA", "CrSearchResult", "search_c_r", "search_checkpoint"})
 
-    Calibration uses ``n_calib`` training examples; the validation set is ``n_val`` further training examples
-    (disjoint from the calibration ones, never the test set). The default attack is L-inf PGD with ``eps`` and
-    ``steps``. With ``save_forged`` the forged model at the chosen c_r is saved as ``out_dir/forged.safetensors``.
-    """
-    from torchrobust import checkpoint
-    from torchrobust import data as trdata
 
-    grid = [check_c_r(c) for c in grid]
-    model = checkpoint.load(in_path, map_location=device)
-    x, y = _subset(trdata.load(data, "train", root=root), None, seed)
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_cal = x.shape[0] - n_val if n_calib is None else n_calib
-    if n_cal + n_val > x.shape[0]:
-        raise TorchRobustError(f"n_calib + n_val = {n_cal + n_val} exceeds the {x.shape[0]} training examples; "
-                               "lower them")
-    cal, val = idx[:n_cal], idx[n_cal:n_cal + n_val]
-    result = search_c_r(model, x[cal], x[val], y[val], grid=grid, criterion=criterion,
-                        max_clean_drop=max_clean_drop, bpda=bpda, eps=eps, steps=steps, batch_size=batch_size,
-                        out_dir=out_dir, progress=progress)
-    if save_forged and result.model is not None:
-        checkpoint.save(result.model, Path(out_dir) / "forged.safetensors", forged_from=str(in_path),
-                        calibration={"dataset": data, "split": "train", "n": int(n_cal), "seed": seed},
-                        c_r_search=result.to_json())
-    return result
+def __getattr__(name: str) -> Any:
+    """``torchrobust.forge.search_c_r`` etc.: the c_r search lives in :mod:`torchrobust.forge_search` (imported on
+    first use: it imports this module, and the evaluation engine only when a search runs)."""
+    if name in _SEARCH_NAMES:
+        from torchrobust import forge_search
+
+        return getattr(forge_search, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
