@@ -11,7 +11,6 @@ from conftest import fit, prototype_images, tiny_mlp
 from torch import Tensor, nn
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.evaluate import adaptive as AD
 from torchrobust.evaluate.adaptive import AdaptiveResult, evaluate_adaptive
 
 N_CLASSES = 10
@@ -105,19 +104,31 @@ def test_quantised_input_caught_by_transfer_or_blackbox(base: nn.Module, test_se
     assert d["robust_accuracy"] == res.robust_accuracy and len(d["worst"]) == len(x)
 
 
+def _spy(monkeypatch, record) -> None:
+    """Every attack call the engine makes is recorded as ``record(attack class name, batch size)``."""
+    from torchrobust.evaluate import engine as E
+
+    real = E._build_attack
+
+    def build(job, seed):
+        attack = real(job, seed)
+
+        def call(m, xx, yy):
+            record(type(attack).__name__, len(xx))
+            return attack(m, xx, yy)
+
+        return call
+
+    monkeypatch.setattr(E, "_build_attack", build)
+
+
 def test_blackbox_only_attacks_survivors(base: nn.Module, test_set, monkeypatch) -> None:
     x, y = test_set
     seen: dict[str, int] = {}
-    real = AD._under_attack
-
-    def spy(attack, attack_model, eval_model, xx, yy, todo, bs):
-        seen[type(attack).__name__] = int(todo.sum())
-        return real(attack, attack_model, eval_model, xx, yy, todo, bs)
-
-    monkeypatch.setattr(AD, "_under_attack", spy)
+    _spy(monkeypatch, lambda name, n: seen.__setitem__(name, seen.get(name, 0) + n))
     res = evaluate_adaptive(base, x, y, "Linf", 0.25, checks=False, **FAST)
     survivors = res.clean & res.correct["pgd-ce"] & res.correct["pgd-margin"]
-    assert seen["PGD"] == int(res.clean.sum())
+    assert seen["PGD"] == 2 * int(res.clean.sum())  # CE and margin, each on every clean-correct point
     assert seen["Square"] == int(survivors.sum())
     assert bool(res.correct["square"][~survivors].all())  # not attacked -> reported as not broken by it
 
@@ -128,26 +139,25 @@ def test_resume_from_state_file(base: nn.Module, test_set, tmp_path, monkeypatch
     kw = dict(FAST, checks=False)
     full = evaluate_adaptive(base, x, y, "Linf", 0.25, **kw)
     state = tmp_path / "adaptive_state"
-    real = AD._under_attack
     calls: list[str] = []
 
-    def interrupting(attack, *args):
-        calls.append(f"{type(attack).__name__}-{getattr(attack, 'loss', '')}")
-        if len(calls) == 3:  # the third attack (Square) is interrupted
+    def interrupting(name, n):
+        calls.append(name)
+        if name == "Square":  # the third attack (Square) is interrupted
             raise KeyboardInterrupt
-        return real(attack, *args)
 
-    monkeypatch.setattr(AD, "_under_attack", interrupting)
+    _spy(monkeypatch, interrupting)
     with pytest.raises(KeyboardInterrupt):
         evaluate_adaptive(base, x, y, "Linf", 0.25, state_path=state, **kw)
     assert (tmp_path / "adaptive_state.safetensors").is_file() and (tmp_path / "adaptive_state.json").is_file()
-    assert json.loads((tmp_path / "adaptive_state.json").read_text())["meta"]["done"] == ["pgd-ce", "pgd-margin"]
+    jobs = json.loads((tmp_path / "adaptive_state.json").read_text())["meta"]["jobs"]
+    assert [k.split("@")[0] for k, v in jobs.items() if v["finished"]] == ["pgd-ce", "pgd-margin"]
 
     calls.clear()
-    monkeypatch.setattr(AD, "_under_attack", lambda attack, *a: (calls.append(type(attack).__name__),
-                                                                 real(attack, *a))[1])
+    monkeypatch.undo()
+    _spy(monkeypatch, lambda name, n: calls.append(name))
     resumed = evaluate_adaptive(base, x, y, "Linf", 0.25, state_path=state, **kw)
-    assert calls == ["Square", "SPSA"]  # the finished white-box attacks were skipped
+    assert list(dict.fromkeys(calls)) == ["Square", "SPSA"]  # the finished white-box attacks were skipped
     assert set(resumed.correct) == set(full.correct)
     for k in full.correct:
         assert torch.equal(resumed.correct[k], full.correct[k]), k

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from torchrobust import resume as R
 from torchrobust.errors import TorchRobustError
-from torchrobust.evaluate import adaptive as AD
 from torchrobust.evaluate.adaptive import evaluate_adaptive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,14 +272,18 @@ def setup() -> tuple[nn.Module, Tensor, Tensor]:
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The loss (or class name) of every attack the engine builds and calls, once per job."""
+    from torchrobust.evaluate import engine as E
+
     calls: list[str] = []
-    real = AD._under_attack
+    real = E._build_attack
 
-    def spy(attack, *args):  # noqa: ANN001, ANN202
+    def build(job, seed):  # noqa: ANN001, ANN202
+        attack = real(job, seed)
         calls.append(getattr(attack, "loss", type(attack).__name__))
-        return real(attack, *args)
+        return attack
 
-    monkeypatch.setattr(AD, "_under_attack", spy)
+    monkeypatch.setattr(E, "_build_attack", build)
     return calls
 
 
@@ -319,7 +322,8 @@ def test_adaptive_stale_state_is_recomputed(setup, tmp_path: Path, monkeypatch: 
         msgs = _warnings(caplog)
         assert len(msgs) == 1 and f"another {what}" in msgs[0], (what, msgs)
         doc = json.loads((tmp_path / "state_Linf_0.2.json").read_text())
-        assert doc["fingerprint"]["config"] == R.fingerprint_config({"job": "evaluate_adaptive", **res.config})
+        assert doc["fingerprint"]["model"] == R.fingerprint_model(m)  # the state now belongs to this run
+        assert doc["fingerprint"]["data"] == R.fingerprint_tensors(xx, yy)
     # the state now belongs to the last run (overwritten) and is reused by it
     calls.clear()
     evaluate_adaptive(model, x, y, "Linf", 0.2, state_path=state, **{**FAST, "steps": 6})
@@ -358,7 +362,7 @@ def test_adaptive_corrupt_or_pickled_state(setup, tmp_path: Path, monkeypatch: p
             (tmp_path / "state_Linf_0.2.json").read_text())["fingerprint"])
         assert loaded is not None
         tensors, meta = loaded
-        del tensors["correct/pgd-margin"]
+        del tensors["correct/1"]  # the engine keys results by job position: job 1 is pgd-margin
         R.save_state(tmp_path / "state_Linf_0.2", tensors, meta,
                      json.loads((tmp_path / "state_Linf_0.2.json").read_text())["fingerprint"])
     calls = _counting(monkeypatch)

@@ -4,10 +4,11 @@ r"""Adaptive robustness evaluation: every attack a defence calls for, reported a
 Robustness", Sec. 5 checklist), Athalye, Carlini & Wagner 2018 (BPDA, EOT) and Tramèr et al. 2020 ("On Adaptive
 Attacks to Adversarial Example Defenses"). It runs, in this order:
 
-1. **white-box** — the reference AutoAttack's APGD-CE and APGD-T (``whitebox="autoattack"``, through
-   :func:`torchrobust.attacks.autoattack.run_autoattack`) or, without AutoAttack (``whitebox="pgd"``), PGD with the
-   cross-entropy and with the margin loss, each with restarts (``whitebox="auto"`` picks AutoAttack when it is
-   installed and the threat model is ℓ∞/ℓ2/ℓ1);
+1. **white-box** — APGD-CE, then APGD-T on its survivors: the reference AutoAttack's (``whitebox="autoattack"``,
+   through :func:`torchrobust.attacks.autoattack.run_autoattack`) or ours (``whitebox="apgd"``,
+   :mod:`torchrobust.attacks.apgd`, matched to the reference in ``tests/test_apgd.py``); or PGD with the
+   cross-entropy and with the margin loss, each with restarts (``whitebox="pgd"``). ``whitebox="auto"`` picks the
+   reference when it is installed and the inputs are images, else ours;
 2. **EOT** (only when the model's outputs are random: :func:`torchrobust.evaluate.checks.check_randomness`, or
    ``eot=True``) — PGD-CE on :class:`~torchrobust.attacks.wrappers.EOTModel` ``(model, eot_samples)``;
 3. **BPDA** (only when some module declares a backward surrogate or has a generic one:
@@ -25,9 +26,10 @@ average (Carlini et al. 2019, Sec. 5.1; AutoAttack). Each attack's result is als
 black-box, transfer) so :func:`torchrobust.evaluate.checks.run_checks` can raise flags such as
 ``BLACKBOX_STRONGER`` / ``TRANSFER_STRONGER`` / ``ZERO_GRADIENTS``; ``reliable`` is True iff no flag was raised.
 
+Every attack is a job of one plan run by the evaluation engine (:mod:`torchrobust.evaluate.engine`).
 Long runs: ``progress=True`` shows a tqdm bar over attacks; ``state_path=`` (a stem: ``runs/adaptive`` writes
-``runs/adaptive.safetensors`` + ``runs/adaptive.json``, see :mod:`torchrobust.resume`) saves the per-attack results
-atomically after every attack, and a restarted call skips the finished attacks. The state is bound to a
+``runs/adaptive.safetensors`` + ``runs/adaptive.json``, see :mod:`torchrobust.resume`) saves the per-example results
+atomically after every batch, and a restarted call skips the finished batches and attacks. The state is bound to a
 fingerprint of the model (and ``base_model``), the data ``(x, y)`` and the configuration: a state written for
 anything else, or a corrupt one, is never reused — it is recomputed with one warning line and overwritten.
 Nothing is unpickled; the legacy spelling ``state_path="x.pt"`` means the stem ``x`` and an old pickled ``x.pt``
@@ -44,8 +46,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,14 +54,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TorchRobustError
-from ..validation import eval_mode
-from .metrics import correct as clean_correct
+from .engine import Job, run_plan
 
 __all__ = ["AdaptiveResult", "evaluate_adaptive", "undefended_base"]
 
 log = logging.getLogger(__name__)
 
-_WHITEBOX = ("auto", "autoattack", "pgd")
+_WHITEBOX = ("auto", "autoattack", "apgd", "pgd")
 
 
 @dataclass
@@ -134,52 +133,6 @@ def _device(model: nn.Module, x: Tensor) -> torch.device:
     return next((p.device for p in model.parameters()), x.device)
 
 
-def _under_attack(attack: Callable[[nn.Module, Tensor, Tensor], Tensor], attack_model: nn.Module,
-                  eval_model: nn.Module, x: Tensor, y: Tensor, todo: Tensor, batch_size: int) -> Tensor:
-    """``(N,)`` bool: True where ``eval_model`` is still right on ``attack(attack_model, x, y)``; only ``todo``
-    (a bool mask) is attacked, the rest is returned True."""
-    out = torch.ones(len(x), dtype=torch.bool)
-    idx = todo.nonzero().squeeze(1)
-    dev = _device(eval_model, x)
-    for i in range(0, len(idx), batch_size):
-        sel = idx[i:i + batch_size]
-        xb, yb = x[sel].to(dev), y[sel].to(dev)
-        x_adv = attack(attack_model, xb, yb)
-        with torch.no_grad(), eval_mode(eval_model):  # every submodule's mode restored, not just the root's
-            pred = eval_model(x_adv).argmax(1)
-        out[sel] = (pred == yb).cpu()
-    return out
-
-
-def _restore(store: Any, jobs: list[str], n: int) -> dict[str, Any] | None:
-    """The per-attack results of a saved state, or None (logged) when nothing consistent can be reused."""
-    from ..resume import finite_seconds
-
-    loaded = store.load()
-    if loaded is None:
-        return None
-    tensors, meta = loaded
-    done = meta.get("done")
-    if not isinstance(done, list) or not all(isinstance(d, str) and d in jobs for d in done) \
-            or len(set(done)) != len(done):
-        store.discard("its list of finished attacks does not match this evaluation")
-        return None
-    correct = {}
-    for name in done:
-        t = tensors.get(f"correct/{name}")
-        if t is None or t.dtype != torch.bool or tuple(t.shape) != (n,):
-            store.discard(f"no per-example result of {name!r}")
-            return None
-        correct[name] = t
-    seconds = finite_seconds(meta.get("seconds", {})) if isinstance(meta.get("seconds"), dict) else {}
-    return {"done": list(done), "correct": correct, "seconds": {k: v for k, v in seconds.items() if k in correct}}
-
-
-def _save_state(store: Any, state: dict[str, Any]) -> None:
-    store.save({f"correct/{k}": v for k, v in state["correct"].items()},
-               {"done": state["done"], "seconds": state["seconds"]})
-
-
 # ------------------------------------------------------------------------------------------------ main entry
 def evaluate_adaptive(
     model: nn.Module,
@@ -214,7 +167,9 @@ def evaluate_adaptive(
         x, y: clean inputs and int64 labels (kept on their device; batches are moved to the model's device).
         threat, eps: the threat model (``"Linf"``, ``"L2"``, ``"L1"``) and budget.
         base_model: the undefended model for the transfer attack (same weights without the defence).
-        whitebox: ``"auto"``, ``"autoattack"`` (APGD-CE + APGD-T of the reference AutoAttack) or ``"pgd"``.
+        whitebox: ``"autoattack"`` (APGD-CE + APGD-T of the reference AutoAttack), ``"apgd"`` (our APGD-CE +
+            APGD-T, :mod:`torchrobust.attacks.apgd`), ``"pgd"`` (PGD-CE + PGD-margin with restarts) or ``"auto"``
+            (the reference when it is installed and inputs are images, else ours).
         steps, restarts: PGD iterations and restarts of our own PGD runs (white-box fallback, EOT, BPDA, transfer).
         eot: ``"auto"`` (when outputs are random), True or False; ``eot_samples`` forward passes per gradient.
         bpda: ``"auto"`` (when some module has a surrogate), True or False.
@@ -228,11 +183,12 @@ def evaluate_adaptive(
         checks: run :func:`torchrobust.evaluate.checks.run_checks` on the results (``n_check`` examples for the
             model probes).
         progress: tqdm bar over the attacks.
+
+    Every attack is a job of one plan run by the evaluation engine (:func:`torchrobust.evaluate.engine.run_plan`),
+    which also owns the state: it is saved after every batch, so a killed run resumes mid-attack.
     """
     from .. import attacks as A
     from ..attacks import autoattack as AA
-    from ..attacks.spsa import SPSA
-    from ..attacks.square import Square
     from ..attacks.wrappers import BPDA, EOTModel, has_bpda_modules
 
     if whitebox not in _WHITEBOX:
@@ -245,18 +201,17 @@ def evaluate_adaptive(
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y) or len(x) == 0:
         raise TorchRobustError("x and y must be non-empty tensors of equal length; pass (N, ...) inputs, (N,) labels")
     x, y = x.detach(), y.detach()
-    clean = clean_correct(model, x, y, batch_size).cpu()
     dev = _device(model, x)
     xs = x[:n_check].to(dev)
 
     # --- what the model needs
-    use_aa = whitebox == "autoattack"
+    wb = whitebox
     if whitebox == "auto":
         try:
             AA.reference_autoattack()
-            use_aa = x.dim() == 4
+            wb = "autoattack" if x.dim() == 4 else "apgd"
         except TorchRobustError:
-            use_aa = False
+            wb = "apgd"
     randomized = False
     if eot == "auto":
         from .checks import check_randomness
@@ -269,63 +224,48 @@ def evaluate_adaptive(
     else:
         use_bpda = bool(bpda)
 
-    config = {"threat": tm.name, "eps": float(tm.eps), "whitebox": "autoattack" if use_aa else "pgd",
+    config = {"threat": tm.name, "eps": float(tm.eps), "whitebox": wb,
               "steps": steps, "restarts": restarts, "eot": randomized, "eot_samples": eot_samples, "bpda": use_bpda,
               "transfer": bool(transfer and base_model is not None), "blackbox": blackbox,
               "square_queries": square_queries, "spsa_steps": spsa_steps, "spsa_samples": spsa_samples,
               "seed": seed, "batch_size": batch_size, "n_examples": int(len(x))}
 
-    def pgd(loss: str) -> Any:
-        return A.PGD(tm, steps=steps, restarts=restarts, loss=loss, seed=seed)
+    def pgd(loss: str, name: str, source: str | None = None, role: str = "whitebox") -> Job:
+        return Job("pgd", tm.name, float(tm.eps), kwargs={"steps": steps, "restarts": restarts, "loss": loss,
+                                                          "seed": seed}, name=name, source=source, role=role)
 
-    # --- the plan: (name, role, run(todo_mask) -> correct)
-    jobs: list[tuple[str, str, Callable[[Tensor], Tensor], bool]] = []  # name, role, fn, survivors_only
-    if use_aa:
-        # both sub-attacks come from one reference run; the second job reuses the first's result via the cache
-        cache: dict[str, Tensor] = {}
-
-        def aa_both(todo: Tensor) -> dict[str, Tensor]:
-            if not cache and not bool(todo.any()):  # nothing correctly classified: nothing to attack
-                cache.update({k: torch.ones(len(x), dtype=torch.bool) for k in ("apgd-ce", "apgd-t")})
-            if not cache:
-                res = AA.run_autoattack(model, x[todo], y[todo], tm, version="standard",
-                                                  attacks_to_run=["apgd-ce", "apgd-t"], seed=seed,
-                                                  batch_size=batch_size)
-                for k, v in res.robust_after.items():
-                    full = torch.ones(len(x), dtype=torch.bool)
-                    full[todo.nonzero().squeeze(1)] = v
-                    cache[k] = full
-            return cache
-
-        jobs.append(("apgd-ce", "whitebox", lambda todo: aa_both(todo)["apgd-ce"], False))
-        jobs.append(("apgd-t", "whitebox", lambda todo: aa_both(todo)["apgd-t"], False))
+    # --- the plan, run by the evaluation engine
+    jobs: list[Job] = []
+    sources: dict[str, nn.Module] = {}
+    if wb == "autoattack":  # the reference's sub-attacks as two jobs: APGD-T on APGD-CE's survivors, as it runs them
+        for sub in ("apgd-ce", "apgd-t"):
+            jobs.append(Job("autoattack", tm.name, float(tm.eps), kwargs={
+                "version": "standard", "attacks_to_run": [sub], "seed": seed, "batch_size": batch_size},
+                name=sub, survivors_only=sub == "apgd-t"))
+    elif wb == "apgd":
+        jobs.append(Job("apgd-ce", tm.name, float(tm.eps), kwargs={"seed": seed}))
+        jobs.append(Job("apgd-t", tm.name, float(tm.eps), kwargs={"seed": seed}, survivors_only=True))
     else:
-        jobs.append(("pgd-ce", "whitebox",
-                     lambda todo: _under_attack(pgd("ce"), model, model, x, y, todo, batch_size), False))
-        jobs.append(("pgd-margin", "whitebox",
-                     lambda todo: _under_attack(pgd("margin"), model, model, x, y, todo, batch_size), False))
+        jobs += [pgd("ce", "pgd-ce"), pgd("margin", "pgd-margin")]
     if randomized:
-        jobs.append(("eot-pgd-ce", "whitebox", lambda todo: _under_attack(
-            pgd("ce"), EOTModel(model, eot_samples), model, x, y, todo, batch_size), False))
+        sources["eot"] = EOTModel(model, eot_samples)
+        jobs.append(pgd("ce", "eot-pgd-ce", "eot"))
     if use_bpda:
-        target = EOTModel(BPDA(model), eot_samples) if randomized else BPDA(model)
-        for loss in ("ce", "margin"):
-            jobs.append((f"bpda-pgd-{loss}", "whitebox", (lambda lo: lambda todo: _under_attack(
-                pgd(lo), target, model, x, y, todo, batch_size))(loss), False))
+        sources["bpda"] = EOTModel(BPDA(model), eot_samples) if randomized else BPDA(model)
+        jobs += [pgd("ce", "bpda-pgd-ce", "bpda"), pgd("margin", "bpda-pgd-margin", "bpda")]
     if transfer and base_model is not None:
-        for loss in ("ce", "margin"):
-            jobs.append((f"transfer-pgd-{loss}", "transfer", (lambda lo: lambda todo: _under_attack(
-                pgd(lo), base_model, model, x, y, todo, batch_size))(loss), False))
+        sources["base"] = base_model
+        jobs += [pgd("ce", "transfer-pgd-ce", "base", "transfer"),
+                 pgd("margin", "transfer-pgd-margin", "base", "transfer")]
     skipped: dict[str, str] = {}
     if blackbox:
         if x.dim() == 4 and tm.name in ("Linf", "L2"):
-            jobs.append(("square", "blackbox", lambda todo: _under_attack(
-                Square(tm, n_queries=square_queries, seed=seed), model, model, x, y, todo, batch_size), True))
+            jobs.append(Job("square", tm.name, float(tm.eps), kwargs={"n_queries": square_queries, "seed": seed},
+                            survivors_only=True, role="blackbox"))
         else:
             skipped["square"] = "needs (N, C, H, W) inputs and an Linf or L2 threat"
-        jobs.append(("spsa", "blackbox", lambda todo: _under_attack(
-            SPSA(tm, steps=spsa_steps, n_samples=spsa_samples, seed=seed), model, model, x, y, todo,
-            batch_size), True))
+        jobs.append(Job("spsa", tm.name, float(tm.eps), kwargs={"steps": spsa_steps, "n_samples": spsa_samples,
+                                                                "seed": seed}, survivors_only=True, role="blackbox"))
     if not use_bpda:
         skipped["bpda"] = "no module declares a backward surrogate"
     if not randomized:
@@ -333,53 +273,17 @@ def evaluate_adaptive(
     if base_model is None:
         skipped["transfer"] = "no base_model given"
 
-    # --- resume: only a state with the same model, base model, data and configuration is reused
-    store = None
-    state: dict[str, Any] = {"done": [], "correct": {}, "seconds": {}}
-    if state_path is not None:
-        from ..resume import StateStore, fingerprint_model, make_fingerprint
-
-        extra = {"base_model": fingerprint_model(base_model)} if config["transfer"] else {}
-        store = StateStore(state_path, make_fingerprint(model, (x, y), {"job": "evaluate_adaptive", **config},
-                                                        **extra))
-        saved = _restore(store, [name for name, _, _, _ in jobs], len(x))
-        if saved is not None:
-            state = saved
-            log.info("resuming adaptive evaluation from %s (done: %s)", store.path, ", ".join(state["done"]) or "none")
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc="adaptive", leave=False, initial=len(state["done"]))
-    roles = {name: role for name, role, _, _ in jobs}
-    try:
-        for name, _role, fn, survivors_only in jobs:
-            if name in state["done"]:
-                continue
-            todo = clean.clone()
-            if survivors_only:
-                for c in state["correct"].values():
-                    todo &= c
-            t0 = time.perf_counter()
-            result = fn(todo)
-            state["correct"][name] = result.cpu() | ~todo
-            state["seconds"][name] = time.perf_counter() - t0
-            state["done"].append(name)
-            if store is not None:
-                _save_state(store, state)
-            acc = float((clean & state["correct"][name]).float().mean())
-            log.info("adaptive: %s robust accuracy %.2f%% (%.1f s)", name, 100 * acc, state["seconds"][name])
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"{name} acc={acc:.3f}")
-    finally:
-        if bar is not None:
-            bar.close()
-
-    correct = {name: state["correct"][name] for name, _, _, _ in jobs}
+    plan = run_plan(model, x, y, jobs, sources=sources, batch_size=batch_size, seed=seed, state=state_path,
+                    progress=progress, shard=False)
+    clean = plan.clean
+    roles = {j.label: j.role for j in jobs}
+    # white-box survivors-only jobs (APGD-T) report cumulatively, as the reference does; black-box ones are True on
+    # the points they did not need to attack; every column is True on clean errors (``worst`` ANDs ``clean``)
+    correct = {j.label: ((plan.cumulative(j.key) if j.survivors_only and j.role == "whitebox"
+                          else plan.correct[j.key]) | ~clean) for j in jobs}
+    seconds = {j.label: plan.seconds[j.key] for j in jobs}
     res = AdaptiveResult(threat=tm.name, eps=float(tm.eps), clean=clean, correct=correct, roles=roles,
-                         seconds=dict(state["seconds"]), skipped=skipped, config=config)
+                         seconds=seconds, skipped=skipped, config=config)
     if checks:
         from .checks import run_checks
 

@@ -143,16 +143,20 @@ def attack_strength(attack: str, kwargs: Mapping[str, Any] | None = None) -> str
 
 def result_strength(jobs: Sequence[Job]) -> str:
     """``"strong"`` if any job's attack is strong (the worst case is at least as strong as its strongest attack),
-    else ``"weak"``. Attack objects count as strong only when they name themselves APGD/AutoAttack/Square/C&W."""
+    else ``"weak"``. An attack object counts by its class: APGD, AutoAttack, Square and C&W are strong, PGD by
+    :func:`attack_strength`'s rule, anything else (an unknown callable) weak."""
+    from ..attacks import CW, PGD, AutoAttack, Square
+    from ..attacks.apgd import APGD
+
     for j in jobs:
-        if isinstance(j.attack, str):
-            if attack_strength(j.attack, j.kwargs) == "strong":
-                return "strong"
-        elif type(j.attack).__name__.lower() in ("apgd", "autoattack", "square", "cw", "cwlinf"):
-            return "strong"
-        elif type(j.attack).__name__.lower() == "pgd" and attack_strength(
-                "pgd", {"steps": getattr(j.attack, "steps", 1), "restarts": getattr(j.attack, "restarts", 1)}
-        ) == "strong":
+        a = j.attack
+        if isinstance(a, str):
+            strong = attack_strength(a, j.kwargs) == "strong"
+        elif isinstance(a, PGD):
+            strong = attack_strength("pgd", {"steps": a.steps, "restarts": a.restarts}) == "strong"
+        else:
+            strong = isinstance(a, (APGD, AutoAttack, Square, CW))
+        if strong:
             return "strong"
     return "weak"
 
