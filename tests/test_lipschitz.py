@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -159,3 +160,61 @@ def test_lipschitz_errors() -> None:
     f = forge(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)), torch.rand(4, 3))
     with pytest.raises(TorchRobustError, match="labels"):
         lipschitz_report(f, torch.rand(4, 3), attack=tr.attacks.FGSM(threat="Linf", eps=0.1))
+
+
+# ------------------------------------------------- eval mode and atomic figures (lipschitz, embeddings, certify)
+class _Mixed(nn.Module):
+    """Root in train mode, BatchNorm frozen (eval) by the caller, Dropout in train: a per-submodule state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bn, self.drop, self.fc2 = nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3)
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(any(m.training for m in self.modules()))
+        return self.fc2(self.drop(torch.relu(self.bn(self.fc1(x.flatten(1))))))
+
+
+def _mixed() -> _Mixed:
+    m = _Mixed()
+    m.train()
+    m.bn.eval()
+    return m
+
+
+def test_lipschitz_and_embeddings_run_in_eval_mode_and_restore_every_submodule_flag() -> None:
+    from torchrobust.evaluate.embeddings import record_embeddings
+
+    x, y = torch.rand(16, 6), torch.randint(0, 3, (16,))
+    m = _mixed()
+    stats = m.bn.running_mean.clone()
+    f = forge(m, x, c_r=2**-3, inplace=True)
+    f.seen.clear()
+    lipschitz_report(f, x, labels=y, attack=tr.attacks.FGSM(threat="Linf", eps=0.1), n=16, n_attack=8,
+                     lemma2_samples=1)
+    record_embeddings(f, x)
+    assert f.seen and not any(f.seen)  # every forward pass with every submodule in eval mode
+    assert f.training and f.drop.training and not f.bn.training  # restored per submodule, not model.train(was)
+    assert torch.equal(f.bn.running_mean, stats)
+
+
+def test_embedding_and_certified_accuracy_figures_are_written_atomically(tmp_path) -> None:
+    from torchrobust.evaluate.certify import CertifyResult, plot_certified_accuracy
+    from torchrobust.evaluate.embeddings import plot_embeddings
+
+    x = torch.rand(2, 1, 28, 28)
+    res = [CertifyResult(index=i, label=0, predict=0, radius=0.1 * (i + 1), p_a_lower=0.9, count=90, n=100,
+                         correct=True) for i in range(3)]
+    umask = os.umask(0)
+    os.umask(umask)
+    for write in (lambda p: plot_embeddings(tr.models.create("lenet"), x, (x + 0.1).clamp(0, 1), p),
+                  lambda p: plot_certified_accuracy(res, p)):
+        out = write(tmp_path / "sub" / "fig.png")
+        assert out.read_bytes()[:4] == b"\x89PNG" and (out.stat().st_mode & 0o777) == 0o666 & ~umask
+        assert sorted(q.name for q in out.parent.iterdir()) == ["fig.png"]  # no temporary file left behind
+        (tmp_path / "dir.png").mkdir(exist_ok=True)
+        with pytest.raises(TorchRobustError, match="dir.png") as err:  # one line, not IsADirectoryError
+            write(tmp_path / "dir.png")
+        assert "\n" not in str(err.value)
+        out.unlink()

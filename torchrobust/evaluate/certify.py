@@ -48,6 +48,7 @@ Example::
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -60,6 +61,7 @@ from scipy.stats import beta, binomtest, norm
 from torch import nn
 from tqdm.auto import tqdm
 
+from torchrobust.checkpoint import atomic_write_bytes
 from torchrobust.errors import TorchRobustError
 
 __all__ = [
@@ -369,11 +371,12 @@ def plot_certified_accuracy(
         if any(series):
             ax.legend()
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
-        fig.savefig(out, dpi=120)
+        buf = io.BytesIO()  # rendered in memory, then written atomically: no half-written figure on a crash
+        fig.savefig(buf, format=out.suffix.lstrip(".").lower() or "png", dpi=120)
     finally:
         plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
     return out
 
 

@@ -18,6 +18,7 @@ magnitude <= 0.3 has an ℓ2 norm of at most 0.3·28 = 8.4, so the paper's colum
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchrobust.checkpoint import atomic_write_bytes
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import eval_mode
 
 __all__ = ["embedding_layers", "record_embeddings", "embedding_differences", "plot_embeddings"]
 
@@ -69,7 +72,7 @@ def record_embeddings(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Run ``model(x)`` in eval mode and return ``({layer name: output}, logits)`` (outputs detached).
 
-    The model's train/eval mode is restored afterwards.
+    Every submodule's train/eval flag is restored afterwards.
     """
     names = _resolve(model, layers)
     modules = dict(model.named_modules())
@@ -79,15 +82,13 @@ def record_embeddings(
         def hook(_m: nn.Module, _inp: object, output: torch.Tensor, n: str = n) -> None:
             out[n] = output.detach()
         handles.append(modules[n].register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     dev = next((p.device for p in model.parameters()), x.device)
     try:
-        logits = model(x.to(dev))
+        with eval_mode(model):
+            logits = model(x.to(dev))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return {n: out[n] for n in names if n in out}, logits.detach()
 
 
@@ -220,7 +221,8 @@ def plot_embeddings(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()  # rendered in memory, then written atomically: no half-written figure on a crash
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
     logger.info("embedding figure written to %s", path)
     return path

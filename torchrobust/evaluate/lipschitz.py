@@ -46,6 +46,7 @@ from torch import nn
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn.forged import Forged, PreForged
+from torchrobust.validation import eval_mode
 
 __all__ = [
     "linear_part",
@@ -336,17 +337,14 @@ def empirical_lipschitz(
     for st, (name, _, _) in zip(stats, targets, strict=True):
         module = model.get_submodule(name)
         handles.append(module.register_forward_pre_hook(pre_hook(st)))
-    was_training = model.training
-    model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():  # every submodule's train/eval flag restored afterwards
             for x in _iter_x(data, n, batch_size):
                 model(x.to(device))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
 
     rows: list[dict[str, Any]] = []
     for st in stats:
@@ -518,24 +516,22 @@ def lipschitz_report(
     if attack is not None:
         if labels is None or not isinstance(data, torch.Tensor):
             raise TorchRobustError("the network-level estimate needs data as a tensor and labels=...")
-        was_training = model.training
-        model.eval()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         x, y = data[:n_attack], labels[:n_attack]
 
         def run() -> torch.Tensor:
+            # A measurement, not a robust-accuracy evaluation: it needs every x_adv (the engine keeps only
+            # per-example booleans), so it stays a plain batch loop.
             out = []
             for i in range(0, x.shape[0], batch_size):
                 xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
                 out.append(local_lipschitz(model, xb, attack(model, xb, yb).detach()))
             return torch.cat(out)
 
-        try:
+        with eval_mode(model):  # every submodule's train/eval flag restored afterwards
             with _c_r_zero(model):
                 network.append(_network_row("unforged (c_r = 0)", run()))
             label = "forged" + (f" (c_r = {c_r_values[0]:g})" if len(c_r_values) == 1 else "")
             network.append(_network_row(label, run()))
-        finally:
-            model.train(was_training)
     return LipschitzReport(layers=layers, network=network,
                            c_r=c_r_values[0] if len(c_r_values) == 1 else None)

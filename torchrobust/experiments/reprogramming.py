@@ -427,8 +427,13 @@ def _plot_curves(path: Path, curves: dict[str, list[float]], xs: Sequence[float]
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    import io
+
+    from torchrobust.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()  # rendered in memory, then written atomically
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _trained_lenet(ctx: _Ctx) -> nn.Module:
@@ -705,8 +710,10 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         **extra,
     }
     md = _markdown(name, result)
-    (out / f"{name}.md").write_text(md, encoding="utf-8")
+    from torchrobust.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(out / f"{name}.md", md.encode("utf-8"))
     result["files"] = [f"{name}.json", f"{name}.md", *(result.get("figures") or {}).values()]
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
+    atomic_write_bytes(out / f"{name}.json", (json.dumps(result, indent=1, default=str) + "\n").encode("utf-8"))
     logger.info("preset %s done in %.0f s; wrote %s", name, wall, out)
     return result
