@@ -140,16 +140,23 @@ def test_stale_or_pickled_state_is_not_reused(mnist, tmp_path, monkeypatch, capl
     marker = tmp_path / "PWNED"
     state = tmp_path / "state_Linf_0.1.pt"
     torch.save({"config": {}, "done": ["apgd-ce"], "evil": _Marker(marker)}, state)  # planted pickle
-    torch.save({"evil": _Marker(marker)}, tmp_path / "state_Linf_0.1.safetensors")
+    planted = tmp_path / "state_Linf_0.1.safetensors"
+    torch.save({"evil": _Marker(marker)}, planted)
+    before = planted.read_bytes()
     calls: list[list[str]] = []
     real = AA._run_reference
     monkeypatch.setattr(AA, "_run_reference", lambda aa, xb, yb, bs: (calls.append(list(aa.attacks_to_run)),
                                                                       real(aa, xb, yb, bs))[1])
-    with caplog.at_level(logging.WARNING):
-        first = run_autoattack(model, x, y, "Linf", 0.1, state_path=state, **kw)
-    assert not marker.exists() and calls == [["apgd-ce"]]
+    # a pickle under the state's own name: a one-line error before any attack, the file left as it was
+    with caplog.at_level(logging.WARNING), pytest.raises(TorchRobustError, match="delete it") as exc:
+        run_autoattack(model, x, y, "Linf", 0.1, state_path=state, **kw)
+    assert "\n" not in str(exc.value) and str(planted) in str(exc.value)
+    assert not marker.exists() and calls == [] and planted.read_bytes() == before
     msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("never loaded" in m for m in msgs) and any("unreadable" in m for m in msgs)
+    assert any("never loaded" in m for m in msgs)  # the legacy .pt beside it: ignored, never read
+    planted.unlink()
+    first = run_autoattack(model, x, y, "Linf", 0.1, state_path=state, **kw)
+    assert not marker.exists() and calls == [["apgd-ce"]]
     calls.clear()
     assert torch.equal(run_autoattack(model, x, y, "Linf", 0.1, state_path=state, **kw).robust, first.robust)
     assert calls == []  # its own state is reused
@@ -169,6 +176,25 @@ def test_stale_or_pickled_state_is_not_reused(mnist, tmp_path, monkeypatch, capl
         assert torch.equal(res.robust, fresh.robust) and torch.equal(res.x_adv, fresh.x_adv), what
         assert any(f"another {what}" in r.getMessage() for r in caplog.records), what
     assert not marker.exists()
+    # a state with this run's fingerprint that does not fit it (tampered with): an error, never recomputed over
+    import json
+
+    from torchrobust import resume
+
+    stem = tmp_path / "state_Linf_0.1"
+    fp = json.loads((tmp_path / "state_Linf_0.1.json").read_text())["fingerprint"]
+    loaded = resume.load_state(stem, fp)
+    assert loaded is not None
+    tensors, meta = loaded
+    for broken_t, broken_meta, match in [(tensors, {**meta, "done": ["apgd-t"]}, "not a prefix"),
+                                         ({k: v for k, v in tensors.items() if k != "x_adv"}, meta, "x_adv")]:
+        resume.save_state(stem, broken_t, broken_meta, fp)
+        before = (tmp_path / "state_Linf_0.1.safetensors").read_bytes()
+        calls.clear()
+        with pytest.raises(TorchRobustError, match=match) as exc:
+            run_autoattack(model, x, y, "Linf", 0.05, state_path=state, **kw)
+        assert "\n" not in str(exc.value) and calls == []
+        assert (tmp_path / "state_Linf_0.1.safetensors").read_bytes() == before
 
 
 def test_input_errors(mnist) -> None:

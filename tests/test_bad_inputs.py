@@ -334,22 +334,46 @@ def test_adaptive_resumes_in_place_but_refuses_a_finished_run(files, tmp_path, c
     assert main([*argv, "--overwrite"]) == 0
 
 
-def test_corrupt_adaptive_state_is_recomputed_not_unpickled(files, tmp_path):
-    """A corrupt or empty resume state in --out is never trusted: the run recomputes it (same table as a clean
-    run) instead of crashing (torchrobust.resume's contract)."""
+def test_corrupt_adaptive_state_is_refused_not_unpickled(files, tmp_path, capsys):
+    """A corrupt, empty or pickled resume state in --out is never trusted nor overwritten: one line on stderr, exit
+    2, the bad files untouched, nothing unpickled (torchrobust.resume's contract)."""
     argv = ["evaluate", str(files["ckpt"]), "--n-examples", "6", "--eps", "0.3", "--steps", "2", "--suite",
             "adaptive", "--quiet"]
     clean = tmp_path / "clean"
     assert main([*argv, "--out", str(clean)]) == 0
-    states = sorted(p.name for p in clean.iterdir() if p.name.startswith("state_"))
+    states = sorted(p.name for p in clean.iterdir() if p.name.startswith("state_") and p.suffix == ".safetensors")
     assert states
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for i, name in enumerate(states):
-        (broken / name).write_bytes(b"" if i % 2 else b"\x00garbage" * 4)
-    assert main([*argv, "--out", str(broken)]) == 0
-    assert (json.loads((broken / "adaptive.json").read_text())["table"]
-            == json.loads((clean / "adaptive.json").read_text())["table"])
+    marker = tmp_path / "PWNED"
+    for kind in ("empty", "garbage", "pickle"):
+        broken = tmp_path / kind
+        broken.mkdir()
+        for name in states:
+            if kind == "pickle":
+                (broken / name).write_bytes(pickle.dumps(_Evil(marker)))
+            else:
+                (broken / name).write_bytes(b"" if kind == "empty" else b"\x00garbage" * 4)
+        before = _snapshot(broken)
+        capsys.readouterr()
+        rc = main([*argv, "--out", str(broken)])
+        _assert_one_line_error(rc, capsys.readouterr().err, "delete it or choose another output folder")
+        assert _snapshot(broken) == before, kind
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "pickle"])
+def test_cli_sweep_refuses_foreign_state_in_out(files, tmp_path, capsys, kind):
+    """``torchrobust evaluate CKPT --out DIR`` (sweep suite) where DIR holds a foreign state.safetensors."""
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "PWNED"
+    (out / "state.safetensors").write_bytes(os.urandom(512) if kind == "garbage" else pickle.dumps(_Evil(marker)))
+    before = _snapshot(out)
+    rc = main(["evaluate", str(files["ckpt"]), "--n-examples", "8", "--eps", "0,0.1", "--steps", "1", "--out",
+               str(out), "--quiet"])
+    err = capsys.readouterr().err
+    _assert_one_line_error(rc, err, "state.safetensors")
+    assert "delete it or choose another output folder" in err
+    assert _snapshot(out) == before and not marker.exists()
 
 
 def test_unwritable_out_is_refused_before_work(files, tmp_path, capsys, monkeypatch):

@@ -154,11 +154,34 @@ def test_pickled_state_is_never_unpickled(setup, tmp_path):
             return (open, (str(marker), "w"))
 
     torch.save({"evil": Evil()}, tmp_path / "s.pt")
-    (tmp_path / "s.safetensors").write_bytes(b"\x80\x04not safetensors")
-    res = run_plan(model, x, y, _jobs(), batch_size=32, state=tmp_path / "s.pt")
-    assert not marker.exists()
-    assert res.clean.any()
-    assert (tmp_path / "s.safetensors").stat().st_size > 100  # rewritten as a real state
+    for planted in (b"\x80\x04not safetensors", (tmp_path / "s.pt").read_bytes()):  # junk, then a real pickle
+        (tmp_path / "s.safetensors").write_bytes(planted)
+        with pytest.raises(TorchRobustError, match="delete it or choose another output folder") as exc:
+            run_plan(model, x, y, _jobs(), batch_size=32, state=tmp_path / "s.pt")
+        assert "\n" not in str(exc.value) and "s.safetensors" in str(exc.value)
+        assert not marker.exists()
+        assert (tmp_path / "s.safetensors").read_bytes() == planted  # left as it was, never overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.pt", "s.safetensors"]
+
+
+def test_state_that_does_not_match_its_jobs_is_refused(setup, tmp_path):
+    """A state with this run's fingerprint whose tensors do not fit its jobs is an error, never recomputed over."""
+    from torchrobust import resume
+
+    model, x, y = setup
+    run_plan(model, x, y, _jobs(), batch_size=32, state=tmp_path / "s")
+    fp = json.loads((tmp_path / "s.json").read_text())["fingerprint"]
+    loaded = resume.load_state(tmp_path / "s", fp)
+    assert loaded is not None
+    tensors, meta = loaded
+    for broken in ({k: v for k, v in tensors.items() if k != "loss/2"},  # a job's results half missing
+                   {**tensors, "clean": tensors["clean"][:-1]}):  # the wrong number of examples
+        resume.save_state(tmp_path / "s", broken, meta, fp)
+        before = (tmp_path / "s.safetensors").read_bytes()
+        with pytest.raises(TorchRobustError, match="do not match its jobs") as exc:
+            run_plan(model, x, y, _jobs(), batch_size=32, state=tmp_path / "s")
+        assert "\n" not in str(exc.value) and "s.safetensors" in str(exc.value)
+        assert (tmp_path / "s.safetensors").read_bytes() == before
 
 
 def test_bad_plans_are_one_line_errors(setup):

@@ -133,50 +133,105 @@ def test_roundtrip_json_copy_and_mismatch(tmp_path: Path, caplog: pytest.LogCapt
     msgs = _warnings(caplog)
     assert len(msgs) == 3 and all("\n" not in m for m in msgs)
     assert "another model" in msgs[0] and "another config/data" in msgs[1] and "another base_model" in msgs[2]
-    # the human-readable copy is never read back: editing it changes nothing
+    # the human-readable copy is never read back: editing its content changes nothing ...
+    edited = {**doc, "meta": {"done": ["edited"]}, "fingerprint": {"model": "x"}}
+    (tmp_path / "sub" / "state_Linf_0.1.json").write_text(json.dumps(edited))
+    loaded = R.load_state(stem, FP)
+    assert loaded is not None and loaded[1]["done"] == ["pgd-ce"]
+    # ... but a foreign file in its place is refused, not overwritten
     (tmp_path / "sub" / "state_Linf_0.1.json").write_text("{}")
-    assert R.load_state(stem, FP) is not None
+    with pytest.raises(TorchRobustError, match=r"state_Linf_0\.1\.json") as exc:
+        R.load_state(stem, FP)
+    assert "\n" not in str(exc.value) and "delete it" in str(exc.value)
+    assert (tmp_path / "sub" / "state_Linf_0.1.json").read_text() == "{}"
     assert R.load_state(tmp_path / "absent", FP) is None
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00" * 3, b"not a safetensors file at all", "truncated", "foreign",
-                                     "keys"])
-def test_corrupt_state_is_ignored_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                   content: bytes | str) -> None:
+def _foreign(target: Path, content: bytes | str) -> None:
+    """Write one kind of file that is not a usable torchrobust state at ``target``."""
     from safetensors.torch import save as st_save
 
-    stem = tmp_path / "state"
-    target = tmp_path / "state.safetensors"
     if content == "truncated":
-        R.save_state(stem, {"t": torch.rand(100)}, {"done": []}, FP)
+        R.save_state(target.with_suffix(""), {"t": torch.rand(100)}, {"done": []}, FP)
         data = target.read_bytes()
         target.write_bytes(data[: len(data) - 10])
     elif content == "foreign":  # a safetensors file without our document
         target.write_bytes(st_save({"t": torch.rand(3)}))
+    elif content == "other-format":  # our key, but a document of another format
+        doc = json.dumps({"format": 2, "fingerprint": FP, "tensors": ["t"], "meta": {}})
+        target.write_bytes(st_save({"t": torch.rand(3)}, metadata={"torchrobust_state": doc}))
     elif content == "keys":  # a document that lists other tensors than the file holds
         doc = json.dumps({"format": 1, "fingerprint": FP, "tensors": ["u"], "meta": {}})
         target.write_bytes(st_save({"t": torch.rand(3)}, metadata={"torchrobust_state": doc}))
+    elif content == "keys-other-fingerprint":  # inconsistent AND of another run: still not ours to overwrite
+        doc = json.dumps({"format": 1, "fingerprint": {"model": "zz"}, "tensors": ["u"], "meta": {}})
+        target.write_bytes(st_save({"t": torch.rand(3)}, metadata={"torchrobust_state": doc}))
     else:
         target.write_bytes(content)  # type: ignore[arg-type]
-    with caplog.at_level(logging.WARNING, logger="torchrobust.resume"):
-        assert R.load_state(stem, FP) is None
-    msgs = _warnings(caplog)
-    assert len(msgs) == 1 and "\n" not in msgs[0] and "recomputing" in msgs[0]
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 3, b"not a safetensors file at all", "truncated", "foreign",
+                                     "other-format", "keys", "keys-other-fingerprint"])
+def test_corrupt_or_foreign_state_is_refused_and_left_untouched(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                               content: bytes | str) -> None:
+    stem = tmp_path / "state"
+    target = tmp_path / "state.safetensors"
+    _foreign(target, content)
+    before = target.read_bytes()
+    store = R.StateStore(stem, FP)
+    with caplog.at_level(logging.WARNING, logger="torchrobust.resume"), \
+            pytest.raises(TorchRobustError, match="delete it or choose another output folder") as exc:
+        store.load()
+    msg = str(exc.value)
+    assert "\n" not in msg and str(target) in msg, msg
+    assert _warnings(caplog) == []  # an error, not a warning and a silent recompute
+    assert target.read_bytes() == before
+
+
+def test_valid_state_of_another_run_is_still_overwritten(tmp_path: Path) -> None:
+    """Rule 2 is unchanged: a valid state of another fingerprint is ours, so the caller's save replaces it."""
+    store = R.StateStore(tmp_path / "state", FP)
+    R.save_state(tmp_path / "state", {"t": torch.zeros(2)}, {"i": 0}, {**FP, "model": "other"})
+    assert store.load() is None
+    store.save({"t": torch.ones(2)}, {"i": 1})
+    loaded = store.load()
+    assert loaded is not None and loaded[1] == {"i": 1}
+
+
+def test_store_reject_is_one_line_error(tmp_path: Path) -> None:
+    store = R.StateStore(tmp_path / "state", FP)
+    store.save({"t": torch.zeros(2)}, {"i": 0})
+    with pytest.raises(TorchRobustError, match="tensor 't' has the wrong shape") as exc:
+        store.reject("tensor 't' has the wrong shape\nsecond line")
+    assert "\n" not in str(exc.value) and "state.safetensors" in str(exc.value)
+
+
+def test_state_path_that_is_a_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "s.safetensors").mkdir()
+    with pytest.raises(TorchRobustError, match="a folder"):
+        R.load_state(tmp_path / "s", FP)
 
 
 def test_pickled_state_is_never_unpickled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     marker = tmp_path / "PWNED"
     stem = tmp_path / "state_Linf_0.1"
-    for name in ("state_Linf_0.1.pt", "state_Linf_0.1.pth", "state_Linf_0.1.safetensors", "state_Linf_0.1.json"):
+    for name in ("state_Linf_0.1.pt", "state_Linf_0.1.pth"):  # legacy pickles beside the stem: ignored, warned
         _plant_pickle(tmp_path / name, marker)
     with caplog.at_level(logging.WARNING, logger="torchrobust.resume"):
         assert R.load_state(tmp_path / "state_Linf_0.1.pt", FP) is None
-        assert R.load_state(stem, FP) is None
-    assert not marker.exists()
     msgs = _warnings(caplog)
     assert any("state_Linf_0.1.pt" in m and "never loaded" in m for m in msgs)
-    assert any("unreadable" in m for m in msgs)
+    assert any("state_Linf_0.1.pth" in m and "never loaded" in m for m in msgs)
     assert all("\n" not in m for m in msgs)
+    # a pickle under our own names: refused, named, left as it is (the .json copy is checked first)
+    for name in ("state_Linf_0.1.safetensors", "state_Linf_0.1.json"):
+        _plant_pickle(tmp_path / name, marker)
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(TorchRobustError, match=name.replace(".", r"\.")) as exc:
+            R.load_state(stem, FP)
+        assert "\n" not in str(exc.value)
+        assert (tmp_path / name).read_bytes() == before
+    assert not marker.exists()
 
 
 def test_half_written_tmp_file_is_ignored(tmp_path: Path) -> None:
@@ -342,12 +397,14 @@ def test_adaptive_transfer_state_depends_on_base_model(setup, tmp_path: Path,
     assert calls == ["ce", "margin", "ce", "margin"]  # white-box and transfer recomputed
 
 
-@pytest.mark.parametrize("bad", ["empty", "garbage", "pickle", "inconsistent"])
+@pytest.mark.parametrize("bad", ["empty", "garbage", "pickle", "inconsistent", "misshapen"])
 def test_adaptive_corrupt_or_pickled_state(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture, bad: str) -> None:
+    """A state file that is not a usable state of this run: one-line error before any attack runs, the file left
+    as it is, nothing unpickled; once the user deletes it the run is a fresh one."""
     model, x, y = setup
-    fresh = evaluate_adaptive(model, x, y, "Linf", 0.2, **FAST)
     marker = tmp_path / "PWNED"
+    stem = tmp_path / "state_Linf_0.2"
     target = tmp_path / "state_Linf_0.2.safetensors"
     if bad == "empty":
         target.write_bytes(b"")
@@ -356,30 +413,30 @@ def test_adaptive_corrupt_or_pickled_state(setup, tmp_path: Path, monkeypatch: p
     elif bad == "pickle":  # the issue's attack: a pickle planted in the output folder, under both names
         _plant_pickle(tmp_path / "state_Linf_0.2.pt", marker)
         _plant_pickle(target, marker)
-    else:  # right fingerprint, but the finished attack's result is missing
-        evaluate_adaptive(model, x, y, "Linf", 0.2, state_path=tmp_path / "state_Linf_0.2", **FAST)
-        loaded = R.load_state(tmp_path / "state_Linf_0.2", json.loads(
-            (tmp_path / "state_Linf_0.2.json").read_text())["fingerprint"])
+    else:  # right fingerprint, but the state does not match its own jobs
+        evaluate_adaptive(model, x, y, "Linf", 0.2, state_path=stem, **FAST)
+        fp = json.loads((tmp_path / "state_Linf_0.2.json").read_text())["fingerprint"]
+        loaded = R.load_state(stem, fp)
         assert loaded is not None
         tensors, meta = loaded
-        del tensors["correct/1"]  # the engine keys results by job position: job 1 is pgd-margin
-        R.save_state(tmp_path / "state_Linf_0.2", tensors, meta,
-                     json.loads((tmp_path / "state_Linf_0.2.json").read_text())["fingerprint"])
+        if bad == "inconsistent":
+            del tensors["correct/1"]  # the engine keys results by job position: job 1 is pgd-margin
+        else:
+            tensors["done/0"] = tensors["done/0"][:-1]
+        R.save_state(stem, tensors, meta, fp)
+    before = target.read_bytes()
     calls = _counting(monkeypatch)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        res = evaluate_adaptive(model, x, y, "Linf", 0.2, state_path=tmp_path / "state_Linf_0.2.pt", **FAST)
-    assert not marker.exists()
-    assert calls == ["ce", "margin"] and _same(res, fresh)
-    msgs = _warnings(caplog)
-    assert 1 <= len(msgs) <= 2 and all("\n" not in m for m in msgs)
-    # the bad state was overwritten by a good one, which the next run reuses silently
+    with pytest.raises(TorchRobustError, match="delete it or choose another output folder") as exc:
+        evaluate_adaptive(model, x, y, "Linf", 0.2, state_path=tmp_path / "state_Linf_0.2.pt", **FAST)
+    assert "\n" not in str(exc.value) and str(target) in str(exc.value)
+    assert calls == [] and not marker.exists()
+    assert target.read_bytes() == before  # never overwritten
+    target.unlink()  # the fix the message names
+    fresh = evaluate_adaptive(model, x, y, "Linf", 0.2, **FAST)
     calls.clear()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="torchrobust.resume"):
-        evaluate_adaptive(model, x, y, "Linf", 0.2, state_path=tmp_path / "state_Linf_0.2", **FAST)
-    assert calls == []
-    assert [m for m in _warnings(caplog) if "unreadable" in m or "inconsistent" in m] == []
+    res = evaluate_adaptive(model, x, y, "Linf", 0.2, state_path=stem, **FAST)
+    assert calls == ["ce", "margin"] and _same(res, fresh)
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------------------------ the issue's CLI path

@@ -23,21 +23,33 @@ split, another subset) or another configuration is therefore never reused: :func
 line naming what differs and returns ``None``; the caller recomputes and its next save overwrites the stale
 state atomically.
 
-**Corrupt, empty or foreign files** (truncated, not safetensors, a header without our document, keys that do
-not match) are treated exactly like a mismatch: one warning line, ``None``, recomputed. The state is a cache
-of work that can always be redone, so recomputing is always correct; refusing would only make the user delete
-a file by hand.
+**What load_state does with what it finds** at ``S.safetensors``:
+
+1. nothing → ``None``: a fresh run;
+2. a valid torchrobust state whose fingerprint differs (another model, data split or configuration) → one warning
+   line naming what differs, ``None``; the caller recomputes and its next save overwrites the stale state;
+3. anything else — an empty or truncated file, one that is not safetensors, a safetensors file without our
+   document, a document of another format, tensors that do not match the document, a pickle planted under the
+   ``.safetensors`` name, a folder — → :class:`~torchrobust.errors.TorchRobustError`, one line naming the file,
+   why, and the fix (delete it or choose another output folder / state path). A file we cannot recognise as ours
+   is never overwritten, and nothing is ever unpickled. The same holds for ``S.json``: it is never read back for
+   resuming, but an existing ``S.json`` that is not a torchrobust state document is refused rather than
+   overwritten.
+
+A caller that finds a loaded state (right fingerprint) inconsistent with its own work — tensors missing or of the
+wrong shape, finished steps that are not its own — raises the same error through :meth:`StateStore.reject` /
+:func:`state_error`: a state that claims to be this run's but is not is never silently replaced.
 
 **Legacy ``.pt`` states.** Earlier versions pickled the state to ``state_path="x.pt"``. That spelling is still
 accepted: :func:`state_stem` drops a ``.pt``/``.pth``/``.json``/``.safetensors`` suffix, so ``"x.pt"`` means the
 stem ``x`` (``x.safetensors`` + ``x.json``). An existing ``x.pt``/``x.pth`` is **never loaded** (not even with
-``weights_only=True``): it is ignored with one warning line and the work is recomputed.
+``weights_only=True``): it is ignored with one warning line (never read), and the state is kept in ``x.safetensors``.
 
 Example::
 
     >>> from torchrobust.resume import StateStore, make_fingerprint
     >>> store = StateStore("runs/state_Linf_0.1", make_fingerprint(model, (x, y), config))
-    >>> loaded = store.load()                      # None: nothing reusable (missing, stale or corrupt)
+    >>> loaded = store.load()                      # None: nothing reusable (missing or stale)
     >>> tensors, meta = loaded if loaded is not None else ({}, {"done": []})
     >>> store.save({"correct/pgd": correct}, {"done": ["pgd"]})
 """
@@ -52,7 +64,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from safetensors.torch import load as st_load
@@ -63,7 +75,7 @@ from .checkpoint import atomic_write_bytes
 from .errors import TorchRobustError
 
 __all__ = ["StateStore", "canonical_json", "check_state_path", "fingerprint_config", "fingerprint_model",
-           "fingerprint_tensors", "load_state", "make_fingerprint", "save_state", "state_stem"]
+           "fingerprint_tensors", "load_state", "make_fingerprint", "save_state", "state_error", "state_stem"]
 
 log = logging.getLogger(__name__)
 
@@ -231,22 +243,30 @@ def _header(data: bytes) -> dict[str, Any]:
         raise ValueError("shorter than a safetensors header")
     (n,) = struct.unpack("<Q", data[:8])
     if n > _MAX_HEADER or 8 + n > len(data):
-        raise ValueError("header length out of range")
-    header = json.loads(data[8:8 + n].decode("utf-8"))
+        raise ValueError("not a safetensors file: header length out of range")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not a safetensors file: its header is not JSON") from exc
     if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
+        raise ValueError("not a safetensors file: header is not a JSON object")
     return header
+
+
+def _check_document(doc: Any) -> dict[str, Any]:
+    fp = doc.get("fingerprint") if isinstance(doc, dict) else None
+    if (not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION or not isinstance(doc.get("meta"), dict)
+            or not isinstance(fp, dict) or not all(isinstance(v, str) for v in fp.values())
+            or not isinstance(doc.get("tensors"), list)):
+        raise ValueError(f"its document is not a format-{FORMAT_VERSION} torchrobust state")
+    return doc
 
 
 def _document(data: bytes) -> dict[str, Any]:
     meta = _header(data).get("__metadata__")
     if not isinstance(meta, dict) or not isinstance(meta.get(_META_KEY), str):
-        raise ValueError(f"no {_META_KEY!r} document in its header")
-    doc = json.loads(meta[_META_KEY], parse_constant=_no_constant)
-    if (not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION or not isinstance(doc.get("meta"), dict)
-            or not isinstance(doc.get("fingerprint"), dict) or not isinstance(doc.get("tensors"), list)):
-        raise ValueError(f"document is not a format-{FORMAT_VERSION} torchrobust state")
-    return doc
+        raise ValueError(f"a safetensors file without a {_META_KEY!r} document")
+    return _check_document(json.loads(meta[_META_KEY], parse_constant=_no_constant))
 
 
 def _no_constant(name: str) -> float:
@@ -261,25 +281,63 @@ def _warn_legacy(stem: Path) -> None:
                         legacy, _paths(stem)[0])
 
 
-def load_state(path_stem: str | os.PathLike[str],
-               expected_fingerprint: Mapping[str, str]) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    """``(tensors, meta)`` saved at ``path_stem`` when its fingerprint equals ``expected_fingerprint``, else
-    ``None``: no state, a state of another model/data/config, or an unreadable file (each logged as one
-    warning line, except plain absence). Never unpickles anything; a legacy ``.pt``/``.pth`` beside the stem is
-    ignored with a warning."""
-    stem = state_stem(path_stem)
-    _warn_legacy(stem)
-    st_path, _ = _paths(stem)
-    if not st_path.exists():
-        return None
+def state_error(path: str | os.PathLike[str], why: object) -> TorchRobustError:
+    """The one-line error for a file at a state's path that cannot be used (and so is never overwritten)."""
+    reason = " ".join(str(why).split()) or "unreadable"  # one line, whatever the underlying message was
+    return TorchRobustError(f"state file {path} is not a usable torchrobust state ({reason}); delete it or choose "
+                            "another output folder / state path")
+
+
+def _read_document(st_path: Path) -> tuple[bytes, dict[str, Any], dict[str, Tensor]]:
+    """The bytes, document and tensors of a state file; :func:`state_error` for anything that is not one."""
     try:
         data = st_path.read_bytes()
         if not data:
             raise ValueError("empty file")
         doc = _document(data)
+    except IsADirectoryError as exc:
+        raise state_error(st_path, "a folder") from exc
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise state_error(st_path, exc) from exc
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # noqa: BLE001 — safetensors raises its own SafetensorError for any malformed file
+        raise state_error(st_path, f"its tensors are unreadable: {exc}") from exc
+    if sorted(tensors) != sorted(doc["tensors"]):
+        raise state_error(st_path, "it holds other tensors than its document lists")
+    return data, doc, tensors
+
+
+def _check_json_copy(json_path: Path) -> None:
+    """An existing ``S.json`` must be a torchrobust state document (it is about to be overwritten); its content
+    is otherwise never used."""
+    if not json_path.exists() and not json_path.is_symlink():
+        return
+    try:
+        _check_document(json.loads(json_path.read_bytes().decode("utf-8"), parse_constant=_no_constant))
+    except IsADirectoryError as exc:
+        raise state_error(json_path, "a folder") from exc
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        log.warning("state %s is unreadable (%s); recomputing and overwriting it", st_path, exc)
+        raise state_error(json_path, exc) from exc
+
+
+def load_state(path_stem: str | os.PathLike[str],
+               expected_fingerprint: Mapping[str, str]) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """``(tensors, meta)`` saved at ``path_stem`` when its fingerprint equals ``expected_fingerprint``.
+
+    ``None`` when there is no state (fresh run) or a valid state of another model/data/config (one warning line;
+    the caller recomputes and overwrites it). Anything else at the state's path (empty, truncated, not
+    safetensors, not our document, tensors that do not match it, a planted pickle) raises
+    :class:`TorchRobustError` naming the file and the fix, and is left untouched. Never unpickles anything; a
+    legacy ``.pt``/``.pth`` beside the stem is ignored with a warning.
+    """
+    stem = state_stem(path_stem)
+    _warn_legacy(stem)
+    st_path, json_path = _paths(stem)
+    _check_json_copy(json_path)
+    if not st_path.exists() and not st_path.is_symlink():
         return None
+    _, doc, tensors = _read_document(st_path)
     saved = doc["fingerprint"]
     expected = dict(expected_fingerprint)
     if saved != expected:
@@ -287,23 +345,16 @@ def load_state(path_stem: str | os.PathLike[str],
         log.warning("state %s was written for another %s (fingerprint mismatch); recomputing and overwriting it",
                     st_path, "/".join(differ))
         return None
-    try:
-        tensors = st_load(data)
-    except Exception as exc:  # noqa: BLE001 — safetensors raises its own SafetensorError for any malformed file
-        log.warning("state %s is unreadable (%s); recomputing and overwriting it", st_path, exc)
-        return None
-    if sorted(tensors) != sorted(doc["tensors"]):
-        log.warning("state %s lists other tensors than it holds; recomputing and overwriting it", st_path)
-        return None
     return tensors, doc["meta"]
 
 
 class StateStore:
     """One resumable state at ``path`` (stem, or the legacy ``x.pt`` spelling) bound to ``fingerprint``.
 
-    ``load()`` → ``(tensors, meta)`` or ``None``; ``save(tensors, meta)`` writes atomically; ``discard(why)``
-    logs one warning when the caller finds a loaded state inconsistent (it is then recomputed and overwritten).
-    The path is validated on construction, before any work.
+    ``load()`` → ``(tensors, meta)`` or ``None`` (see :func:`load_state`; a file that is not a usable state
+    raises); ``save(tensors, meta)`` writes atomically; ``reject(why)`` raises :class:`TorchRobustError` when the
+    caller finds a loaded state inconsistent with its own work (it is never silently overwritten). The path is
+    validated on construction, before any work.
     """
 
     def __init__(self, path: str | os.PathLike[str], fingerprint: Mapping[str, str]) -> None:
@@ -321,8 +372,9 @@ class StateStore:
     def save(self, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
         return save_state(self.stem, tensors, meta, self.fingerprint)
 
-    def discard(self, why: str) -> None:
-        log.warning("state %s is inconsistent (%s); recomputing and overwriting it", self.path, why)
+    def reject(self, why: str) -> NoReturn:
+        """Raise the one-line error for a loaded state that does not match the caller's own work."""
+        raise state_error(self.path, why)
 
 
 def finite_seconds(seconds: Mapping[str, Any]) -> dict[str, float]:

@@ -20,9 +20,9 @@ the same seed (``tests/test_autoattack.py`` checks equality per example). Runnin
 gives the per-attack breakdown and the resumable state (``state_path``, a stem: ``<stem>.safetensors`` +
 ``<stem>.json``, written atomically after every sub-attack through :mod:`torchrobust.resume`; a restarted run skips
 the finished ones). The state is reused only for the same model, data and configuration (fingerprints); a state of
-another model/data/configuration, or a corrupt one, is recomputed with one warning line and overwritten. Nothing
-is ever unpickled: the legacy spelling ``state_path="x.pt"`` means the stem ``x``, and an old pickled ``x.pt`` is
-ignored.
+another model/data/configuration is recomputed with one warning line and overwritten; a corrupt, empty or foreign
+file at the state's path is a one-line :class:`TorchRobustError` and is left as it is. Nothing is ever unpickled:
+the legacy spelling ``state_path="x.pt"`` means the stem ``x``, and an old pickled ``x.pt`` is ignored.
 
 Other differences from calling the reference code directly, all on the safe side:
 
@@ -216,7 +216,8 @@ def _save_state(store: Any, state: dict[str, Any]) -> None:
 
 
 def _restore(store: Any, attacks: list[str], x: Tensor) -> dict[str, Any] | None:
-    """A saved state as the run's working dict, or None (logged) when nothing consistent can be reused."""
+    """A saved state as the run's working dict; None when there is none to reuse (absent, or another
+    model/data/configuration, logged). A state with this run's fingerprint that does not fit it raises."""
     from torchrobust.resume import finite_seconds
 
     loaded = store.load()
@@ -225,16 +226,14 @@ def _restore(store: Any, attacks: list[str], x: Tensor) -> dict[str, Any] | None
     tensors, meta = loaded
     done = meta.get("done")
     if not isinstance(done, list) or done != attacks[:len(done)]:
-        store.discard("its finished sub-attacks are not a prefix of this run's")
-        return None
+        store.reject("its finished sub-attacks are not a prefix of this run's")
     n = len(x)
     want = {"clean": (torch.bool, (n,)), "robust": (torch.bool, (n,)), "x_adv": (x.dtype, tuple(x.shape))}
     want.update({f"{g}/{a}": (torch.bool, (n,)) for g in _PER_ATTACK for a in done})
     for k, (dtype, shape) in want.items():
         t = tensors.get(k)
         if t is None or t.dtype != dtype or tuple(t.shape) != shape:
-            store.discard(f"tensor {k!r} is missing or has the wrong dtype/shape")
-            return None
+            store.reject(f"tensor {k!r} is missing or has the wrong dtype/shape")
     seconds = finite_seconds(meta["seconds"]) if isinstance(meta.get("seconds"), dict) else {}
     return {"done": list(done), "clean": tensors["clean"], "robust": tensors["robust"], "x_adv": tensors["x_adv"],
             **{g: {a: tensors[f"{g}/{a}"] for a in done} for g in _PER_ATTACK},

@@ -31,7 +31,8 @@ Long runs: ``progress=True`` shows a tqdm bar over attacks; ``state_path=`` (a s
 ``runs/adaptive.safetensors`` + ``runs/adaptive.json``, see :mod:`torchrobust.resume`) saves the per-example results
 atomically after every batch, and a restarted call skips the finished batches and attacks. The state is bound to a
 fingerprint of the model (and ``base_model``), the data ``(x, y)`` and the configuration: a state written for
-anything else, or a corrupt one, is never reused — it is recomputed with one warning line and overwritten.
+anything else is never reused — it is recomputed with one warning line and overwritten; a corrupt, empty or
+foreign file at the state's path is a one-line :class:`~torchrobust.errors.TorchRobustError`, left untouched.
 Nothing is unpickled; the legacy spelling ``state_path="x.pt"`` means the stem ``x`` and an old pickled ``x.pt``
 is ignored.
 

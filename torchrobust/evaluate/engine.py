@@ -336,10 +336,12 @@ class _Store:
             loss = {k: tensors[f"loss/{i}"].float() for i, k in enumerate(self.keys) if f"loss/{i}" in tensors}
             if set(correct) != set(done) or set(correct) != set(loss):
                 raise KeyError("correct/done/loss")
+            if any(t.shape != (self.n,) for d in (correct, done, loss) for t in d.values()):
+                raise KeyError("correct/done/loss shape")
             jobs = meta["jobs"]
-        except (KeyError, TypeError, RuntimeError):
-            log.warning("evaluation state %s is incomplete; recomputing", self.stem)
-            return
+        except (KeyError, TypeError, RuntimeError) as exc:  # never overwrite a state that claims to be this run's
+            raise resume.state_error(self.stem.with_name(self.stem.name + ".safetensors"),
+                                     f"its tensors do not match its jobs: {exc}") from exc
         self.clean, self.correct, self.done, self.loss = clean, correct, done, loss
         for k in self.keys:
             info = jobs.get(k, {}) if isinstance(jobs, dict) else {}
