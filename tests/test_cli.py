@@ -149,7 +149,7 @@ def test_evaluate_adaptive_suite_and_checks(ckpt, tmp_path):
     assert list(out.glob("state_Linf_0.3*"))  # the resume state (its layout belongs to torchrobust.resume)
     out2 = tmp_path / "sw"
     assert main(["evaluate", str(ckpt), "--n-examples", "12", "--eps", "0,0.1", "--checks", "--steps", "5",
-                 "--attack-arg", "pgd.alpha=0.02", "--out", str(out2), "--quiet"]) == 0
+                 "--attacks", "fgsm,pgd", "--attack-arg", "pgd.alpha=0.02", "--out", str(out2), "--quiet"]) == 0
     res = json.loads((out2 / "results.json").read_text())
     assert res["config"]["attack_kwargs"]["pgd"]["alpha"] == 0.02
     assert isinstance(res["flags"], list)

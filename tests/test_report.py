@@ -80,3 +80,23 @@ def test_report_renders_in_headless_chromium(run_dir):
     m = re.search(r'data-figures="(\d+)" data-figures-rendered="(\d+)"', r.stdout)
     assert m, r.stdout[:500] + r.stderr[-2000:]
     assert int(m.group(1)) == 2 and m.group(1) == m.group(2)
+
+
+def test_weak_results_are_labelled_weak_everywhere(run_dir, tmp_path):
+    """FGSM + PGD-3 only: results.json/md and the HTML report say the numbers are weak; a strong run does not."""
+    import shutil as sh
+
+    d = tmp_path / "weak"
+    sh.copytree(run_dir / "plain", d)
+    assert json.loads((d / "results.json").read_text())["strength"] == "weak"
+    assert "Strength: weak" in (d / "results.md").read_text()
+    paths = build_report(d)
+    assert "Strength: weak" in paths["html"].read_text() and "Strength: weak" in paths["md"].read_text()
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(20, 1, 4, 4), torch.randint(0, 3, (20,))
+    strong = sweep(m, x, y, attacks=["fgsm", "pgd"], eps=[0, 0.1], attack_kwargs={"pgd": {"steps": 3, "restarts": 2}})
+    assert strong.strength == "strong"
+    strong.write(tmp_path / "strong")
+    assert "Strength: weak" not in (tmp_path / "strong" / "results.md").read_text()
+    assert "Strength: weak" not in build_report(tmp_path / "strong")["html"].read_text()

@@ -213,7 +213,8 @@ def _attack_kwargs(names: Sequence[str], args: argparse.Namespace) -> dict[str, 
     kw: dict[str, dict[str, Any]] = {}
     for a in names:
         params = inspect.signature(attacks.attack_class(a).__init__).parameters
-        kw[a] = {k: v for k, v in (("steps", args.steps), ("restarts", args.restarts)) if k in params}
+        kw[a] = {k: v for k, v in (("steps", args.steps), ("restarts", args.restarts))
+                 if k in params and v is not None}  # not given: each attack's own default (APGD: 100 steps)
         if "early_stop" in params:
             kw[a]["early_stop"] = True  # changes no result (successes are kept), saves compute
     for (key, value) in args.attack_arg or []:
@@ -250,9 +251,11 @@ def _check_evaluate_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         check_output_dir(args.out, ADAPTIVE_FILES, overwrite=args.overwrite)
         return {}
     if args.attacks is None:
-        args.attacks = ["fgsm", "pgd"]
+        from .evaluate.sweep import DEFAULT_ATTACKS
+
+        args.attacks = list(DEFAULT_ATTACKS)
     if not args.attacks:
-        raise TorchRobustError("--attacks is empty; name at least one attack, e.g. --attacks fgsm,pgd")
+        raise TorchRobustError("--attacks is empty; name at least one attack, e.g. --attacks fgsm,apgd-ce,apgd-t")
     kw = _attack_kwargs(args.attacks, args)
     check_output_dir(args.out, SWEEP_FILES, overwrite=args.overwrite)
     return kw
@@ -273,7 +276,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = sweep(model, x.to(dev), y.to(dev), attacks=args.attacks, eps=args.eps, threat=args.threat,
                 attack_kwargs=attack_kwargs, batch_size=args.batch_size, seed=args.seed,
-                progress=not args.quiet)
+                progress=not args.quiet, state=Path(args.out) / "state")
     res.config.update(checkpoint=str(args.checkpoint), data=args.data, split=args.split,
                       seconds=time.perf_counter() - t0)
     if args.checks:
@@ -301,9 +304,10 @@ def _evaluate_adaptive(model: Any, x: Any, y: Any, args: argparse.Namespace) -> 
     for e in args.eps:
         if e == 0:
             continue
-        res = evaluate_adaptive(model, x, y, threat=args.threat, eps=e, base_model=base, steps=args.steps,
-                                restarts=args.restarts, seed=args.seed, batch_size=args.batch_size,
-                                state_path=out / f"state_{args.threat}_{e:g}.pt", progress=not args.quiet)
+        budget = {k: v for k, v in (("steps", args.steps), ("restarts", args.restarts)) if v is not None}
+        res = evaluate_adaptive(model, x, y, threat=args.threat, eps=e, base_model=base, seed=args.seed,
+                                batch_size=args.batch_size, state_path=out / f"state_{args.threat}_{e:g}",
+                                progress=not args.quiet, **budget)
         row: dict[str, Any] = {"eps": e, "clean": res.clean_accuracy}
         row.update({a: res.accuracy(a) for a in res.correct})
         row["worst_case"] = res.robust_accuracy
@@ -411,11 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="test")
     sp.add_argument("--n-examples", type=_pos_int, default=1000,
                     help="first N examples of the split (papers' protocol)")
-    sp.add_argument("--attacks", type=_names, default=None, help="comma-separated (default fgsm,pgd); --suite sweep")
+    sp.add_argument("--attacks", type=_names, default=None,
+                    help="comma-separated (default fgsm,apgd-ce,apgd-t: the per-example worst case over APGD-CE and "
+                         "APGD-T on its survivors, plus FGSM as the papers' column); --suite sweep")
     sp.add_argument("--threat", default="Linf")
     sp.add_argument("--eps", type=_floats, default=[0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
-    sp.add_argument("--steps", type=_pos_int, default=20)
-    sp.add_argument("--restarts", type=_pos_int, default=1)
+    sp.add_argument("--steps", type=_pos_int, default=None,
+                    help="iterations of every attack that takes them (default: each attack's own; APGD 100)")
+    sp.add_argument("--restarts", type=_pos_int, default=None, help="restarts (default: each attack's own)")
     sp.add_argument("--attack-arg", type=_kv, action="append", metavar="ATTACK.PARAM=JSON",
                     help="attack keyword argument, e.g. --attack-arg square.n_queries=1000 (--suite sweep)")
     sp.add_argument("--suite", choices=["sweep", "adaptive"], default="sweep",
@@ -424,9 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checks", action="store_true", help="run the gradient-masking checks on the sweep")
     sp.add_argument("--batch-size", type=_pos_int, default=500)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", default="results", help="results folder (refused if it already holds results)")
+    sp.add_argument("--out", default="results",
+                    help="results folder (refused if it already holds results). The evaluation state is saved there "
+                         "after every batch (state.safetensors + state.json, fingerprinted by model, data and "
+                         "configuration): after an interruption (even kill -9) rerun the same command and it resumes; "
+                         "a state of another checkpoint, split or configuration is recomputed, never reused")
     sp.add_argument("--overwrite", action="store_true",
-                    help="replace results already in --out (an adaptive run's resume state is reused either way)")
+                    help="replace results already in --out (a matching resume state is reused either way)")
     sp.add_argument("--device", default=None)
     common(sp)
     sp.set_defaults(fn=cmd_evaluate)

@@ -37,6 +37,11 @@ __all__ = ["build_report", "latex_table", "Table"]
 log = logging.getLogger(__name__)
 
 
+#: shown on every table computed only from weak attacks
+WEAK_LABEL = ("Strength: weak — computed only from weak attacks (FGSM, or PGD with one restart and < 50 steps); it "
+              "overstates robustness. The default attacks (APGD-CE + APGD-T) give a trustworthy number.")
+
+
 @dataclass
 class Table:
     name: str
@@ -45,6 +50,8 @@ class Table:
     percent: bool = True
     flags: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
+    #: ``"weak"`` when the run was computed only from weak attacks (FGSM, short PGD), ``"strong"``, or unknown
+    strength: str | None = None
 
 
 def _is_flat_rows(v: Any) -> bool:
@@ -72,8 +79,11 @@ def _collect(run_dir: Path) -> tuple[list[Table], list[Path], bool]:
         rel = str(path.relative_to(run_dir))
         checked = checked or bool(doc.get("checks_run"))
         flags = list(doc.get("flags") or [])
+        strengths = [doc.get("strength")]
         for sub in (doc.get("models") or {}).values() if isinstance(doc.get("models"), Mapping) else []:
             flags += list((sub or {}).get("flags") or [])
+            strengths.append((sub or {}).get("strength"))
+        strength = "weak" if "weak" in strengths else "strong" if "strong" in strengths else None
         if path.name == "certify.json" and "radii" in doc:
             rows = [{"radius": r, "certified_accuracy": a}
                     for r, a in zip(doc["radii"], doc["certified_accuracy"], strict=True)]
@@ -86,7 +96,7 @@ def _collect(run_dir: Path) -> tuple[list[Table], list[Path], bool]:
                 title = str(doc.get("title") or doc.get("preset") or rel)
                 pct = all(isinstance(v, (int, float)) and 0 <= v <= 1 for r in doc[key] for k, v in r.items()
                           if k not in ("eps", "radius", "c_r", "K", "lam", "params"))
-                tables.append(Table(_slug(rel[:-5]), f"{title} — {rel}", list(doc[key]), pct, flags, rel))
+                tables.append(Table(_slug(rel[:-5]), f"{title} — {rel}", list(doc[key]), pct, flags, rel, strength))
                 break
     figures = sorted(p for p in run_dir.rglob("*.png") if "report" not in p.relative_to(run_dir).parts[:1])
     return tables, figures, checked
@@ -123,6 +133,8 @@ def _markdown(t: Table) -> str:
     out = [f"### {t.title}", ""]
     if t.flags:
         out += [f"**UNRELIABLE** — flags: {', '.join(str(f.get('code')) for f in t.flags)}", ""]
+    if t.strength == "weak":
+        out += [f"**{WEAK_LABEL}**", ""]
     if t.percent:
         out += ["Accuracies in %.", ""]
     out += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -143,6 +155,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;p
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:.5em}
 figure img{max-width:520px;border:1px solid #ddd}figcaption{font-size:.85em;color:#555}
 .unreliable{background:#fde2e2;border:1px solid #d33;padding:.4em .8em;margin:.5em 0}
+.weak{background:#fff4d6;border:1px solid #c90;padding:.4em .8em;margin:.5em 0}
 .ok{background:#e4f6e4;border:1px solid #3a3;padding:.4em .8em;margin:.5em 0}
 .unchecked{background:#f3f3f3;border:1px solid #999;padding:.4em .8em;margin:.5em 0}"""
 
@@ -174,6 +187,8 @@ def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir:
         if t.flags:
             parts.append("<div class='unreliable'><b>UNRELIABLE</b> — " + "; ".join(
                 e(f"{f.get('code')}: {f.get('message', '')}") for f in t.flags) + "</div>")
+        if t.strength == "weak":
+            parts.append(f"<div class='weak'><b>{e(WEAK_LABEL)}</b></div>")
         if t.percent:
             parts.append("<p>Accuracies in %.</p>")
         parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
