@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..errors import TorchRobustError
 from .adaptive import AdaptiveResult, evaluate_adaptive, undefended_base
-from .sweep import SweepResult, sweep
+from .sweep import DEFAULT_ATTACKS, SweepResult, sweep
 
 __all__ = ["evaluate", "SUITES"]
 
@@ -17,11 +17,13 @@ SUITES = ("sweep", "adaptive")
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: str = "sweep", *, threat: str = "Linf",
-             eps: float | Sequence[float] = (0.0, 0.1, 0.2, 0.3), attacks: Sequence[str] = ("fgsm", "pgd"),
+             eps: float | Sequence[float] = (0.0, 0.1, 0.2, 0.3), attacks: Sequence[str] = DEFAULT_ATTACKS,
              base_model: nn.Module | None = None, **kwargs: Any) -> SweepResult | dict[float, AdaptiveResult]:
     """Evaluate ``model`` on ``(x, y)``.
 
-    * ``suite="sweep"``: :func:`~torchrobust.evaluate.sweep` of ``attacks`` over ``eps`` (``kwargs`` go to it).
+    * ``suite="sweep"``: :func:`~torchrobust.evaluate.sweep` of ``attacks`` over ``eps`` (``kwargs`` go to it); the
+      default attacks are FGSM (the papers' column), APGD-CE and APGD-T on APGD-CE's survivors, reported as the
+      per-example worst case — as strong as the reference AutoAttack's white-box pair.
     * ``suite="adaptive"``: :func:`~torchrobust.evaluate.evaluate_adaptive` at every ε > 0 (``kwargs`` go to it);
       ``base_model`` defaults to the model without the torchrobust defences it carries (transfer source). Returns
       ``{eps: AdaptiveResult}``; each result's ``robust_accuracy`` is the per-example worst case over every attack
