@@ -165,40 +165,18 @@ def _K(model: nn.Module) -> int | None:
     return ks.pop() if len(ks) == 1 else None
 
 
-def _predict_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    dev = next((p.device for p in model.parameters()), x.device)
-    with torch.no_grad():
-        return (model(x.to(dev)).argmax(1) == y.to(dev)).cpu()
-
-
-def _pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, seed: int,
-                 batch_size: int) -> torch.Tensor:
-    """Per-example correct under ℓ∞ PGD (random start, ``steps`` steps, step size the attack's default)."""
-    from torchrobust.attacks import PGD
-
-    atk = PGD("Linf", eps, steps=steps, seed=seed)
-    dev = next((p.device for p in model.parameters()), x.device)
-    out = torch.zeros(len(x), dtype=torch.bool)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        out[i:i + batch_size] = _predict_correct(model, atk(model, xb, yb), yb)
-    return out
-
-
 def _evaluate_cell(model: nn.Module, base: nn.Module | None, x: torch.Tensor, y: torch.Tensor, eps: float,
                    budget: AttackBudget, seed: int, state_path: Path, progress: bool) -> dict[str, Any]:
     """One (model, paradigm, ε) cell: clean, FGSM, PGD-20, the adaptive suite on their survivors, worst case."""
     from torchrobust.evaluate.adaptive import evaluate_adaptive
-    from torchrobust.experiments.reprogramming import fgsm_sweep
+    from torchrobust.evaluate.engine import Job, run_plan
 
-    model.eval()
-    t0 = time.perf_counter()
-    clean = _predict_correct(model, x, y)
-    fgsm = fgsm_sweep(model, x, y, [eps], batch_size=budget.batch_size)[0]  # already & clean
-    t_fgsm = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    pgd = clean & _pgd_correct(model, x, y, eps, budget.pgd_steps, seed, budget.batch_size)
-    t_pgd = time.perf_counter() - t1
+    # FGSM (the paper's protocol) and PGD-20 (random start, the attack's default step) as one engine plan
+    jobs = [Job("fgsm", "Linf", eps), Job("pgd", "Linf", eps, kwargs={"steps": budget.pgd_steps, "seed": seed})]
+    plan = run_plan(model, x, y, jobs, batch_size=budget.batch_size, seed=seed)
+    clean = plan.clean
+    fgsm, pgd = clean & plan.correct[jobs[0].key], clean & plan.correct[jobs[1].key]
+    t_fgsm, t_pgd = plan.seconds[jobs[0].key], plan.seconds[jobs[1].key]
     surv = clean & fgsm & pgd
     idx = surv.nonzero().squeeze(1)
     worst = surv.clone()
