@@ -181,12 +181,17 @@ def test_demo_small(tmp_path, capsys):
               "mlp_nrpm_p1.safetensors", "mlp_nrpm_p3.safetensors"]:
         assert (out / f).stat().st_size > 0, f
     doc = json.loads((out / "results.json").read_text())
-    assert len(doc["table"]) == 7 and set(doc["models"]) == {"LPM", "NRPM-P1(λ=0.7)", "NRPM-P3"}
+    assert len(doc["table"]) == 4 and set(doc["models"]) == {"LPM", "NRPM-P1(λ=0.7)", "NRPM-P3"}
+    for m in doc["models"].values():  # the strong default set, APGD-T on APGD-CE's survivors
+        assert m["attacks"] == ["fgsm", "apgd-ce", "apgd-t"] and m["config"]["survivors_only"] == ["apgd-t"]
+    assert doc["strength"] == "weak"  # --steps 3: APGD-3 is labelled weak, never passed off as the default
+    assert all(r["NRPM-P3 worst"] <= r["NRPM-P3 FGSM"] for r in doc["table"])
     p3 = checkpoint.load(out / "mlp_nrpm_p3.safetensors")
     lams = checkpoint.load_metadata(out / "mlp_nrpm_p3.safetensors")["metadata"]["learned_lams"]
     assert set(lams) == {"fc1", "fc2", "fc3"} and all(0 <= v <= 1 for v in lams.values())
     assert abs(float(p3.fc1.lam) - lams["fc1"]) < 1e-6
-    assert "NRPM-P3 pgd" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "NRPM-P3 FGSM" in printed and "Strength: weak" in printed
 
 
 def _without_times(o):

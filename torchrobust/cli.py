@@ -337,7 +337,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .validation import check_output_dir
 
     check_output_dir(args.out, DEMO_FILES, overwrite=args.overwrite)
-    out = run_demo(args.out, epochs=args.epochs, n_test=args.n_test, pgd_steps=args.steps, seed=args.seed,
+    out = run_demo(args.out, epochs=args.epochs, n_test=args.n_test, steps=args.steps, seed=args.seed,
                    p3_steps=args.p3_steps, data_root=args.data_root, progress=not args.quiet)
     sys.stdout.write(Path(out["md"]).read_text())
     sys.stdout.write(f"\nwrote {args.out}/: " + ", ".join(sorted(Path(p).name for p in out.values())) + "\n")
@@ -443,12 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("demo", help="the main job: train on MNIST, reprogram with NRPM (paradigms 1 and 3), "
-                        "sweep FGSM and PGD")
+                        "evaluate with FGSM, APGD-CE and APGD-T (per-example worst case)")
     sp.add_argument("--out", default="torchrobust-demo", help="output folder (refused if it already holds results)")
     sp.add_argument("--overwrite", action="store_true", help="replace results and checkpoints already in --out")
     sp.add_argument("--epochs", type=_pos_int, default=3)
-    sp.add_argument("--n-test", type=_pos_int, default=1000)
-    sp.add_argument("--steps", type=_pos_int, default=20, help="PGD steps")
+    sp.add_argument("--n-test", type=_pos_int, default=500, help="first N test images (default 500)")
+    sp.add_argument("--steps", type=_pos_int, default=None,
+                    help="APGD iterations (default 100, the reference's; fewer is weaker and labelled so)")
     sp.add_argument("--p3-steps", type=_pos_int, default=100, help="paradigm-3 fine-tuning steps (batch 64), >= 1")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--data-root", default=None)

@@ -127,15 +127,15 @@ _WEAK_ALWAYS = frozenset({"fgsm", "deepfool"})
 
 
 def attack_strength(attack: str, kwargs: Mapping[str, Any] | None = None) -> str:
-    """``"weak"`` or ``"strong"``: FGSM and DeepFool are weak; PGD is weak with one restart and fewer than 50
-    steps (the issue tracker's rule: PGD-20 overstates robustness against APGD-100 by up to 14 points on NRPM
-    models); APGD, AutoAttack, C&W, Square, SPSA and PGD with ≥ 50 steps or restarts are strong."""
+    """``"weak"`` or ``"strong"``: FGSM and DeepFool are weak; PGD and APGD are weak with one restart and fewer than
+    50 steps (PGD-20 overstates robustness against APGD-100 by up to 14 points on NRPM models); AutoAttack, C&W,
+    Square, SPSA, APGD (100 steps by default) and PGD with ≥ 50 steps or restarts are strong."""
     kwargs = kwargs or {}
     name = attack.lower()
     if name in _WEAK_ALWAYS:
         return "weak"
-    if name == "pgd":
-        steps = int(kwargs.get("steps", 40))
+    if name == "pgd" or name.startswith("apgd"):  # iterative: PGD-40 / APGD-100 by default
+        steps = int(kwargs.get("steps", 40 if name == "pgd" else 100))
         restarts = int(kwargs.get("restarts", 1))
         return "strong" if steps >= 50 or restarts > 1 else "weak"
     return "strong"
@@ -152,10 +152,10 @@ def result_strength(jobs: Sequence[Job]) -> str:
         a = j.attack
         if isinstance(a, str):
             strong = attack_strength(a, j.kwargs) == "strong"
-        elif isinstance(a, PGD):
+        elif isinstance(a, (PGD, APGD)):
             strong = attack_strength("pgd", {"steps": a.steps, "restarts": a.restarts}) == "strong"
         else:
-            strong = isinstance(a, (APGD, AutoAttack, Square, CW))
+            strong = isinstance(a, (AutoAttack, Square, CW))
         if strong:
             return "strong"
     return "weak"

@@ -95,7 +95,7 @@ _CONV_COLS_CHUNK = 1 << 19
 #: Elements of ``x`` per row block in the compiled ∂L/∂W kernel (a block stays in the L2 cache).
 _W_GRAD_ROWS = 1 << 16
 #: ``backend="auto"`` compiles only problems with at least this many products per IRLS iteration.
-_COMPILE_MIN_WORK = 1 << 22
+_COMPILE_MIN_WORK = 1 << 16
 
 
 # ----------------------------------------------------------------------------------------------------------
