@@ -226,7 +226,9 @@ def _attack_kwargs(names: Sequence[str], args: argparse.Namespace) -> dict[str, 
     return kw
 
 
-SWEEP_FILES = ("results.json", "results.csv", "results.md", "accuracy_vs_eps.png")
+# results.json is written last: it marks a finished run. Without it the folder holds an interrupted run, which the
+# same command resumes from its fingerprinted state (state.safetensors), rewriting the other result files.
+SWEEP_FILES = ("results.json",)
 # adaptive.json is written last: it marks a finished run. Without it the folder holds an interrupted run, which
 # resumes from its fingerprinted per-ε state (torchrobust.resume) and rewrites adaptive.csv/.md.
 ADAPTIVE_FILES = ("adaptive.json",)
@@ -329,7 +331,9 @@ def _evaluate_adaptive(model: Any, x: Any, y: Any, args: argparse.Namespace) -> 
     return 0
 
 
-DEMO_FILES = (*SWEEP_FILES, "mlp.safetensors", "mlp_nrpm_p1.safetensors", "mlp_nrpm_p3.safetensors")
+# the demo's results.json is written last too; an interrupted demo reruns its (deterministic) training and resumes
+# the evaluation states, whose fingerprints match the retrained models bit for bit
+DEMO_FILES = SWEEP_FILES
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -111,7 +111,8 @@ class SweepResult:
         return d
 
     def write(self, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
-        """Write ``results.json`` (per-example included), ``.csv``, ``.md`` and ``accuracy_vs_eps.png``."""
+        """Write ``results.csv``, ``.md``, ``accuracy_vs_eps.png`` and, last, ``results.json`` (per-example
+        included)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         notes = [] if self.reliable else ["**UNRELIABLE**: gradient-masking flags raised: "
@@ -120,9 +121,10 @@ class SweepResult:
             notes.append(WEAK_NOTE)
         paths = write_table_files(out / "results", self.rows(), title=title or self._title(),
                                   note="\n\n".join(notes) or None)
+        paths["png"] = plot_accuracy_vs_eps({"": self}, out / "accuracy_vs_eps.png", title=title or self._title())
+        # last: a results.json marks a finished run (the CLI refuses to overwrite it, and resumes without it)
         atomic_write_bytes(out / "results.json", (json.dumps(self.to_dict(), indent=1) + "\n").encode())
         paths["json"] = out / "results.json"
-        paths["png"] = plot_accuracy_vs_eps({"": self}, out / "accuracy_vs_eps.png", title=title or self._title())
         return paths
 
     def _title(self) -> str:

@@ -112,9 +112,10 @@ def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = N_TEST, steps: 
            "train": {"config": cfg.to_dict(), "history": tr.history, "seconds": tr.seconds},
            "paradigm3": {"config": cfg3.to_dict(), "learned_lams": lams3, "seconds": tr3.seconds},
            "models": {k: v.to_dict() for k, v in results.items()}}
+    paths["png"] = plot_accuracy_vs_eps(results, out / "accuracy_vs_eps.png", title=title)
+    # last: a results.json marks a finished demo
     atomic_write_bytes(out / "results.json", (json.dumps(doc, indent=1) + "\n").encode())
     paths["json"] = out / "results.json"
-    paths["png"] = plot_accuracy_vs_eps(results, out / "accuracy_vs_eps.png", title=title)
     paths["ckpt_plain"] = out / "mlp.safetensors"
     paths["ckpt_p1"] = out / "mlp_nrpm_p1.safetensors"
     paths["ckpt_p3"] = out / "mlp_nrpm_p3.safetensors"
