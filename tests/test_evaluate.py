@@ -92,8 +92,10 @@ def test_evaluate_dispatcher(trained):
     from torchrobust.evaluate import evaluate
 
     m, x, y = trained
-    res = evaluate(m, x[:40], y[:40], suite="sweep", eps=[0.0, 0.2], attack_kwargs={"pgd": {"steps": 5}})
-    assert res.eps == [0.0, 0.2] and set(res.robust) == {"fgsm", "pgd"}
+    res = evaluate(m, x[:40], y[:40], suite="sweep", eps=[0.0, 0.2], attack_kwargs={"apgd-ce": {"steps": 5},
+                                                                                    "apgd-t": {"steps": 5}})
+    assert res.eps == [0.0, 0.2] and res.attacks == ["fgsm", "apgd-ce", "apgd-t"]  # the strong default
+    assert res.strength == "weak"  # (5 APGD steps: labelled weak)
     ad = evaluate(m, x[:24], y[:24], suite="adaptive", eps=[0.0, 0.3], whitebox="pgd", steps=5, restarts=1,
                   blackbox=False)
     assert list(ad) == [0.3] and 0.0 <= ad[0.3].robust_accuracy <= ad[0.3].clean_accuracy

@@ -193,7 +193,7 @@ class APGD(Attack):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad():
             logits = model(x)
-        self._check_classes(logits.shape[1])
+        self._call_loss = self._resolve_loss(logits.shape[1])
         done = self._success(logits, y)  # already misclassified (targeted: already the target): returned as is
         best_x = x.clone()
         best_loss = torch.full((x.shape[0],), -math.inf, dtype=torch.float32, device=x.device)
@@ -208,6 +208,11 @@ class APGD(Attack):
             best_loss[idx[better]] = loss[better].float()
             done[idx[ok]] = True
         return best_x
+
+    def _resolve_loss(self, n_classes: int) -> str:
+        """The loss this call uses (the configured one; a one-line error when the model has too few classes)."""
+        self._check_classes(n_classes)
+        return self.loss
 
     def _check_classes(self, n_classes: int) -> None:
         need = (4 if self._targeted_loss() else 3) if self.loss == "dlr" else 2
@@ -253,7 +258,7 @@ class APGD(Attack):
         """Loss, its input gradient and success at ``x_adv`` (one forward and one backward pass)."""
         x_adv.requires_grad_(True)
         logits = model(x_adv)
-        loss = _LOSS_FNS[self.loss](logits, lab, self._targeted_loss())
+        loss = _LOSS_FNS[getattr(self, "_call_loss", self.loss)](logits, lab, self._targeted_loss())
         grad = input_gradient(loss, x_adv)
         x_adv.requires_grad_(False)
         return loss.detach(), grad, self._success(logits.detach(), y)
@@ -429,6 +434,16 @@ class APGDT(APGD):
 
     def _targeted_loss(self) -> bool:
         return True
+
+    def _resolve_loss(self, n_classes: int) -> str:
+        """The targeted DLR loss (Eq. 7) needs 4 classes. Below that APGD-T runs on the targeted cross-entropy
+        (a choice of ours; the reference fails there), so the default evaluation also covers 2- and 3-class models
+        instead of refusing them; logged once per call."""
+        if self.loss == "dlr" and n_classes < 4:
+            logger.info("APGD-T: the targeted DLR loss needs 4 classes, the model has %d; using the targeted "
+                        "cross-entropy", n_classes)
+            return "ce"
+        return super()._resolve_loss(n_classes)
 
     def _loss_labels(self, logits: Tensor, y: Tensor) -> Iterator[Tensor]:
         """Target ``r`` (r = 1..n) is the clean input's ``r+1``-th highest-scoring class, as in AutoAttack."""
