@@ -44,18 +44,18 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    batch_size: int = 500, clean: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example booleans: correct on the clean input AND on ``attack(model, x, y)``.
 
-    Only clean-correct examples are attacked (a misclassified example is already an error), batch by batch. The
-    attack runs with the model in eval mode too (every submodule's mode restored afterwards).
+    One job of the evaluation engine (:func:`torchrobust.evaluate.engine.run_plan`): only clean-correct examples
+    are attacked (a misclassified example is already an error), batch by batch, with the model in eval mode (every
+    submodule's mode restored afterwards). A torchrobust :class:`~torchrobust.attacks.Attack` is budget-checked
+    against its own threat model; a plain callable declares no budget, so only the [0, 1] box is checked (ℓ∞
+    radius 1). ``clean`` is accepted for compatibility and not needed (the engine computes clean correctness).
     """
-    if clean is None:
-        clean = correct(model, x, y, batch_size)
-    out = clean.clone()
-    idx = clean.nonzero().flatten()
-    dev = next((p.device for p in model.parameters()), x.device)
-    for i in range(0, len(idx), batch_size):
-        sel = idx[i:i + batch_size]
-        xb, yb = x[sel].to(dev), y[sel].to(dev)
-        with eval_mode(model):
-            x_adv = attack(model, xb, yb)
-        out[sel] = (predict(model, x_adv, batch_size) == yb).to(out.device)
-    return out
+    from ..attacks.base import Attack
+    from .engine import Job, run_plan
+
+    if isinstance(attack, Attack):
+        job = Job(attack, attack.threat.name, float(attack.threat.eps), name="attack")
+    else:
+        job = Job(attack, "Linf", 1.0, name="attack")
+    res = run_plan(model, x, y, [job], batch_size=batch_size)
+    return (res.clean & res.correct[job.key]).to(x.device)
