@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from torchrobust import checkpoint, models
+from torchrobust import io as tr_io
 from torchrobust.errors import TorchRobustError
 
 
@@ -136,7 +137,7 @@ def _mode(path) -> int:
                          ids=["umask022", "umask077", "umask002"])
 def test_new_files_follow_the_umask(tmp_path, umask, mask, expected):
     umask(mask)
-    assert checkpoint._umask() == mask
+    assert tr_io._umask() == mask
     path = checkpoint.save(models.create("mlp", widths=[4]), tmp_path / "m.safetensors")
     assert _mode(path) == expected
     assert _mode(tmp_path / "m.safetensors.json") == expected

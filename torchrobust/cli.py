@@ -296,9 +296,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_adaptive(model: Any, x: Any, y: Any, args: argparse.Namespace) -> int:
     """``--suite adaptive``: the adaptive suite at every ε > 0; per-example worst case; resumable per ε."""
-    from .checkpoint import atomic_write_bytes
     from .evaluate.adaptive import evaluate_adaptive, undefended_base
     from .evaluate.sweep import write_table_files
+    from .io import atomic_write_bytes
 
     out = Path(args.out)
     base = undefended_base(model)

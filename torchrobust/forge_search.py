@@ -181,7 +181,7 @@ class CrSearchResult:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120)
         plt.close(fig)
-        from torchrobust.checkpoint import atomic_write_bytes
+        from torchrobust.io import atomic_write_bytes
 
         path = Path(path)
         atomic_write_bytes(path, buf.getvalue())
@@ -189,7 +189,7 @@ class CrSearchResult:
 
     def write(self, out_dir: str | os.PathLike[str], stem: str = "cr_search") -> dict[str, Path]:
         """Write ``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png`` into ``out_dir``."""
-        from torchrobust.checkpoint import write_texts
+        from torchrobust.io import write_texts
 
         paths = write_texts(out_dir, stem, {"md": self.to_markdown(), "csv": self.to_csv(),
                                             "json": json.dumps(self.to_json(), indent=2) + "\n"})

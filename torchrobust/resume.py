@@ -8,7 +8,7 @@ attack so a restarted run skips the finished ones. This module is the one place 
 
 * ``S.safetensors`` — the tensors, plus the safetensors header metadata key ``"torchrobust_state"`` holding the
   JSON document ``{"format": 1, "fingerprint": {...}, "tensors": [keys], "meta": {...}}``. This one file is
-  what :func:`load_state` reads: it is written atomically (:func:`torchrobust.checkpoint.atomic_write_bytes`:
+  what :func:`load_state` reads: it is written atomically (:func:`torchrobust.io.atomic_write_bytes`:
   temporary file, fsync, ``os.replace``), so a run killed at any instant (even ``kill -9``) leaves either the
   previous state or the new one, never a mixture; a half-written ``.S.safetensors.*.tmp`` is never read.
 * ``S.json`` — a human-readable copy of the same document, written after the tensors. It is never read back,
@@ -71,8 +71,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .checkpoint import atomic_write_bytes
 from .errors import TorchRobustError
+from .io import atomic_write_bytes
 
 __all__ = ["StateStore", "canonical_json", "check_state_path", "fingerprint_config", "fingerprint_model",
            "fingerprint_tensors", "load_state", "make_fingerprint", "save_state", "state_error", "state_stem"]

@@ -61,8 +61,8 @@ from scipy.stats import beta, binomtest, norm
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchrobust.checkpoint import atomic_write_bytes
 from torchrobust.errors import TorchRobustError
+from torchrobust.io import atomic_write_bytes
 
 __all__ = [
     "ABSTAIN",

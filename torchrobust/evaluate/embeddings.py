@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchrobust.checkpoint import atomic_write_bytes
 from torchrobust.errors import TorchRobustError
+from torchrobust.io import atomic_write_bytes
 from torchrobust.validation import eval_mode
 
 __all__ = ["embedding_layers", "record_embeddings", "embedding_differences", "plot_embeddings"]

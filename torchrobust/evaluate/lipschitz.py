@@ -488,7 +488,7 @@ class LipschitzReport:
 
     def write(self, out_dir: str | os.PathLike[str], stem: str = "lipschitz") -> dict[str, Path]:
         """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``out_dir``."""
-        from torchrobust.checkpoint import write_texts
+        from torchrobust.io import write_texts
 
         return write_texts(out_dir, stem, {"md": self.to_markdown(), "csv": self.to_csv(),
                                            "json": json.dumps(self.to_json(), indent=2) + "\n"})

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
 from ..errors import TorchRobustError
+from ..io import atomic_write_bytes
 
 __all__ = ["build_report", "latex_table", "Table"]
 

@@ -145,7 +145,7 @@ def _cell_name(arch: str, paradigm: int, e: float) -> str:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    from torchrobust.checkpoint import atomic_write_bytes
+    from torchrobust.io import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(doc, indent=1, default=str) + "\n").encode("utf-8"))
 

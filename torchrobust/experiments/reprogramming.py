@@ -429,7 +429,7 @@ def _plot_curves(path: Path, curves: dict[str, list[float]], xs: Sequence[float]
     fig.tight_layout()
     import io
 
-    from torchrobust.checkpoint import atomic_write_bytes
+    from torchrobust.io import atomic_write_bytes
 
     buf = io.BytesIO()  # rendered in memory, then written atomically
     fig.savefig(buf, format="png", dpi=110)
@@ -710,7 +710,7 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         **extra,
     }
     md = _markdown(name, result)
-    from torchrobust.checkpoint import atomic_write_bytes
+    from torchrobust.io import atomic_write_bytes
 
     atomic_write_bytes(out / f"{name}.md", md.encode("utf-8"))
     result["files"] = [f"{name}.json", f"{name}.md", *(result.get("figures") or {}).values()]

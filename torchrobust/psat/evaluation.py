@@ -220,7 +220,7 @@ def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],
                  stem: str = "psat_table") -> dict[str, Path]:
     """Write ``rows`` as ``<stem>.md``, ``.csv``, ``.tex`` and ``.json`` in ``out_dir`` (and, when rows carry a
     per-attack breakdown, ``<stem>_attacks.md``); returns the paths."""
-    from torchrobust.checkpoint import write_texts
+    from torchrobust.io import write_texts
 
     texts = {"md": format_table(rows, "markdown"), "csv": format_table(rows, "csv"),
              "tex": format_table(rows, "latex"), "json": json.dumps([r.as_dict() for r in rows], indent=2) + "\n"}

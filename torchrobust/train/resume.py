@@ -1,7 +1,7 @@
 """Resume states of :func:`torchrobust.train.fit`: everything needed to continue a run bit for bit, no pickle.
 
 A resume state is one safetensors file per process, ``<dir>/state.rank<R>.safetensors``, written atomically
-(:func:`torchrobust.checkpoint.atomic_write_bytes`) after every epoch and every ``checkpoint_every`` optimiser
+(:func:`torchrobust.io.atomic_write_bytes`) after every epoch and every ``checkpoint_every`` optimiser
 steps. Its tensors are the model's ``state_dict`` (``model.*``), the optimiser's and the LR scheduler's tensors
 (``optimizer.*``, ``scheduler.*``), the RNG states (``rng.*``: torch CPU, the training CUDA device, numpy) and the
 epoch's data permutation (``data.order``); its safetensors header holds one JSON document (key
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_bytes
 from ..errors import TorchRobustError
+from ..io import atomic_write_bytes
 from . import distributed as D
 
 __all__ = ["FORMAT_VERSION", "fingerprint", "has_state", "state_path", "write_state", "load_state", "clear_state",
