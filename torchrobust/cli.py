@@ -264,9 +264,9 @@ def _check_evaluate_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import distributed
     from .checkpoint import load
     from .evaluate import sweep
-    from .train import distributed
 
     attack_kwargs = _check_evaluate_args(args)
     distributed.init_from_env(args.device)

@@ -52,9 +52,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import distributed as D
 from ..attacks.threat import get_threat
 from ..errors import TorchRobustError
-from ..train import distributed as D
 from ..validation import check_eps, check_images, check_labels, probe_logits
 
 __all__ = ["Job", "PlanResult", "run_plan", "attack_strength", "result_strength", "ROLES"]

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed as D
 from ..errors import TorchRobustError
 from ..io import atomic_write_bytes
-from ..train import distributed as D
 from ..validation import check_eps
 from .engine import Job, PlanResult, result_strength, run_plan, validate_jobs
 

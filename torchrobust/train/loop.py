@@ -55,10 +55,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+from .. import distributed as D
 from ..errors import TorchRobustError
-from . import distributed as D
+from .tensors import dataset_tensors
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "MODES", "SCHEDULES", "iterate_batches", "epoch_order", "triangular"]
 
@@ -149,14 +150,6 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def _dataset_tensors(data: Dataset | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return data  # type: ignore[return-value]
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        return data.tensors[0], data.tensors[1]
-    return None
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled order of ``n`` examples in ``epoch``: a function of ``(seed, epoch)`` only."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -172,7 +165,7 @@ def iterate_batches(data: Dataset | tuple[torch.Tensor, torch.Tensor], batch_siz
     The permutation depends only on ``(seed, epoch)`` (or is ``order``, e.g. the one a resume state saved);
     under DDP each rank takes its contiguous shard of it. ``start`` skips the first batches (resuming).
     """
-    tensors = _dataset_tensors(data)
+    tensors = dataset_tensors(data)
     n = len(tensors[0]) if tensors is not None else len(data)  # type: ignore[arg-type]
     if order is None:
         order = epoch_order(n, seed, epoch) if shuffle else torch.arange(n)
@@ -272,7 +265,7 @@ Adversary = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor | Seq
 def _check_data(model: nn.Module, train_set: Data, dev: torch.device) -> None:
     """Before any work: in-memory training data is non-empty and finite, and its labels are classes the model
     outputs (one eval-mode forward pass on two examples)."""
-    tensors = _dataset_tensors(train_set)
+    tensors = dataset_tensors(train_set)
     if tensors is None:
         if len(train_set) == 0:  # type: ignore[arg-type]
             raise TorchRobustError("the training set is empty; check the data folder or --n-train")
@@ -411,7 +404,7 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     if not plist:
         raise TorchRobustError("no trainable parameters: every parameter has requires_grad=False; unfreeze "
                                "some or pass params=")
-    n = len(_dataset_tensors(train_set)[0]) if _dataset_tensors(train_set) is not None else len(train_set)
+    n = len(dataset_tensors(train_set)[0]) if dataset_tensors(train_set) is not None else len(train_set)
     shard_n = (lambda ab: ab[1] - ab[0])(D.shard_bounds(n))
     steps_per_epoch = math.ceil(shard_n / cfg.batch_size)
     if cfg.max_batches is not None:
@@ -489,7 +482,7 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         if val_set is not None:
             from ..evaluate.metrics import accuracy
 
-            vx, vy = _dataset_tensors(val_set) or _materialise(val_set)
+            vx, vy = dataset_tensors(val_set) or _materialise(val_set)
             rec["val_acc"] = accuracy(model, vx, vy)
         history.append(rec)
         log.info("epoch %d/%d loss %.4f train_acc %.4f%s (%.1fs)", epoch + 1, cfg.epochs, rec["loss"],

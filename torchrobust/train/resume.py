@@ -30,9 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed as D
 from ..errors import TorchRobustError
 from ..io import atomic_write_bytes
-from . import distributed as D
+from .tensors import dataset_tensors
 
 __all__ = ["FORMAT_VERSION", "fingerprint", "has_state", "state_path", "write_state", "load_state", "clear_state",
            "read_state", "encode", "decode", "capture_rng", "restore_rng"]
@@ -140,10 +141,8 @@ def _tensor_digest(h: Any, t: torch.Tensor) -> None:
 
 def data_digest(data: Any) -> str:
     """SHA-256 of the training tensors (shape, dtype, bytes); for other datasets, its length and first item."""
-    from .loop import _dataset_tensors
-
     h = hashlib.sha256()
-    tensors = _dataset_tensors(data)
+    tensors = dataset_tensors(data)
     if tensors is not None:
         for t in tensors:
             _tensor_digest(h, t)
