@@ -146,7 +146,7 @@ def _apply_transforms(model: nn.Module, transforms: list[Mapping[str, Any]]) -> 
         if name == "reprogram":
             from .reprogram import reprogram as apply
         elif name == "forge":
-            from .forge import forge
+            from .forge_core import forge
 
             def apply(m: nn.Module, inplace: bool, **kw: Any) -> nn.Module:
                 return forge(m, None, inplace=inplace, **kw)

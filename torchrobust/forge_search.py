@@ -42,16 +42,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.forge import (
+from torchrobust.forge_core import (
     CalibrationData,
     Where,
-    _device_of,
-    _subset,
     calibrate,
     forge,
     forged_modules,
     is_forged,
+    model_device,
     set_c_r,
+    subset_tensors,
 )
 from torchrobust.nn.forged import check_c_r
 from torchrobust.validation import check_images, check_labels, eval_mode
@@ -66,7 +66,7 @@ DEFAULT_GRID: tuple[float, ...] = tuple(2.0**k for k in range(-10, -3))
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = _device_of(model)
+    device = model_device(model)
     out = []
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
@@ -372,7 +372,7 @@ def search_checkpoint(
 
     grid = [check_c_r(c) for c in grid]
     model = checkpoint.load(in_path, map_location=device)
-    x, y = _subset(trdata.load(data, "train", root=root), None, seed)
+    x, y = subset_tensors(trdata.load(data, "train", root=root), None, seed)
     idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     n_cal = x.shape[0] - n_val if n_calib is None else n_calib
     if n_cal + n_val > x.shape[0]:

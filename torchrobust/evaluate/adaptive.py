@@ -306,7 +306,7 @@ def undefended_base(model: nn.Module) -> nn.Module | None:
     copy — the source model of the transfer attack. ``None`` when ``model`` carries no such defence."""
     import copy
 
-    from ..forge import is_forged, unforge
+    from ..forge_core import is_forged, unforge
     from ..nn import NRPMConv2d, NRPMLinear
     from ..reprogram import unreprogram
 

@@ -234,9 +234,9 @@ def _nanmax(t: torch.Tensor) -> float:
 
 
 def _iter_x(data: Any, n: int | None, batch_size: int) -> Iterator[torch.Tensor]:
-    from torchrobust.forge import _batches
+    from torchrobust.forge_core import calibration_batches
 
-    batches, _ = _batches(data, batch_size, None)
+    batches, _ = calibration_batches(data, batch_size, None)
     seen = 0
     for x in batches:
         if n is not None:
