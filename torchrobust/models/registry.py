@@ -38,11 +38,11 @@ class _Entry:
                 if n not in self.fixed and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-# PSAT backbones (torchrobust.psat.models) are imported when built, so the zoo does not import the PSAT package.
+# PSAT backbones (.psat_backbones) are imported when built: nothing pays for the hypernetwork code until it is used.
 def _psat_resnet(depth: int, num_classes: int = 10, z_dim: int = 64, hyper: bool = True, unit: int = 64,
                  width: int = 64, init: str = "ha", reduce: str = "mean", in_channels: int = 3,
                  mean: Any = None, std: Any = None) -> nn.Module:
-    from ..psat.models import PSATResNet
+    from .psat_backbones import PSATResNet
 
     return PSATResNet(depth, num_classes, z_dim, hyper, unit, width, init, reduce, in_channels, mean, std)  # type: ignore[arg-type]
 
@@ -55,7 +55,7 @@ def _psat_resnet50(num_classes: int = 10, z_dim: int = 128, hyper: bool = True, 
 
 def _msd_cnn(num_classes: int = 10, hyper: bool = False, z_dim: int = 32, unit: int = 32, init: str = "kaiming",
              reduce: str = "mean") -> nn.Module:
-    from ..psat.models import MSDCNN
+    from .psat_backbones import MSDCNN
 
     return MSDCNN(num_classes, hyper, z_dim, unit, init, reduce)  # type: ignore[arg-type]
 

@@ -25,7 +25,7 @@ from torchrobust.psat import models as psat_models
 from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, pgd
 from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
 from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_attack_breakdown, format_table
-from torchrobust.psat.train import _tensors, load_member, member_path
+from torchrobust.psat.train import data_tensors, load_member, member_path
 
 __all__ = ["evaluate", "write_tables", "pgd_attacks", "autoattack_attacks", "routing", "format_routing", "EVAL_STEPS",
            "EVAL_ALPHA"]
@@ -124,7 +124,7 @@ def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str
         from torchrobust import data as tr_data
 
         data = tr_data.load(dataset, "test")
-    x, y = _tensors(data)
+    x, y = data_tensors(data)
     x, y = x[:n_test], y[:n_test]
     atk: dict[str, AttackFn | dict[str, AttackFn]] = (dict(attacks) if attacks is not None
                                                       else pgd_attacks(eps, steps, alpha, restarts))

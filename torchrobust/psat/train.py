@@ -75,7 +75,8 @@ class PSATTrainConfig:
         return self
 
 
-def _tensors(data: Data) -> tuple[Tensor, Tensor]:
+def data_tensors(data: Data) -> tuple[Tensor, Tensor]:
+    """``data`` (an ``(x, y)`` pair, a ``TensorDataset`` or any dataset of ``(x, y)`` items) as two tensors."""
     if isinstance(data, tuple) and len(data) == 2:
         return data[0], torch.as_tensor(data[1])
     if isinstance(data, TensorDataset):
