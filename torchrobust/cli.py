@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .cli_options import float_list, name_list, positive_int
 from .errors import TorchRobustError
 
 log = logging.getLogger("torchrobust")
@@ -25,67 +25,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"torchrobust: error: {message} (see `{self.prog} --help`)\n")
-
-
-def parse_number(v: str) -> float:
-    """A number, also written as a power such as ``2**-7`` (the forged-threshold paper's c_r notation)."""
-    v = v.strip()
-    if "**" in v:
-        base, exp = v.split("**", 1)
-        try:
-            return float(base) ** float(exp)
-        except OverflowError:  # e.g. 10**400: too large for a float, like float("1e400"); callers reject inf
-            return float("inf")
-        except ZeroDivisionError:  # 0**-1
-            raise ValueError(f"{v!r} divides by zero") from None
-    return float(v)
-
-
-def _finite(v: str) -> float:
-    """:func:`parse_number`, rejecting results that are not finite real numbers (inf, nan, 2**10000, (-8)**0.5)."""
-    x = parse_number(v)
-    if not isinstance(x, float) or not math.isfinite(x):
-        raise ValueError(v)
-    return x
-
-
-def _floats(s: str) -> list[float]:
-    """Comma-separated finite numbers >= 0 (budgets ε, thresholds c_r), at least one."""
-    try:
-        vals = [_finite(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers (2**-7 allowed), got {s!r}") \
-            from None
-    if not vals:
-        raise argparse.ArgumentTypeError(f"expected at least one number, e.g. 0,0.1,0.3; got {s!r}")
-    if any(v < 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {s!r}")
-    return vals
-
-
-def _number(s: str) -> float:
-    """One finite number (2**-7 allowed)."""
-    try:
-        return _finite(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number such as 0.0078125 or 2**-7, got {s!r}") from None
-
-
-def _count(minimum: int) -> Any:
-    """An argparse type: an integer >= ``minimum``."""
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            v = None
-        if v is None or v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {s!r}")
-        return v
-    return parse
-
-
-_pos_int = _count(1)
-_nonneg_int = _count(0)
 
 
 def check_device(s: str) -> None:
@@ -106,10 +45,6 @@ def check_device(s: str) -> None:
         raise TorchRobustError(f"--device {s}: MPS is not available on this machine; use --device cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise TorchRobustError(f"unsupported --device {s!r}; valid: cpu, cuda, cuda:N, mps")
-
-
-def _names(s: str) -> list[str]:
-    return [v.strip() for v in s.split(",") if v.strip()]
 
 
 def _kv(s: str) -> tuple[str, Any]:
@@ -367,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--threads", type=_pos_int, default=None,
+        sp.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (on small CPUs 1 is often fastest)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
 
@@ -387,12 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint-dir", default=None,
                     help="where the resume state is kept during training (default: <out>.resume/; removed once "
                          "--out is saved)")
-    sp.add_argument("--checkpoint-every", type=_pos_int, default=None, metavar="N",
+    sp.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
                     help="also write the resume state every N optimiser steps (default: after every epoch only)")
     sp.add_argument("--resume", action="store_true",
                     help="continue the interrupted run in --checkpoint-dir (same options; bitwise-identical result)")
-    sp.add_argument("--epochs", type=_pos_int, default=5)
-    sp.add_argument("--batch-size", type=_pos_int, default=128)
+    sp.add_argument("--epochs", type=positive_int, default=5)
+    sp.add_argument("--batch-size", type=positive_int, default=128)
     sp.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     sp.add_argument("--lr", type=float, default=0.01)
     sp.add_argument("--momentum", type=float, default=0.9)
@@ -406,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--trades-beta", type=float, default=6.0)
     sp.add_argument("--sigma", type=float, default=0.25, help="noise σ for --mode gaussian")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--max-batches", type=_pos_int, default=None, help="at most N batches per epoch")
+    sp.add_argument("--max-batches", type=positive_int, default=None, help="at most N batches per epoch")
     sp.add_argument("--no-val", action="store_true", help="skip the per-epoch validation accuracy")
     sp.add_argument("--device", default=None)
     common(sp)
@@ -417,23 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="mnist")
     sp.add_argument("--data-root", default=None)
     sp.add_argument("--split", default="test")
-    sp.add_argument("--n-examples", type=_pos_int, default=1000,
+    sp.add_argument("--n-examples", type=positive_int, default=1000,
                     help="first N examples of the split (papers' protocol)")
-    sp.add_argument("--attacks", type=_names, default=None,
+    sp.add_argument("--attacks", type=name_list, default=None,
                     help="comma-separated (default fgsm,apgd-ce,apgd-t: the per-example worst case over APGD-CE and "
                          "APGD-T on its survivors, plus FGSM as the papers' column); --suite sweep")
     sp.add_argument("--threat", default="Linf")
-    sp.add_argument("--eps", type=_floats, default=[0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
-    sp.add_argument("--steps", type=_pos_int, default=None,
+    sp.add_argument("--eps", type=float_list, default=[0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    sp.add_argument("--steps", type=positive_int, default=None,
                     help="iterations of every attack that takes them (default: each attack's own; APGD 100)")
-    sp.add_argument("--restarts", type=_pos_int, default=None, help="restarts (default: each attack's own)")
+    sp.add_argument("--restarts", type=positive_int, default=None, help="restarts (default: each attack's own)")
     sp.add_argument("--attack-arg", type=_kv, action="append", metavar="ATTACK.PARAM=JSON",
                     help="attack keyword argument, e.g. --attack-arg square.n_queries=1000 (--suite sweep)")
     sp.add_argument("--suite", choices=["sweep", "adaptive"], default="sweep",
                     help="sweep: the given attacks over ε; adaptive: AutoAttack/BPDA/EOT/transfer/black-box, "
                          "per-example worst case (resumable)")
     sp.add_argument("--checks", action="store_true", help="run the gradient-masking checks on the sweep")
-    sp.add_argument("--batch-size", type=_pos_int, default=500)
+    sp.add_argument("--batch-size", type=positive_int, default=500)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="results",
                     help="results folder (refused if it already holds results). The evaluation state is saved there "
@@ -450,11 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluate with FGSM, APGD-CE and APGD-T (per-example worst case)")
     sp.add_argument("--out", default="torchrobust-demo", help="output folder (refused if it already holds results)")
     sp.add_argument("--overwrite", action="store_true", help="replace results and checkpoints already in --out")
-    sp.add_argument("--epochs", type=_pos_int, default=3)
-    sp.add_argument("--n-test", type=_pos_int, default=500, help="first N test images (default 500)")
-    sp.add_argument("--steps", type=_pos_int, default=None,
+    sp.add_argument("--epochs", type=positive_int, default=3)
+    sp.add_argument("--n-test", type=positive_int, default=500, help="first N test images (default 500)")
+    sp.add_argument("--steps", type=positive_int, default=None,
                     help="APGD iterations (default 100, the reference's; fewer is weaker and labelled so)")
-    sp.add_argument("--p3-steps", type=_pos_int, default=100, help="paradigm-3 fine-tuning steps (batch 64), >= 1")
+    sp.add_argument("--p3-steps", type=positive_int, default=100, help="paradigm-3 fine-tuning steps (batch 64), >= 1")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--data-root", default=None)
     common(sp)

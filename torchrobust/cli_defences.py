@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import _floats, _names, _nonneg_int, _number, _pos_int
+from .cli_options import finite_number, float_list, name_list, nonnegative_int, positive_int
 from .errors import TorchRobustError
 from .validation import check_output_dir, check_output_file
 
@@ -169,8 +169,10 @@ def register(sub: Any, common: Any) -> None:
                     + "; adaptive: FGSM, PGD-20 and the adaptive suite on the MLP/LeNet paradigms 1-3 (resumable)")
     sp.add_argument("--out", default="paper-results")
     sp.add_argument("--profile", default="fast", choices=sorted(PROFILES))
-    sp.add_argument("--n-test", type=_pos_int, default=None, help="FGSM evaluation size (default: profile's, 10000)")
-    sp.add_argument("--n-pgd", type=_pos_int, default=None, help="PGD-20 evaluation size (default: profile's, 1000)")
+    sp.add_argument("--n-test", type=positive_int, default=None,
+                    help="FGSM evaluation size (default: profile's, 10000)")
+    sp.add_argument("--n-pgd", type=positive_int, default=None,
+                    help="PGD-20 evaluation size (default: profile's, 1000)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default=None)
     common(sp)
@@ -178,9 +180,9 @@ def register(sub: Any, common: Any) -> None:
 
     sp = sub.add_parser("reprogram", help="NRPM-reprogram a checkpoint (paradigm 1: fixed λ, K) and save it")
     sp.add_argument("checkpoint")
-    sp.add_argument("--lam", type=_number, default=0.5, help="λ, the weight of the linear (LPM) part, in [0, 1]")
-    sp.add_argument("--K", type=_nonneg_int, default=3, help="IRLS iterations")
-    sp.add_argument("--irls-eps", type=_number, default=1e-3, help="ε inside the IRLS weights 1/(|r|+ε)")
+    sp.add_argument("--lam", type=finite_number, default=0.5, help="λ, the weight of the linear (LPM) part, in [0, 1]")
+    sp.add_argument("--K", type=nonnegative_int, default=3, help="IRLS iterations")
+    sp.add_argument("--irls-eps", type=finite_number, default=1e-3, help="ε inside the IRLS weights 1/(|r|+ε)")
     sp.add_argument("--layers", default=None, help="layer names (comma-separated) or a glob; default: paper's")
     sp.add_argument("--out", required=True, help="reprogrammed checkpoint path (refused if it exists)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -192,15 +194,15 @@ def register(sub: Any, common: Any) -> None:
     sp.add_argument("--out", required=True, help="forged checkpoint path, or the output folder with --search "
                     "(refused if it already holds results)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint / search results")
-    sp.add_argument("--c-r", type=_number, default=None, help="threshold ratio c_r, e.g. 2**-7")
+    sp.add_argument("--c-r", type=finite_number, default=None, help="threshold ratio c_r, e.g. 2**-7")
     sp.add_argument("--search", action="store_true", help="search c_r over a grid on held-out training data")
-    sp.add_argument("--grid", type=_floats, default=None, help="c_r grid for --search (default 2**-10..2**-4)")
+    sp.add_argument("--grid", type=float_list, default=None, help="c_r grid for --search (default 2**-10..2**-4)")
     sp.add_argument("--data", default="mnist")
     sp.add_argument("--data-root", default=None)
-    sp.add_argument("--n-calib", type=_pos_int, default=None, help="calibration examples from the training split")
-    sp.add_argument("--n-val", type=_pos_int, default=1000)
-    sp.add_argument("--eps", type=_number, default=0.3)
-    sp.add_argument("--steps", type=_pos_int, default=20)
+    sp.add_argument("--n-calib", type=positive_int, default=None, help="calibration examples from the training split")
+    sp.add_argument("--n-val", type=positive_int, default=1000)
+    sp.add_argument("--eps", type=finite_number, default=0.3)
+    sp.add_argument("--steps", type=positive_int, default=20)
     sp.add_argument("--no-bpda", action="store_true", help="skip the BPDA-adaptive column of --search")
     sp.add_argument("--seed", type=int, default=0)
     common(sp)
@@ -212,25 +214,26 @@ def register(sub: Any, common: Any) -> None:
     tp = psub.add_parser("train", help="train PSAT members (one per threat model) and/or the baselines")
     tp.add_argument("--out", required=True, help="run folder (one checkpoint per member/baseline)")
     tp.add_argument("--overwrite", action="store_true", help="replace member/baseline checkpoints already in --out")
-    tp.add_argument("--members", type=_names, default=["Linf", "L2", "L1"], help="threat models, comma-separated")
-    tp.add_argument("--baselines", type=_names, default=[], help="any of max,avg,msd (AT_max, AT_avg, AT_msd)")
+    tp.add_argument("--members", type=name_list, default=["Linf", "L2", "L1"], help="threat models, comma-separated")
+    tp.add_argument("--baselines", type=name_list, default=[], help="any of max,avg,msd (AT_max, AT_avg, AT_msd)")
     tp.add_argument("--arch", default="hyper_msd_cnn")
     tp.add_argument("--data", default="mnist")
     tp.add_argument("--data-root", default=None)
-    tp.add_argument("--n-train", type=_pos_int, default=None)
-    tp.add_argument("--epochs", type=_pos_int, default=1)
-    tp.add_argument("--steps", type=_pos_int, default=10, help="PGD steps of the training adversaries")
-    tp.add_argument("--lr", type=_number, default=1e-3)
+    tp.add_argument("--n-train", type=positive_int, default=None)
+    tp.add_argument("--epochs", type=positive_int, default=1)
+    tp.add_argument("--steps", type=positive_int, default=10, help="PGD steps of the training adversaries")
+    tp.add_argument("--lr", type=finite_number, default=1e-3)
     tp.add_argument("--seed", type=int, default=0)
     common(tp)
     tp.set_defaults(fn=cmd_psat)
     ep = psub.add_parser("evaluate", help="ℓ∞/ℓ2/ℓ1 PGD with restarts on members, aggregate and baselines")
     ep.add_argument("run_dir")
-    ep.add_argument("--n-examples", type=_pos_int, default=1000)
-    ep.add_argument("--restarts", type=_pos_int, default=10)
-    ep.add_argument("--steps", type=_pos_int, default=None, help="PGD steps per norm (default: 50 ℓ∞, 100 ℓ2, 50 ℓ1)")
-    ep.add_argument("--strategies", type=_names, default=["entropy"], help="entropy, average")
-    ep.add_argument("--autoattack", type=_names, default=None, metavar="SUBATTACKS",
+    ep.add_argument("--n-examples", type=positive_int, default=1000)
+    ep.add_argument("--restarts", type=positive_int, default=10)
+    ep.add_argument("--steps", type=positive_int, default=None,
+                    help="PGD steps per norm (default: 50 ℓ∞, 100 ℓ2, 50 ℓ1)")
+    ep.add_argument("--strategies", type=name_list, default=["entropy"], help="entropy, average")
+    ep.add_argument("--autoattack", type=name_list, default=None, metavar="SUBATTACKS",
                     help="also run the reference AutoAttack per norm, e.g. apgd-ce,apgd-t (or 'standard' for all "
                          "of it); each row is then the per-example worst case over PGD and AutoAttack")
     ep.add_argument("--data", default="mnist")
@@ -244,15 +247,15 @@ def register(sub: Any, common: Any) -> None:
 
     sp = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al. 2019) of a checkpoint")
     sp.add_argument("checkpoint")
-    sp.add_argument("--sigma", type=_number, default=0.25)
-    sp.add_argument("--n0", type=_pos_int, default=100)
-    sp.add_argument("--n", type=_pos_int, default=10000)
-    sp.add_argument("--alpha", type=_number, default=0.001)
-    sp.add_argument("--batch-size", type=_pos_int, default=1000)
+    sp.add_argument("--sigma", type=finite_number, default=0.25)
+    sp.add_argument("--n0", type=positive_int, default=100)
+    sp.add_argument("--n", type=positive_int, default=10000)
+    sp.add_argument("--alpha", type=finite_number, default=0.001)
+    sp.add_argument("--batch-size", type=positive_int, default=1000)
     sp.add_argument("--data", default="mnist")
     sp.add_argument("--data-root", default=None)
     sp.add_argument("--split", default="test")
-    sp.add_argument("--n-examples", type=_pos_int, default=100)
+    sp.add_argument("--n-examples", type=positive_int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="certify-results", help="results folder (refused if it already holds results)")
     sp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
