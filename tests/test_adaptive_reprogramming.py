@@ -35,7 +35,7 @@ def fake_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
         x_te, y_te = _synthetic(64, 2)
         return x_tr, y_tr, x_te, y_te
 
-    monkeypatch.setattr(R, "_load_mnist", load)
+    monkeypatch.setattr(R, "load_mnist", load)
 
 
 KW = dict(n_test=12, eps=(0.1, 0.3), models=("mlp",), paradigms=(1, 2), budget="quick", profile="quick",

@@ -408,7 +408,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
         ``first_broken_by``, ``suite`` (per-attack counts, flags, times), ``reliable``), ``timings``,
         ``wall_seconds``, ``missing_cells``, ``files``.
     """
-    from torchrobust.experiments.reprogramming import PROFILES, _load_mnist
+    from torchrobust.experiments.reprogramming import PROFILES, load_mnist
 
     bad = [m for m in models if m not in ARCHS]
     if bad or not models:
@@ -460,7 +460,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
         torch.set_num_threads(threads)
     bar = None
     try:
-        x_tr, y_tr, x_te, y_te = _load_mnist(PROFILES[profile], seed)
+        x_tr, y_tr, x_te, y_te = load_mnist(PROFILES[profile], seed)
         x, y = x_te[:n_test], y_te[:n_test]
         data_fp = fingerprint_tensors(x, y)
         if progress:

@@ -303,7 +303,8 @@ class _Ctx:
         return row
 
 
-def _load_mnist(profile: Profile, seed: int) -> tuple[torch.Tensor, ...]:
+def load_mnist(profile: Profile, seed: int) -> tuple[torch.Tensor, ...]:
+    """``(x_train, y_train, x_test, y_test)`` of MNIST; the training set is the profile's seeded random subset."""
     from torchrobust import data
 
     x_tr, y_tr = data.as_tensors(data.load("mnist", "train"))
@@ -563,7 +564,7 @@ def train_paper_model(arch: str, paradigm: int, *, backbone: nn.Module | None = 
     if prof is None:
         raise unknown_name("profile", profile, PROFILES)
     if train_data is None:
-        x_tr, y_tr, *_ = _load_mnist(prof, seed)
+        x_tr, y_tr, *_ = load_mnist(prof, seed)
     else:
         x_tr, y_tr = train_data
     dev = torch.device(device) if device else torch.device("cpu")
@@ -685,7 +686,7 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
-        x_tr, y_tr, x_te, y_te = _load_mnist(prof, seed)
+        x_tr, y_tr, x_te, y_te = load_mnist(prof, seed)
         dev = torch.device(device) if device else torch.device("cpu")
         ctx = _Ctx(profile=prof, seed=seed, progress=progress, x_train=x_tr, y_train=y_tr, x_test=x_te,
                    y_test=y_te, device=dev)
