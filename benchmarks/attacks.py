@@ -19,6 +19,16 @@ NRPM-reprogrammed (λ = 0.5, K = 3) — for ℓ∞ / ℓ2 / ℓ1: robust accurac
 robust flags, and this thread's CPU seconds of each (one run each; use one thread)::
 
     OMP_NUM_THREADS=1 python benchmarks/attacks.py --mode apgd --n 300 --n-nrpm 40
+
+``--mode default`` checks the library's default evaluation against the reference: for the same models (trained the
+same way) and ε, it runs ``torchrobust.evaluate.sweep`` with its default attacks (FGSM, APGD-CE, and APGD-T on
+APGD-CE's survivors; the per-example worst case) and the reference APGD-CE-100 (``APGDAttack``, the restarts and
+large-ε schedule of our APGD-CE: ℓ1 5 restarts with 3ε → 2ε → ε), and prints a Markdown table: n images, clean
+accuracy, our worst case (``SweepResult.accuracy()``), each column of ours, the reference's robust accuracy, the
+difference default − reference (target ≤ +1.0 point) and CPU seconds of this thread for each (the engine's per-job
+clock is switched to this thread's CPU clock for the run, see :func:`engine_cpu_clock`)::
+
+    OMP_NUM_THREADS=1 python benchmarks/attacks.py --mode default --n 300 --n-nrpm 200 --n-nrpm-lenet 100  # 18 min
 """
 
 from __future__ import annotations
@@ -26,8 +36,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -181,12 +193,85 @@ def main_apgd(args: argparse.Namespace) -> None:
           f"ratio {total['ours'] / total['ref']:.2f}")
 
 
+# ------------------------------------------------------------------------------- default evaluation vs reference
+@contextmanager
+def engine_cpu_clock() -> Iterator[None]:
+    """While active, the evaluation engine times its jobs (``SweepResult.seconds``) with this thread's CPU clock
+    instead of the wall clock: on a shared machine with one thread, CPU seconds are the stable number."""
+    from torchrobust.evaluate import engine
+
+    saved = engine.time
+    engine.time = SimpleNamespace(perf_counter=time.thread_time)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        engine.time = saved
+
+
+def main_default(args: argparse.Namespace) -> None:
+    import warnings
+
+    from torchrobust import data, reprogram
+    from torchrobust.evaluate import sweep
+    from torchrobust.evaluate.sweep import DEFAULT_ATTACKS
+
+    warnings.filterwarnings("ignore", message=".*zero gradient.*")  # the reference warns per run on flat DLR points
+    torch.set_num_threads(args.threads)
+    n_lenet = args.n_nrpm if args.n_nrpm_lenet is None else args.n_nrpm_lenet
+    x_all, y_all = data.as_tensors(data.load("mnist", "test"), max(args.n, args.n_nrpm, n_lenet))
+    print(f"Default evaluation (torchrobust.evaluate.sweep: {', '.join(DEFAULT_ATTACKS)}; APGD-T on the survivors; "
+          f"per-example worst case) vs pyautoattack APGD-CE-{args.steps}, seed 0, threads={args.threads}, "
+          f"torch={torch.__version__}; accuracy in %, CPU seconds of this thread, one run each\n")
+    cols = ["model", "norm", "ε", "n", "clean", "**default**", *DEFAULT_ATTACKS, "ref APGD-CE", "**diff**",
+            "CPU default", *(f"CPU {a}" for a in DEFAULT_ATTACKS), "CPU ref"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join(["---"] * 2 + ["--:"] * (len(cols) - 2)) + "|", flush=True)
+    total = {"ours": 0.0, "ref": 0.0}
+    worst_diff = -float("inf")
+    for name in args.models:
+        base = train_mnist(name, args.train_images, args.epochs)
+        variants = [(name, base, args.n)]
+        n_nrpm = n_lenet if name == "lenet" else args.n_nrpm
+        if n_nrpm > 0:
+            variants.append((f"nrpm-{name}", reprogram(base, lam=0.5, K=3).eval(), n_nrpm))
+        for label, model, n in variants:
+            x, y = x_all[:n], y_all[:n]
+            warm_up(model, x)
+            for norm in args.norms:
+                eps = APGD_EPS[norm]
+                c0 = time.thread_time()
+                with engine_cpu_clock():
+                    res = sweep(model, x, y, eps=[eps], threat=norm)
+                c1 = time.thread_time()
+                _, ref = apgd_pair("ce", model, norm, eps, args.steps)
+                x_ref = ref(x.clone(), y.clone())
+                c2 = time.thread_time()
+                with torch.no_grad():
+                    a_ref = 100 * (model(x_ref).argmax(1) == y).float().mean().item()
+                ours = 100 * res.accuracy()[0]
+                diff = ours - a_ref
+                worst_diff = max(worst_diff, diff)
+                total["ours"] += c1 - c0
+                total["ref"] += c2 - c1
+                cells = [label, norm, f"{eps:g}", str(n), f"{100 * res.clean.float().mean().item():.1f}",
+                         f"**{ours:.1f}**", *(f"{100 * res.accuracy(a)[0]:.1f}" for a in res.attacks),
+                         f"{a_ref:.1f}", f"**{diff:+.1f}**", f"{c1 - c0:.1f}",
+                         *(f"{res.seconds[a]:.1f}" for a in res.attacks), f"{c2 - c1:.1f}"]
+                print("| " + " | ".join(cells) + " |", flush=True)
+    print(f"\ntotal CPU seconds: default {total['ours']:.1f}, reference APGD-CE {total['ref']:.1f}; "
+          f"largest diff (default − reference) {worst_diff:+.1f} points (target ≤ +1.0)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="pgd", choices=["pgd", "apgd"],
-                        help="pgd: PGD speed vs torchattacks; apgd: APGD vs pyautoattack (accuracy and CPU time)")
-    parser.add_argument("--n", type=int, default=300, help="apgd: test images per plain model")
-    parser.add_argument("--n-nrpm", type=int, default=40, help="apgd: test images per NRPM model (0: skip NRPM)")
+    parser.add_argument("--mode", default="pgd", choices=["pgd", "apgd", "default"],
+                        help="pgd: PGD speed vs torchattacks; apgd: APGD vs pyautoattack (accuracy and CPU time); "
+                             "default: the default evaluation (sweep) vs the reference APGD-CE")
+    parser.add_argument("--n", type=int, default=300, help="apgd/default: test images per plain model")
+    parser.add_argument("--n-nrpm", type=int, default=40,
+                        help="apgd/default: test images per NRPM model (0: skip NRPM)")
+    parser.add_argument("--n-nrpm-lenet", type=int, default=None,
+                        help="default: test images for NRPM-LeNet (default: --n-nrpm)")
     parser.add_argument("--norms", nargs="+", default=["Linf", "L2", "L1"], choices=["Linf", "L2", "L1"])
     parser.add_argument("--attacks", nargs="+", default=["ce", "dlr", "t"], choices=["ce", "dlr", "t"])
     parser.add_argument("--train-images", type=int, default=12000, help="apgd: training images")
@@ -200,9 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    if args.mode == "apgd":
+    if args.mode in ("apgd", "default"):
         args.steps = 100 if args.steps is None else args.steps
-        main_apgd(args)
+        (main_apgd if args.mode == "apgd" else main_default)(args)
         return
 
     args.steps = 20 if args.steps is None else args.steps
