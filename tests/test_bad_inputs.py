@@ -272,6 +272,12 @@ def test_subprocess_mistake_has_no_traceback(argv, match, files, tmp_path):
     assert _snapshot(files["root"], tmp_path) == before
 
 
+def _default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and a Python started with SIGINT ignored keeps ignoring
+    it (no KeyboardInterrupt): give the child the default disposition a terminal's foreground process has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_exits_130_with_one_line(files, tmp_path):
     """Ctrl-C during an evaluation: exit status 130, last stderr line "torchrobust: interrupted", no traceback and
     no results file. (ε = 0.01 leaves most points robust, so early-stopping PGD-1000 runs for minutes.)"""
@@ -280,7 +286,7 @@ def test_sigint_exits_130_with_one_line(files, tmp_path):
                              "--n-examples", "2000", "--attacks", "pgd", "--steps", "1000", "--eps", "0.01",
                              "--batch-size", "1", "--out", str(out)],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
     try:
         lines = []
         deadline = time.monotonic() + 120
