@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from .. import distributed as D
 from ..attacks.threat import get_threat
 from ..errors import TorchRobustError
-from ..validation import check_eps, check_images, check_labels, probe_logits
+from ..validation import check_eps, check_images, check_labels, eval_mode, probe_logits
 
 __all__ = ["Job", "PlanResult", "run_plan", "attack_strength", "result_strength", "ROLES"]
 
@@ -178,13 +178,17 @@ class PlanResult:
     def job(self, key: str) -> Job:
         return next(j for j in self.jobs if j.key == key)
 
-    def worst(self, threat: str, eps: float) -> Tensor:
-        """Per-example worst case at ``(threat, eps)``: clean AND every job there."""
+    def _and(self, threat: str, eps: float, jobs: Sequence[Job]) -> Tensor:
+        """Clean AND the results of those of ``jobs`` at ``(threat, eps)``."""
         out = self.clean.clone()
-        for j in self.jobs:
+        for j in jobs:
             if j.threat == threat and float(j.eps) == float(eps):
                 out &= self.correct[j.key]
         return out
+
+    def worst(self, threat: str, eps: float) -> Tensor:
+        """Per-example worst case at ``(threat, eps)``: clean AND every job there."""
+        return self._and(threat, eps, self.jobs)
 
     def robust_accuracy(self, threat: str, eps: float) -> float:
         return float(self.worst(threat, eps).float().mean())
@@ -192,11 +196,7 @@ class PlanResult:
     def cumulative(self, key: str) -> Tensor:
         """Per-example: correct clean, under this job and under every earlier job at its threat and ε."""
         j = self.job(key)
-        out = self.clean.clone()
-        for prev in self.jobs[:self.jobs.index(j) + 1]:
-            if prev.threat == j.threat and float(prev.eps) == float(j.eps):
-                out &= self.correct[prev.key]
-        return out
+        return self._and(j.threat, j.eps, self.jobs[:self.jobs.index(j) + 1])
 
     def accuracy(self, key: str) -> float:
         """Accuracy under one job alone; for a ``survivors_only`` job, after it and the earlier jobs at its ε (it
@@ -209,19 +209,6 @@ class PlanResult:
 # ------------------------------------------------------------------------------------------------------ helpers
 def _device(model: nn.Module, x: Tensor) -> torch.device:
     return next((p.device for p in model.parameters()), x.device)
-
-
-@contextmanager
-def _eval_mode(*models: nn.Module):
-    """Every submodule of ``models`` in eval mode; each submodule's flag restored on exit."""
-    modes = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        for model in models:
-            model.eval()
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 class _Counter:
@@ -427,7 +414,7 @@ def run_plan(
     check_images(x)
     n_total = len(x)
     dev = _device(model, x)
-    with _eval_mode(model):
+    with eval_mode(model):
         num_classes = probe_logits(model, x[:1].to(dev))
     check_labels(y, n_total, num_classes)
     x, y = x.detach(), y.detach().long()
@@ -447,7 +434,9 @@ def run_plan(
                                      **{f"source:{k}": resume.fingerprint_model(m) for k, m in sources.items()})
     store = _Store(stem, fp, [j.key for j in jobs], n)
 
-    with _eval_mode(model, *sources.values()), ExitStack() as stack:
+    with ExitStack() as stack:
+        for m in (model, *sources.values()):  # every submodule's flag restored on exit
+            stack.enter_context(eval_mode(m))
         if store.clean is None:
             store.clean = (torch.cat([_predict(model, xs[i:i + batch_size].to(dev)).cpu() == ys[i:i + batch_size]
                                       .cpu() for i in range(0, n, batch_size)]) if n
