@@ -198,12 +198,14 @@ class PlanResult:
         j = self.job(key)
         return self._and(j.threat, j.eps, self.jobs[:self.jobs.index(j) + 1])
 
+    def column(self, key: str) -> Tensor:
+        """Per-example result reported for one job: correct clean and under it alone; for a ``survivors_only``
+        job, under it and the earlier jobs at its ε (it attacked nothing else), as AutoAttack reports."""
+        return self.cumulative(key) if self.job(key).survivors_only else self.clean & self.correct[key]
+
     def accuracy(self, key: str) -> float:
-        """Accuracy under one job alone; for a ``survivors_only`` job, after it and the earlier jobs at its ε (it
-        attacked nothing else), as AutoAttack reports its sub-attacks."""
-        j = self.job(key)
-        out = self.cumulative(key) if j.survivors_only else self.clean & self.correct[key]
-        return float(out.float().mean())
+        """Mean of :meth:`column`."""
+        return float(self.column(key).float().mean())
 
 
 # ------------------------------------------------------------------------------------------------------ helpers

@@ -260,10 +260,8 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[
             if e == 0:
                 rows.append(res.clean.clone())
                 continue
-            key = Job(a, threat, e).key
-            # survivors-only columns are cumulative: robust after this attack and every earlier one at this ε
-            col = res.cumulative(key) if a in survivors_only else res.clean & res.correct[key]
-            rows.append(col)
+            # (survivors-only columns are cumulative: robust after this attack and every earlier one at this ε)
+            rows.append(res.column(Job(a, threat, e).key))
         robust[a] = torch.stack(rows)
         keys = [j.key for j in jobs if j.label == a]
         seconds[a] = float(sum(res.seconds[k] for k in keys))
