@@ -106,7 +106,8 @@ def test_parameter_count_matches_formula() -> None:
     for z, u, k in [(64, 64, 3), (128, 64, 3), (32, 32, 5), (16, 16, 5)]:
         h = HyperNetwork(z, u, u, k)
         assert sum(p.numel() for p in h.parameters()) == u * z * z + u * z + z * u * k * k + u * k * k
-    assert sum(p.numel() for p in HyperNetwork(64).parameters()) == 303_680  # notes §1.2
+    # docs/paper-code-facts.md#psat-hypernetwork
+    assert sum(p.numel() for p in HyperNetwork(64).parameters()) == 303_680
     assert sum(p.numel() for p in HyperNetwork(128).parameters()) == 1_131_072
 
 

@@ -128,7 +128,7 @@ def test_parameter_counts(name, kw, expected):
 
 
 def test_resnet18_tinyimagenet_count_matches_psat_notes():
-    # notes/psat-and-forge.md §1.3: kuangliu ResNet-18 with 200 classes = 11.271M
+    # docs/paper-code-facts.md#psat-parameter-counts: kuangliu ResNet-18 with 200 classes = 11.271M
     assert round(n_params(on_meta("resnet18", num_classes=200)) / 1e6, 3) == 11.271
 
 
@@ -477,8 +477,9 @@ def test_residual_hooks(name, n_nrpm, n_forge, n_short):
     ("wideresnet_dm", {"depth": 16, "widen_factor": 2, "activation": "silu"}, -0.2785),   # min of SiLU
 ])
 def test_forge_points_read_activation_outputs(name, kw, lower):
-    """The forged threshold goes right after an activation that feeds a conv (notes §2.2.5): every insertion
-    point's input must be an activation output, which the stem conv's (normalised image) input is not."""
+    """The forged threshold goes right after an activation that feeds a conv
+    (docs/paper-code-facts.md#forged-function-resolutions): every insertion point's input must be an activation
+    output, which the stem conv's (normalised image) input is not."""
     model = models.create(name, mean=CIFAR_MEAN, std=CIFAR_STD, **kw).eval()
     mods = dict(model.named_modules())
     mins: dict[str, float] = {}

@@ -75,7 +75,7 @@ def _resnet_bn_params(depth: int) -> int:
 
 
 def test_unit_counts_by_hand() -> None:
-    assert _resnet_units(50) == 3268  # notes §1.3
+    assert _resnet_units(50) == 3268  # docs/paper-code-facts.md#psat-parameter-counts
     assert _resnet_units(18) == 340
 
 

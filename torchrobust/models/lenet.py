@@ -72,7 +72,8 @@ class LeNet(nn.Module):
         return self.fc2(x)
 
     def nrpm_default_layers(self) -> list[str]:
-        """The two convs; the paper keeps fc1/fc2 as plain linear layers (notes/paper-code-facts.md §4)."""
+        """The two convs; the paper keeps fc1/fc2 as plain linear layers
+        (docs/paper-code-facts.md#reprogramming-layers)."""
         return ["conv1", "conv2"]
 
     def forge_insertion_points(self) -> list[str]:

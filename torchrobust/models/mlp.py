@@ -1,10 +1,10 @@
 """Fully connected MNIST-style classifier (the reprogramming paper's "3-layer MLP", Hou et al., ICLR 2025).
 
 The paper's MLP backbone is 784-256-64-10 (paper Appendix C.2, Table 7). Its public code (``mnist_mlp.py``,
-notes/paper-code-facts.md §4) applies ``fc1``, ``fc2``, ``fc3`` back to back **without any activation**, so the
-vanilla (LPM) model is a single linear classifier and NRPM is its only nonlinearity; it also returns
-``log_softmax``. torchrobust keeps the activation-free network as the default (``activation=None``), offers a
-ReLU/tanh/... variant through ``activation=``, and always returns logits (``log_softmax`` of logits gives the
+docs/paper-code-facts.md#reprogramming-layers) applies ``fc1``, ``fc2``, ``fc3`` back to back **without any
+activation**, so the vanilla (LPM) model is a single linear classifier and NRPM is its only nonlinearity; it
+also returns ``log_softmax``. torchrobust keeps the activation-free network as the default (``activation=None``),
+offers a ReLU/tanh/... variant through ``activation=``, and always returns logits (``log_softmax`` of logits gives the
 same argmax and the same cross-entropy, so checkpoints trained either way behave identically).
 
 Layers are named ``fc1 … fcN`` (as in the paper's code, so its ``mlp3_mnist_model.pth`` weights map key for
@@ -75,7 +75,8 @@ class MLP(nn.Module):
         return x
 
     def nrpm_default_layers(self) -> list[str]:
-        """All Linear layers, first and last included (the paper code replaces all three, notes §4)."""
+        """All Linear layers, first and last included (the paper code replaces all three;
+        docs/paper-code-facts.md#reprogramming-layers)."""
         return [f"fc{i + 1}" for i in range(self.num_layers)]
 
     def forge_insertion_points(self) -> list[str]:

@@ -5,8 +5,9 @@ one contract"), so attacks measure ε in pixel units no matter how the network w
 
 Design choice (documented for every zoo constructor): ``mean=None, std=None`` (the default everywhere) means
 *no* normalisation. This is what the reprogramming paper's code does for MNIST and CIFAR (``ToTensor()`` only,
-notes/paper-code-facts.md §6) and what RobustBench's ``WideResNet`` checkpoints expect. Pass ``mean=(...),
-std=(...)`` (one value per input channel, or one value for all) to put a :class:`Normalize` layer in front.
+docs/paper-code-facts.md#reprogramming-evaluation-protocol) and what RobustBench's ``WideResNet`` checkpoints
+expect. Pass ``mean=(...), std=(...)`` (one value per input channel, or one value for all) to put a
+:class:`Normalize` layer in front.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Names follow that code (``linear``, not ``fc``) so its checkpoints map key for k
 
 **Width.** ``width=64`` is the standard ResNet (ResNet-18: 11,173,962 parameters for 10 classes). The
 reprogramming paper's "narrow"/"tiny" ResNets (``TinyRobNet*``, used "for the consideration of computation",
-notes/paper-code-facts.md §1) are ``width=8``: stage widths 8/16/32/64, 1/8 of the usual.
+docs/paper-code-facts.md#reprogramming-code) are ``width=8``: stage widths 8/16/32/64, 1/8 of the usual.
 
 Pooling is adaptive global average pooling; on 32×32 input it equals the reference ``avg_pool2d(out, 4)``, and it
 also accepts 28×28 MNIST-shaped input.
@@ -158,7 +158,8 @@ class ResNet(nn.Module):
     def nrpm_default_layers(self, bottleneck_1x1: bool = False) -> list[str]:
         """The 3×3 convs inside residual blocks (not the stem, 1×1 shortcuts, bottleneck 1×1s or ``linear``).
 
-        This is what the paper's CIFAR code replaces (the 16 convs of ``TinyRobNetLearn18``'s blocks, notes §4).
+        This is what the paper's CIFAR code replaces (the 16 convs of ``TinyRobNetLearn18``'s blocks,
+        docs/paper-code-facts.md#reprogramming-layers).
         The paper runs NRPM on ResNet-10/18/34 only (Appendix E.1); its code's (unused) ``Bottleneck`` makes all
         three main-path convs robust, which ``bottleneck_1x1=True`` reproduces (adds ``conv1``/``conv3`` of every
         Bottleneck; no effect on BasicBlock models).
@@ -171,7 +172,8 @@ class ResNet(nn.Module):
 
         In a post-activation block the 1×1 ``shortcut`` conv reads the same ReLU output as ``conv1``, so
         thresholding it too matches "before the convolutional layers in each residual block"; ``shortcuts=True``
-        (default, notes/psat-and-forge.md §2.2.5) includes them, ``False`` leaves the skip path untouched.
+        (default, docs/paper-code-facts.md#forged-function-resolutions item 5) includes them, ``False`` leaves
+        the skip path untouched.
         """
         mods: list[nn.Module] = []
         for b in self.blocks():
@@ -255,7 +257,7 @@ class PreActResNet(nn.Module):
 
     def forge_insertion_points(self, shortcuts: bool = True) -> list[str]:
         """``conv1``, ``conv2`` and (``shortcuts=True``) the 1×1 shortcut conv of every block; each reads a ReLU
-        output (Chen et al. Fig. 2; notes/psat-and-forge.md §2.2.5). The stem is excluded."""
+        output (Chen et al. Fig. 2; docs/paper-code-facts.md#forged-function-resolutions). The stem is excluded."""
         mods: list[nn.Module] = []
         for b in self.blocks():
             mods += [b.conv1, b.conv2]

@@ -171,7 +171,7 @@ class WideResNet(nn.Module):
         return qualified_names(self, [c for b in self.blocks() for c in (b.conv1, b.conv2)])
 
     def forge_insertion_points(self, shortcuts: bool = True) -> list[str]:
-        """Convs inside every residual block (Chen et al. Fig. 2; notes/psat-and-forge.md §2.2.5).
+        """Convs inside every residual block (Chen et al. Fig. 2; docs/paper-code-facts.md#forged-function-resolutions).
 
         ``conv1``, ``conv2`` and, with ``shortcuts=True`` (default), the 1×1 ``convShortcut``: it reads the same
         activation output as ``conv1``, so "before the convolutional layers" covers it. The stem is excluded.
@@ -302,8 +302,8 @@ class DMWideResNet(nn.Module):
 
     def forge_insertion_points(self, shortcuts: bool = True) -> list[str]:
         """``conv_0``, ``conv_1`` and (``shortcuts=True``, default) the 1×1 ``shortcut`` of every block: each
-        reads an activation output (notes/psat-and-forge.md §2.2.5, "F right after each activation that feeds a
-        conv"). The stem ``init_conv`` is excluded."""
+        reads an activation output (docs/paper-code-facts.md#forged-function-resolutions: right after each activation
+        that feeds a conv). The stem ``init_conv`` is excluded."""
         mods: list[nn.Module] = []
         for b in self.blocks():
             mods += [b.conv_0, b.conv_1]

@@ -9,7 +9,7 @@ Robustness" (arXiv 2406.19622), Sec. 3.3:
   input unchanged; *inference* mode freezes ``b`` and zeroes every entry with ``|x| <= c_r * b``. The default
   state (inference, ``b = c_r = 0``) is exactly the identity.
 
-Our resolutions (``/work/shared/notes/psat-and-forge.md`` Sec. 2.2):
+Our resolutions (``docs/paper-code-facts.md#forged-function-resolutions``):
 
 * ``b`` tracks ``max |x|`` by default. Algorithm 1 literally tracks the signed maximum ``max(b, x)``; behind
   ReLU the two agree, behind SiLU/GELU they agree in practice. ``signed_max=True`` gives the paper-literal form.

@@ -1,7 +1,7 @@
 """Hypernetwork-generated convolutions (Ha, Dai & Le 2017; PSAT, Gong et al. 2023, Eqs. 8 and 11).
 
 PSAT's Eq. 11 is missing from the published text; this module implements the reconstruction of
-``/work/shared/notes/psat-and-forge.md`` §1.2, which reproduces all eight parameter counts of PSAT Table 2
+``docs/paper-code-facts.md#psat-hypernetwork``, which reproduces all eight parameter counts of PSAT Table 2
 exactly. For one embedding ``z ∈ R^{N_z}`` and a unit of ``U_out × U_in × k × k`` weights, with hidden size
 ``d`` (``d = N_z`` in Ha et al. and PSAT):
 

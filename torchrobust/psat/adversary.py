@@ -31,7 +31,8 @@ from torchrobust.errors import TorchRobustError
 __all__ = ["pgd", "worst_of", "msd", "PGDConfig", "MultiAdversary", "TrainingAdversary", "STRATEGIES",
            "MNIST_BUDGETS", "CIFAR10_BUDGETS"]
 
-#: Budgets (ε) per threat model: MNIST (Maini et al. 2020; notes §4) and CIFAR-10 (robust_union).
+#: Budgets (ε) per threat model: MNIST (Maini et al. 2020) and CIFAR-10 (robust_union);
+#: docs/paper-code-facts.md#standard-budgets.
 MNIST_BUDGETS: dict[str, float] = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 CIFAR10_BUDGETS: dict[str, float] = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
 #: Training strategies: single-norm (one member / AT_p) and the multi-norm baselines.

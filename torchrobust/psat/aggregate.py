@@ -9,7 +9,7 @@ differentiable w.r.t. the input through the selected member's logits; the select
 constant in ``x`` (its gradient is zero almost everywhere and undefined on the switching surfaces). An
 end-to-end attack therefore never "sees" that moving ``x`` could switch to a weaker member — which is why
 :func:`adaptive_attack` also attacks every member on its own and keeps, per example, the candidate that does
-most damage to the aggregate (notes §1.1, "evaluating the aggregate").
+most damage to the aggregate (docs/paper-code-facts.md#psat-aggregate).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Multi-perturbation metrics and PSAT Table 1-style tables (Markdown / CSV / LaTeX).
 
-Columns (notes §1.5, verified arithmetic on PSAT Table 1):
+Columns (docs/paper-code-facts.md#psat-metrics, verified arithmetic on PSAT Table 1):
 
 * ``clean`` — clean accuracy.
 * ``Linf``, ``L2``, ``L1`` — accuracy under each attack.

@@ -13,7 +13,7 @@ Members and baselines go through the same loop — the library's :func:`torchrob
 adversary as its ``adversary`` hook (:func:`train_model`) — and the same optimiser and schedule, so the
 comparison is fair. The default recipe is robust_union's MNIST one (Adam, lr_max 1e-3, triangular schedule
 ``interp([0, 2e/5, e], [0, lr_max, 0])`` stepped per batch, batch 100); PSAT's own optimiser settings are in its
-unavailable supplementary material (notes §1.4).
+unavailable supplementary material (docs/paper-code-facts.md#psat-training-settings).
 """
 
 from __future__ import annotations
