@@ -173,6 +173,7 @@ class _Ctx:
     device: torch.device
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    weights: Any = None  # paper_weights.PaperWeights: the paper's released backbone replaces the trained one
 
     def train(self, model: nn.Module, *, mode: str = "standard", eps: float = 0.3, epochs: int = 1,
               lr: float = 0.01, optimizer: str = "sgd", max_batches: int | None = None,
@@ -239,9 +240,12 @@ def _lams_list(model: nn.Module) -> list[float]:
 # ------------------------------------------------------------------------------------------------ presets
 def _backbones(ctx: _Ctx, n_layers: int = 3, adv: bool = True) -> tuple[nn.Module, nn.Module | None]:
     p = ctx.profile
-    normal = linear_mlp(n_layers, ctx.seed)
-    ctx.train(normal, epochs=p.backbone_epochs, lr=0.01, max_batches=p.backbone_max_batches,
-              tag=f"normal {n_layers}-layer")
+    if ctx.weights is not None and ctx.weights.arch == "mlp" and len(ctx.weights.model.linears) == n_layers:
+        normal = copy.deepcopy(ctx.weights.model)  # --weights: the paper's released backbone, not trained here
+    else:
+        normal = linear_mlp(n_layers, ctx.seed)
+        ctx.train(normal, epochs=p.backbone_epochs, lr=0.01, max_batches=p.backbone_max_batches,
+                  tag=f"normal {n_layers}-layer")
     advm = None
     if adv:
         advm = linear_mlp(n_layers, ctx.seed)
@@ -354,6 +358,8 @@ def _plot_curves(path: Path, curves: dict[str, list[float]], xs: Sequence[float]
 
 
 def _trained_lenet(ctx: _Ctx) -> nn.Module:
+    if ctx.weights is not None and ctx.weights.arch == "lenet":
+        return copy.deepcopy(ctx.weights.model)  # --weights: the paper's released LeNet, not trained here
     net = _lenet(ctx.seed)
     ctx.train(net, epochs=ctx.profile.backbone_epochs, lr=0.01, max_batches=ctx.profile.backbone_max_batches,
               tag="LeNet standard")
@@ -560,7 +566,7 @@ def _markdown(name: str, result: dict[str, Any]) -> str:
 
 def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool = False, *,
         profile: str | None = None, seed: int = 0, n_pgd: int | None = None, device: str | None = None,
-        progress: bool = False, threads: int | None = 1) -> dict[str, Any]:
+        progress: bool = False, threads: int | None = 1, weights: str | Path | None = None) -> dict[str, Any]:
     """Run one preset and write ``<name>.json`` and ``<name>.md`` (plus figures) into ``out_dir``.
 
     Args:
@@ -575,6 +581,10 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         device: e.g. ``"cuda"``; default CPU.
         progress: tqdm bars for training.
         threads: ``torch.set_num_threads`` for the run (restored afterwards); None leaves it alone.
+        weights: a checkpoint of the paper's code (``mlp3_mnist_model.pth`` for ``table1``/``table2``/``table7``
+            (its depth)/``table8``, ``lenet_mnist_model.pth`` for ``lenet``/``table3``; read safely by
+            :func:`torchrobust.experiments.paper_weights.load_paper_weights`) used as the standard-trained
+            backbone instead of training one; recorded in ``config.weights``.
 
     Returns:
         The result dict that is also written as JSON: ``config``, ``rows`` (per row: ``fgsm`` accuracies at
@@ -587,6 +597,11 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
     if pname not in PROFILES:
         raise unknown_name("profile", pname, PROFILES)
     prof = PROFILES[pname]
+    pw = None
+    if weights is not None:  # validated before any work: a wrong file fails in a second, not after training
+        from torchrobust.experiments.paper_weights import load_paper_weights
+
+        pw = load_paper_weights(weights, "lenet" if name in ("lenet", "table3") else "mlp")
     if n_test is not None:
         if not 1 <= n_test <= 10000:
             raise TorchRobustError(f"n_test={n_test} must be in 1..10000 (the MNIST test set)")
@@ -605,7 +620,7 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         x_tr, y_tr, x_te, y_te = load_mnist(prof, seed)
         dev = torch.device(device) if device else torch.device("cpu")
         ctx = _Ctx(profile=prof, seed=seed, progress=progress, x_train=x_tr, y_train=y_tr, x_test=x_te,
-                   y_test=y_te, device=dev)
+                   y_test=y_te, device=dev, weights=pw)
         if name == "lenet":
             extra = _lenet_preset(ctx, out)
         elif name == "table3":
@@ -620,7 +635,8 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         "preset": name,
         "title": PRESETS[name],
         "config": {"profile": pname, "seed": seed, **asdict(prof), "eps_fgsm": list(EPS_GRID),
-                   "torch": torch.__version__, "device": str(dev), "threads": threads},
+                   "torch": torch.__version__, "device": str(dev), "threads": threads,
+                   "weights": pw.describe() if pw is not None else None},
         "rows": ctx.rows,
         "timings": {k: round(v, 2) for k, v in ctx.timings.items()},
         "wall_seconds": round(wall, 1),
