@@ -306,7 +306,8 @@ def undefended_base(model: nn.Module) -> nn.Module | None:
     copy — the source model of the transfer attack. ``None`` when ``model`` carries no such defence."""
     import copy
 
-    from ..forge_core import is_forged, unforge
+    from ..forge.calibration import is_forged
+    from ..forge.surgery import unforge
     from ..nn import NRPMConv2d, NRPMLinear
     from ..reprogram import unreprogram
 

@@ -2,8 +2,9 @@
 
 :func:`search_c_r` calibrates ``b`` once (it does not depend on ``c_r``, Eq. 13) and then, for the unforged
 baseline (``c_r = 0``) and every ``c_r`` of the grid, measures clean and robust accuracy on held-out validation data;
-:class:`CrSearchResult` renders the table (Markdown, CSV, JSON, PNG). :func:`search_checkpoint` is the
-``torchrobust forge CHECKPOINT --search`` workflow. All names are re-exported by :mod:`torchrobust.forge`.
+:class:`CrSearchResult` renders the table (Markdown, CSV, JSON, PNG). The ``torchrobust forge CHECKPOINT --search``
+workflow is :func:`torchrobust.forge.checkpoint.search_checkpoint`. All names are re-exported by
+:mod:`torchrobust.forge`.
 
 Every robust accuracy is one plan of the evaluation engine (:func:`torchrobust.evaluate.engine.run_plan`) per
 ``c_r``: a job ``"autograd"`` running the attack on the forged model, and (``bpda=True``, ``c_r > 0``) a job
@@ -42,21 +43,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.forge_core import (
-    CalibrationData,
-    Where,
-    calibrate,
-    forge,
-    forged_modules,
-    is_forged,
-    model_device,
-    set_c_r,
-    subset_tensors,
-)
+from torchrobust.forge.calibration import CalibrationData, calibrate, forged_modules, is_forged, model_device
+from torchrobust.forge.surgery import Where, forge, set_c_r
 from torchrobust.nn.forged import check_c_r
 from torchrobust.validation import check_images, check_labels, eval_mode
 
-__all__ = ["DEFAULT_GRID", "CRITERIA", "CrSearchResult", "search_c_r", "search_checkpoint"]
+__all__ = ["DEFAULT_GRID", "CRITERIA", "CrSearchResult", "search_c_r"]
 
 log = logging.getLogger(__name__)
 
@@ -337,53 +329,4 @@ def search_c_r(
                             model=forged, seconds=time.perf_counter() - start)
     if out_dir is not None:
         result.write(out_dir)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------- CLI helper
-def search_checkpoint(
-    in_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    data: str = "mnist",
-    grid: Sequence[float] = DEFAULT_GRID,
-    n_calib: int | None = 10000,
-    n_val: int = 1000,
-    eps: float = 0.3,
-    steps: int = 20,
-    criterion: str = "max_robust_clean_drop",
-    max_clean_drop: float = 1.0,
-    bpda: bool = True,
-    batch_size: int = 256,
-    seed: int = 0,
-    root: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-    save_forged: bool = True,
-    progress: bool = False,
-) -> CrSearchResult:
-    """``torchrobust forge CHECKPOINT --search``: c_r search on a checkpoint, tables + plot into ``out_dir``.
-
-    Calibration uses ``n_calib`` training examples; the validation set is ``n_val`` further training examples
-    (disjoint from the calibration ones, never the test set). The default attack is L-inf PGD with ``eps`` and
-    ``steps``, its random start seeded with ``seed`` (which also draws the split). With ``save_forged`` the forged
-    model at the chosen c_r is saved as ``out_dir/forged.safetensors``.
-    """
-    from torchrobust import checkpoint
-    from torchrobust import data as trdata
-
-    grid = [check_c_r(c) for c in grid]
-    model = checkpoint.load(in_path, map_location=device)
-    x, y = subset_tensors(trdata.load(data, "train", root=root), None, seed)
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    n_cal = x.shape[0] - n_val if n_calib is None else n_calib
-    if n_cal + n_val > x.shape[0]:
-        raise TorchRobustError(f"n_calib + n_val = {n_cal + n_val} exceeds the {x.shape[0]} training examples; "
-                               "lower them")
-    cal, val = idx[:n_cal], idx[n_cal:n_cal + n_val]
-    result = search_c_r(model, x[cal], x[val], y[val], grid=grid, criterion=criterion,
-                        max_clean_drop=max_clean_drop, bpda=bpda, eps=eps, steps=steps, batch_size=batch_size,
-                        out_dir=out_dir, progress=progress, seed=seed)
-    if save_forged and result.model is not None:
-        checkpoint.save(result.model, Path(out_dir) / "forged.safetensors", forged_from=str(in_path),
-                        calibration={"dataset": data, "split": "train", "n": int(n_cal), "seed": seed},
-                        c_r_search=result.to_json())
     return result
