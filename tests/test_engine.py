@@ -237,3 +237,75 @@ def test_batch_norm_statistics_untouched(tmp_path):
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+# ------------------------------------------------------------------- adversarial points (keep_adv, all_points)
+def test_keep_adv_returns_the_attack_points_and_all_points_attacks_clean_errors(setup):
+    model, x, y = setup
+    y = y.clone()
+    y[::7] = (y[::7] + 1) % 10  # wrong labels: clean errors
+    pgd = PGD("Linf", eps=0.15, steps=5, seed=0)
+    jobs = [Job("pgd", "Linf", 0.15, kwargs={"steps": 5, "seed": 0}, keep_adv=True),
+            Job("pgd", "Linf", 0.15, kwargs={"steps": 5, "seed": 0}, name="all", keep_adv=True, all_points=True)]
+    res = run_plan(model, x, y, jobs, batch_size=32)
+    clean = res.clean
+    assert not bool(clean.all())  # the model has clean errors, so the two jobs differ
+    adv, adv_all = res.adv["pgd@Linf:0.15"], res.adv["all@Linf:0.15"]
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    # default: clean-correct points attacked batch by batch, clean errors keep their clean input
+    idx = clean.nonzero().squeeze(1)
+    for i in range(0, len(idx), 32):
+        sel = idx[i:i + 32]
+        assert torch.equal(adv[sel], pgd(model, x[sel], y[sel]))
+    assert torch.equal(adv[~clean], x[~clean])
+    # all_points: every example attacked in fixed slices of 32, exactly as a plain batch loop does
+    by_hand = torch.cat([pgd(model, x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)])
+    assert torch.equal(adv_all, by_hand)
+    assert not torch.equal(adv_all[~clean], x[~clean])
+    assert torch.equal(res.correct["all@Linf:0.15"], model(by_hand).argmax(1) == y)
+    assert res.counts["all@Linf:0.15"]["gradient"] == 5 * len(x)
+    assert not torch.isnan(res.loss["all@Linf:0.15"]).any()
+    assert set(res.adv) == {"pgd@Linf:0.15", "all@Linf:0.15"}
+    # jobs without keep_adv keep no points
+    assert run_plan(model, x, y, [Job("fgsm", "Linf", 0.1)]).adv == {}
+    with pytest.raises(TorchRobustError, match="both all_points and survivors_only"):
+        run_plan(model, x, y, [Job("fgsm", "Linf", 0.1, all_points=True, survivors_only=True)])
+
+
+def test_keep_adv_state_resumes_identically_and_is_fingerprinted(setup, tmp_path, caplog):
+    from torchrobust import resume
+
+    model, x, y = setup
+    plain = [Job("pgd", "Linf", 0.15, kwargs={"steps": 5, "seed": 0})]
+    kept = [Job("pgd", "Linf", 0.15, kwargs={"steps": 5, "seed": 0}, keep_adv=True, all_points=True)]
+    # the new options enter the fingerprint only when set: a plan without them keeps its old fingerprint
+    assert "keep_adv" not in plain[0].config() and kept[0].config()["keep_adv"] is True
+    full = run_plan(model, x, y, kept, batch_size=16)
+    flaky = _Flaky(PGD("Linf", eps=0.15, steps=5, seed=0), fail_at=3)
+    jobs = [Job(flaky, "Linf", 0.15, name="pgd", keep_adv=True, all_points=True)]
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(model, x, y, jobs, batch_size=16, state=tmp_path / "s")
+    fp = json.loads((tmp_path / "s.json").read_text())["fingerprint"]
+    tensors, meta = resume.load_state(tmp_path / "s", fp)
+    assert tensors["adv/0"].shape == x.shape and torch.equal(tensors["adv/0"][:32], full.adv["pgd@Linf:0.15"][:32])
+    calls = flaky.calls
+    res = run_plan(model, x, y, jobs, batch_size=16, state=tmp_path / "s")
+    assert res.resumed["pgd@Linf:0.15"] == 32 and flaky.calls - calls == len(x) // 16 - 2
+    assert torch.equal(res.adv["pgd@Linf:0.15"], full.adv["pgd@Linf:0.15"])
+    assert torch.equal(res.correct["pgd@Linf:0.15"], full.correct["pgd@Linf:0.15"])
+    # the same plan without keep_adv is another configuration: recomputed, never read back
+    with caplog.at_level(logging.WARNING):
+        again = run_plan(model, x, y, [Job(flaky, "Linf", 0.15, name="pgd", all_points=True)], batch_size=16,
+                         state=tmp_path / "s")
+    assert "fingerprint mismatch" in caplog.text and again.adv == {}
+    # a state whose kept points are missing or misshapen is refused and left untouched
+    run_plan(model, x, y, jobs, batch_size=16, state=tmp_path / "t")
+    fp = json.loads((tmp_path / "t.json").read_text())["fingerprint"]
+    tensors, meta = resume.load_state(tmp_path / "t", fp)
+    for broken in ({k: v for k, v in tensors.items() if k != "adv/0"},
+                   {**tensors, "adv/0": tensors["adv/0"][..., :1]}):
+        resume.save_state(tmp_path / "t", broken, meta, fp)
+        before = (tmp_path / "t.safetensors").read_bytes()
+        with pytest.raises(TorchRobustError, match="do not match its jobs"):
+            run_plan(model, x, y, jobs, batch_size=16, state=tmp_path / "t")
+        assert (tmp_path / "t.safetensors").read_bytes() == before

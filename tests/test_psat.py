@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchrobust import attacks as tr_attacks
 from torchrobust import psat
 from torchrobust.attacks.threat import get_threat
 from torchrobust.errors import TorchRobustError
@@ -311,6 +312,23 @@ def test_routing_counts_where_the_gate_sends_clean_and_per_member_attacks() -> N
     assert md[3] == "| Linf PGD vs H_Linf | 1 | 1 | 50.0 | 100.0 |"
     with pytest.raises(TorchRobustError, match="strategy='entropy' only"):
         psat.routing(PSATEnsemble({"Linf": _Fixed(w_a), "L2": _Fixed(w_b)}, strategy="average"), x, y, attacks)
+
+
+def test_routing_runs_every_input_through_the_engine_like_a_plain_batch_loop() -> None:
+    torch.manual_seed(0)
+    members = {k: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)) for k in ("Linf", "L2")}
+    ens = PSATEnsemble(members)
+    x, y = torch.rand(10, 12), torch.randint(0, 3, (10,))
+    attacks = {"Linf": tr_attacks.PGD(threat="Linf", eps=0.2, steps=3, seed=0),
+               "L2": tr_attacks.PGD(threat="L2", eps=1.0, steps=3, seed=0)}
+    rows = psat.routing(ens, x, y, attacks, batch_size=4)
+    for row in rows[1:]:
+        k = row["input"]
+        xa = torch.cat([attacks[k](members[k], x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)])
+        _, idx = ens.forward_with_selection(xa)
+        assert row["routed"] == {n: int((idx == j).sum()) for j, n in enumerate(ens.threats)}
+        assert row["aggregate_acc"] == int((ens(xa).argmax(-1) == y).sum()) / 10
+        assert row["own_member_acc"] == int((members[k](xa).argmax(-1) == y).sum()) / 10
 
 
 # ----------------------------------------------------------------------------------------------------------

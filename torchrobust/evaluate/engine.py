@@ -27,6 +27,11 @@ every evaluation must get right:
   says so in one warning line). Batches are fixed slices of each job's (deterministic) list of points to attack and
   every attack is seeded per call, so a run killed at any moment (``kill -9``) and rerun gives results identical
   to an uninterrupted run;
+* **adversarial points** (``keep_adv=True``): ``PlanResult.adv[key]`` holds the job's adversarial example of every
+  point (the clean input where the job attacked nothing), saved in the resumable state beside the booleans — for
+  measurements that need the points themselves (the network-level Lipschitz ratios of
+  :func:`torchrobust.evaluate.lipschitz.lipschitz_report`, PSAT's gate routing). ``all_points=True`` attacks every
+  example, clean errors included (a measurement, not a robust-accuracy evaluation);
 * **torchrun**: each process attacks its contiguous shard of the examples and the per-example results are
   all-gathered, so every rank ends with what one process would compute.
 
@@ -55,9 +60,9 @@ from torch import Tensor, nn
 from .. import distributed as D
 from ..attacks.threat import get_threat
 from ..errors import TorchRobustError
-from ..validation import check_eps, check_images, check_labels, eval_mode, probe_logits
+from ..validation import check_eps, check_images, check_labels, eval_mode, model_device, probe_logits
 
-__all__ = ["Job", "PlanResult", "run_plan", "attack_strength", "result_strength", "ROLES"]
+__all__ = ["Job", "PlanResult", "run_plan", "job_for_attack", "attack_strength", "result_strength", "ROLES"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,9 @@ class Job:
         survivors_only: attack only the points still robust after the plan's earlier jobs at this threat and ε.
         role: ``"whitebox"``, ``"blackbox"`` or ``"transfer"``.
         source: key into ``run_plan(sources=...)`` of the model the attack is crafted on (None: the evaluated model).
+        keep_adv: keep every adversarial example (``PlanResult.adv[key]``; saved in the resumable state).
+        all_points: attack every example, clean errors included (not only the clean-correct ones); not with
+            ``survivors_only``.
     """
 
     attack: str | AttackLike
@@ -91,6 +99,8 @@ class Job:
     survivors_only: bool = False
     role: str = "whitebox"
     source: str | None = None
+    keep_adv: bool = False
+    all_points: bool = False
 
     @property
     def label(self) -> str:
@@ -106,9 +116,24 @@ class Job:
     def config(self) -> dict[str, Any]:
         """JSON description of the job (part of the state fingerprint)."""
         attack = self.attack if isinstance(self.attack, str) else repr(self.attack)
-        return {"attack": attack, "threat": self.threat, "eps": float(self.eps),
-                "kwargs": {k: _jsonable(v) for k, v in sorted(self.kwargs.items())}, "name": self.label,
-                "survivors_only": self.survivors_only, "role": self.role, "source": self.source}
+        out = {"attack": attack, "threat": self.threat, "eps": float(self.eps),
+               "kwargs": {k: _jsonable(v) for k, v in sorted(self.kwargs.items())}, "name": self.label,
+               "survivors_only": self.survivors_only, "role": self.role, "source": self.source}
+        for k in ("keep_adv", "all_points"):  # only when set: states written before these options stay valid
+            if getattr(self, k):
+                out[k] = True
+        return out
+
+
+def job_for_attack(attack: AttackLike, **kwargs: Any) -> Job:
+    """A :class:`Job` of an attack object whose budget the attack itself declares: a torchrobust
+    :class:`~torchrobust.attacks.Attack` runs at (and is budget-checked against) its own threat model and ε; a plain
+    callable declares no budget, so only the [0, 1] box is checked (ℓ∞ radius 1). ``kwargs`` go to :class:`Job`."""
+    from ..attacks.base import Attack
+
+    if isinstance(attack, Attack):
+        return Job(attack, attack.threat.name, float(attack.threat.eps), **kwargs)
+    return Job(attack, "Linf", 1.0, **kwargs)
 
 
 def _jsonable(v: Any) -> Any:
@@ -174,6 +199,8 @@ class PlanResult:
     resumed: dict[str, int] = field(default_factory=dict)
     #: per job, the evaluated model's cross-entropy at each attacked point's result (NaN where not attacked)
     loss: dict[str, Tensor] = field(default_factory=dict)
+    #: per ``keep_adv`` job, the adversarial example of every point (the clean input where it attacked nothing)
+    adv: dict[str, Tensor] = field(default_factory=dict)
 
     def job(self, key: str) -> Job:
         return next(j for j in self.jobs if j.key == key)
@@ -210,7 +237,7 @@ class PlanResult:
 
 # ------------------------------------------------------------------------------------------------------ helpers
 def _device(model: nn.Module, x: Tensor) -> torch.device:
-    return next((p.device for p in model.parameters()), x.device)
+    return model_device(model, x.device)
 
 
 class _Counter:
@@ -271,6 +298,8 @@ def validate_jobs(jobs: Sequence[Job], sources: Mapping[str, nn.Module]) -> None
         if j.source is not None and j.source not in sources:
             raise TorchRobustError(f"job {j.key} is crafted on source {j.source!r} but no such model was passed; "
                                    f"pass sources={{{j.source!r}: model}}")
+        if j.all_points and j.survivors_only:
+            raise TorchRobustError(f"job {j.key} has both all_points and survivors_only; choose one")
         if j.key in seen:
             raise TorchRobustError(f"the plan has job {j.key} twice; give one of them another name=")
         seen.add(j.key)
@@ -292,8 +321,11 @@ def _check_budget(job: Job, threat: Any, x_adv: Tensor, x: Tensor, tol: float) -
 class _Store:
     """The runner's per-example state, in memory and (with a path stem) on disk as JSON + safetensors."""
 
-    def __init__(self, stem: Path | None, fingerprint: dict[str, str], keys: list[str], n: int) -> None:
+    def __init__(self, stem: Path | None, fingerprint: dict[str, str], keys: list[str], n: int,
+                 adv_keys: Sequence[str] = (), adv_shape: tuple[int, ...] = ()) -> None:
         self.stem, self.fingerprint, self.keys, self.n = stem, fingerprint, keys, n
+        self.adv_keys, self.adv_shape = set(adv_keys), adv_shape
+        self.adv: dict[str, Tensor] = {}
         self.clean: Tensor | None = None
         self.correct: dict[str, Tensor] = {}
         self.done: dict[str, Tensor] = {}
@@ -323,15 +355,20 @@ class _Store:
                        if f"correct/{i}" in tensors}
             done = {k: tensors[f"done/{i}"].to(torch.bool) for i, k in enumerate(self.keys) if f"done/{i}" in tensors}
             loss = {k: tensors[f"loss/{i}"].float() for i, k in enumerate(self.keys) if f"loss/{i}" in tensors}
+            adv = {k: tensors[f"adv/{i}"] for i, k in enumerate(self.keys) if f"adv/{i}" in tensors}
             if set(correct) != set(done) or set(correct) != set(loss):
                 raise KeyError("correct/done/loss")
+            if set(adv) != set(correct) & self.adv_keys:
+                raise KeyError("adv")
             if any(t.shape != (self.n,) for d in (correct, done, loss) for t in d.values()):
                 raise KeyError("correct/done/loss shape")
+            if any(t.shape != (self.n, *self.adv_shape) or not t.is_floating_point() for t in adv.values()):
+                raise KeyError("adv shape")
             jobs = meta["jobs"]
         except (KeyError, TypeError, RuntimeError) as exc:  # never overwrite a state that claims to be this run's
             raise resume.state_error(self.stem.with_name(self.stem.name + ".safetensors"),
                                      f"its tensors do not match its jobs: {exc}") from exc
-        self.clean, self.correct, self.done, self.loss = clean, correct, done, loss
+        self.clean, self.correct, self.done, self.loss, self.adv = clean, correct, done, loss, adv
         for k in self.keys:
             info = jobs.get(k, {}) if isinstance(jobs, dict) else {}
             self.finished[k] = bool(info.get("finished", False)) and k in correct
@@ -342,9 +379,11 @@ class _Store:
         n_done = sum(1 for k in self.keys if self.finished[k])
         log.info("resuming evaluation from %s: %d of %d jobs finished", self.stem, n_done, len(self.keys))
 
-    def update(self, key: str, correct: Tensor, done: Tensor, loss: Tensor, seconds: float, counter: _Counter,
-               finished: bool = False) -> None:
+    def update(self, key: str, correct: Tensor, done: Tensor, loss: Tensor, adv: Tensor | None, seconds: float,
+               counter: _Counter, finished: bool = False) -> None:
         self.correct[key], self.done[key], self.loss[key] = correct, done, loss
+        if adv is not None:
+            self.adv[key] = adv
         self.seconds[key] = self._base_seconds.get(key, 0.0) + seconds
         f0, g0 = self._base_counts.get(key, (0, 0))
         self.counts[key] = {"forward": f0 + counter.forward, "gradient": g0 + counter.gradient}
@@ -367,6 +406,8 @@ class _Store:
                 tensors[f"correct/{i}"] = self.correct[k]
                 tensors[f"done/{i}"] = self.done[k]
                 tensors[f"loss/{i}"] = self.loss[k]
+                if k in self.adv:
+                    tensors[f"adv/{i}"] = self.adv[k]
         meta = {"jobs": {k: {"finished": self.finished.get(k, False), "seconds": self.seconds.get(k, 0.0),
                              **self.counts.get(k, {})} for k in self.keys if k in self.correct}}
         resume.save_state(self.stem, tensors, meta, self.fingerprint)
@@ -434,7 +475,7 @@ def run_plan(
                   "shard": [a_, b_, n_total]}
         fp = resume.make_fingerprint(model, (xs, ys), config,
                                      **{f"source:{k}": resume.fingerprint_model(m) for k, m in sources.items()})
-    store = _Store(stem, fp, [j.key for j in jobs], n)
+    store = _Store(stem, fp, [j.key for j in jobs], n, [j.key for j in jobs if j.keep_adv], tuple(xs.shape[1:]))
 
     with ExitStack() as stack:
         for m in (model, *sources.values()):  # every submodule's flag restored on exit
@@ -457,11 +498,15 @@ def run_plan(
                 continue
             src = model if j.source is None else sources[j.source]
             correct, done, loss = store.correct.get(key), store.done.get(key), store.loss.get(key)
+            adv = store.adv.get(key)
             if correct is None or done is None or loss is None:
                 correct, done = clean.clone(), torch.zeros(n, dtype=torch.bool)
                 loss = torch.full((n,), float("nan"))
+                adv = None
+            if j.keep_adv and adv is None:
+                adv = xs.detach().cpu().clone()
             threat = get_threat(j.threat, float(j.eps)) if float(j.eps) > 0 else None
-            todo = clean.clone()
+            todo = torch.ones(n, dtype=torch.bool) if j.all_points else clean.clone()
             if j.survivors_only:
                 for prev in jobs[:pos]:
                     if prev.threat == j.threat and float(prev.eps) == float(j.eps):
@@ -483,17 +528,20 @@ def run_plan(
                     x_adv = attack(src, xb, yb)
                     _check_budget(j, threat, x_adv, xb, tol)
                     correct[sel], loss[sel] = _score(model, x_adv, yb)
+                    if adv is not None:
+                        adv[sel] = x_adv.detach().to(device="cpu", dtype=adv.dtype)
                     done[sel] = True
-                    store.update(key, correct, done, loss, time.perf_counter() - t0, counter)
+                    store.update(key, correct, done, loss, adv, time.perf_counter() - t0, counter)
                     if (b + 1) % save_every == 0 and b + 1 < len(batches):
                         store.save()
             finally:
                 handle.remove()
-            store.update(key, correct, done, loss, time.perf_counter() - t0, counter, finished=True)
+            store.update(key, correct, done, loss, adv, time.perf_counter() - t0, counter, finished=True)
             store.save()
             if bar is not None:
                 bar.update(1)
-            acc = float(((todo if j.survivors_only else clean) & correct).float().mean()) if n else float("nan")
+            acc = float(((todo if j.survivors_only or j.all_points else clean) & correct).float().mean()) if n \
+                else float("nan")
             log.info("%s: accuracy %.2f%% (%d points attacked, %.1f s)", key, 100 * acc, len(idx),
                      store.seconds[key])
 
@@ -501,4 +549,5 @@ def run_plan(
     return PlanResult(jobs=jobs, clean=gather(clean), correct={j.key: gather(store.correct[j.key]) for j in jobs},
                       seconds={j.key: store.seconds.get(j.key, 0.0) for j in jobs},
                       counts={j.key: dict(store.counts.get(j.key, {})) for j in jobs}, resumed=dict(store.resumed),
-                      loss={j.key: gather(store.loss[j.key]) for j in jobs})
+                      loss={j.key: gather(store.loss[j.key]) for j in jobs},
+                      adv={j.key: gather(store.adv[j.key]) for j in jobs if j.keep_adv})

@@ -48,6 +48,8 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.nn.forged import Forged, PreForged
 from torchrobust.validation import eval_mode
 
+from .engine import job_for_attack, run_plan
+
 __all__ = [
     "linear_part",
     "linear_adjoint",
@@ -508,7 +510,8 @@ def lipschitz_report(
     :func:`local_lipschitz` on the first ``n_attack`` examples for the forged model and for ``c_r = 0``.
 
     ``data`` must then be a tensor of inputs aligned with ``labels``. The attack is run separately on each
-    configuration (each gets its own worst-case ``delta``).
+    configuration (each gets its own worst-case ``delta``), on every example, as one job of the evaluation engine
+    (``keep_adv``, ``all_points``; its points budget-checked against the attack's own threat model).
     """
     layers = empirical_lipschitz(model, data, n=n, batch_size=batch_size, lemma2_samples=lemma2_samples)
     network: list[dict[str, Any]] = []
@@ -518,15 +521,14 @@ def lipschitz_report(
             raise TorchRobustError("the network-level estimate needs data as a tensor and labels=...")
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         x, y = data[:n_attack], labels[:n_attack]
+        # every point is attacked (clean errors too) and kept: one engine job with keep_adv and all_points
+        job = job_for_attack(attack, name="lipschitz", keep_adv=True, all_points=True)
 
         def run() -> torch.Tensor:
-            # A measurement, not a robust-accuracy evaluation: it needs every x_adv (the engine keeps only
-            # per-example booleans), so it stays a plain batch loop.
-            out = []
-            for i in range(0, x.shape[0], batch_size):
-                xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-                out.append(local_lipschitz(model, xb, attack(model, xb, yb).detach()))
-            return torch.cat(out)
+            x_adv = run_plan(model, x, y, [job], batch_size=batch_size).adv[job.key]
+            return torch.cat([local_lipschitz(model, x[i:i + batch_size].to(device),
+                                              x_adv[i:i + batch_size].to(device))
+                              for i in range(0, x.shape[0], batch_size)])
 
         with eval_mode(model):  # every submodule's train/eval flag restored afterwards
             with _c_r_zero(model):

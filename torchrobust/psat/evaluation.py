@@ -21,11 +21,14 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from torchrobust.errors import TorchRobustError
+from torchrobust.evaluate.engine import job_for_attack, run_plan
 from torchrobust.psat import models as psat_models
 from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, pgd
 from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
 from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_attack_breakdown, format_table
 from torchrobust.psat.train import data_tensors, load_member, member_path
+from torchrobust.tables import Column, ColumnKind, Table
+from torchrobust.validation import eval_mode
 
 __all__ = ["evaluate", "write_tables", "pgd_attacks", "autoattack_attacks", "routing", "format_routing", "EVAL_STEPS",
            "EVAL_ALPHA"]
@@ -176,20 +179,27 @@ def routing(ensemble: PSATEnsemble, x: Tensor, y: Tensor, attacks: Mapping[str, 
     attack in ``attacks``, on ``attacks[p]`` crafted against member ``p`` alone (its own threat model — the input
     the gate should send to ``p``). Per condition: how many inputs go to each member, the aggregate's accuracy and
     the accuracy of the member trained for that threat model (``None`` for clean inputs).
+
+    The attacks run on every input as jobs of the evaluation engine (``source`` = the member, ``keep_adv``,
+    ``all_points``); a torchrobust attack is budget-checked against its own threat model, a plain callable against
+    the [0, 1] box.
     """
     if ensemble.strategy != "entropy":
         raise TorchRobustError("routing is defined for strategy='entropy' only")
     names = ensemble.threats
     conditions: list[tuple[str, str | None]] = [("clean", None)] + [(k, k) for k in names if k in attacks]
+    jobs = {k: job_for_attack(attacks[k], name=f"routing-{k}", source=k, keep_adv=True, all_points=True)
+            for _, k in conditions if k is not None}
+    adv = run_plan(ensemble, x, y, list(jobs.values()), sources={k: ensemble.members[k] for k in jobs},
+                   batch_size=batch_size).adv if jobs else {}
     rows: list[dict[str, Any]] = []
     for label, k in conditions:
         counts = dict.fromkeys(names, 0)
         agg_ok = own_ok = 0
         for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            if k is not None:
-                xb = attacks[k](ensemble.members[k], xb, yb).detach()
-            with torch.no_grad():
+            yb = y[i:i + batch_size]
+            xb = x[i:i + batch_size] if k is None else adv[jobs[k].key][i:i + batch_size].to(x.device)
+            with torch.no_grad(), eval_mode(ensemble):
                 out, idx = ensemble.forward_with_selection(xb)
                 assert idx is not None
                 for j in idx.tolist():
@@ -204,16 +214,14 @@ def routing(ensemble: PSATEnsemble, x: Tensor, y: Tensor, attacks: Mapping[str, 
 
 
 def format_routing(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table of :func:`routing`."""
+    """Markdown table of :func:`routing` (a :class:`torchrobust.tables.Table`)."""
     names = list(rows[0]["routed"]) if rows else []
-    head = ["input", *[f"→ {m}" for m in names], "aggregate acc %", "own member acc %"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        own = "–" if r["own_member_acc"] is None else f"{100 * r['own_member_acc']:.1f}"
-        label = "clean" if r["input"] == "clean" else f"{r['input']} PGD vs H_{r['input']}"
-        lines.append("| " + " | ".join([label, *[str(r["routed"][m]) for m in names],
-                                         f"{100 * r['aggregate_acc']:.1f}", own]) + " |")
-    return "\n".join(lines) + "\n"
+    cols = [Column("input", ColumnKind.TEXT), *(Column(f"→ {m}", ColumnKind.INT) for m in names),
+            Column("aggregate_acc", ColumnKind.PERCENT, label="aggregate acc %"),
+            Column("own_member_acc", ColumnKind.PERCENT, label="own member acc %", missing="–")]
+    data = [{**r, "input": "clean" if r["input"] == "clean" else f"{r['input']} PGD vs H_{r['input']}",
+             **{f"→ {m}": r["routed"][m] for m in names}} for r in rows]
+    return Table(cols, data).markdown_grid()
 
 
 def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],
