@@ -8,6 +8,11 @@ Recognised inputs (searched recursively under ``RUN_DIR``):
 * ``certify.json`` of ``torchrobust certify``: certified accuracy vs radius;
 * any other ``*.json`` holding a list of flat rows under ``"table"`` or ``"rows"`` (paper presets, c_r search,
   PSAT metrics): shown as a table;
+
+A table is typed by the column schema the writer stored beside its rows (``"columns"``: the
+:meth:`torchrobust.tables.Table.schema` of the result object, e.g. ``PERCENT`` for accuracies stored as
+fractions): the report renders each column by its kind and never guesses. Rows stored without a schema (files
+from older versions) are shown as plain numbers and text.
 * every ``*.png``: embedded as a figure (base64, so the page needs no other file).
 
 Every table also goes to ``report/<name>.{csv,md,tex}``. Results that carry gradient-masking flags (see
@@ -17,9 +22,7 @@ Every table also goes to ``report/<name>.{csv,md,tex}``. Results that carry grad
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 import logging
 import os
@@ -31,8 +34,10 @@ from typing import Any
 
 from ..errors import TorchRobustError
 from ..io import atomic_write_bytes
+from ..tables import Column, ColumnKind
+from ..tables import Table as ResultTable
 
-__all__ = ["build_report", "latex_table", "Table"]
+__all__ = ["build_report", "latex_table", "ReportTable", "Table"]
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +48,29 @@ WEAK_LABEL = ("Strength: weak — computed only from weak attacks (FGSM, or PGD 
 
 
 @dataclass
-class Table:
+class ReportTable:
+    """One table of the report: the typed :class:`torchrobust.tables.Table` (its title is the heading) and what
+    the report says about it (flags, weak-attack strength, source file)."""
+
     name: str
-    title: str
-    rows: list[dict[str, Any]]
-    percent: bool = True
+    table: ResultTable
     flags: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""
     #: ``"weak"`` when the run was computed only from weak attacks (FGSM, short PGD), ``"strong"``, or unknown
     strength: str | None = None
+
+    @property
+    def title(self) -> str:
+        return self.table.title or self.name
+
+    @property
+    def percent(self) -> bool:
+        """Whether some column holds accuracies shown in % (a ``PERCENT`` column)."""
+        return self.table.has_kind(ColumnKind.PERCENT)
+
+
+#: the former name
+Table = ReportTable
 
 
 def _is_flat_rows(v: Any) -> bool:
@@ -63,8 +82,19 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "table"
 
 
-def _collect(run_dir: Path) -> tuple[list[Table], list[Path], bool]:
-    tables: list[Table] = []
+def _typed(rows: list[dict[str, Any]], schema: Any, title: str, where: str) -> ResultTable:
+    """``rows`` typed by the stored column ``schema``; without one (or with an unreadable one) every column is a
+    plain number/text column — percentages are never guessed."""
+    if isinstance(schema, list):
+        try:
+            return ResultTable([Column.from_dict(c) for c in schema], rows, title=title)
+        except TorchRobustError as exc:
+            log.warning("%s: ignoring its column schema (%s)", where, exc)
+    return ResultTable.from_rows(rows, title=title)
+
+
+def _collect(run_dir: Path) -> tuple[list[ReportTable], list[Path], bool]:
+    tables: list[ReportTable] = []
     checked = False
     for path in sorted(run_dir.rglob("*.json")):
         if "report" in path.relative_to(run_dir).parts[:1] or path.name.endswith(".safetensors.json"):
@@ -87,49 +117,27 @@ def _collect(run_dir: Path) -> tuple[list[Table], list[Path], bool]:
         if path.name == "certify.json" and "radii" in doc:
             rows = [{"radius": r, "certified_accuracy": a}
                     for r, a in zip(doc["radii"], doc["certified_accuracy"], strict=True)]
-            tables.append(Table(_slug(rel[:-5]), f"Certified accuracy vs radius (σ={doc.get('sigma')}, "
-                                f"n={doc.get('n')}, {doc.get('n_examples')} examples) — {rel}", rows, True, flags,
-                                rel))
+            cert = ResultTable([Column("radius", ColumnKind.FLOAT), Column("certified_accuracy", ColumnKind.PERCENT)],
+                               rows, title=f"Certified accuracy vs radius (σ={doc.get('sigma')}, n={doc.get('n')}, "
+                                           f"{doc.get('n_examples')} examples) — {rel}")
+            tables.append(ReportTable(_slug(rel[:-5]), cert, flags, rel))
             continue
         for key in ("table", "rows"):
             if _is_flat_rows(doc.get(key)):
                 title = str(doc.get("title") or doc.get("preset") or rel)
-                pct = all(isinstance(v, (int, float)) and 0 <= v <= 1 for r in doc[key] for k, v in r.items()
-                          if k not in ("eps", "radius", "c_r", "K", "lam", "params"))
-                tables.append(Table(_slug(rel[:-5]), f"{title} — {rel}", list(doc[key]), pct, flags, rel, strength))
+                typed = _typed(list(doc[key]), doc.get("columns"), f"{title} — {rel}", rel)
+                tables.append(ReportTable(_slug(rel[:-5]), typed, flags, rel, strength))
                 break
     figures = sorted(p for p in run_dir.rglob("*.png") if "report" not in p.relative_to(run_dir).parts[:1])
     return tables, figures, checked
 
 
-def _fmt(v: Any, pct: bool, key: str) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, float):
-        if pct and key not in ("eps", "radius", "c_r", "lam"):
-            return f"{100 * v:.1f}"
-        return f"{v:.4g}"
-    return str(v)
+def latex_table(t: ReportTable) -> str:
+    """A booktabs LaTeX table (accuracies in %), every cell rendered by its column's kind and escaped."""
+    return t.table.to_latex()
 
 
-def latex_table(t: Table) -> str:
-    """A booktabs LaTeX table (accuracies in %)."""
-    cols = list(t.rows[0].keys())
-
-    def esc(s: str) -> str:
-        return re.sub(r"([&%$#_{}])", r"\\\1", s).replace("ε", r"$\varepsilon$").replace("λ", r"$\lambda$")
-
-    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + esc(t.title) + "}",
-             r"\begin{tabular}{" + "l" + "r" * (len(cols) - 1) + "}", r"\toprule",
-             " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
-    for r in t.rows:
-        lines.append(" & ".join(esc(_fmt(r.get(c), t.percent, c)) for c in cols) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def _markdown(t: Table) -> str:
-    cols = list(t.rows[0].keys())
+def _markdown(t: ReportTable) -> str:
     out = [f"### {t.title}", ""]
     if t.flags:
         out += [f"**UNRELIABLE** — flags: {', '.join(str(f.get('code')) for f in t.flags)}", ""]
@@ -137,17 +145,7 @@ def _markdown(t: Table) -> str:
         out += [f"**{WEAK_LABEL}**", ""]
     if t.percent:
         out += ["Accuracies in %.", ""]
-    out += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(_fmt(r.get(c), t.percent, c) for c in cols) + " |" for r in t.rows]
-    return "\n".join(out) + "\n"
-
-
-def _csv(t: Table) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(t.rows[0].keys()))
-    w.writeheader()
-    w.writerows(t.rows)
-    return buf.getvalue()
+    return "\n".join(out) + "\n" + t.table.markdown_grid()
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -165,7 +163,7 @@ for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}
 document.body.setAttribute('data-figures',im.length);document.body.setAttribute('data-figures-rendered',ok);});"""
 
 
-def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir: Path, checked: bool) -> str:
+def _html(title: str, tables: Sequence[ReportTable], figures: Sequence[Path], run_dir: Path, checked: bool) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
              f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>", f"<h1>{e(title)}</h1>"]
@@ -173,7 +171,7 @@ def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir:
     if all_flags:
         parts.append("<div class='unreliable'><b>UNRELIABLE</b>: gradient-masking checks raised "
                      + e(", ".join(sorted({str(f.get('code')) for f in all_flags})))
-                     + ". See the flags section and torchrobust/evaluate/flags.md.</div>")
+                     + ". See the flags section and torchrobust/evaluate/checks/flags.md.</div>")
     elif checked:
         parts.append("<div class='ok'>No gradient-masking flag was raised by the checks that were run.</div>")
     else:
@@ -182,7 +180,6 @@ def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir:
                      "a defence's numbers.</div>")
     parts.append("<h2>Tables</h2>")
     for t in tables:
-        cols = list(t.rows[0].keys())
         parts.append(f"<h3>{e(t.title)}</h3>")
         if t.flags:
             parts.append("<div class='unreliable'><b>UNRELIABLE</b> — " + "; ".join(
@@ -191,10 +188,7 @@ def _html(title: str, tables: Sequence[Table], figures: Sequence[Path], run_dir:
             parts.append(f"<div class='weak'><b>{e(WEAK_LABEL)}</b></div>")
         if t.percent:
             parts.append("<p>Accuracies in %.</p>")
-        parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
-        for r in t.rows:
-            parts.append("<tr>" + "".join(f"<td>{e(_fmt(r.get(c), t.percent, c))}</td>" for c in cols) + "</tr>")
-        parts.append("</table>")
+        parts.append(t.table.to_html())
     parts.append("<h2>Figures</h2>")
     for p in figures:
         b64 = base64.b64encode(p.read_bytes()).decode()
@@ -230,7 +224,7 @@ def build_report(run_dir: str | Path, title: str | None = None, out_dir: str | P
         n = seen.get(t.name, 0)
         seen[t.name] = n + 1
         stem = tables_dir / (t.name if n == 0 else f"{t.name}_{n}")
-        for ext, text in (("csv", _csv(t)), ("md", _markdown(t)), ("tex", latex_table(t))):
+        for ext, text in (("csv", t.table.to_csv()), ("md", _markdown(t)), ("tex", latex_table(t))):
             atomic_write_bytes(stem.with_suffix(f".{ext}"), text.encode())
     md = [f"# {title}", ""] + [_markdown(t) for t in tables]
     md += ["## Figures", ""] + [f"![{p.relative_to(run)}]({Path(os.path.relpath(p, dest)).as_posix()})"

@@ -14,7 +14,6 @@ all-gathered, so every rank ends with the same :class:`SweepResult` as a single 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -30,11 +29,12 @@ from torch import nn
 from .. import distributed as D
 from ..errors import TorchRobustError
 from ..io import atomic_write_bytes
+from ..tables import Column, ColumnKind, Table
 from ..validation import check_eps
 from .engine import Job, PlanResult, result_strength, run_plan, validate_jobs
 
 __all__ = ["SweepResult", "sweep", "plan_jobs", "DEFAULT_ATTACKS", "SURVIVORS_ONLY", "WEAK_NOTE", "write_table_files",
-           "markdown_table", "plot_accuracy_vs_eps"]
+           "markdown_table", "accuracy_table", "ACCURACY_NOTE", "plot_accuracy_vs_eps"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 #: the line every table computed only from weak attacks carries
 WEAK_NOTE = ("**Strength: weak** — computed only from weak attacks (FGSM, or PGD with one restart and < 50 steps); "
              "it overstates robustness. Use the default attacks (APGD-CE + APGD-T) for a trustworthy number.")
+#: the line above every accuracy-vs-ε table
+ACCURACY_NOTE = "Accuracy in % (per-example worst case over attacks in `worst_case`)."
 
 
 @dataclass
@@ -97,10 +99,24 @@ class SweepResult:
             rows.append(row)
         return rows
 
+    def table(self, title: str | None = None) -> Table:
+        """The accuracy-vs-ε table (ε, one ``PERCENT`` column per attack, ``worst_case``) with its notes:
+        **UNRELIABLE** when flags were raised, the weak-attack warning, the accuracy line."""
+        notes = [] if self.reliable else ["**UNRELIABLE**: gradient-masking flags raised: "
+                                          + ", ".join(f["code"] for f in self.flags)]
+        if self.strength == "weak":
+            notes.append(WEAK_NOTE)
+        return accuracy_table(self.rows(), title=title or self._title(), note="\n\n".join(notes) or None)
+
+    def to_markdown(self, title: str | None = None) -> str:
+        """``results.md``: the title, the notes and the table (accuracies in %)."""
+        return self.table(title).to_markdown()
+
     def to_dict(self, per_example: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
             "threat": self.threat, "eps": self.eps, "attacks": self.attacks, "n_examples": self.n,
             "clean_accuracy": float(self.clean.float().mean()), "table": self.rows(),
+            "columns": self.table().schema(),
             "seconds": self.seconds, "config": self.config, "flags": self.flags,
             "checks_run": bool(self.config.get("checks", False)), "reliable": self.reliable,
             "strength": self.strength,
@@ -112,15 +128,10 @@ class SweepResult:
 
     def write(self, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
         """Write ``results.csv``, ``.md``, ``accuracy_vs_eps.png`` and, last, ``results.json`` (per-example
-        included)."""
+        included; ``columns`` is the table's schema, see :mod:`torchrobust.tables`)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        notes = [] if self.reliable else ["**UNRELIABLE**: gradient-masking flags raised: "
-                                          + ", ".join(f["code"] for f in self.flags)]
-        if self.strength == "weak":
-            notes.append(WEAK_NOTE)
-        paths = write_table_files(out / "results", self.rows(), title=title or self._title(),
-                                  note="\n\n".join(notes) or None)
+        paths = self.table(title).write(out, "results", formats=("csv", "md"))
         paths["png"] = plot_accuracy_vs_eps({"": self}, out / "accuracy_vs_eps.png", title=title or self._title())
         # last: a results.json marks a finished run (the CLI refuses to overwrite it, and resumes without it)
         atomic_write_bytes(out / "results.json", (json.dumps(self.to_dict(), indent=1) + "\n").encode())
@@ -131,40 +142,25 @@ class SweepResult:
         return f"Robust accuracy vs ε ({self.threat}, n={self.n})"
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def markdown_table(rows: Sequence[Mapping[str, Any]], percent: Sequence[str] = ()) -> str:
     """A GitHub-Markdown table of ``rows`` (dicts sharing keys); columns in ``percent`` shown as xx.x %."""
     if not rows:
         return ""
-    cols = list(rows[0].keys())
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in rows:
-        cells = [f"{100 * r[c]:.1f}" if c in percent and isinstance(r[c], (int, float)) else _fmt(r[c])
-                 for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return Table.from_rows(rows, {c: ColumnKind.PERCENT for c in percent}).markdown_grid()
+
+
+def accuracy_table(rows: Sequence[Mapping[str, Any]], title: str = "", note: str | None = None) -> Table:
+    """The accuracy-vs-ε table of ``rows``: ``eps`` a number, every other column a ``PERCENT`` (accuracies as
+    fractions; text cells such as ``reliable`` stay text); ``note`` and :data:`ACCURACY_NOTE` above the grid."""
+    kinds = {c: Column(c, ColumnKind.FLOAT if c == "eps" else ColumnKind.PERCENT) for r in rows for c in r}
+    return Table.from_rows(rows, kinds, title=title or None, notes=tuple(n for n in (note, ACCURACY_NOTE) if n))
 
 
 def write_table_files(stem: Path, rows: Sequence[Mapping[str, Any]], title: str = "",
                       note: str | None = None) -> dict[str, Path]:
-    """Write ``stem.csv`` and ``stem.md`` (accuracies as percentages) atomically."""
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    atomic_write_bytes(csv_path, buf.getvalue().encode())
-    pct = [c for c in (rows[0].keys() if rows else []) if c != "eps"]
-    md = (f"## {title}\n\n" if title else "") + (f"{note}\n\n" if note else "") + \
-        "Accuracy in % (per-example worst case over attacks in `worst_case`).\n\n" + markdown_table(rows, pct)
-    atomic_write_bytes(md_path, md.encode())
-    return {"csv": csv_path, "md": md_path}
+    """Write ``stem.csv`` and ``stem.md`` (accuracies as percentages) atomically: :func:`accuracy_table`."""
+    stem = Path(stem)
+    return accuracy_table(rows, title, note).write(stem.parent, stem.name, formats=("csv", "md"))
 
 
 def plot_accuracy_vs_eps(results: Mapping[str, SweepResult], path: str | Path, title: str = "") -> Path:

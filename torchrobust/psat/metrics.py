@@ -23,8 +23,6 @@ attack; ``cascade`` makes the later attacks survivors-only). Every adversarial e
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,8 +33,10 @@ from torch import Tensor, nn
 from torchrobust.errors import TorchRobustError
 from torchrobust.evaluate.engine import Job, PlanResult, run_plan
 from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack
+from torchrobust.tables import Column, ColumnKind, Table
 
-__all__ = ["MultiNormRow", "evaluate_multi_norm", "format_attack_breakdown", "format_table", "trade_off", "NORMS"]
+__all__ = ["MultiNormRow", "evaluate_multi_norm", "format_attack_breakdown", "format_table", "table", "trade_off",
+           "NORMS"]
 
 NORMS = ("Linf", "L2", "L1")
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -157,55 +157,45 @@ def _norm_loss(res: PlanResult, jobs: Sequence[Job]) -> Tensor:
     return out
 
 
-_COLS = ("clean", "Linf", "L2", "L1", "max", "union", "avg", "trade_off")
+def _fmt_params(p: int) -> str:
+    return f"{p / 1e6:.3f}M"
 
 
-def _values(r: MultiNormRow) -> list[float]:
-    return [r.clean, r.per_norm["Linf"], r.per_norm["L2"], r.per_norm["L1"], r.max_loss, r.union, r.avg, r.trade_off]
-
-
-def _fmt_params(p: int | None) -> str:
-    return "–" if p is None else f"{p / 1e6:.3f}M"
-
-
-def _fmt_saving(s: float | None) -> str:
-    if s is None or math.isnan(s):
-        return "–"
+def _fmt_saving(s: float) -> str:
     if s == 0:
         return "0.00%"
     return f"↓{s * 100:.2f}%" if s >= 0 else f"↑{-s * 100:.2f}%"
 
 
+def table(rows: Sequence[MultiNormRow], digits: int = 2) -> Table:
+    """PSAT Table 1 as a :class:`torchrobust.tables.Table`: ``method``, the accuracies (``PERCENT``, ``digits``
+    decimals), ``params``, ``saving`` (``PERCENT``, shown as ``↓79.30%``/``↑10.00%``) and ``n``."""
+
+    def pct(name: str, label: str, tex: str) -> Column:
+        return Column(name, ColumnKind.PERCENT, digits=digits, label=label, latex=tex, missing="–")
+
+    cols = [Column("method", ColumnKind.TEXT, label="Method"), pct("clean", "Clean", r"Acc$_{clean}$"),
+            *(pct(k, _LABELS[k], f"Acc {_TEX[k]}") for k in NORMS), pct("max", "Max (loss)", r"Acc$^{max}$"),
+            pct("union", "Union", r"Acc$^{union}$"), pct("avg", "Avg", r"Acc$^{avg}$"),
+            pct("trade_off", "Trade-off", r"Acc$_{trade\text{-}off}$"),
+            Column("params", ColumnKind.INT, label="# Params", latex=r"\# Params", missing="–", formatter=_fmt_params),
+            Column("saving", ColumnKind.PERCENT, digits=2, label="Saving", missing="–", formatter=_fmt_saving),
+            Column("n", ColumnKind.INT)]
+    data = [{"method": r.name, "clean": r.clean, **r.per_norm, "max": r.max_loss, "union": r.union, "avg": r.avg,
+             "trade_off": r.trade_off, "params": r.params, "saving": r.saving, "n": r.n} for r in rows]
+    return Table(cols, data)
+
+
 def format_table(rows: Sequence[MultiNormRow], fmt: str = "markdown", digits: int = 2) -> str:
-    """PSAT Table 1-style table in ``"markdown"``, ``"csv"`` or ``"latex"`` (accuracies in %)."""
+    """PSAT Table 1-style table in ``"markdown"``, ``"csv"`` or ``"latex"`` (accuracies in %), rendered from
+    :func:`table` (the CSV holds every column, accuracies × 100; Markdown and LaTeX leave out ``n``)."""
     if fmt not in ("markdown", "csv", "latex"):
         raise TorchRobustError(f"unknown table format {fmt!r}; valid: csv, latex, markdown")
+    t = table(rows, digits)
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["method", *_COLS, "params", "saving", "n"])
-        for r in rows:
-            w.writerow([r.name, *(f"{v * 100:.{digits}f}" for v in _values(r)), r.params if r.params is not None
-                        else "", f"{r.saving * 100:.2f}" if r.saving is not None else "", r.n])
-        return buf.getvalue()
-    if fmt == "markdown":
-        head = ["Method", "Clean", "ℓ∞", "ℓ2", "ℓ1", "Max (loss)", "Union", "Avg", "Trade-off", "# Params", "Saving"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in rows:
-            vals = [f"{v * 100:.{digits}f}" for v in _values(r)]
-            lines.append("| " + " | ".join([r.name, *vals, _fmt_params(r.params), _fmt_saving(r.saving)]) + " |")
-        return "\n".join(lines) + "\n"
-    head = ["Method", r"Acc$_{clean}$", f"Acc {_TEX['Linf']}", f"Acc {_TEX['L2']}", f"Acc {_TEX['L1']}",
-            r"Acc$^{max}$", r"Acc$^{union}$", r"Acc$^{avg}$", r"Acc$_{trade\text{-}off}$", r"\# Params", "Saving"]
-    lines = [r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule", " & ".join(head) + r" \\",
-             r"\midrule"]
-    for r in rows:
-        vals = [f"{v * 100:.{digits}f}\\%" for v in _values(r)]
-        sav = _fmt_saving(r.saving).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$").replace("%", r"\%")
-        name = r.name.replace("_", r"\_")
-        lines.append(" & ".join([name, *vals, _fmt_params(r.params), sav]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+        return t.to_csv(formatted=True)
+    shown = t.select(n for n in t.names if n != "n")
+    return shown.markdown_grid() if fmt == "markdown" else shown.to_latex(float_env=False, percent_sign=True)
 
 
 def format_attack_breakdown(rows: Sequence[MultiNormRow], digits: int = 2) -> str:
@@ -221,12 +211,10 @@ def format_attack_breakdown(rows: Sequence[MultiNormRow], digits: int = 2) -> st
             a = key.split("/", 1)[1]
             if a not in attacks:
                 attacks.append(a)
-    head = ["Method"] + [f"{_LABELS[k]} {a}" for k in NORMS for a in [*attacks, "worst"]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in keyed:
-        vals = []
-        for k in NORMS:
-            vals += [f"{r.extra[f'{k}/{a}'] * 100:.{digits}f}" if f"{k}/{a}" in r.extra else "–" for a in attacks]
-            vals.append(f"{r.per_norm[k] * 100:.{digits}f}")
-        lines.append("| " + " | ".join([r.name, *vals]) + " |")
-    return "\n".join(lines) + "\n"
+    cols = [Column("method", ColumnKind.TEXT, label="Method")]
+    for k in NORMS:
+        cols += [Column(f"{k}/{a}", ColumnKind.PERCENT, digits=digits, label=f"{_LABELS[k]} {a}", missing="–")
+                 for a in attacks]
+        cols.append(Column(f"{k} worst", ColumnKind.PERCENT, digits=digits, label=f"{_LABELS[k]} worst"))
+    data = [{"method": r.name, **r.extra, **{f"{k} worst": r.per_norm[k] for k in NORMS}} for r in keyed]
+    return Table(cols, data).markdown_grid()
