@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.nn import NRPMConv2d, NRPMLinear, nrpm_conv2d, nrpm_linear
-from torchrobust.nn import nrpm as nrpm_mod
+from torchrobust.nn import NRPMConv2d, NRPMLinear, nrpm_conv2d, nrpm_core, nrpm_eager, nrpm_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 D64 = torch.float64
@@ -124,7 +123,7 @@ def test_chunking_does_not_change_result(monkeypatch: pytest.MonkeyPatch) -> Non
     W = torch.randn(7, 11, dtype=D64, requires_grad=True)
     y1 = nrpm_linear(x, W, None, 0.3, 3, 1e-3, backend="eager")
     g1 = torch.autograd.grad(y1.square().sum(), (x, W))
-    monkeypatch.setattr(nrpm_mod, "_EAGER_CHUNK", 30)  # forces blocks of 1 row × 2 outputs
+    monkeypatch.setattr(nrpm_eager, "_EAGER_CHUNK", 30)  # forces blocks of 1 row × 2 outputs
     y2 = nrpm_linear(x, W, None, 0.3, 3, 1e-3, backend="eager")
     g2 = torch.autograd.grad(y2.square().sum(), (x, W))
     torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
@@ -222,7 +221,7 @@ def test_only_input_grad_requested() -> None:
 @pytest.mark.parametrize("backend", ["eager"])
 def test_conv_custom_backward_equals_unrolled_autograd(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The conv Function (batch blocks, re-unfold + fold in backward) against autograd through the paper's loop."""
-    monkeypatch.setattr(nrpm_mod, "_CONV_COLS_CHUNK", 1)  # one image per block
+    monkeypatch.setattr(nrpm_core, "_CONV_COLS_CHUNK", 1)  # one image per block
     x = torch.randn(3, 4, 7, 6, dtype=D64, requires_grad=True)
     W = torch.randn(6, 2, 3, 3, dtype=D64, requires_grad=True)
     lam = torch.tensor(0.3, dtype=D64, requires_grad=True)
@@ -305,10 +304,10 @@ def test_compiled_many_batch_sizes_and_shapes_without_recompiling() -> None:
 # ------------------------------------------------------------------------------------------------------------
 def test_from_module_shares_parameters_and_round_trips() -> None:
     m = nn.Linear(8, 3)
-    r = NRPMLinear.from_module(m, lam=0.4, K=2, eps=5e-4)
+    r = NRPMLinear.from_module(m, lam=0.4, K=2, irls_eps=5e-4)
     assert r.weight is m.weight and r.bias is m.bias
     assert r.to_module() is m
-    assert (r.lam, r.K, r.eps) == (pytest.approx(0.4), 2, 5e-4)
+    assert (r.lam, r.K, r.irls_eps) == (pytest.approx(0.4), 2, 5e-4)
     assert set(r.state_dict()) == {"weight", "bias", "lam_raw"}
     c = nn.Conv2d(2, 4, 3, bias=False)
     rc = NRPMConv2d.from_module(c, lam=0.1)
@@ -364,7 +363,7 @@ def test_sigmoid_parametrization() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"lam": 1.5}, {"lam": -0.1}, {"K": -1}, {"K": 2.0}, {"eps": 0.0}, {"eps": -1e-3}, {"backend": "cuda"},
+    [{"lam": 1.5}, {"lam": -0.1}, {"K": -1}, {"K": 2.0}, {"irls_eps": 0.0}, {"irls_eps": -1e-3}, {"backend": "cuda"},
      {"lam_parametrization": "tanh"}],
 )
 def test_validation_errors(kwargs: dict) -> None:
@@ -497,8 +496,8 @@ def test_full_width_resnet18_with_nrpm_block_convs_trains_at_batch_32() -> None:
 
 def test_auto_backend_choice() -> None:
     dev = torch.device("cpu")
-    assert nrpm_mod._resolve_backend("auto", dev, 1000) == "eager"  # too small to repay compilation
-    assert nrpm_mod._resolve_backend("auto", dev, 1 << 23, torch.bfloat16) == "eager"  # untested dtype
-    assert nrpm_mod._resolve_backend("eager", dev, 1 << 30) == "eager"
+    assert nrpm_core.resolve_backend("auto", dev, 1000) == "eager"  # too small to repay compilation
+    assert nrpm_core.resolve_backend("auto", dev, 1 << 23, torch.bfloat16) == "eager"  # untested dtype
+    assert nrpm_core.resolve_backend("eager", dev, 1 << 30) == "eager"
     # this project's machines have a working inductor C++ toolchain
-    assert nrpm_mod._resolve_backend("auto", dev, 1 << 23) == "compiled"
+    assert nrpm_core.resolve_backend("auto", dev, 1 << 23) == "compiled"

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import torchrobust.nn.nrpm as nrpm_mod
+import torchrobust.nn.nrpm_core as nrpm_core
+import torchrobust.nn.nrpm_eager as nrpm_eager
 from torchrobust.attacks.wrappers import BPDA, has_bpda_modules
 from torchrobust.evaluate.checks import check_bpda_evaluated, check_bpda_surrogates, find_zero_gradient_modules
 from torchrobust.nn.forged import bpda_mode
@@ -127,18 +128,18 @@ def test_conv_straight_through_matches_detached_reference(stride: int, padding: 
 def test_straight_through_is_memory_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a tiny chunk budget the eager surrogate backward runs in many chunks (never the full product
     tensor) and still matches the reference; only the last iterate is saved for backward."""
-    monkeypatch.setattr(nrpm_mod, "_EAGER_CHUNK", 64)
+    monkeypatch.setattr(nrpm_eager, "_EAGER_CHUNK", 64)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(11, 20, dtype=torch.float64, generator=g).requires_grad_(True)
     w = torch.randn(6, 20, dtype=torch.float64, generator=g).requires_grad_(True)
     calls = []
-    real = nrpm_mod._st_chunk
+    real = nrpm_eager._st_chunk
 
     def spy(xc: Tensor, wc: Tensor, *a: object) -> object:
         calls.append(xc.shape[0] * wc.shape[0] * xc.shape[1])
         return real(xc, wc, *a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(nrpm_mod, "_st_chunk", spy)
+    monkeypatch.setattr(nrpm_eager, "_st_chunk", spy)
     out = nrpm_linear(x, w, None, 0.5, 3, 1e-3, backend="eager", straight_through=True)
     node, todo = None, [out.grad_fn]
     while todo:  # find the NRPM autograd node
@@ -239,7 +240,7 @@ def test_checks_recognise_nrpm_surrogate(monkeypatch: pytest.MonkeyPatch) -> Non
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model = reprogram(mlp.eval(), lam=0.8, K=3, eps=1e-3)
+    model = reprogram(mlp.eval(), lam=0.8, K=3, irls_eps=1e-3)
     probe = x[2000:2008]
     found = find_zero_gradient_modules(model, probe)
     assert found and all(z.type == "NRPMLinear" and z.declares_surrogate for z in found)
@@ -258,13 +259,13 @@ def test_evaluate_adaptive_runs_bpda_through_the_nrpm_surrogate(monkeypatch: pyt
     from torchrobust.evaluate.adaptive import evaluate_adaptive
 
     calls = []
-    real = nrpm_mod._backward_fixed
+    real = nrpm_core.backward_fixed
 
     def spy(*a: object, **k: object) -> object:
         calls.append(1)
         return real(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(nrpm_mod, "_backward_fixed", spy)
+    monkeypatch.setattr(nrpm_core, "backward_fixed", spy)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), NRPMLinear(16, 8, lam=0.5, K=2, backend="eager"), nn.ReLU(),
                           NRPMLinear(8, 3, lam=0.5, K=2, backend="eager")).eval()
@@ -284,7 +285,7 @@ def test_layer_mode_equals_generic_hook_surrogate() -> None:
     from torchrobust.attacks.wrappers import irls_fixed_surrogate
 
     torch.manual_seed(2)
-    conv = NRPMConv2d.from_module(nn.Conv2d(3, 4, 3, stride=2, padding=1).double(), lam=0.6, K=2, eps=1e-2,
+    conv = NRPMConv2d.from_module(nn.Conv2d(3, 4, 3, stride=2, padding=1).double(), lam=0.6, K=2, irls_eps=1e-2,
                                   backend="eager")
     model = nn.Sequential(conv).eval()
     x = torch.rand(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
