@@ -500,7 +500,7 @@ class _NoJvpModule(nn.Module):
 
 
 def test_probe_directional_derivatives_match_autograd_jacobian_in_float64() -> None:
-    from torchrobust.evaluate.checks import _jvp
+    from torchrobust.evaluate.checks.zero_gradients import _jvp
 
     x = torch.randn(3, 5, dtype=torch.float64)
     d = torch.randn(3, 5, dtype=torch.float64)
