@@ -120,20 +120,10 @@ def _few(names: Iterable[str], n: int = 6) -> str:
 
 
 def _default_layers(model: nn.Module) -> list[str]:
-    hook = getattr(model, "nrpm_default_layers", None)
-    if callable(hook):
-        return list(hook())
-    names = []
-    for name, m in model.named_modules():
-        if not _is_replaceable(m):
-            continue
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        if isinstance(parent, nn.MultiheadAttention):
-            # MultiheadAttention reads out_proj.weight directly; swapping the module would have no effect.
-            logger.info("reprogram: skipping %s (inside nn.MultiheadAttention)", name)
-            continue
-        names.append(name)
-    return names
+    # the model's hook, else its residual blocks' main paths and attention/MLP Linears (models.structure)
+    from torchrobust.models.structure import default_nrpm_layers
+
+    return default_nrpm_layers(model)
 
 
 def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[str]:
@@ -141,8 +131,10 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[str]:
 
     ``layers`` may be:
 
-    * ``None`` - ``model.nrpm_default_layers()`` when the model defines it (zoo models), otherwise every
-      ``nn.Linear`` and ``nn.Conv2d`` (except the internals of ``nn.MultiheadAttention``);
+    * ``None`` - ``model.nrpm_default_layers()`` when the model defines it (zoo models), otherwise the layers
+      :mod:`torchrobust.models.structure` derives from the module structure: the main-path Linear/Conv2d layers of
+      every residual block and the Linear layers of attention modules (not the stem, shortcut convs or the head);
+      a model without either gets every ``nn.Linear`` and ``nn.Conv2d`` (except ``nn.MultiheadAttention``'s);
     * a list/tuple of qualified names (as in ``named_modules()``), each of which must be a Linear/Conv2d;
     * a string: an exact module name selects that layer; otherwise the string is a pattern matched against
       the full qualified name - a *regular expression* (``re.fullmatch``) when it contains regex syntax

@@ -12,9 +12,11 @@ no-gradient pass in Algorithm 1's tracking mode.
 Insertion points (``where``)
     ``None``: ``model.forge_insertion_points()`` when the model defines it (zoo models: the convs inside
     residual blocks, Mixer MLP linears, hidden layers of MLP / LeNet; see ``docs/architecture.md``), otherwise
-    every ``nn.Linear`` / ``nn.Conv2d`` except the first one in ``named_modules()`` order (it sees the raw
-    input). A list of qualified module names selects exactly those; a string is a glob (``fnmatch``) over the
-    qualified names of the model's Linear/Conv2d layers; a callable ``(name, module) -> bool`` filters them.
+    the layers :mod:`torchrobust.models.structure` finds inside residual blocks and attention modules (shortcut
+    convs included; not the stem or the head), and for a model without either every ``nn.Linear`` /
+    ``nn.Conv2d`` except the first one in ``named_modules()`` order (it sees the raw input). A list of qualified
+    module names selects exactly those; a string is a glob (``fnmatch``) over the qualified names of the model's
+    Linear/Conv2d layers; a callable ``(name, module) -> bool`` filters them.
 
 State-dict keys
     Each target layer ``name`` is replaced by a :class:`~torchrobust.nn.forged.PreForged` wrapper that keeps
@@ -61,8 +63,10 @@ def insertion_points(model: nn.Module, where: Where = None) -> list[str]:
     """Resolve ``where`` (see the module docstring) into qualified names of Linear/Conv2d layers of ``model``."""
     layers = dict(_linear_layers(model))
     if where is None:
-        hook = getattr(model, "forge_insertion_points", None)
-        names = list(hook()) if callable(hook) else list(layers)[1:]
+        # the model's hook, else every layer of its residual blocks / attention modules (models.structure)
+        from torchrobust.models.structure import default_insertion_points
+
+        names = default_insertion_points(model)
     elif isinstance(where, str):
         names = [n for n in layers if fnmatch.fnmatchcase(n, where)]
         if not names:

@@ -9,16 +9,18 @@ normalisation, as in the reprogramming paper's code. Build models by name with :
     model = torchrobust.models.create("resnet18", mean=info.mean, std=info.std)
 
 Zoo models describe where defences go (docs/architecture.md, "Model structure hooks"):
-``model.nrpm_default_layers()`` and ``model.forge_insertion_points()`` return qualified module names.
+``model.nrpm_default_layers()`` and ``model.forge_insertion_points()`` return qualified module names; any other model
+(torchvision, timm, your own) is analysed by :mod:`torchrobust.models.structure`. A classifier trained on normalised
+input gets its ``Normalize`` layer from :func:`with_normalization`.
 """
 
 from .lenet import LeNet
 from .mixer import MLPMixer
 from .mlp import MLP
-from .normalize import Normalize
+from .normalize import Normalize, Normalized, with_normalization
 from .registry import create, list_models, model_kwargs
 from .resnet import PreActResNet, ResNet
 from .wide_resnet import DMWideResNet, WideResNet
 
 __all__ = ["create", "list_models", "model_kwargs", "Normalize", "MLP", "LeNet", "ResNet", "PreActResNet",
-           "WideResNet", "DMWideResNet", "MLPMixer"]
+           "WideResNet", "DMWideResNet", "MLPMixer", "Normalized", "with_normalization"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import TorchRobustError
 
-__all__ = ["Normalize", "make_normalize"]
+__all__ = ["Normalize", "make_normalize", "Normalized", "with_normalization"]
 
 Floats = float | Sequence[float] | torch.Tensor
 
@@ -98,3 +98,55 @@ def make_normalize(mean: Floats | None, std: Floats | None, in_channels: int) ->
         raise TorchRobustError(f"mean/std have {layer.num_channels} values but the model has in_channels="
                                f"{in_channels}; give {in_channels} values (or one)")
     return layer
+
+
+class Normalized(nn.Module):
+    """``model(Normalize(mean, std)(x))``: a classifier trained on normalised input, taking [0, 1] input.
+
+    Built by :func:`with_normalization`. Its structure hooks (docs/architecture.md, "Model structure hooks") are the
+    wrapped model's defaults (its own hooks, or :mod:`torchrobust.models.structure`) under the ``model.`` prefix, so
+    the wrapper itself is never mistaken for a residual block.
+    """
+
+    def __init__(self, model: nn.Module, mean: Floats, std: Floats) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+    def nrpm_default_layers(self) -> list[str]:
+        from .structure import default_nrpm_layers
+
+        return [f"model.{n}" for n in default_nrpm_layers(self.model)]
+
+    def forge_insertion_points(self) -> list[str]:
+        from .structure import default_insertion_points
+
+        return [f"model.{n}" for n in default_insertion_points(self.model)]
+
+
+def with_normalization(model: nn.Module, mean: Floats, std: Floats) -> Normalized:
+    """Put ``Normalize(mean, std)`` in front of a model that normalises nothing itself (e.g. a torchvision or timm
+    classifier trained on ``(x - mean) / std``), so it takes [0, 1] input and attacks measure ε in pixel units.
+
+    ``mean``/``std``: one value per input channel (or one for all), e.g. ImageNet's (0.485, 0.456, 0.406) /
+    (0.229, 0.224, 0.225). The wrapped model's parameters are shared, not copied; ``result.model`` is ``model``.
+
+    Raises:
+        TorchRobustError: ``model`` is not an ``nn.Module``, already contains a :class:`Normalize` layer (it would
+            normalise twice), or mean/std are invalid or do not match its first convolution's input channels.
+    """
+    if not isinstance(model, nn.Module):
+        raise TorchRobustError(f"with_normalization expects an nn.Module, got {type(model).__name__}")
+    inner = next((name for name, m in model.named_modules() if isinstance(m, Normalize)), None)
+    if inner is not None:
+        raise TorchRobustError(f"the model already normalises its input (Normalize layer {inner or 'at its root'!r}); "
+                               "use it as it is, or remove that layer first")
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None:
+        make_normalize(mean, std, first_conv.in_channels)  # validates the channel count
+    wrapped = Normalized(model, mean, std)
+    wrapped.train(model.training)
+    return wrapped
