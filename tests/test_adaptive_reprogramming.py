@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from torchrobust.cli import main
 from torchrobust.errors import TorchRobustError
 from torchrobust.experiments import adaptive_reprogramming as AR
 from torchrobust.experiments import reprogramming as R
@@ -44,13 +45,13 @@ KW = dict(n_test=12, eps=(0.1, 0.3), models=("mlp",), paradigms=(1, 2), budget="
 
 def test_run_writes_files_and_table(tmp_path: Path, fake_mnist: None, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
-    rc = AR.main(["--out", str(out), "--n-test", "12", "--eps", "0.1", "0.3", "--models", "mlp", "--paradigms",
-                  "1", "2", "--budget", "quick", "--profile", "quick", "--quiet"])
+    rc = main(["paper", "adaptive", "--out", str(out), "--n-test", "12", "--eps", "0.1,0.3", "--models", "mlp",
+               "--paradigms", "1,2", "--budget", "quick", "--profile", "quick", "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "adaptive_reprogramming.json").read_text())
     md = (out / "adaptive_reprogramming.md").read_text()
-    assert printed == md
+    assert printed.startswith(md) and printed[len(md):].startswith(f"\nwrote {out}/ in ")
     for p in (0, 1, 2):
         assert (out / "models" / f"mlp-p{p}.safetensors").is_file()
         for e in ("0.1", "0.3"):
@@ -240,8 +241,6 @@ def test_lenet_cell_runs(tmp_path: Path, fake_mnist: None) -> None:
 
 def test_cli_paper_adaptive_dispatches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture) -> None:
-    from torchrobust.cli import main
-
     seen: dict[str, object] = {}
 
     def fake_run(out_dir: str, **kw: object) -> dict[str, object]:

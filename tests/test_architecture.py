@@ -69,3 +69,66 @@ def test_the_checker_sees_private_imports_and_attribute_uses() -> None:
 def test_no_module_uses_another_modules_private_names(path: Path) -> None:
     uses = private_uses(path.read_text(encoding="utf-8"), _module_name(path), path.name == "__init__.py")
     assert uses == [], f"{path.relative_to(PACKAGE.parent)} uses private names of other modules: {uses}"
+
+
+# ------------------------------------------------------------------------------------- one command line
+SHARED_OPTIONS = {"--data", "--data-root", "--seed", "--device", "--out", "--overwrite", "--batch-size", "--threads",
+                  "--quiet"}
+
+
+def parser_constructions(sources: dict[str, str]) -> list[str]:
+    """``"path:line"`` of every construction of an argparse parser (``ArgumentParser(...)`` or of a subclass of it
+    defined in ``sources``); sub-parsers made by ``add_parser`` are not constructions."""
+    trees = {name: ast.parse(src) for name, src in sources.items()}
+    names = {"ArgumentParser"}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(
+                    (isinstance(b, ast.Name) and b.id in names) or (isinstance(b, ast.Attribute) and b.attr in names)
+                    for b in node.bases):
+                names.add(node.name)
+    found = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and (
+                    (isinstance(node.func, ast.Name) and node.func.id in names)
+                    or (isinstance(node.func, ast.Attribute) and node.func.attr in names)):
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def option_declarations(sources: dict[str, str], options: set[str]) -> dict[str, list[str]]:
+    """option -> ``"path:line"`` of every ``add_argument("<option>", ...)`` in ``sources``."""
+    found: dict[str, list[str]] = {}
+    for name, src in sources.items():
+        for node in ast.walk(ast.parse(src)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_argument" and node.args and isinstance(node.args[0], ast.Constant)
+                    and node.args[0].value in options):
+                found.setdefault(node.args[0].value, []).append(f"{name}:{node.lineno}")
+    return found
+
+
+def _sources() -> dict[str, str]:
+    return {str(p.relative_to(PACKAGE.parent)): p.read_text(encoding="utf-8") for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_the_parser_checkers_see_constructions_and_declarations() -> None:
+    src = {"a.py": "import argparse\nclass P(argparse.ArgumentParser):\n    pass\nclass Q(P):\n    pass\n"
+                   "p = Q(prog='x')\nsub = p.add_subparsers()\nsub.add_parser('y')\n",
+           "b.py": "from argparse import ArgumentParser\nap = ArgumentParser()\nap.add_argument('--seed')\n"
+                   "ap.add_argument('--lr')\n"}
+    assert parser_constructions(src) == ["a.py:6", "b.py:2"]
+    assert option_declarations(src, {"--seed", "--out"}) == {"--seed": ["b.py:3"]}
+
+
+def test_exactly_one_argparse_parser_in_torchrobust() -> None:
+    found = parser_constructions(_sources())
+    assert len(found) == 1 and found[0].startswith("torchrobust/cli/"), found
+
+
+def test_shared_cli_options_are_declared_in_one_module() -> None:
+    found = option_declarations(_sources(), SHARED_OPTIONS)
+    assert set(found) == SHARED_OPTIONS, f"not declared at all: {SHARED_OPTIONS - set(found)}"
+    for option, where in found.items():
+        assert len(where) == 1 and where[0].startswith("torchrobust/cli/options.py:"), (option, where)

@@ -1,7 +1,8 @@
 r"""The full adaptive evaluation of the reprogrammed MNIST models (Hou et al., ICLR 2025, Sec. 4 paradigms 1–3).
 
-The paper evaluates its MNIST models with one-step FGSM only (Tables 1, 2, 7, 8; ``notes/paper-code-facts.md``
-§6). This experiment puts three evaluations side by side, on the same test images and per example:
+The paper evaluates its MNIST models with one-step FGSM only (Tables 1, 2, 7, 8;
+``docs/paper-code-facts.md#reprogramming-evaluation-protocol``). This experiment puts three evaluations side by
+side, on the same test images and per example:
 
 * **FGSM** — the paper's protocol, ``clip(x + ε·sign(∇ₓ CE), 0, 1)`` (Goodfellow et al. 2015), with the paper's
   number beside it where the paper reports one;
@@ -33,7 +34,7 @@ file is recomputed the same way. Nothing is unpickled.
 
 Command (the run documented in ``docs/adaptive-evaluation.md``)::
 
-    nice -n 5 python -m torchrobust.experiments.adaptive_reprogramming --out results/adaptive
+    nice -n 5 torchrobust paper adaptive --out results/adaptive
 
 From Python::
 
@@ -44,11 +45,9 @@ From Python::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -61,7 +60,7 @@ from torch import nn
 from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.resume import fingerprint_model, fingerprint_tensors
 
-__all__ = ["run", "AttackBudget", "BUDGETS", "ARCHS", "PARADIGM_NAMES", "paper_fgsm", "main"]
+__all__ = ["run", "AttackBudget", "BUDGETS", "ARCHS", "PARADIGM_NAMES", "paper_fgsm"]
 
 logger = logging.getLogger(__name__)
 
@@ -380,7 +379,8 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
         models: Sequence[str] = ARCHS, paradigms: Sequence[int] = (1, 2, 3), state_dir: str | Path | None = None,
         seed: int = 0, threads: int | None = 1, progress: bool = True, *, baseline: bool = True,
         budget: str | AttackBudget | Mapping[str, AttackBudget] = "default", profile: str = "fast",
-        device: str | None = None, report_only: bool = False) -> dict[str, Any]:
+        device: str | None = None, report_only: bool = False, steps: int | None = None,
+        square_queries: int | None = None) -> dict[str, Any]:
     """Train (or reload) the models, evaluate every (model, paradigm, ε) cell, write JSON + Markdown.
 
     Args:
@@ -401,6 +401,8 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
         report_only: train and attack nothing: write the table of the cells finished so far (e.g. while other
             processes work on other models in the same ``out_dir``/``state_dir``; unfinished cells are listed
             as missing).
+        steps, square_queries: when given, replace :attr:`AttackBudget.steps` (the suite's PGD steps) and
+            :attr:`AttackBudget.square_queries` (Square's query budget) in every model's budget.
 
     Returns:
         The result written as JSON: ``config``, ``rows`` (one per model × paradigm: ``arch``, ``paradigm``,
@@ -420,6 +422,11 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
     if not eps or any(not 0 < float(e) <= 1 for e in eps):
         raise TorchRobustError(f"eps={tuple(eps)!r}: give ℓ∞ budgets in (0, 1], e.g. 0.1 0.2 0.3")
     budgets = _resolve_budget(budget, models)
+    for name, value in (("steps", steps), ("square_queries", square_queries)):
+        if value is not None:
+            if not isinstance(value, int) or value < 1:
+                raise TorchRobustError(f"{name}={value!r} must be an integer >= 1")
+            budgets = {a: replace(b, **{name: value}) for a, b in budgets.items()}
     if profile not in PROFILES:
         raise unknown_name("profile", profile, PROFILES)
     out = Path(out_dir)
@@ -522,55 +529,3 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
     result = write_results()
     logger.info("adaptive evaluation done in %.0f s; wrote %s", result["wall_seconds"], out)
     return result
-
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m torchrobust.experiments.adaptive_reprogramming",
-        description="Adaptive evaluation (FGSM, PGD-20, APGD/BPDA/transfer/Square/SPSA worst case) of the "
-                    "reprogrammed MNIST MLP and LeNet, paradigms 1-3; resumable.")
-    ap.add_argument("--out", required=True, help="output folder (models, JSON, Markdown; state/ by default)")
-    ap.add_argument("--n-test", type=int, default=100, help="first N MNIST test images (default 100)")
-    ap.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    ap.add_argument("--models", nargs="+", default=list(ARCHS), choices=list(ARCHS))
-    ap.add_argument("--paradigms", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
-    ap.add_argument("--no-baseline", action="store_true", help="skip the undefended backbone rows")
-    ap.add_argument("--state-dir", default=None, help="finished cells + attack state (default OUT/state)")
-    ap.add_argument("--budget", default="default", choices=sorted(BUDGETS))
-    ap.add_argument("--steps", type=int, default=None, help="override the suite's PGD steps")
-    ap.add_argument("--square-queries", type=int, default=None, help="override Square's query budget")
-    ap.add_argument("--profile", default="fast", help="training profile of the presets (fast, full, quick)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--report-only", action="store_true",
-                    help="compute nothing: write the table of the cells finished so far")
-    return ap
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; prints the Markdown table. User errors exit 2 with one line."""
-    args = _parser().parse_args(argv)
-    budget = dict(BUDGETS[args.budget])
-    for a, b in budget.items():
-        if args.steps is not None:
-            b = replace(b, steps=args.steps)
-        if args.square_queries is not None:
-            b = replace(b, square_queries=args.square_queries)
-        budget[a] = b
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        run(args.out, n_test=args.n_test, eps=args.eps, models=args.models, paradigms=args.paradigms,
-            state_dir=args.state_dir, seed=args.seed, threads=args.threads, progress=not args.quiet,
-            baseline=not args.no_baseline, budget=budget, profile=args.profile, device=args.device,
-            report_only=args.report_only)
-    except TorchRobustError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    sys.stdout.write((Path(args.out) / f"{_RESULT_NAME}.md").read_text(encoding="utf-8"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,36 +2,40 @@
 
 Budgets ε = (ℓ∞ 0.3, ℓ2 2.0, ℓ1 10) (Maini et al. 2020). Run in stages so they can share a machine::
 
-    python -m torchrobust.psat.experiment members   --out runs/psat_mnist --n-train 10000 --epochs 1
-    python -m torchrobust.psat.experiment baselines --out runs/psat_mnist --n-train 10000 --epochs 1
-    python -m torchrobust.psat.experiment evaluate  --out runs/psat_mnist --n-test 1000 --steps 10 --restarts 1
+    torchrobust psat experiment members   --out runs/psat_mnist --n-train 10000 --epochs 1
+    torchrobust psat experiment baselines --out runs/psat_mnist --n-train 10000 --epochs 1
+    torchrobust psat experiment evaluate  --out runs/psat_mnist --n-test 1000 --steps 10 --restarts 1
 
-The stages log to stderr; ``evaluate`` writes ``psat_table.{md,csv,tex,json}`` and ``train_times.json`` into
-``--out``. On a shared machine every stage takes ``--only NAME ...`` (members: ``Linf L2 L1``; baselines:
-``max avg msd``; evaluate: ``psat`` for the aggregate, ``members`` for the member rows, or ``AT_max`` etc.), so
-the work can be split over processes; ``evaluate --only X`` writes ``part_X.json`` and the ``table`` stage merges
-all parts into ``psat_table.*``. ``evaluate --autoattack apgd-ce apgd-t`` adds the reference AutoAttack per norm
-on the examples PGD did not fool. ``routing`` writes ``routing.{md,json}``: where the entropy gate sends clean
-inputs and each member's own PGD examples.
+or from Python ``run_stage("members", "runs/psat_mnist", n_train=10000)``. The stages log; ``evaluate`` writes
+``psat_table.{md,csv,tex,json}`` and ``table`` also ``train_times.json`` into the run folder. On a shared machine
+every stage takes ``only`` (``--only NAME,...``; members: ``Linf L2 L1``; baselines: ``max avg msd``; evaluate:
+``psat`` for the aggregate, ``members`` for the member rows, or ``AT_max`` etc.), so the work can be split over
+processes; ``evaluate`` with ``only`` writes ``part_X_<start>.json`` and the ``table`` stage merges all parts into
+``psat_table.*``. ``autoattack=["apgd-ce", "apgd-t"]`` adds the reference AutoAttack per norm on the examples PGD
+did not fool (``[]``: its full standard version). ``routing`` writes ``routing.{md,json}``: where the entropy gate
+sends clean inputs and each member's own PGD examples.
 """
-
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from torchrobust import checkpoint
+from torchrobust.attacks.threat import ThreatName
+from torchrobust.errors import unknown_name
 from torchrobust.psat.adversary import MNIST_BUDGETS
 from torchrobust.psat.evaluation import evaluate, write_tables
 from torchrobust.psat.metrics import MultiNormRow, format_table
 from torchrobust.psat.train import PSATTrainConfig, train_baselines, train_members
 
 log = logging.getLogger(__name__)
+
+NORMS = tuple(t.value for t in ThreatName)  # one member per threat model
 
 
 def _train_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,65 +47,63 @@ def _train_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[idx], y[idx]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m torchrobust.psat.experiment", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["members", "baselines", "evaluate", "routing", "table"])
-    p.add_argument("--only", nargs="*", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--n-train", type=int, default=10000)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--train-steps", type=int, default=5)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--z-dim", type=int, default=32)
-    p.add_argument("--unit", type=int, default=32)
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--start", type=int, default=0, help="first test index (split evaluation over processes)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--autoattack", nargs="*", default=None, metavar="SUBATTACK",
-                   help="evaluate: also run the reference AutoAttack per norm with these sub-attacks (e.g. apgd-ce "
-                        "apgd-t; no names = full standard version); rows report the per-example worst case")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(a.threads)
-    steps = {k: a.train_steps for k in MNIST_BUDGETS}
-    cfg = PSATTrainConfig(epochs=a.epochs, batch_size=100, lr=a.lr, seed=a.seed)
-    out = Path(a.out)
-    if a.stage == "members":
-        train_members(out, _train_set(a.n_train, a.seed), threats=a.only or ("Linf", "L2", "L1"),
-                      arch="hyper_msd_cnn", arch_kwargs={"z_dim": a.z_dim, "unit": a.unit}, steps=steps, config=cfg)
-    elif a.stage == "baselines":
-        train_baselines(out, _train_set(a.n_train, a.seed), strategies=a.only or ("max", "avg", "msd"),
-                        arch="msd_cnn", steps=steps, config=cfg)
-    elif a.stage == "routing":
+STAGES = ("members", "baselines", "evaluate", "routing", "table")
+
+
+def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str] | None = None,
+              n_train: int = 10000, epochs: int = 1, train_steps: int = 5, lr: float = 1e-3, z_dim: int = 32,
+              unit: int = 32, n_test: int = 1000, start: int = 0, steps: int = 10, restarts: int = 1,
+              autoattack: Sequence[str] | None = None, seed: int = 0) -> list[Path]:
+    """Run one stage of the experiment in the run folder ``out_dir`` (see the module docstring); returns the paths
+    of the files it wrote.
+
+    ``members``/``baselines``: train (``n_train`` random training images, ``epochs``, ``train_steps``-step training
+    adversaries, Adam ``lr``, batch 100; members' hypernetwork ``z_dim``/``unit``). ``evaluate``/``routing``: test
+    images ``start .. start + n_test``, PGD with ``steps`` steps and ``restarts`` restarts per norm (``autoattack``:
+    also the reference AutoAttack). ``table``: merge the ``part_*.json`` of split evaluations.
+    """
+    if stage not in STAGES:
+        raise unknown_name("stage", stage, STAGES)
+    parts = list(only) if only else None
+    aa = None if autoattack is None else list(autoattack)
+    written: list[Path] = []
+    train_budget = {k: train_steps for k in MNIST_BUDGETS}
+    cfg = PSATTrainConfig(epochs=epochs, batch_size=100, lr=lr, seed=seed)
+    out = Path(out_dir)
+    if stage == "members":
+        written += train_members(out, _train_set(n_train, seed), threats=parts or NORMS,
+                                 arch="hyper_msd_cnn", arch_kwargs={"z_dim": z_dim, "unit": unit}, steps=train_budget,
+                                 config=cfg).values()
+    elif stage == "baselines":
+        written += train_baselines(out, _train_set(n_train, seed), strategies=parts or ("max", "avg", "msd"),
+                                   arch="msd_cnn", steps=train_budget, config=cfg).values()
+    elif stage == "routing":
         from torchrobust import data
         from torchrobust.psat.evaluation import format_routing, pgd_attacks, routing
         from torchrobust.psat.train import load_ensemble
 
         xt, yt = data.load("mnist", "test").tensors
-        sl = slice(a.start, a.start + a.n_test)
-        atk = pgd_attacks(MNIST_BUDGETS, {k: a.steps for k in MNIST_BUDGETS}, {}, a.restarts)
+        sl = slice(start, start + n_test)
+        atk = pgd_attacks(MNIST_BUDGETS, {k: steps for k in MNIST_BUDGETS}, {}, restarts)
         rows = routing(load_ensemble(out), xt[sl], yt[sl], atk)
         md = format_routing(rows)
-        checkpoint.write_texts(out, "routing", {"json": json.dumps(rows, indent=2) + "\n", "md": md})
+        texts = {"json": json.dumps(rows, indent=2) + "\n", "md": md}
+        written += checkpoint.write_texts(out, "routing", texts).values()
         log.info("routing\n%s", md)
-    elif a.stage == "evaluate":
+    elif stage == "evaluate":
         from torchrobust import data
 
         xt, yt = data.load("mnist", "test").tensors
-        kw = {"data": (xt[a.start:a.start + a.n_test], yt[a.start:a.start + a.n_test]), "n_test": a.n_test,
-              "steps": {k: a.steps for k in MNIST_BUDGETS}, "alpha": {}, "restarts": a.restarts,
-              "autoattack": a.autoattack}
-        if not a.only:
+        kw = {"data": (xt[start:start + n_test], yt[start:start + n_test]), "n_test": n_test,
+              "steps": {k: steps for k in MNIST_BUDGETS}, "alpha": {}, "restarts": restarts,
+              "autoattack": aa}
+        if not parts:
             rows = evaluate(out, strategies=("entropy", "average"), **kw)
-            write_tables(rows, out)
+            written += write_tables(rows, out).values()
         else:
             rows = []
-            members = {t: out / f"{t}.safetensors" for t in ("Linf", "L2", "L1")}
-            for part in a.only:
+            members = {t: out / f"{t}.safetensors" for t in NORMS}
+            for part in parts:
                 if part == "psat":
                     rows += evaluate(members, members=False, strategies=("entropy",), **kw)
                 elif part == "members":
@@ -109,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         rows += evaluate({t: pth}, **kw)
                 else:
                     rows += evaluate({part: out / f"{part}.safetensors"}, **kw)
-            (out / f"part_{'_'.join(a.only)}_{a.start}.json").write_text(
-                json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+            written += checkpoint.write_texts(out, f"part_{'_'.join(parts)}_{start}",
+                                              {"json": json.dumps([r.as_dict() for r in rows], indent=2) + "\n"}
+                                              ).values()
         log.info("results\n%s", format_table(rows))
     else:
         merged: dict[str, MultiNormRow] = {}
@@ -132,16 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = list(merged.values())
         order = {"H_Linf": 0, "H_L2": 1, "H_L1": 2, "PSAT (entropy)": 3}
         rows.sort(key=lambda r: (order.get(r.name, 9), r.name))
-        write_tables(rows, out)
+        written += write_tables(rows, out).values()
         times = {}
         for pth in sorted(out.glob("*.safetensors")):
             meta = checkpoint.load_metadata(pth)["metadata"]
             times[pth.stem] = {"train_seconds": meta.get("train_seconds"),
                                "train_cpu_seconds": meta.get("train_cpu_seconds")}
-        checkpoint.write_texts(out, "train_times", {"json": json.dumps(times, indent=2) + "\n"})
+        written += checkpoint.write_texts(out, "train_times", {"json": json.dumps(times, indent=2) + "\n"}).values()
         log.info("results\n%s", format_table(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return written

@@ -1,0 +1,248 @@
+"""The papers' experiments: ``torchrobust paper NAME`` (the reprogramming paper's tables and figures; ``adaptive``:
+its models under the adaptive suite) and ``torchrobust psat train|evaluate|experiment`` (PSAT)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..attacks.threat import ThreatName
+from ..errors import TorchRobustError
+from .options import (
+    add_common,
+    add_data,
+    add_device,
+    add_out,
+    add_overwrite,
+    add_seed,
+    finite_number,
+    float_list,
+    name_list,
+    nonnegative_int,
+    positive_int,
+)
+
+PSAT_TABLE_FILES = ("psat_table.md", "psat_table.csv", "psat_table.tex", "psat_table.json", "psat_table_attacks.md")
+THREATS = tuple(t.value for t in ThreatName)
+# `paper adaptive` only (torchrobust.experiments.adaptive_reprogramming.run): option -> its value when not given
+ADAPTIVE_ONLY = {"--eps": ("eps", None), "--models": ("models", None), "--paradigms": ("paradigms", None),
+                 "--no-baseline": ("no_baseline", False), "--state-dir": ("state_dir", None),
+                 "--budget": ("budget", None), "--steps": ("steps", None),
+                 "--square-queries": ("square_queries", None), "--report-only": ("report_only", False)}
+
+
+def int_list(s: str) -> list[int]:
+    """Comma-separated integers (``1,2,3``)."""
+    try:
+        return [int(v) for v in name_list(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,2,3; got {s!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------- paper
+def _paper_adaptive(args: argparse.Namespace) -> int:
+    from ..experiments import adaptive_reprogramming as ar
+
+    kw: dict[str, Any] = {k: v for k, v in (("eps", args.eps), ("models", args.models),
+                                            ("paradigms", args.paradigms), ("state_dir", args.state_dir),
+                                            ("budget", args.budget), ("steps", args.steps),
+                                            ("square_queries", args.square_queries)) if v is not None}
+    if args.no_baseline:
+        kw["baseline"] = False
+    if args.report_only:
+        kw["report_only"] = True
+    res = ar.run(args.out, n_test=args.n_test or 100, seed=args.seed, threads=args.threads, progress=not args.quiet,
+                 profile=args.profile, device=args.device, **kw)
+    sys.stdout.write((Path(args.out) / "adaptive_reprogramming.md").read_text())
+    sys.stdout.write(f"\nwrote {args.out}/ in {res.get('wall_seconds', 0):.0f} s\n")
+    return 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    from ..experiments.reprogramming import run
+    from ..validation import check_output_dir
+
+    if args.name == "adaptive":  # the full adaptive evaluation (torchrobust.experiments.adaptive_reprogramming)
+        if args.weights is not None:
+            raise TorchRobustError("--weights applies to the paper presets (table1, table2, table3, table7, table8, "
+                                   "lenet), not to 'adaptive'; drop --weights or pick a preset")
+        if args.n_pgd is not None:
+            raise TorchRobustError("--n-pgd is the PGD-20 size of the other presets; `paper adaptive` runs PGD-20 "
+                                   "on its --n-test images; drop --n-pgd")
+        check_output_dir(args.out)  # paper runs resume their finished cells, so existing results are not refused
+        return _paper_adaptive(args)
+    given = [flag for flag, (dest, unset) in ADAPTIVE_ONLY.items() if getattr(args, dest) != unset]
+    if given:
+        raise TorchRobustError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for `paper adaptive` "
+                               f"only; drop {'it' if len(given) == 1 else 'them'} for `paper {args.name}`")
+    check_output_dir(args.out)
+    res = run(args.name, args.out, n_test=args.n_test, profile=args.profile, seed=args.seed, n_pgd=args.n_pgd,
+              device=args.device, progress=not args.quiet, threads=args.threads, weights=args.weights)
+    md = Path(args.out) / f"{args.name}.md"
+    if md.is_file():
+        sys.stdout.write(md.read_text())
+    sys.stdout.write(f"\nwrote {args.out}/ in {res.get('wall_seconds', 0):.0f} s\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- psat
+def _check_autoattack(names: list[str] | None) -> list[str] | None:
+    """``--autoattack``: None (not run), ``[]`` (``standard``: the full reference version) or sub-attack names."""
+    from ..attacks.autoattack import AA_ATTACKS
+
+    bad = [a for a in names or () if a not in (*AA_ATTACKS, "standard")]
+    if bad:
+        raise TorchRobustError(f"unknown AutoAttack sub-attack(s) {bad}; valid: standard, {', '.join(AA_ATTACKS)}")
+    return None if names is None else ([] if names == ["standard"] else names)
+
+
+def cmd_psat_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import data, psat
+    from ..validation import check_output_dir
+
+    names = [*(args.members or []), *(f"AT_{b}" for b in args.baselines or [])]
+    if not names:
+        raise TorchRobustError("nothing to train: --members and --baselines are both empty; name at least one")
+    check_output_dir(args.out, [f"{n}.safetensors" for n in names], overwrite=args.overwrite)
+    torch.manual_seed(args.seed)
+    x, y = data.as_tensors(data.load(args.data, "train", root=args.data_root), args.n_train)
+    kw: dict[str, Any] = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
+    steps = {t: args.steps for t in THREATS}
+    paths = psat.train_members(args.out, (x, y), threats=args.members, arch=args.arch, steps=steps, **kw) \
+        if args.members else {}
+    if args.baselines:
+        paths.update(psat.train_baselines(args.out, (x, y), strategies=args.baselines, steps=steps, **kw))
+    for name, p in paths.items():
+        sys.stdout.write(f"saved {name}: {p}\n")
+    return 0
+
+
+def cmd_psat_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import psat
+    from ..validation import check_output_dir
+
+    autoattack = _check_autoattack(args.autoattack)
+    if not Path(args.run_dir).is_dir():
+        raise TorchRobustError(f"PSAT run folder not found: {args.run_dir} (give the --out of psat train)")
+    check_output_dir(args.out or args.run_dir, PSAT_TABLE_FILES, overwrite=args.overwrite)
+    torch.manual_seed(args.seed)
+    steps = None if args.steps is None else {t: args.steps for t in THREATS}
+    rows = psat.evaluate(args.run_dir, n_test=args.n_examples, restarts=args.restarts, steps=steps,
+                         strategies=args.strategies, dataset=args.data, autoattack=autoattack)
+    paths = psat.write_tables(rows, args.out or args.run_dir)
+    sys.stdout.write(Path(paths["md"]).read_text())
+    sys.stdout.write(f"\nwrote {', '.join(str(p) for p in paths.values())}\n")
+    return 0
+
+
+def cmd_psat_experiment(args: argparse.Namespace) -> int:
+    from ..psat.experiment import run_stage
+    from ..validation import check_output_dir
+
+    autoattack = _check_autoattack(args.autoattack)
+    check_output_dir(args.out)  # stages add to one run folder; each refuses nothing already there
+    written = run_stage(args.stage, args.out, only=args.only, n_train=args.n_train, epochs=args.epochs,
+                        train_steps=args.train_steps, lr=args.lr, z_dim=args.z_dim, unit=args.unit,
+                        n_test=args.n_test, start=args.start, steps=args.steps, restarts=args.restarts,
+                        autoattack=autoattack, seed=args.seed)
+    sys.stdout.write(f"{args.stage}: wrote {', '.join(str(p) for p in written) or 'nothing'}\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- parsers
+def register(sub: Any) -> None:
+    from ..experiments.adaptive_reprogramming import ARCHS, BUDGETS
+    from ..experiments.reprogramming import PRESETS, PROFILES
+    from ..psat.experiment import STAGES
+
+    sp = sub.add_parser("paper", help="reproduce a table/figure of the reprogramming paper on bundled MNIST")
+    sp.add_argument("name", choices=sorted([*PRESETS, "adaptive"]),
+                    help="; ".join(f"{k}: {v}" for k, v in PRESETS.items())
+                    + "; adaptive: FGSM, PGD-20 and the adaptive suite on the MLP/LeNet paradigms 1-3 (resumable)")
+    add_out(sp, "output folder (finished cells of an earlier run are reused)", default="paper-results")
+    sp.add_argument("--profile", default="fast", choices=sorted(PROFILES))
+    sp.add_argument("--n-test", type=positive_int, default=None,
+                    help="FGSM evaluation size (default: profile's, 10000; adaptive: 100)")
+    sp.add_argument("--n-pgd", type=positive_int, default=None,
+                    help="PGD-20 evaluation size (default: profile's, 1000)")
+    add_seed(sp)
+    add_device(sp)
+    sp.add_argument("--weights", default=None, metavar="PATH",
+                    help="the paper code's released checkpoint (mlp3_mnist_model.pth or lenet_mnist_model.pth, "
+                    "read with weights_only=True) as the backbone instead of training one")
+    ad = sp.add_argument_group("paper adaptive only (docs/adaptive-evaluation.md)")
+    ad.add_argument("--eps", type=float_list, default=None, help="ℓ∞ budgets in (0, 1] (default 0.1,0.2,0.3)")
+    ad.add_argument("--models", type=name_list, default=None, help=f"subset of {','.join(ARCHS)} (default: both)")
+    ad.add_argument("--paradigms", type=int_list, default=None, help="subset of 1,2,3 (default: all)")
+    ad.add_argument("--no-baseline", action="store_true", help="skip the undefended backbone rows")
+    ad.add_argument("--state-dir", default=None, help="finished cells + attack state (default OUT/state)")
+    ad.add_argument("--budget", default=None, choices=sorted(BUDGETS), help="attack budgets (default: default)")
+    ad.add_argument("--steps", type=positive_int, default=None, help="override the suite's PGD steps")
+    ad.add_argument("--square-queries", type=positive_int, default=None, help="override Square's query budget")
+    ad.add_argument("--report-only", action="store_true",
+                    help="compute nothing: write the table of the cells finished so far")
+    add_common(sp)
+    sp.set_defaults(fn=cmd_paper, threads=1)
+
+    sp = sub.add_parser("psat", help="PSAT: train hypernetwork members per threat model / multi-norm baselines; "
+                                     "evaluate the lowest-entropy aggregate; the staged MNIST experiment")
+    psub = sp.add_subparsers(dest="psat_command", required=True, parser_class=type(sp))
+    tp = psub.add_parser("train", help="train PSAT members (one per threat model) and/or the baselines")
+    add_out(tp, "run folder (one checkpoint per member/baseline)", required=True)
+    add_overwrite(tp, "replace member/baseline checkpoints already in --out")
+    tp.add_argument("--members", type=name_list, default=list(THREATS), help="threat models, comma-separated")
+    tp.add_argument("--baselines", type=name_list, default=[], help="any of max,avg,msd (AT_max, AT_avg, AT_msd)")
+    tp.add_argument("--arch", default="hyper_msd_cnn")
+    add_data(tp)
+    tp.add_argument("--n-train", type=positive_int, default=None)
+    tp.add_argument("--epochs", type=positive_int, default=1)
+    tp.add_argument("--steps", type=positive_int, default=10, help="PGD steps of the training adversaries")
+    tp.add_argument("--lr", type=finite_number, default=1e-3)
+    add_seed(tp)
+    add_common(tp)
+    tp.set_defaults(fn=cmd_psat_train)
+
+    autoattack_help = ("also run the reference AutoAttack per norm, e.g. apgd-ce,apgd-t (or 'standard' for all of "
+                       "it); each row is then the per-example worst case over PGD and AutoAttack")
+    ep = psub.add_parser("evaluate", help="ℓ∞/ℓ2/ℓ1 PGD with restarts on members, aggregate and baselines")
+    ep.add_argument("run_dir")
+    ep.add_argument("--n-examples", type=positive_int, default=1000)
+    ep.add_argument("--restarts", type=positive_int, default=10)
+    ep.add_argument("--steps", type=positive_int, default=None,
+                    help="PGD steps per norm (default: 50 ℓ∞, 100 ℓ2, 50 ℓ1)")
+    ep.add_argument("--strategies", type=name_list, default=["entropy"], help="entropy, average")
+    ep.add_argument("--autoattack", type=name_list, default=None, metavar="SUBATTACKS", help=autoattack_help)
+    add_data(ep)
+    add_out(ep, "folder for the tables (default: the run folder; refused if it already holds them)")
+    add_overwrite(ep, "replace tables already in the output folder")
+    add_seed(ep)
+    add_common(ep)
+    ep.set_defaults(fn=cmd_psat_evaluate)
+
+    xp = psub.add_parser("experiment", help="one stage of the staged PSAT MNIST experiment (docs/psat.md): members, "
+                                            "baselines, evaluate, routing, table")
+    xp.add_argument("stage", choices=STAGES)
+    add_out(xp, "run folder shared by the stages", required=True)
+    xp.add_argument("--only", type=name_list, default=None,
+                    help="members: Linf,L2,L1; baselines: max,avg,msd; evaluate: psat, members, AT_max, ... "
+                         "(writes part_*.json for the table stage)")
+    xp.add_argument("--n-train", type=positive_int, default=10000, help="random training images (default 10000)")
+    xp.add_argument("--epochs", type=positive_int, default=1)
+    xp.add_argument("--train-steps", type=positive_int, default=5, help="PGD steps of the training adversaries")
+    xp.add_argument("--lr", type=finite_number, default=1e-3)
+    xp.add_argument("--z-dim", type=positive_int, default=32, help="members' hypernetwork latent size")
+    xp.add_argument("--unit", type=positive_int, default=32, help="members' hypernetwork unit size")
+    xp.add_argument("--n-test", type=positive_int, default=1000, help="test images from --start (default 1000)")
+    xp.add_argument("--start", type=nonnegative_int, default=0, help="first test index (split the evaluation)")
+    xp.add_argument("--steps", type=positive_int, default=10, help="PGD steps per norm of evaluate/routing")
+    xp.add_argument("--restarts", type=positive_int, default=1)
+    xp.add_argument("--autoattack", type=name_list, default=None, metavar="SUBATTACKS", help=autoattack_help)
+    add_seed(xp)
+    add_common(xp)
+    xp.set_defaults(fn=cmd_psat_experiment, threads=1)
