@@ -7,6 +7,7 @@ nor ``x._y`` on an imported torchrobust module. Function-level imports count as 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,79 @@ def test_the_checker_sees_private_imports_and_attribute_uses() -> None:
 def test_no_module_uses_another_modules_private_names(path: Path) -> None:
     uses = private_uses(path.read_text(encoding="utf-8"), _module_name(path), path.name == "__init__.py")
     assert uses == [], f"{path.relative_to(PACKAGE.parent)} uses private names of other modules: {uses}"
+
+
+# ------------------------------------------------------------------------------------------- one place per concept
+REPO = PACKAGE.parent
+#: What a reference to a file outside the repository looks like (the notes the code once cited; the facts now live
+#: in docs/paper-code-facts.md). Built from pieces so that this file does not match itself.
+_OUTSIDE = re.compile("|".join([r"\.\./" + "shared", "/work/" + "shared", "shared/" + "notes", "notes " + "§",
+                                r"(?<![\w-])notes/[\w-]+\.md"]))
+_THREATS = {"Linf", "L2", "L1"}
+
+
+def _text_files() -> list[Path]:
+    roots = [REPO / "torchrobust", REPO / "docs", REPO / "tests", REPO / "benchmarks", REPO / ".ci"]
+    files = [REPO / "README.md", REPO / "pyproject.toml"]
+    for root in roots:
+        files += [p for p in root.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".toml", ".txt", ".cfg",
+                                                                           ".yml", ".yaml", ".sh", ""}]
+    return [p for p in files if p.is_file() and "__pycache__" not in p.parts]
+
+
+def test_nothing_references_files_outside_the_repository() -> None:
+    bad = []
+    for path in _text_files():
+        for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if _OUTSIDE.search(line):
+                bad.append(f"{path.relative_to(REPO)}:{i}: {line.strip()[:100]}")
+    assert bad == [], "references to files outside the repository (move the facts into docs/):\n" + "\n".join(bad)
+
+
+def threat_tuples(source: str) -> list[int]:
+    """Lines of tuple/list/set literals that spell out the threat names Linf, L2, L1 (any case) instead of using
+    ``torchrobust.attacks.threat.ThreatName`` / ``THREAT_NAMES``."""
+    out = []
+    tree = ast.parse(source)
+    exported = {id(n.value) for n in ast.walk(tree)  # __all__ lists the classes of those names
+                if (isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets))
+                or (isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name) and n.target.id == "__all__")}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and id(node) not in exported:
+            names = {e.value.lower() for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+            if {t.lower() for t in _THREATS} <= names:
+                out.append(node.lineno)
+    return out
+
+
+def test_the_threat_tuple_checker() -> None:
+    assert threat_tuples('a = ("Linf", "L2", "L1")\nb = ["clean", "linf", "l2", "l1"]\n') == [1, 2]
+    assert threat_tuples('a = ("Linf", "L2")\nb = THREAT_NAMES\nc = {"Linf": 1, "L2": 2, "L1": 3}\n') == []
+    assert threat_tuples('__all__ = ["Linf", "L2", "L1", "get_threat"]\n') == []  # the classes of those names
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_threat_names_come_from_the_enum(path: Path) -> None:
+    if path == PACKAGE / "attacks" / "threat.py":  # the definition of ThreatName / THREAT_NAMES
+        return
+    lines = threat_tuples(path.read_text(encoding="utf-8"))
+    assert lines == [], (f"{path.relative_to(REPO)} spells out the threat names at line(s) {lines}; use "
+                         "torchrobust.attacks.threat.THREAT_NAMES (or ThreatName)")
+
+
+_DEVICE_LOOKUP = re.compile(r"next\(\s*\(?\s*\w+\.device\s+for\s+\w+\s+in\s+")
+
+
+def test_the_model_device_helper_is_the_only_device_lookup() -> None:
+    assert _DEVICE_LOOKUP.search("dev = next((p.device for p in model.parameters()), x.device)")
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "validation.py":  # model_device itself
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if _DEVICE_LOOKUP.search(line):
+                bad.append(f"{path.relative_to(REPO)}:{i}")
+    assert bad == [], f"use torchrobust.validation.model_device(model, default) instead of next(p.device ...): {bad}"
 
 
 # ------------------------------------------------------------------------------------- one command line

@@ -105,12 +105,12 @@ def test_lam_one_is_the_original_function_and_nrpm_differs() -> None:
 def test_spec_transform_recorded_and_removed() -> None:
     model = create("lenet")
     spec_before = json.loads(json.dumps(model.torchrobust_spec))
-    robust = reprogram(model, lam={"conv1": 0.2, "conv2": 0.4}, K=1, eps=5e-4)
+    robust = reprogram(model, lam={"conv1": 0.2, "conv2": 0.4}, K=1, irls_eps=5e-4)
     assert model.torchrobust_spec == spec_before  # the copy's spec is its own
     (entry,) = robust.torchrobust_spec["transforms"]
     assert entry == {
         "name": "reprogram",
-        "kwargs": {"lam": {"conv1": 0.2, "conv2": 0.4}, "K": 1, "eps": 5e-4, "layers": ["conv1", "conv2"],
+        "kwargs": {"lam": {"conv1": 0.2, "conv2": 0.4}, "K": 1, "irls_eps": 5e-4, "layers": ["conv1", "conv2"],
                    "learn_lam": False, "drop_bias": False, "backend": "auto"},
     }
     json.dumps(robust.torchrobust_spec)  # serialisable
@@ -184,8 +184,8 @@ def test_lam_per_layer_dict_and_list() -> None:
         ({"lam": {"0": 0.5}, "layers": ["0", "3"]}, "gives no λ"),
         ({"K": -1}, "K=-1"),
         ({"K": 1.5}, "K=1.5"),
-        ({"eps": 0.0}, "eps"),
-        ({"eps": -1e-3}, "eps"),
+        ({"irls_eps": 0.0}, "irls_eps"),
+        ({"irls_eps": -1e-3}, "irls_eps"),
         ({"layers": ["fc9"]}, "no layer named 'fc9'.*valid names: 0, 3, 5"),
         ({"layers": ["1"]}, "ReLU, not nn.Linear"),
         ({"layers": "fc*"}, "matches no"),
@@ -355,7 +355,7 @@ def test_checkpoint_replays_reprogramming(tmp_path) -> None:
     from torchrobust import checkpoint
 
     model = create("mlp", widths=[8])
-    r = reprogram(model, lam={"fc1": 0.25, "fc2": 0.75}, K=2, eps=1e-2)
+    r = reprogram(model, lam={"fc1": 0.25, "fc2": 0.75}, K=2, irls_eps=1e-2)
     set_paradigm(r, 2)
     with torch.no_grad():
         r.fc1.lam_parameter.fill_(0.125)  # a "learned" λ must come back from the weights
@@ -365,3 +365,35 @@ def test_checkpoint_replays_reprogramming(tmp_path) -> None:
     assert {m.K for m in nrpm_layers(back).values()} == {2}
     x = torch.rand(4, 1, 28, 28)
     torch.testing.assert_close(back(x), r.eval()(x))
+
+
+def test_deprecated_eps_keyword_still_works(tmp_path) -> None:
+    """The IRLS damping is ``irls_eps``; the old keyword ``eps`` works for one release with a DeprecationWarning."""
+    import warnings
+
+    from torchrobust import checkpoint
+
+    model = create("mlp", widths=[8])
+    with pytest.warns(DeprecationWarning, match="use irls_eps"):
+        old = reprogram(model, lam=0.5, K=2, eps=1e-2)
+    new = reprogram(model, lam=0.5, K=2, irls_eps=1e-2)
+    assert {m.irls_eps for m in nrpm_layers(old).values()} == {1e-2}
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(old(x), new(x))
+    with pytest.raises(TorchRobustError, match="both given"):
+        reprogram(model, eps=1e-2, irls_eps=1e-4)
+    with pytest.warns(DeprecationWarning, match="use irls_eps"):
+        assert NRPMLinear(4, 2, eps=5e-4).irls_eps == 5e-4
+    with pytest.warns(DeprecationWarning, match="use irls_eps"):
+        conv = NRPMConv2d.from_module(nn.Conv2d(1, 2, 3), eps=2e-3)
+    assert conv.irls_eps == 2e-3
+    with pytest.warns(DeprecationWarning, match="'irls_eps'"):
+        assert conv.eps == 2e-3
+    # a checkpoint written before the rename recorded "eps": it loads silently, with the same damping
+    kwargs = new.torchrobust_spec["transforms"][0]["kwargs"]
+    kwargs["eps"] = kwargs.pop("irls_eps")
+    checkpoint.save(new, tmp_path / "old.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        back = checkpoint.load(tmp_path / "old.safetensors")
+    assert {m.irls_eps for m in nrpm_layers(back).values()} == {1e-2}

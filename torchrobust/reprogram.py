@@ -47,15 +47,16 @@ import copy
 import fnmatch
 import inspect
 import logging
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import IntEnum
 from typing import Any, Union
 
 import torch
 from torch import nn
 
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_irls_eps, check_irls_steps, check_lam, renamed_argument
 
 __all__ = [
     "reprogram",
@@ -69,6 +70,7 @@ __all__ = [
     "lam_sweep",
     "trainable_params",
     "set_paradigm",
+    "Paradigm",
     "PARADIGMS",
 ]
 
@@ -77,12 +79,26 @@ logger = logging.getLogger(__name__)
 LayerSpec = Union[None, str, "re.Pattern[str]", Sequence[str], type, tuple]  # noqa: UP007
 LamSpec = Union[float, Mapping[str, float], Sequence[float]]  # noqa: UP007
 
-#: Paradigm number -> short description (the paper's Sec. 4 numbering).
+
+
+class Paradigm(IntEnum):
+    """The three reprogramming paradigms of the paper's Sec. 4 (Figure 2), numbered as in the paper; plain ints
+    1, 2, 3 are accepted wherever a paradigm is."""
+
+    FIXED_LAM = 1  #: fixed λ, nothing trained (plug-and-play)
+    LEARN_LAM = 2  #: train λ only, weights frozen
+    LEARN_ALL = 3  #: train weights and λ
+
+
+#: Paradigm -> short description (the paper's Sec. 4 numbering).
 PARADIGMS: dict[int, str] = {
-    1: "fixed λ, no training (plug-and-play)",
-    2: "train λ only, weights frozen",
-    3: "train weights and λ",
+    Paradigm.FIXED_LAM: "fixed λ, no training (plug-and-play)",
+    Paradigm.LEARN_LAM: "train λ only, weights frozen",
+    Paradigm.LEARN_ALL: "train weights and λ",
 }
+
+#: Default IRLS damping ε of :func:`reprogram` (the paper's Appendix Algorithm 2).
+IRLS_EPS = 1e-3
 
 _REPLACEABLE = (nn.Linear, nn.Conv2d)
 _REGEX_HINTS = ("\\", "^", "$", "+", "(", ")", "{", "}", "|", ".*", ".+")
@@ -228,32 +244,6 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- validation
-def _check_lam(value: Any, where: str = "lam") -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TorchRobustError(f"{where} must be a number in [0, 1], got {value!r}") from None
-    if not (0.0 <= v <= 1.0) or math.isnan(v):
-        raise TorchRobustError(f"{where}={v} is outside [0, 1]; λ weighs the LPM term, use a value in [0, 1]")
-    return v
-
-
-def _check_K(K: Any) -> int:
-    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
-        raise TorchRobustError(f"K={K!r} is invalid; K (IRLS steps) must be an integer >= 0")
-    return K
-
-
-def _check_eps(eps: Any) -> float:
-    try:
-        v = float(eps)
-    except (TypeError, ValueError):
-        raise TorchRobustError(f"eps must be a positive number, got {eps!r}") from None
-    if not v > 0 or math.isinf(v):
-        raise TorchRobustError(f"eps={eps!r} must be > 0 (it smooths the IRLS weights 1/(|r|+eps)); try 1e-3")
-    return v
-
-
 def _resolve_lams(lam: LamSpec, names: list[str]) -> dict[str, float]:
     if isinstance(lam, Mapping):
         unknown = [k for k in lam if k not in names]
@@ -264,7 +254,7 @@ def _resolve_lams(lam: LamSpec, names: list[str]) -> dict[str, float]:
         missing = [n for n in names if n not in lam]
         if missing:
             raise TorchRobustError(f"lam gives no λ for selected layer(s) {_few(missing)}; add them to the dict")
-        return {n: _check_lam(lam[n], f"lam[{n!r}]") for n in names}
+        return {n: check_lam(lam[n], f"lam[{n!r}]") for n in names}
     if isinstance(lam, torch.Tensor) and lam.dim() == 0:
         lam = float(lam)
     if isinstance(lam, (Sequence, torch.Tensor)) and not isinstance(lam, str):
@@ -274,8 +264,8 @@ def _resolve_lams(lam: LamSpec, names: list[str]) -> dict[str, float]:
                 f"lam has {len(values)} values but {len(names)} layers are selected ({_few(names)}); "
                 "give one λ per selected layer"
             )
-        return {n: _check_lam(v, f"lam[{i}]") for i, (n, v) in enumerate(zip(names, values, strict=True))}
-    v = _check_lam(lam)
+        return {n: check_lam(v, f"lam[{i}]") for i, (n, v) in enumerate(zip(names, values, strict=True))}
+    v = check_lam(lam)
     return {n: v for n in names}
 
 
@@ -324,12 +314,14 @@ def reprogram(
     model: nn.Module,
     lam: LamSpec = 0.5,
     K: int = 3,
-    eps: float = 1e-3,
+    irls_eps: float = IRLS_EPS,
     layers: LayerSpec = None,
     inplace: bool = False,
     learn_lam: bool = False,
     drop_bias: bool = False,
     backend: str = "auto",
+    *,
+    eps: float | None = None,
 ) -> nn.Module:
     """Replace the selected Linear/Conv2d layers of ``model`` by NRPM layers (paper Sec. 4, Algorithm 1).
 
@@ -341,7 +333,9 @@ def reprogram(
             λ = 1 is the original model, λ = 0 pure NRPM.
         K: number of Newton-IRLS steps (Eq. (3)), an integer >= 0. Algorithm 2 of the paper uses 3; the
             paper's MNIST Table 1 Paradigm-1 rows were produced with K = 1 (they equal Table 8's K = 1 rows).
-        eps: ε > 0 in the IRLS weight ``1/(|a_d x_d - z/D| + ε)`` (Appendix Algorithm 2; Algorithm 1 has none).
+        irls_eps: the damping ε > 0 in the IRLS weight ``1/(|a_d x_d - z/D| + ε)`` (Appendix Algorithm 2;
+            Algorithm 1 has none). Not an attack radius: ``eps`` is its deprecated old name here (accepted with a
+            ``DeprecationWarning`` for one release).
         layers: which layers; see :func:`select_layers` (None = the model's documented defaults).
         inplace: modify ``model`` itself instead of a weight-sharing structural copy (see module docs).
         learn_lam: make λ trainable (``requires_grad``) from the start; :func:`set_paradigm` also sets it.
@@ -356,11 +350,12 @@ def reprogram(
         ``reprogram(rebuilt, **kwargs)`` replays the surgery.
 
     Raises:
-        TorchRobustError: λ outside [0, 1], K < 0, ε <= 0, nothing to replace, unknown layer names, or an
+        TorchRobustError: λ outside [0, 1], K < 0, irls_eps <= 0, nothing to replace, unknown layer names, or an
             already reprogrammed model / layer.
     """
-    K = _check_K(K)
-    eps = _check_eps(eps)
+    irls_eps = renamed_argument("reprogram", "eps", "irls_eps", eps, irls_eps, IRLS_EPS)
+    K = check_irls_steps(K)
+    irls_eps = check_irls_eps(irls_eps)
     if not isinstance(model, nn.Module):
         raise TorchRobustError(f"reprogram expects an nn.Module, got {type(model).__name__}")
     if is_reprogrammed(model):
@@ -382,7 +377,7 @@ def reprogram(
             continue
         cls = NRPMLinear if isinstance(layer, nn.Linear) else NRPMConv2d
         new = cls.from_module(
-            layer, lam=lams[name], K=K, eps=eps, learn_lam=learn_lam, drop_bias=drop_bias,
+            layer, lam=lams[name], K=K, irls_eps=irls_eps, learn_lam=learn_lam, drop_bias=drop_bias,
             **_from_module_kwargs(cls, backend),
         )
         wrapped[id(layer)] = new
@@ -390,8 +385,8 @@ def reprogram(
         copy_layer = target.get_submodule(name)
         for parent, cname in _parents_of(target, copy_layer):
             parent._modules[cname] = new
-        logger.debug("reprogram: %s -> %s(λ=%.3g, K=%d, ε=%g)", name, cls.__name__, lams[name], K, eps)
-    logger.info("reprogram: %d layer(s) replaced by NRPM (K=%d, eps=%g)", len(wrapped), K, eps)
+        logger.debug("reprogram: %s -> %s(λ=%.3g, K=%d, irls_eps=%g)", name, cls.__name__, lams[name], K, irls_eps)
+    logger.info("reprogram: %d layer(s) replaced by NRPM (K=%d, irls_eps=%g)", len(wrapped), K, irls_eps)
 
     spec = getattr(target, "torchrobust_spec", None)
     if isinstance(spec, dict):
@@ -402,7 +397,7 @@ def reprogram(
                 "kwargs": {
                     "lam": next(iter(lams.values())) if uniform else dict(lams),
                     "K": K,
-                    "eps": eps,
+                    "irls_eps": irls_eps,
                     "layers": list(names),
                     "learn_lam": bool(learn_lam),
                     "drop_bias": bool(drop_bias),
@@ -477,7 +472,7 @@ def set_lam(model: nn.Module, lam: LamSpec) -> None:
 
 def set_K(model: nn.Module, K: int) -> None:
     """Set the number of IRLS steps K of every NRPM layer (Table 8's ablation)."""
-    K = _check_K(K)
+    K = check_irls_steps(K)
     for layer in _require_nrpm(model).values():
         layer.K = K
 
@@ -507,7 +502,7 @@ def lam_sweep(
         if K is not None:
             set_K(model, K)
         for v in lams:
-            v = _check_lam(v)
+            v = check_lam(v)
             set_lam(model, v)
             result = evaluate_fn(model)
             metrics = dict(result) if isinstance(result, Mapping) else {"value": result}

@@ -1,47 +1,71 @@
-"""Input validation shared by attacks, evaluation and the CLI: one-line errors that name the problem and the fix."""
+"""Input validation shared by every public entry point (attacks, evaluation, reprogramming, NRPM layers, training,
+PSAT and the CLI): one-line :class:`~torchrobust.errors.TorchRobustError` messages that name the problem and the fix.
+
+Also the two model helpers every layer needs: :func:`model_device` (where a model's parameters live) and
+:func:`eval_mode` (evaluate without touching any submodule's mode), and :func:`renamed_argument` for keyword
+arguments kept one release under their old name.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import TorchRobustError
 
-__all__ = ["check_images", "check_labels", "check_eps", "probe_logits", "check_output_file", "check_output_dir",
-           "eval_mode", "dtype_mismatch"]
+__all__ = ["check_images", "check_labels", "check_eps", "check_positive_int", "check_lam", "check_irls_steps",
+           "check_irls_eps", "renamed_argument", "probe_logits", "check_output_file", "check_output_dir",
+           "eval_mode", "model_device", "dtype_mismatch"]
 
 
-def check_images(x: torch.Tensor, name: str = "x") -> None:
-    """``x`` must be a floating NCHW-style batch (≥ 2 dims) of finite values in [0, 1]."""
+def check_images(x: Any, name: str = "x") -> torch.Tensor:
+    """``x`` must be a non-empty floating batch (≥ 2 dims, NCHW for images) of finite values in [0, 1]; returns it.
+
+    One pass over the data in the common case (``aminmax``); the finiteness check runs only when the range fails.
+    """
     if not isinstance(x, torch.Tensor):
-        raise TorchRobustError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise TorchRobustError(f"{name} must be a torch.Tensor, got {type(x).__name__}; convert with torch.as_tensor")
     if not x.is_floating_point():
         raise TorchRobustError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}; divide uint8 "
-                               "images by 255")
+                               "images by 255 (x.float() / 255)")
     if x.dim() < 2:
-        raise TorchRobustError(f"{name} must have a batch dimension (N, C, H, W), got shape {tuple(x.shape)}")
+        raise TorchRobustError(f"{name} must have a batch dimension (N, C, H, W), got shape {tuple(x.shape)}; add "
+                               f"one with {name}[None]")
     if x.numel() == 0:
         raise TorchRobustError(f"{name} is empty (shape {tuple(x.shape)}); pass at least one example")
-    if not bool(torch.isfinite(x).all()):
+    lo_t, hi_t = torch.aminmax(x.detach())
+    lo, hi = float(lo_t), float(hi_t)
+    if not (lo >= 0.0 and hi <= 1.0) and not bool(torch.isfinite(x).all()):  # NaN fails both comparisons
         raise TorchRobustError(f"{name} contains NaN or inf; clean the input data")
-    lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise TorchRobustError(f"{name} must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}); torchrobust models "
-                               "take unnormalised images and normalise inside")
+                               "take unnormalised images and normalise inside (torchrobust.models.Normalize)")
+    return x
 
 
-def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: str = "y") -> None:
-    """``y`` must be an integer vector of length ``n`` with values in ``[0, num_classes)``."""
+def check_labels(y: Any, n: int, num_classes: int | None = None, name: str = "y", *,
+                 dtype: torch.dtype | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """``y`` must be an integer vector of length ``n`` with values in ``[0, num_classes)``; returns it.
+
+    ``dtype`` demands exactly that dtype (attacks index with int64 labels); ``device`` demands that device (the
+    inputs' device)."""
     if not isinstance(y, torch.Tensor):
         raise TorchRobustError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if dtype is not None and y.dtype != dtype:
+        raise TorchRobustError(f"{name} must be {str(dtype).replace('torch.', '')} class labels, got dtype {y.dtype}; "
+                               f"use {name}.long()")
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TorchRobustError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+    if device is not None and y.device != device:
+        raise TorchRobustError(f"the inputs are on {device} but {name} is on {y.device}; move both to the same device")
     if y.dim() != 1 or y.shape[0] != n:
         raise TorchRobustError(f"{name} must have shape ({n},) to match the inputs, got {tuple(y.shape)}")
     if n and int(y.min()) < 0:
@@ -49,11 +73,80 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: 
     if num_classes is not None and n and int(y.max()) >= num_classes:
         raise TorchRobustError(f"{name} has label {int(y.max())} but the model has {num_classes} classes; "
                                "check the dataset and num_classes")
+    return y
 
 
 def check_eps(eps: float, name: str = "eps") -> None:
+    """An attack radius: a finite number >= 0."""
     if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise TorchRobustError(f"{name} must be a finite number >= 0, got {eps!r}")
+
+
+def check_positive_int(value: Any, name: str, example: int | None = None) -> int:
+    """``value`` as an int >= 1 (bools rejected), or a one-line error naming ``name`` (and ``name=example``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        hint = f"; pass e.g. {name}={example}" if example is not None else ""
+        raise TorchRobustError(f"{name} must be a positive integer (>= 1), got {value!r}{hint}")
+    return value
+
+
+# NRPM hyperparameters (Hou et al., ICLR 2025, Algorithm 1 / Appendix Algorithm 2): the one place that checks them
+# for reprogram(), set_lam/set_K and the NRPM layers.
+def check_lam(value: Any, name: str = "lam") -> float:
+    """λ, the weight of the linear (LPM) term in ``λ·z_LPM + (1−λ)·z_NRPM``: a number in [0, 1]."""
+    if isinstance(value, (str, bytes)):
+        raise TorchRobustError(f"{name} must be a number in [0, 1], got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TorchRobustError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not (0.0 <= v <= 1.0):  # NaN fails too
+        raise TorchRobustError(f"{name}={v} is outside [0, 1]; λ weighs the linear (LPM) term, pass a value in [0, 1]")
+    return v
+
+
+def check_irls_steps(K: Any) -> int:
+    """K, the number of IRLS steps of NRPM: an integer >= 0 (0 is the plain layer)."""
+    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
+        raise TorchRobustError(f"K={K!r} is invalid; K (IRLS steps) must be an integer >= 0 (e.g. K=3)")
+    return K
+
+
+def check_irls_eps(value: Any, name: str = "irls_eps") -> float:
+    """The IRLS damping ε in the weights ``1/(|a_d x_d − z/D| + ε)`` (Appendix Algorithm 2): finite and > 0."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.numel() == 1):
+        raise TorchRobustError(f"{name} must be a positive number, got {value!r}; try {name}=1e-3")
+    v = float(value)
+    if not (v > 0.0 and math.isfinite(v)):
+        raise TorchRobustError(f"{name}={value!r} must be a finite number > 0 (it damps the IRLS weights "
+                               f"1/(|r| + {name})); try {name}=1e-3")
+    return v
+
+
+def renamed_argument(where: str, old: str, new: str, old_value: Any, new_value: Any, default: Any) -> Any:
+    """The value of keyword ``new`` of ``where``, also accepted for one release under its old name ``old``.
+
+    ``old_value`` is None when the caller did not use the old name; otherwise a :class:`DeprecationWarning` names the
+    new one (pointing at the caller's line), and giving both names with different values is an error."""
+    if old_value is None:
+        return new_value
+    if new_value != default and new_value != old_value:
+        raise TorchRobustError(f"{where}: {old}={old_value!r} and {new}={new_value!r} both given; pass only {new} "
+                               f"({old} is its deprecated old name)")
+    warnings.warn(f"{where}({old}=...) is deprecated and will be removed in the next release; use {new}=... instead",
+                  DeprecationWarning, stacklevel=3)
+    return old_value
+
+
+def model_device(model: nn.Module, default: torch.device | str | None = None) -> torch.device:
+    """The device of ``model``'s first parameter (else its first buffer), or ``default`` (CPU when None) for a
+    model without tensors — e.g. the inputs' device, so a parameter-free model runs where its data is."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu") if default is None else torch.device(default)
 
 
 @contextmanager

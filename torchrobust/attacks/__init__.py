@@ -36,7 +36,7 @@ from torchrobust.attacks.l0 import L0, L0Attack
 from torchrobust.attacks.pgd import PGD
 from torchrobust.attacks.spsa import SPSA
 from torchrobust.attacks.square import Square
-from torchrobust.attacks.threat import L1, L2, Linf, ThreatModel, ThreatName, get_threat
+from torchrobust.attacks.threat import L1, L2, THREAT_NAMES, Linf, ThreatModel, ThreatName, get_threat
 from torchrobust.attacks.wrappers import BPDA, EOT, EOTAttack, EOTModel
 
 __all__ = [
@@ -44,5 +44,5 @@ __all__ = [
     "Attack", "AttackBudgetError", "attack_class", "AutoAttack", "AutoAttackResult", "BPDA", "CW", "CWLinf",
     "DeepFool", "EOT", "EOTAttack", "EOTModel", "FGSM", "L0", "L0Attack", "L1", "L2", "Linf", "PGD", "SPSA", "Square",
     "ThreatModel",
-    "ThreatName", "create", "get_threat", "list_attacks", "margin", "register", "run_autoattack",
+    "ThreatName", "THREAT_NAMES", "create", "get_threat", "list_attacks", "margin", "register", "run_autoattack",
 ]

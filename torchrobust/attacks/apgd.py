@@ -95,9 +95,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import LOSSES, Attack, check_positive_int, input_gradient, margin, register
+from torchrobust.attacks.base import LOSSES, Attack, input_gradient, margin, register
 from torchrobust.attacks.threat import L1, L2, Linf, ThreatModel
 from torchrobust.errors import TorchRobustError, unknown_name
+from torchrobust.validation import check_positive_int
 
 __all__ = ["APGD", "APGDDLR", "APGDT", "dlr_loss"]
 
@@ -174,8 +175,8 @@ class APGD(Attack):
         if not isinstance(self.threat, (Linf, L2, L1)):
             raise TorchRobustError(f"APGD supports the Linf, L2 and L1 threat models, got {self.threat}; use one")
         is_l1 = isinstance(self.threat, L1)
-        self.steps = check_positive_int("steps", steps, 100)
-        self.restarts = check_positive_int("restarts", restarts, 1) if restarts is not None else (5 if is_l1 else 1)
+        self.steps = check_positive_int(steps, "steps", 100)
+        self.restarts = check_positive_int(restarts, "restarts", 1) if restarts is not None else (5 if is_l1 else 1)
         if not isinstance(loss, str) or loss.lower() not in _LOSS_FNS:
             raise unknown_name("APGD loss", loss, _LOSS_FNS)
         self.loss = loss.lower()
@@ -429,7 +430,7 @@ class APGDT(APGD):
         super().__init__(threat, eps, steps, restarts, loss, False, rho, momentum, seed, large_eps)
         default = 5 if isinstance(self.threat, L1) else 9
         self.n_target_classes = (
-            default if n_target_classes is None else check_positive_int("n_target_classes", n_target_classes, 9)
+            default if n_target_classes is None else check_positive_int(n_target_classes, "n_target_classes", 9)
         )
 
     def _targeted_loss(self) -> bool:

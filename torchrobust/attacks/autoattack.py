@@ -64,9 +64,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import Attack, AttackBudgetError, check_positive_int, register
-from torchrobust.attacks.threat import ThreatModel
+from torchrobust.attacks.base import Attack, AttackBudgetError, register
+from torchrobust.attacks.threat import ThreatModel, ThreatName
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_positive_int, eval_mode, model_device
 
 __all__ = ["AutoAttack", "AutoAttackResult", "run_autoattack", "reference_autoattack", "AA_ATTACKS"]
 
@@ -107,25 +108,16 @@ class _LogStream(io.TextIOBase):
 
 @contextlib.contextmanager
 def _quiet_eval(model: nn.Module, device: torch.device) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
     devices = [device] if device.type == "cuda" else []
-    try:
-        model.eval()
-        with torch.random.fork_rng(devices=devices), contextlib.redirect_stdout(_LogStream(logger)):
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with eval_mode(model), torch.random.fork_rng(devices=devices), contextlib.redirect_stdout(_LogStream(logger)):
+        yield
 
 
 def _threat_name(threat: str | ThreatModel) -> str:
-    name = threat.name if isinstance(threat, ThreatModel) else str(threat).strip().lower()
-    table = {"linf": "Linf", "l_inf": "Linf", "inf": "Linf", "l2": "L2", "l_2": "L2", "2": "L2", "l1": "L1",
-             "l_1": "L1", "1": "L1"}
-    out = table.get(name.lower())
-    if out is None:
-        raise TorchRobustError(f"AutoAttack supports threat Linf, L2 or L1, got {threat!r}")
-    return out
+    try:
+        return ThreatName(threat.name if isinstance(threat, ThreatModel) else str(threat)).value
+    except ValueError:
+        raise TorchRobustError(f"AutoAttack supports threat Linf, L2 or L1, got {threat!r}") from None
 
 
 def _build(mod: ModuleType, model: nn.Module, norm: str, eps: float, version: str,
@@ -281,7 +273,7 @@ def run_autoattack(
     if seed is None or isinstance(seed, bool) or not isinstance(seed, int):
         raise TorchRobustError(f"seed must be an int (got {seed!r}); the reference AutoAttack seeds from the clock "
                                "otherwise, which is not reproducible")
-    check_positive_int("batch_size", batch_size, 250)
+    check_positive_int(batch_size, "batch_size", 250)
     if attacks_to_run is not None:
         bad = [a for a in attacks_to_run if a not in AA_ATTACKS]
         if bad or not attacks_to_run:
@@ -299,7 +291,7 @@ def run_autoattack(
 
         check_state_path(state_path)
     mod = reference_autoattack()
-    device = next((p.device for p in model.parameters()), x.device)
+    device = model_device(model, x.device)
     x_dev, y_dev = x.detach().to(device), y.detach().to(device)
     config = {"threat": norm, "eps": float(tm.eps), "version": version, "seed": seed, "batch_size": batch_size,
               "n_examples": int(len(x)), "reference": mod.__name__,
@@ -388,7 +380,7 @@ class AutoAttack(Attack):
         self.version = version
         self.attacks_to_run = list(attacks_to_run) if attacks_to_run is not None else None
         self.seed = seed
-        self.batch_size = check_positive_int("batch_size", batch_size, 250)
+        self.batch_size = check_positive_int(batch_size, "batch_size", 250)
         #: the :class:`AutoAttackResult` of the latest call (per-sub-attack breakdown)
         self.last_result: AutoAttackResult | None = None
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from torchrobust.attacks.threat import ThreatModel, get_threat
 from torchrobust.errors import TorchRobustError, unknown_name
-from torchrobust.validation import dtype_mismatch
+from torchrobust.validation import check_images, check_labels, dtype_mismatch, eval_mode
 
 __all__ = [
     "Attack",
@@ -43,7 +43,6 @@ __all__ = [
     "LOSSES",
     "margin",
     "input_gradient",
-    "check_positive_int",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,13 +92,6 @@ def input_gradient(loss: Tensor, x_adv: Tensor) -> Tensor:
     return torch.zeros_like(x_adv) if grad is None else grad
 
 
-def check_positive_int(name: str, value: object, example: int) -> int:
-    """``value`` as an int >= 1, or a one-line :class:`TorchRobustError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TorchRobustError(f"{name} must be an integer >= 1, got {value!r}; pass e.g. {name}={example}")
-    return value
-
-
 # --------------------------------------------------------------------------------------------------------- the base
 class Attack:
     """Base class of every attack. Call it as ``attack(model, x, y) -> x_adv``.
@@ -129,13 +121,12 @@ class Attack:
         # Attacks need autograd even when called under torch.no_grad() or torch.inference_mode() (common in
         # evaluation loops); inference tensors are cloned into ordinary ones first.
         with torch.inference_mode(False), torch.enable_grad():
-            x = _validate_x(x)
-            y = _validate_y(y, x)
-            modes = [(m, m.training) for m in model.modules()]
+            x = _detached(check_images(x))
+            y = _detached(check_labels(y, x.shape[0], dtype=torch.int64, device=x.device))
             handle = _register_label_check(model, y)
             try:
-                model.eval()
-                x_adv = self.perturb(model, x, y)
+                with eval_mode(model):
+                    x_adv = self.perturb(model, x, y)
             except RuntimeError:
                 why = dtype_mismatch(model, x)  # e.g. float32 images into a float64 model: name the cast to make
                 if why is None:
@@ -144,8 +135,6 @@ class Attack:
             finally:
                 if handle is not None:
                     handle.remove()
-                for m, mode in modes:
-                    m.training = mode
             return self._finalize(x_adv, x)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -182,40 +171,9 @@ class Attack:
 
 
 # ------------------------------------------------------------------------------------------------------ validation
-def _validate_x(x: object) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TorchRobustError(f"x must be a torch.Tensor, got {type(x).__name__}; convert with torch.as_tensor")
-    if not x.is_floating_point():
-        raise TorchRobustError(f"x must be a float tensor in [0, 1], got dtype {x.dtype}; use x.float() / 255")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise TorchRobustError(
-            f"x must be a non-empty batch shaped (B, ...), got shape {tuple(x.shape)}; add a batch dim: x[None]"
-        )
-    x = x.detach().clone() if x.is_inference() else x.detach()
-    lo_t, hi_t = torch.aminmax(x)
-    lo, hi = float(lo_t), float(hi_t)
-    if not (lo >= 0 and hi <= 1) and not bool(torch.isfinite(x).all()):  # NaN makes both comparisons fail
-        raise TorchRobustError("x contains NaN or inf; clean the inputs before attacking")
-    if lo < 0 or hi > 1:
-        raise TorchRobustError(
-            f"x must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; pass unnormalised images and put the "
-            "normalisation inside the model (torchrobust.models.Normalize)"
-        )
-    return x
-
-
-def _validate_y(y: object, x: Tensor) -> Tensor:
-    if not isinstance(y, Tensor):
-        raise TorchRobustError(f"y must be a torch.Tensor of int64 labels, got {type(y).__name__}")
-    if y.dtype != torch.int64:
-        raise TorchRobustError(f"y must be int64 class labels, got dtype {y.dtype}; use y.long()")
-    if y.shape != (x.shape[0],):
-        raise TorchRobustError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-    if y.device != x.device:
-        raise TorchRobustError(f"x is on {x.device} but y is on {y.device}; move both to the same device")
-    if bool((y < 0).any()):
-        raise TorchRobustError(f"labels must be >= 0, got min {int(y.min())}; pass class indices 0..C-1")
-    return y.detach().clone() if y.is_inference() else y.detach()
+def _detached(t: Tensor) -> Tensor:
+    """``t`` detached; an inference tensor (made under ``torch.inference_mode``) is cloned into an ordinary one."""
+    return t.detach().clone() if t.is_inference() else t.detach()
 
 
 def _register_label_check(model: nn.Module, y: Tensor) -> torch.utils.hooks.RemovableHandle | None:

@@ -47,10 +47,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import Attack, check_positive_int, register
+from torchrobust.attacks.base import Attack, register
 from torchrobust.attacks.pgd import PGD
 from torchrobust.attacks.threat import L2, Linf, ThreatModel
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_positive_int
 
 __all__ = ["CW", "CWLinf", "UNBOUNDED"]
 
@@ -106,8 +107,8 @@ class CW(Attack):
         if eps is None and not isinstance(threat, ThreatModel):
             eps = UNBOUNDED
         super().__init__(threat if isinstance(threat, ThreatModel) else L2(float(eps)), eps)
-        self.steps = check_positive_int("steps", steps, 100)
-        self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps, 9)
+        self.steps = check_positive_int(steps, "steps", 100)
+        self.binary_search_steps = check_positive_int(binary_search_steps, "binary_search_steps", 9)
         self.initial_const = _check_number("initial_const", initial_const, True, 1e-2)
         self.lr = _check_number("lr", lr, True, 1e-2)
         self.kappa = _check_number("kappa", kappa, False, 0.0)

@@ -36,9 +36,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import Attack, check_positive_int, register
+from torchrobust.attacks.base import Attack, register
 from torchrobust.attacks.threat import L1, ThreatModel
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_positive_int
 
 __all__ = ["DeepFool"]
 
@@ -75,13 +76,13 @@ class DeepFool(Attack):
         super().__init__(threat, eps)
         if isinstance(self.threat, L1):
             raise TorchRobustError("DeepFool supports threat='L2' or 'Linf', got L1; use PGD('L1', ...)")
-        self.steps = check_positive_int("steps", steps, 50)
+        self.steps = check_positive_int(steps, "steps", 50)
         if isinstance(overshoot, bool) or not isinstance(overshoot, (int, float)) or not (
             0 <= float(overshoot) < math.inf
         ):
             raise TorchRobustError(f"overshoot must be a number >= 0, got {overshoot!r}; pass e.g. overshoot=0.02")
         self.overshoot = float(overshoot)
-        self.candidates = check_positive_int("candidates", candidates, 10)
+        self.candidates = check_positive_int(candidates, "candidates", 10)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         linf = self.threat.name == "Linf"

@@ -38,9 +38,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import Attack, check_positive_int, get_loss, input_gradient, margin, register
+from torchrobust.attacks.base import Attack, get_loss, input_gradient, margin, register
 from torchrobust.attacks.threat import ThreatModel
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_positive_int
 
 __all__ = ["L0", "L0Attack"]
 
@@ -151,7 +152,7 @@ class L0Attack(Attack):
         if method not in ("iterative", "one_step"):
             raise TorchRobustError(f"unknown L0 method {method!r}; valid: iterative, one_step")
         self.method = method
-        self.steps = check_positive_int("steps", steps, 50)
+        self.steps = check_positive_int(steps, "steps", 50)
         alpha = self.threat.default_alpha(self.steps) if alpha is None else alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 < float(alpha) < math.inf):
             raise TorchRobustError(f"alpha must be a positive step size, got {alpha!r}; or pass alpha=None")

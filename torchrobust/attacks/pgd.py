@@ -63,9 +63,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import Attack, check_positive_int, get_loss, input_gradient, margin, register
+from torchrobust.attacks.base import Attack, get_loss, input_gradient, margin, register
 from torchrobust.attacks.threat import ThreatModel
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_positive_int
 
 __all__ = ["PGD"]
 
@@ -90,8 +91,8 @@ class PGD(Attack):
         if eps is None and not isinstance(threat, ThreatModel):
             eps = 0.3
         super().__init__(threat, eps)
-        self.steps = check_positive_int("steps", steps, 40)
-        self.restarts = check_positive_int("restarts", restarts, 1)
+        self.steps = check_positive_int(steps, "steps", 40)
+        self.restarts = check_positive_int(restarts, "restarts", 1)
         if alpha is None:
             alpha = self.threat.default_alpha(self.steps)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):

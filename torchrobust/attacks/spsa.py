@@ -38,9 +38,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import Attack, check_positive_int, margin, register
+from torchrobust.attacks.base import Attack, margin, register
 from torchrobust.attacks.threat import ThreatModel
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_positive_int
 
 __all__ = ["SPSA"]
 
@@ -92,8 +93,8 @@ class SPSA(Attack):
         if eps is None and not isinstance(threat, ThreatModel):
             eps = 0.3
         super().__init__(threat, eps)
-        self.steps = check_positive_int("steps", steps, 100)
-        self.n_samples = check_positive_int("n_samples", n_samples, 128)
+        self.steps = check_positive_int(steps, "steps", 100)
+        self.n_samples = check_positive_int(n_samples, "n_samples", 128)
         self.delta = _positive("delta", delta, 0.01)
         self.lr = None if lr is None else _positive("lr", lr, 0.01)
         self.targeted = bool(targeted)
@@ -102,7 +103,7 @@ class SPSA(Attack):
         self.seed = seed
         self.random_start = bool(random_start)
         self.early_stop = bool(early_stop)
-        self.max_batch = check_positive_int("max_batch", max_batch, 4096)
+        self.max_batch = check_positive_int(max_batch, "max_batch", 4096)
 
     def _loss(self, model: nn.Module, xs: Tensor, ys: Tensor) -> Tensor:
         out = []

@@ -37,9 +37,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import Attack, check_positive_int, margin, register
+from torchrobust.attacks.base import Attack, margin, register
 from torchrobust.attacks.threat import L1, ThreatModel
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_positive_int
 
 __all__ = ["Square", "p_schedule"]
 
@@ -118,11 +119,11 @@ class Square(Attack):
         super().__init__(threat, eps)
         if isinstance(self.threat, L1):
             raise TorchRobustError("Square supports threat='Linf' or 'L2', got L1; use PGD('L1', ...)")
-        self.n_queries = check_positive_int("n_queries", n_queries, 5000)
+        self.n_queries = check_positive_int(n_queries, "n_queries", 5000)
         if isinstance(p_init, bool) or not isinstance(p_init, (int, float)) or not (0 < float(p_init) <= 1):
             raise TorchRobustError(f"p_init must be in (0, 1], got {p_init!r}; pass e.g. p_init=0.8")
         self.p_init = float(p_init)
-        self.restarts = check_positive_int("restarts", restarts, 1)
+        self.restarts = check_positive_int(restarts, "restarts", 1)
         self.targeted = bool(targeted)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TorchRobustError(f"seed must be an int or None, got {seed!r}")

@@ -50,11 +50,14 @@ from torch import Tensor
 
 from torchrobust.errors import TorchRobustError
 
-__all__ = ["ThreatModel", "Linf", "L2", "L1", "ThreatName", "get_threat", "project_l1_box", "project_l2_box"]
+__all__ = ["ThreatModel", "Linf", "L2", "L1", "ThreatName", "THREAT_NAMES", "get_threat", "project_l1_box",
+           "project_l2_box"]
 
 
 class ThreatName(str, Enum):
-    """Names of the supported threat models (a ``str`` enum: ``ThreatName.LINF == "Linf"``)."""
+    """Names of the supported threat models (a ``str`` enum: ``ThreatName.LINF == "Linf"``, so plain strings keep
+    working wherever a name is expected). ``ThreatName(alias)`` also resolves the aliases ``"linf"``, ``"inf"``,
+    ``"l_inf"``, ``"l2"``, ``"2"``, ``"l1"``, ``"1"``, … (case-insensitive) — the one alias table of torchrobust."""
 
     LINF = "Linf"
     L2 = "L2"
@@ -62,6 +65,20 @@ class ThreatName(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> ThreatName | None:
+        return _NAME_ALIASES.get(value.strip().lower()) if isinstance(value, str) else None
+
+
+_NAME_ALIASES: dict[str, ThreatName] = {
+    "linf": ThreatName.LINF, "l_inf": ThreatName.LINF, "inf": ThreatName.LINF,
+    "l2": ThreatName.L2, "l_2": ThreatName.L2, "2": ThreatName.L2,
+    "l1": ThreatName.L1, "l_1": ThreatName.L1, "1": ThreatName.L1,
+}
+
+#: The canonical threat names as plain strings, in the usual order: ``("Linf", "L2", "L1")``.
+THREAT_NAMES: tuple[str, ...] = tuple(t.value for t in ThreatName)
 
 
 def _wide(x: Tensor) -> torch.dtype:
@@ -442,17 +459,7 @@ class L1(ThreatModel):
         return (x64 + v).clamp_(0.0, 1.0).to(dtype).view(shape)
 
 
-_ALIASES: dict[str, type[ThreatModel]] = {
-    "linf": Linf,
-    "l_inf": Linf,
-    "inf": Linf,
-    "l2": L2,
-    "l_2": L2,
-    "2": L2,
-    "l1": L1,
-    "l_1": L1,
-    "1": L1,
-}
+_CLASSES: dict[ThreatName, type[ThreatModel]] = {ThreatName.LINF: Linf, ThreatName.L2: L2, ThreatName.L1: L1}
 
 
 def get_threat(threat: str | ThreatModel, eps: float | None = None) -> ThreatModel:
@@ -460,13 +467,12 @@ def get_threat(threat: str | ThreatModel, eps: float | None = None) -> ThreatMod
     a :class:`ThreatName`) and a radius, or pass a :class:`ThreatModel` through (with ``eps`` replaced if given)."""
     if isinstance(threat, ThreatModel):
         return threat if eps is None or float(eps) == threat.eps else threat.with_eps(eps)
-    if isinstance(threat, ThreatName):
-        threat = threat.value
     if not isinstance(threat, str):
         raise TorchRobustError(f"threat must be a name or a ThreatModel, got {threat!r}; valid: Linf, L2, L1")
-    cls = _ALIASES.get(threat.strip().lower())
-    if cls is None:
-        raise TorchRobustError(f"unknown threat model {threat!r}; valid: Linf, L2, L1")
+    try:
+        cls = _CLASSES[ThreatName(threat)]
+    except ValueError:
+        raise TorchRobustError(f"unknown threat model {threat!r}; valid: Linf, L2, L1") from None
     if eps is None:
         raise TorchRobustError(
             f"threat model {cls.name} needs a radius; pass eps=..., e.g. get_threat({cls.name!r}, 0.3)"

@@ -55,9 +55,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchrobust.attacks.base import Attack, check_positive_int, register
+from torchrobust.attacks.base import Attack, register
 from torchrobust.attacks.threat import ThreatModel
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import check_positive_int
 
 __all__ = ["EOT", "EOTModel", "EOTAttack", "BPDA", "Surrogate", "default_surrogates", "has_bpda_modules",
            "irls_fixed_surrogate"]
@@ -81,7 +82,7 @@ class EOTModel(nn.Module):
         if not isinstance(model, nn.Module):
             raise TorchRobustError(f"EOTModel needs an nn.Module, got {type(model).__name__}")
         self.model = model
-        self.n_samples = check_positive_int("n_samples", n_samples, 20)
+        self.n_samples = check_positive_int(n_samples, "n_samples", 20)
         self.batched = bool(batched)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -101,7 +102,7 @@ class EOTAttack(Attack):
         super().__init__(attack.threat)
         self.attack = attack
         self.targeted = attack.targeted
-        self.n_samples = check_positive_int("n_samples", n_samples, 20)
+        self.n_samples = check_positive_int(n_samples, "n_samples", 20)
         self.batched = bool(batched)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -175,7 +176,7 @@ def irls_fixed_surrogate(module: nn.Module, inp: Tensor) -> Tensor:
     that of the paper's reference code (the ``N × O × D`` product tensor; convolution patches unfolded). Layers
     with ``groups > 1`` or a non-zero padding mode fall back to :func:`_linear_surrogate`.
     """
-    lam, K, eps = float(module.lam), int(module.K), float(module.eps)  # type: ignore[arg-type]
+    lam, K, eps = float(module.lam), int(module.K), float(module.irls_eps)  # type: ignore[arg-type]
     weight = module.weight
     bias = None if getattr(module, "drop_bias", False) else module.bias
     if isinstance(module.weight, Tensor) and weight.dim() == 2:  # NRPMLinear

@@ -51,10 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import TorchRobustError
+from ..validation import model_device
 from .engine import Job, run_plan
 
 __all__ = ["AdaptiveResult", "evaluate_adaptive", "undefended_base"]
@@ -130,10 +130,6 @@ class AdaptiveResult:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _device(model: nn.Module, x: Tensor) -> torch.device:
-    return next((p.device for p in model.parameters()), x.device)
-
-
 # ------------------------------------------------------------------------------------------------ main entry
 def evaluate_adaptive(
     model: nn.Module,
@@ -202,7 +198,7 @@ def evaluate_adaptive(
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y) or len(x) == 0:
         raise TorchRobustError("x and y must be non-empty tensors of equal length; pass (N, ...) inputs, (N,) labels")
     x, y = x.detach(), y.detach()
-    dev = _device(model, x)
+    dev = model_device(model, x.device)
     xs = x[:n_check].to(dev)
 
     # --- what the model needs

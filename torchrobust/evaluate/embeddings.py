@@ -28,7 +28,7 @@ from torch import nn
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.io import atomic_write_bytes
-from torchrobust.validation import eval_mode
+from torchrobust.validation import eval_mode, model_device
 
 __all__ = ["embedding_layers", "record_embeddings", "embedding_differences", "plot_embeddings"]
 
@@ -82,7 +82,7 @@ def record_embeddings(
         def hook(_m: nn.Module, _inp: object, output: torch.Tensor, n: str = n) -> None:
             out[n] = output.detach()
         handles.append(modules[n].register_forward_hook(hook))
-    dev = next((p.device for p in model.parameters()), x.device)
+    dev = model_device(model, x.device)
     try:
         with eval_mode(model):
             logits = model(x.to(dev))

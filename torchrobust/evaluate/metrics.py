@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..validation import check_images, check_labels, eval_mode, probe_logits
+from ..validation import check_images, check_labels, eval_mode, model_device, probe_logits
 
 __all__ = ["predict", "accuracy", "correct", "robust_correct"]
 
@@ -20,7 +20,7 @@ __all__ = ["predict", "accuracy", "correct", "robust_correct"]
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Predicted labels of ``model`` on ``x``, on ``x``'s device. The forward passes run in eval mode (no
     BatchNorm statistic or dropout mask changes) and every submodule's mode is restored afterwards."""
-    dev = next((p.device for p in model.parameters()), x.device)
+    dev = model_device(model, x.device)
     with torch.no_grad(), eval_mode(model):
         out = [model(x[i:i + batch_size].to(dev)).argmax(1).to(x.device) for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
@@ -29,7 +29,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
 def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Per-example booleans: is ``model`` right on ``x``? Validates the inputs first."""
     check_images(x)
-    num_classes = probe_logits(model, x[:1].to(next((p.device for p in model.parameters()), x.device)))
+    num_classes = probe_logits(model, x[:1].to(model_device(model, x.device)))
     check_labels(y, len(x), num_classes)
     return predict(model, x, batch_size) == y.to(x.device)
 

@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 from ..errors import TorchRobustError, unknown_name
+from ..validation import check_positive_int
+
+__all__ = ["ACTIVATIONS", "make_activation", "check_positive_int", "check_input", "qualified_names", "jsonable"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -30,12 +33,6 @@ def make_activation(name: str, allowed: Iterable[str] | None = None) -> nn.Modul
     if not isinstance(name, str) or name.lower() not in valid:
         raise unknown_name("activation", name, valid)
     return ACTIVATIONS[name.lower()]()
-
-
-def check_positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TorchRobustError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def check_input(x: torch.Tensor, in_channels: int, model: str, min_size: int = 1) -> None:

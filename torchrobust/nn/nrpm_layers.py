@@ -30,7 +30,7 @@ NRPM kernels (see :mod:`torchrobust.nn.nrpm`), never on the full product tensor.
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any
 
 import torch
@@ -39,23 +39,22 @@ from torch import Tensor, nn
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn.nrpm import BACKENDS, nrpm_conv2d, nrpm_linear
+from torchrobust.validation import check_irls_eps, check_irls_steps, check_lam, renamed_argument
 
 __all__ = ["NRPMLinear", "NRPMConv2d"]
 
 _PARAMETRIZATIONS = ("clamp", "sigmoid")
 
 
-def _check(lam: float, K: int, eps: float, lam_parametrization: str, backend: str) -> float:
-    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
-        raise TorchRobustError(f"NRPM K={K!r} is invalid; pass a non-negative int number of IRLS steps (e.g. K=3)")
-    if not isinstance(eps, (int, float)) or not math.isfinite(float(eps)) or float(eps) <= 0:
-        raise TorchRobustError(f"NRPM eps={eps!r} is invalid; pass a positive finite float (e.g. eps=1e-3)")
-    try:
-        lam_f = float(lam)
-    except (TypeError, ValueError):
-        raise TorchRobustError(f"NRPM lam={lam!r} is not a number; pass a float in [0, 1]") from None
-    if not (0.0 <= lam_f <= 1.0):
-        raise TorchRobustError(f"NRPM lam={lam_f} is outside [0, 1]; pass the weight of the linear part in [0, 1]")
+#: Default IRLS damping ε (the paper's Appendix Algorithm 2).
+IRLS_EPS = 1e-3
+
+
+def _check(lam: float, K: int, irls_eps: float, lam_parametrization: str, backend: str) -> float:
+    """λ, K and ε through the shared checks of :mod:`torchrobust.validation`, then the layer-only options."""
+    check_irls_steps(K)
+    check_irls_eps(irls_eps)
+    lam_f = check_lam(lam)
     if lam_parametrization not in _PARAMETRIZATIONS:
         raise TorchRobustError(
             f"unknown lam_parametrization {lam_parametrization!r}; valid: {', '.join(_PARAMETRIZATIONS)}"
@@ -75,7 +74,7 @@ class _NRPMMixin(nn.Module):
     #: the flag existed).
     straight_through: bool = False
     K: int
-    eps: float
+    irls_eps: float
     backend: str
     drop_bias: bool
     lam_parametrization: str
@@ -85,30 +84,32 @@ class _NRPMMixin(nn.Module):
 
     @classmethod
     def from_module(
-        cls, m: nn.Module, lam: float = 0.5, K: int = 3, eps: float = 1e-3, learn_lam: bool = False,
-        drop_bias: bool = False, backend: str = "auto", lam_parametrization: str = "clamp",
+        cls, m: nn.Module, lam: float = 0.5, K: int = 3, irls_eps: float = IRLS_EPS, learn_lam: bool = False,
+        drop_bias: bool = False, backend: str = "auto", lam_parametrization: str = "clamp", *,
+        eps: float | None = None,
     ) -> Any:
         """Wrap a trained ``nn.Linear`` / ``nn.Conv2d``, sharing its ``weight``/``bias`` Parameter objects (no copy);
-        :meth:`to_module` gives back that very object."""
+        :meth:`to_module` gives back that very object. ``eps`` is the deprecated name of ``irls_eps``."""
+        irls_eps = renamed_argument(f"{cls.__name__}.from_module", "eps", "irls_eps", eps, irls_eps, IRLS_EPS)
         if not isinstance(m, cls._plain_type):
             raise TorchRobustError(f"{cls.__name__}.from_module needs an nn.{cls._plain_type.__name__}, got "
                                    f"{type(m).__name__}; {cls._hint}")
-        _check(lam, K, eps, lam_parametrization, backend)
+        _check(lam, K, irls_eps, lam_parametrization, backend)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self._adopt(m)
-        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self._init_nrpm(lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend)
         self.train(m.training)
         self._set_original(m)
         return self
 
     def _init_nrpm(
-        self, lam: float, K: int, eps: float, learn_lam: bool, lam_parametrization: str, drop_bias: bool,
+        self, lam: float, K: int, irls_eps: float, learn_lam: bool, lam_parametrization: str, drop_bias: bool,
         backend: str, device: Any = None,
     ) -> None:
-        lam_f = _check(lam, K, eps, lam_parametrization, backend)
+        lam_f = _check(lam, K, irls_eps, lam_parametrization, backend)
         self.K = int(K)
-        self.eps = float(eps)
+        self.irls_eps = float(irls_eps)
         self.backend = backend
         self.drop_bias = bool(drop_bias)
         self.lam_parametrization = lam_parametrization
@@ -120,6 +121,19 @@ class _NRPMMixin(nn.Module):
         else:
             theta = torch.logit(torch.tensor(lam_f, dtype=torch.float64)).to(dtype)
             self.lam_logit = nn.Parameter(theta.to(dev), requires_grad=learn_lam)
+
+    @property
+    def eps(self) -> float:
+        """Deprecated name of :attr:`irls_eps` (the IRLS damping ε; ``eps`` is the attack radius elsewhere)."""
+        warnings.warn("NRPM layer attribute 'eps' is deprecated and will be removed in the next release; use "
+                      "'irls_eps'", DeprecationWarning, stacklevel=2)
+        return self.irls_eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        warnings.warn("NRPM layer attribute 'eps' is deprecated and will be removed in the next release; use "
+                      "'irls_eps'", DeprecationWarning, stacklevel=2)
+        self.irls_eps = check_irls_eps(value)
 
     # -- λ ------------------------------------------------------------------------------------------------
     @property
@@ -140,7 +154,7 @@ class _NRPMMixin(nn.Module):
 
     @lam.setter
     def lam(self, value: float) -> None:
-        lam_f = _check(value, self.K, self.eps, self.lam_parametrization, self.backend)
+        lam_f = check_lam(value)
         with torch.no_grad():
             if self.lam_parametrization == "clamp":
                 self.lam_raw.fill_(lam_f)
@@ -169,7 +183,7 @@ class _NRPMMixin(nn.Module):
         return lam
 
     def _nrpm_repr(self) -> str:
-        s = f"lam={self.lam:.4g}, K={self.K}, eps={self.eps:g}"
+        s = f"lam={self.lam:.4g}, K={self.K}, irls_eps={self.irls_eps:g}"
         if self.learn_lam:
             s += ", learn_lam=True"
         if self.lam_parametrization != "clamp":
@@ -194,7 +208,8 @@ class NRPMLinear(_NRPMMixin):
         in_features, out_features, bias, device, dtype: as for :class:`torch.nn.Linear`.
         lam: λ ∈ [0, 1], the weight of the linear part (1 = plain layer).
         K: IRLS steps (Algorithm 1; the paper's Algorithm 2 uses 3, its scripts 1). K = 0 is the plain layer.
-        eps: ε > 0 in the IRLS weight ``1/(|a_d x_d − z/D| + ε)`` (Algorithm 2).
+        irls_eps: the damping ε > 0 in the IRLS weight ``1/(|a_d x_d − z/D| + ε)`` (Appendix Algorithm 2);
+            ``eps`` is its deprecated old name (accepted with a ``DeprecationWarning`` for one release).
         learn_lam: make λ trainable.
         lam_parametrization: ``"clamp"`` (default) or ``"sigmoid"``; see the module docstring.
         drop_bias: ignore the bias (reproduces the paper's conv code; for linear the paper adds it).
@@ -203,14 +218,16 @@ class NRPMLinear(_NRPMMixin):
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, lam: float = 0.5, K: int = 3,
-        eps: float = 1e-3, learn_lam: bool = False, lam_parametrization: str = "clamp", drop_bias: bool = False,
-        backend: str = "auto", device: Any = None, dtype: Any = None,
+        irls_eps: float = IRLS_EPS, learn_lam: bool = False, lam_parametrization: str = "clamp",
+        drop_bias: bool = False, backend: str = "auto", device: Any = None, dtype: Any = None, *,
+        eps: float | None = None,
     ) -> None:
         super().__init__()
-        _check(lam, K, eps, lam_parametrization, backend)
+        irls_eps = renamed_argument("NRPMLinear", "eps", "irls_eps", eps, irls_eps, IRLS_EPS)
+        _check(lam, K, irls_eps, lam_parametrization, backend)
         base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._adopt(base)
-        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self._init_nrpm(lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend)
         self._set_original(None)
 
     def _adopt(self, m: nn.Linear) -> None:
@@ -235,7 +252,7 @@ class NRPMLinear(_NRPMMixin):
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.drop_bias else self.bias
-        return nrpm_linear(x, self.weight, bias, self._lam_arg(), self.K, self.eps, self.backend,
+        return nrpm_linear(x, self.weight, bias, self._lam_arg(), self.K, self.irls_eps, self.backend,
                            straight_through=bool(self.straight_through))
 
     def extra_repr(self) -> str:
@@ -248,7 +265,7 @@ class NRPMConv2d(_NRPMMixin):
 
     Args:
         in_channels … padding_mode, device, dtype: as for :class:`torch.nn.Conv2d`.
-        lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend: as for :class:`NRPMLinear`.
+        lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend: as for :class:`NRPMLinear`.
         ``drop_bias=True`` reproduces the paper code, whose robust conv never adds its bias.
 
     Padding: zero padding is part of the patch (``D = C_in/groups·kh·kw``, padded zeros included, as
@@ -259,16 +276,17 @@ class NRPMConv2d(_NRPMMixin):
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride: Any = 1,
         padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-        lam: float = 0.5, K: int = 3, eps: float = 1e-3, learn_lam: bool = False,
+        lam: float = 0.5, K: int = 3, irls_eps: float = IRLS_EPS, learn_lam: bool = False,
         lam_parametrization: str = "clamp", drop_bias: bool = False, backend: str = "auto",
-        device: Any = None, dtype: Any = None,
+        device: Any = None, dtype: Any = None, *, eps: float | None = None,
     ) -> None:
         super().__init__()
-        _check(lam, K, eps, lam_parametrization, backend)
+        irls_eps = renamed_argument("NRPMConv2d", "eps", "irls_eps", eps, irls_eps, IRLS_EPS)
+        _check(lam, K, irls_eps, lam_parametrization, backend)
         base = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device=device, dtype=dtype)
         self._adopt(base)
-        self._init_nrpm(lam, K, eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self._init_nrpm(lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend)
         self._set_original(None)
 
     def _adopt(self, m: nn.Conv2d) -> None:
@@ -304,7 +322,7 @@ class NRPMConv2d(_NRPMMixin):
             else:
                 x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0, 0)
-        return nrpm_conv2d(x, self.weight, bias, self._lam_arg(), self.K, self.eps, self.stride, padding,
+        return nrpm_conv2d(x, self.weight, bias, self._lam_arg(), self.K, self.irls_eps, self.stride, padding,
                            self.dilation, self.groups, self.backend, straight_through=bool(self.straight_through))
 
     def extra_repr(self) -> str:

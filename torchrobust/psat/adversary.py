@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchrobust.attacks.threat import ThreatModel, get_threat
+from torchrobust.attacks.threat import THREAT_NAMES, ThreatModel, get_threat
 from torchrobust.errors import TorchRobustError
 
 __all__ = ["pgd", "worst_of", "msd", "PGDConfig", "MultiAdversary", "TrainingAdversary", "STRATEGIES",
@@ -36,7 +36,7 @@ __all__ = ["pgd", "worst_of", "msd", "PGDConfig", "MultiAdversary", "TrainingAdv
 MNIST_BUDGETS: dict[str, float] = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 CIFAR10_BUDGETS: dict[str, float] = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
 #: Training strategies: single-norm (one member / AT_p) and the multi-norm baselines.
-STRATEGIES = ("Linf", "L2", "L1", "natural", "max", "avg", "msd")
+STRATEGIES = (*THREAT_NAMES, "natural", "max", "avg", "msd")
 
 
 class _EvalMode:
@@ -161,12 +161,12 @@ class TrainingAdversary:
     alpha: Mapping[str, float] = field(default_factory=dict)
     msd_steps: int | None = None
     msd_alpha: Mapping[str, float] = field(default_factory=dict)
-    norms: Sequence[str] = ("Linf", "L2", "L1")
+    norms: Sequence[str] = THREAT_NAMES
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise TorchRobustError(f"unknown PSAT training strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
-        needed = [self.strategy] if self.strategy in ("Linf", "L2", "L1") else (
+        needed = [self.strategy] if self.strategy in THREAT_NAMES else (
             [] if self.strategy == "natural" else list(self.norms))
         missing = [n for n in needed if n not in self.eps]
         if missing:
@@ -181,7 +181,7 @@ class TrainingAdversary:
         s = self.strategy
         if s == "natural":
             return [x]
-        if s in ("Linf", "L2", "L1"):
+        if s in THREAT_NAMES:
             return [pgd(model, x, y, self._cfgs[s])]
         singles = [lambda m, a, b, c=c: pgd(m, a, b, c) for c in self._cfgs.values()]
         if s == "max":

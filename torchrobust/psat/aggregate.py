@@ -21,25 +21,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchrobust.attacks.threat import THREAT_NAMES, ThreatName
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import eval_mode
 
 __all__ = ["PSATEnsemble", "adaptive_attack", "canonical_threat", "strongest", "THREATS", "prediction_entropy"]
 
 #: Member names: the three ℓp threat models of PSAT, plus ``"natural"`` for the standard-training member of
 #: the paper's member analysis (Table 3).
-THREATS = ("Linf", "L2", "L1", "natural")
-_ALIASES = {"linf": "Linf", "l_inf": "Linf", "inf": "Linf", "l2": "L2", "l1": "L1", "natural": "natural",
-            "nat": "natural", "clean": "natural", "standard": "natural"}
+THREATS = (*THREAT_NAMES, "natural")
+_NATURAL = ("natural", "nat", "clean", "standard")
 Strategy = Literal["entropy", "average"]
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 def canonical_threat(name: str) -> str:
     """Normalise a threat-model name (``"linf"`` → ``"Linf"``); unknown names raise."""
-    key = str(name).lower()
-    if key not in _ALIASES:
-        raise TorchRobustError(f"unknown threat model {name!r} for a PSAT member; valid: {', '.join(THREATS)}")
-    return _ALIASES[key]
+    key = str(name).strip().lower()
+    if key in _NATURAL:
+        return "natural"
+    try:
+        return ThreatName(key).value  # the one table of threat-name aliases
+    except ValueError:
+        raise TorchRobustError(f"unknown threat model {name!r} for a PSAT member; valid: {', '.join(THREATS)}") \
+            from None
 
 
 def prediction_entropy(logits: Tensor) -> Tensor:
@@ -144,9 +149,7 @@ def strongest(model: nn.Module, x: Tensor, y: Tensor, candidates: Iterable[Tenso
     source = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for s, cand in enumerate(candidates):
             cand = cand.detach()
             with torch.no_grad():
@@ -158,8 +161,6 @@ def strongest(model: nn.Module, x: Tensor, y: Tensor, candidates: Iterable[Tenso
             source[better] = s
             best_loss = torch.where(better, loss, best_loss)
             best_fooled |= fooled
-    finally:
-        model.train(was)
     return best, source
 
 

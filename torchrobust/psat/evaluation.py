@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from torchrobust.attacks.threat import THREAT_NAMES
 from torchrobust.errors import TorchRobustError
 from torchrobust.evaluate.engine import job_for_attack, run_plan
 from torchrobust.psat import models as psat_models
@@ -75,11 +76,15 @@ def autoattack_attacks(eps: Mapping[str, float], attacks_to_run: Sequence[str] |
     return out
 
 
+#: Keys of a ``source`` mapping that name members (the rest name baseline checkpoints).
+_MEMBER_KEYS = tuple(t.lower() for t in (*THREAT_NAMES, "natural"))
+
+
 def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
              data: Dataset | tuple[Tensor, Tensor] | None = None, n_test: int = 1000,
              eps: Mapping[str, float] | None = None,
              steps: Mapping[str, int] | None = None, alpha: Mapping[str, float] | None = None, restarts: int = 10,
-             threats: Sequence[str] = ("Linf", "L2", "L1"), strategies: Sequence[Strategy] = ("entropy",),
+             threats: Sequence[str] = THREAT_NAMES, strategies: Sequence[Strategy] = ("entropy",),
              members: bool = True, baselines: Sequence[str] | None = None,
              attacks: Mapping[str, AttackFn] | None = None, batch_size: int = 250,
              device: str | torch.device = "cpu", dataset: str = "mnist",
@@ -110,9 +115,8 @@ def evaluate(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str
     """
     eps = dict(eps or MNIST_BUDGETS)
     if isinstance(source, Mapping):
-        member_paths = {canonical_threat(k): Path(v) for k, v in source.items() if k.lower() in
-                        ("linf", "l2", "l1", "natural")}
-        base_paths = {k: Path(v) for k, v in source.items() if k.lower() not in ("linf", "l2", "l1", "natural")}
+        member_paths = {canonical_threat(k): Path(v) for k, v in source.items() if k.lower() in _MEMBER_KEYS}
+        base_paths = {k: Path(v) for k, v in source.items() if k.lower() not in _MEMBER_KEYS}
     else:
         root = Path(source)
         if not root.is_dir():

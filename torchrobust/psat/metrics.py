@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from torchrobust.attacks.threat import THREAT_NAMES
 from torchrobust.errors import TorchRobustError
 from torchrobust.evaluate.engine import Job, PlanResult, run_plan
 from torchrobust.psat.aggregate import PSATEnsemble, adaptive_attack
@@ -38,7 +39,7 @@ from torchrobust.tables import Column, ColumnKind, Table
 __all__ = ["MultiNormRow", "evaluate_multi_norm", "format_attack_breakdown", "format_table", "table", "trade_off",
            "NORMS"]
 
-NORMS = ("Linf", "L2", "L1")
+NORMS = THREAT_NAMES
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 _LABELS = {"Linf": "ℓ∞", "L2": "ℓ2", "L1": "ℓ1"}
 _TEX = {"Linf": r"$\ell_\infty$", "L2": r"$\ell_2$", "L1": r"$\ell_1$"}

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from torchrobust import checkpoint
+from torchrobust.attacks.threat import THREAT_NAMES
 from torchrobust.errors import TorchRobustError
 from torchrobust.psat import models as psat_models
 from torchrobust.psat.adversary import MNIST_BUDGETS, STRATEGIES, MultiAdversary, TrainingAdversary
@@ -134,7 +135,7 @@ def _train_named(out_dir: str | os.PathLike[str], data: Data, names: Sequence[tu
     return out
 
 
-def train_members(out_dir: str | os.PathLike[str], data: Data, threats: Sequence[str] = ("Linf", "L2", "L1"),
+def train_members(out_dir: str | os.PathLike[str], data: Data, threats: Sequence[str] = THREAT_NAMES,
                   epochs: int = 1, arch: str = "hyper_msd_cnn", arch_kwargs: Mapping[str, Any] | None = None,
                   eps: Mapping[str, float] | None = None, steps: Mapping[str, int] | None = None,
                   alpha: Mapping[str, float] | None = None, config: PSATTrainConfig | None = None,
@@ -179,7 +180,7 @@ def load_member(path: str | os.PathLike[str], map_location: str | torch.device =
 
 
 def load_ensemble(source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
-                  threats: Sequence[str] = ("Linf", "L2", "L1"), strategy: Strategy = "entropy",
+                  threats: Sequence[str] = THREAT_NAMES, strategy: Strategy = "entropy",
                   map_location: str | torch.device = "cpu") -> PSATEnsemble:
     """The PSAT aggregate from a directory written by :func:`train_members` (members ``threats``) or from an
     explicit mapping threat → checkpoint path."""

@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed as D
 from ..errors import TorchRobustError
+from ..validation import eval_mode, model_device
 from .tensors import dataset_tensors
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "MODES", "SCHEDULES", "iterate_batches", "epoch_order", "triangular"]
@@ -235,9 +236,7 @@ def _trades_adversarial(model: nn.Module, x: torch.Tensor, cfg: TrainConfig) -> 
 
     threat = get_threat(cfg.threat, cfg.eps)
     alpha = cfg.alpha if cfg.alpha is not None else threat.default_alpha(cfg.steps)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             p_clean = F.softmax(model(x), dim=1)
         x_adv = threat.project((x + 0.001 * torch.randn_like(x)).clamp(0, 1), x).detach()
@@ -246,8 +245,6 @@ def _trades_adversarial(model: nn.Module, x: torch.Tensor, cfg: TrainConfig) -> 
             loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = threat.project(threat.step(x_adv.detach(), grad, alpha), x).detach()
-    finally:
-        model.train(was_training)
     return x_adv
 
 
@@ -279,17 +276,13 @@ def _check_data(model: nn.Module, train_set: Data, dev: torch.device) -> None:
                                f"{tuple(y.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise TorchRobustError("the training inputs contain NaN or inf; clean the data")
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = model(x[:2].to(dev))
     except RuntimeError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise TorchRobustError(f"training inputs of shape {tuple(x.shape[1:])} do not fit the model ({first}); "
                                "check the dataset's channels and image size") from None
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise TorchRobustError("the model must return logits of shape (N, num_classes); got "
                                f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
@@ -395,8 +388,7 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         if resume_from is None and resume.has_state(ckdir):
             raise TorchRobustError(f"{ckdir} already holds the resume state of an earlier run; resume it "
                                    "(CLI: --resume, API: resume_from=) or delete that folder to start over")
-    dev = torch.device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    dev = torch.device(device) if device is not None else model_device(model)
     model.to(dev)
     _check_data(model, train_set, dev)
     torch.manual_seed(cfg.seed + D.rank())

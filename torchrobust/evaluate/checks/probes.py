@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchrobust.errors import TorchRobustError
 from torchrobust.evaluate.checks.arguments import check_count, float_tensor, int64_labels
 from torchrobust.evaluate.checks.flags import Flag
-from torchrobust.validation import eval_mode
+from torchrobust.validation import eval_mode, model_device
 
 __all__ = ["probing", "check_input_range", "check_eval_mode", "check_logits", "check_input_contract", "check_finite",
            "check_randomness", "check_gradients"]
@@ -128,7 +128,7 @@ def check_finite(model: nn.Module, x: Tensor | None = None, logits: Tensor | Non
     if logits is None and x is not None:
         x = float_tensor("x", x)
         if x.numel() and bool(torch.isfinite(x).all()):
-            dev = next((t.device for t in model.parameters()), x.device)
+            dev = model_device(model, x.device)
             with torch.no_grad(), probing(model):
                 logits = model(x.to(dev))
     rows = 0
