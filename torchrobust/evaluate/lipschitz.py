@@ -29,8 +29,6 @@ The network-level estimate is local: ``||f(x + delta) - f(x)||_2 / ||delta||_2``
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -46,6 +44,7 @@ from torch import nn
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn.forged import Forged, PreForged
+from torchrobust.tables import Column, ColumnKind, Table, json_safe
 from torchrobust.validation import eval_mode
 
 from .engine import job_for_attack, run_plan
@@ -432,68 +431,54 @@ class LipschitzReport:
     network: list[dict[str, Any]]
     c_r: float | None = None
 
-    _LAYER_COLS = ("name", "kind", "sigma_max", "emp_before", "emp_after", "emp_reduced", "masked_sigma_before",
-                   "masked_sigma_max", "lemma2_holds", "gershgorin_full", "gershgorin_before", "gershgorin_after",
-                   "zero_fraction")
-
     @property
     def lemma2_holds(self) -> bool:
         """Whether ``sigma_max(W D_x) <= sigma_max(W)`` held for every checked layer and example."""
         return all(r["lemma2_holds"] is not False for r in self.layers)
 
+    def layer_table(self) -> Table:
+        """The per-layer table (:class:`torchrobust.tables.Table`; ``zero_fraction`` a ``PERCENT``)."""
+        f = ColumnKind.FLOAT
+        cols = [Column("name", ColumnKind.TEXT, label="layer"), Column("kind", ColumnKind.TEXT),
+                Column("sigma_max", f, label="σ_max(W)"), Column("emp_before", f, label="emp. before"),
+                Column("emp_after", f, label="emp. after"), Column("emp_reduced", f, label="reduced"),
+                Column("masked_sigma_before", f, label="max σ(W D_x≠0)"),
+                Column("masked_sigma_max", f, label="max σ(W D_forged)"),
+                Column("lemma2_holds", ColumnKind.BOOL, label="Lemma 2", bools=("yes", "NO")),
+                Column("gershgorin_full", f, label="Gershgorin A"),
+                Column("gershgorin_before", f, label="Gershgorin x≠0"),
+                Column("gershgorin_after", f, label="Gershgorin forged"),
+                Column("zero_fraction", ColumnKind.PERCENT, label="zeroed %")]
+        return Table(cols, self.layers, title="Per-layer Lipschitz estimates")
+
+    def network_table(self) -> Table:
+        """The network-level table: empirical ratios ‖Δlogits‖/‖δ‖ of attack perturbations per model."""
+        f = ColumnKind.FLOAT
+        cols = [Column("model", ColumnKind.TEXT, label="network (logits, attack δ)"), Column("n", ColumnKind.INT),
+                Column("max", f), Column("mean", f), Column("median", f)]
+        return Table(cols, self.network, title="Network-level empirical Lipschitz ratios")
+
     def to_markdown(self) -> str:
         """Both tables as GitHub Markdown."""
-
-        def f(v: Any) -> str:
-            if v is None:
-                return "n/a"
-            if isinstance(v, bool):
-                return "yes" if v else "NO"
-            if isinstance(v, float):
-                return "n/a" if math.isnan(v) else f"{v:.4g}"
-            return str(v)
-
-        lines = ["| layer | kind | σ_max(W) | emp. before | emp. after | reduced | max σ(W D_x≠0) | "
-                 "max σ(W D_forged) | Lemma 2 | Gershgorin A | Gershgorin x≠0 | Gershgorin forged | zeroed % |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in self.layers:
-            zf = "n/a" if math.isnan(r["zero_fraction"]) else f"{100 * r['zero_fraction']:.1f}"
-            lines.append("| " + " | ".join([f(r["name"]), f(r["kind"]), f(r["sigma_max"]), f(r["emp_before"]),
-                                             f(r["emp_after"]), f(r["emp_reduced"]), f(r["masked_sigma_before"]),
-                                             f(r["masked_sigma_max"]), f(r["lemma2_holds"]),
-                                             f(r["gershgorin_full"]), f(r["gershgorin_before"]),
-                                             f(r["gershgorin_after"]), zf]) + " |")
-        if self.network:
-            lines += ["", "| network (logits, attack δ) | n | max | mean | median |", "|---|---|---|---|---|"]
-            for r in self.network:
-                lines.append(f"| {r['model']} | {r['n']} | {f(r['max'])} | {f(r['mean'])} | {f(r['median'])} |")
-        return "\n".join(lines) + "\n"
+        md = self.layer_table().markdown_grid()
+        return md + ("\n" + self.network_table().markdown_grid() if self.network else "")
 
     def to_csv(self) -> str:
-        """The per-layer table as CSV."""
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(self._LAYER_COLS), lineterminator="\n", extrasaction="ignore")
-        w.writeheader()
-        for r in self.layers:
-            w.writerow(r)
-        return buf.getvalue()
+        """The per-layer table as CSV (a missing value is an empty cell)."""
+        return self.layer_table().to_csv()
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-serialisable form (NaN as ``null``)."""
-
-        def clean(v: Any) -> Any:
-            return None if isinstance(v, float) and not math.isfinite(v) else v
-
-        return {"c_r": self.c_r, "lemma2_holds": self.lemma2_holds,
-                "layers": [{k: clean(v) for k, v in r.items()} for r in self.layers],
-                "network": [{k: clean(v) for k, v in r.items()} for r in self.network]}
+        """JSON-serialisable form (NaN as ``null``; ``columns``: the schemas of the two tables)."""
+        return {"c_r": self.c_r, "lemma2_holds": self.lemma2_holds, "layers": json_safe(self.layers),
+                "network": json_safe(self.network),
+                "columns": {"layers": self.layer_table().schema(), "network": self.network_table().schema()}}
 
     def write(self, out_dir: str | os.PathLike[str], stem: str = "lipschitz") -> dict[str, Path]:
         """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``out_dir``."""
         from torchrobust.io import write_texts
 
         return write_texts(out_dir, stem, {"md": self.to_markdown(), "csv": self.to_csv(),
-                                           "json": json.dumps(self.to_json(), indent=2) + "\n"})
+                                           "json": json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"})
 
 
 def lipschitz_report(

@@ -27,7 +27,7 @@ from typing import Any
 from ..checkpoint import atomic_write_bytes, save
 from ..errors import TorchRobustError
 from ..evaluate import SweepResult, plot_accuracy_vs_eps, sweep, write_table_files
-from ..evaluate.sweep import WEAK_NOTE
+from ..evaluate.sweep import WEAK_NOTE, accuracy_table
 
 __all__ = ["run_demo", "comparison_rows"]
 
@@ -108,7 +108,8 @@ def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = N_TEST, steps: 
              f"case over FGSM, APGD-CE and APGD-T ({steps or 100} iterations, white-box through NRPM)")
     paths = write_table_files(out / "results", rows, title=title,
                               note=WEAK_NOTE if strength == "weak" else None)
-    doc = {"title": title, "table": rows, "strength": strength, "seconds_total": time.perf_counter() - t_all,
+    doc = {"title": title, "table": rows, "columns": accuracy_table(rows).schema(), "strength": strength,
+           "seconds_total": time.perf_counter() - t_all,
            "train": {"config": cfg.to_dict(), "history": tr.history, "seconds": tr.seconds},
            "paradigm3": {"config": cfg3.to_dict(), "learned_lams": lams3, "seconds": tr3.seconds},
            "models": {k: v.to_dict() for k, v in results.items()}}

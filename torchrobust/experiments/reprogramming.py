@@ -56,6 +56,7 @@ from torchrobust.experiments.reprogramming_protocol import (
     load_mnist,
 )
 from torchrobust.reprogram import reprogram, set_K, set_lam, set_paradigm
+from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["run", "PRESETS", "Profile", "PROFILES", "PAPER", "fgsm_sweep", "linear_mlp", "load_mnist", "EPS_GRID",
            "train_paper_model", "PARADIGM1", "BACKBONE_SPECS"]
@@ -344,10 +345,6 @@ PRESETS: dict[str, str] = {
 
 
 # ------------------------------------------------------------------------------------------------ output
-def _fmt_row(vals: Sequence[float] | None) -> str:
-    return " | ".join(f"{v:.1f}" for v in vals) if vals else " | ".join("–" for _ in EPS_GRID)
-
-
 def _markdown(name: str, result: dict[str, Any]) -> str:
     lines = [f"# {PRESETS[name]}", ""]
     cfg = result["config"]
@@ -357,34 +354,39 @@ def _markdown(name: str, result: dict[str, Any]) -> str:
         f"only if it is also correct on the clean input. Wall time {result['wall_seconds']:.0f} s."
     )
     lines.append("")
-    head = "| row | source | " + " | ".join(f"ε={e:g}" for e in EPS_GRID) + " | λ |"
-    lines += ["## FGSM (ours vs paper)", "", head, "|" + "---|" * (len(EPS_GRID) + 3)]
+    acc = ColumnKind.FLOAT  # these accuracies are stored in % already
+
+    def eps_cells(vals: Sequence[float] | None) -> dict[str, float]:
+        return {f"ε={e:g}": v for e, v in zip(EPS_GRID, vals, strict=True)} if vals else {}
+
+    fgsm = Table([Column("row", ColumnKind.TEXT), Column("source", ColumnKind.TEXT),
+                  *(Column(f"ε={e:g}", acc, unit="%", digits=1, missing="–") for e in EPS_GRID),
+                  Column("λ", ColumnKind.TEXT, missing="")], [])
     for r in result["rows"]:
-        lam = r.get("lams")
-        lines.append(f"| {r['row']} | ours | {_fmt_row(r['fgsm'])} | {lam if lam is not None else ''} |")
+        fgsm.rows.append({"row": r["row"], "source": "ours", **eps_cells(r["fgsm"]), "λ": r.get("lams")})
         if r.get("paper_fgsm") is not None:
-            pl = r.get("paper_lams")
-            lines.append(f"| | paper | {_fmt_row(r['paper_fgsm'])} | {pl if pl is not None else ''} |")
+            fgsm.rows.append({"row": "", "source": "paper", **eps_cells(r["paper_fgsm"]), "λ": r.get("paper_lams")})
+    lines += ["## FGSM (ours vs paper)", "", fgsm.markdown_grid().rstrip("\n")]
     pgd_rows = [r for r in result["rows"] if "pgd20" in r]
     if pgd_rows:
         keys = list(pgd_rows[0]["pgd20"].keys())
+        pgd = Table([Column("row", ColumnKind.TEXT), *(Column(k, acc, unit="%", digits=1,
+                                                              label="clean" if k == "clean" else f"ε={k}")
+                                                       for k in keys)],
+                    [{**r["pgd20"], "row": r["row"]} for r in pgd_rows])
         lines += ["", f"## PGD-{cfg['pgd_steps']} (ours only; the paper reports no PGD numbers on MNIST)", "",
-                  "| row | " + " | ".join("clean" if k == "clean" else f"ε={k}" for k in keys) + " |",
-                  "|" + "---|" * (len(keys) + 1)]
-        for r in pgd_rows:
-            lines.append(f"| {r['row']} | " + " | ".join(f"{r['pgd20'][k]:.1f}" for k in keys) + " |")
+                  pgd.markdown_grid().rstrip("\n")]
     emb = result.get("embedding_differences")
     if emb:
+        heads = {"l1": "ℓ1", "l2": "ℓ2", "l2_sq": "ℓ2²", "linf": "ℓ∞", "paper_l1": "paper ℓ1",
+                 "paper_l2_column": "paper ℓ2 (=ℓ2²)", "paper_linf": "paper ℓ∞"}
+        diffs = Table([Column("model", ColumnKind.TEXT), Column("emb", ColumnKind.TEXT, label="emb."),
+                       *(Column(k, ColumnKind.FLOAT, digits=2, label=h, missing="–") for k, h in heads.items())],
+                      [{**r, "model": label, "emb": f"{r['label']} ({r['layer']})"}
+                       for label, rows in emb.items() for r in rows])
         lines += ["", "## Embedding differences (FGSM ε = 0.3)", "",
                   "The paper's ℓ2 column is the squared ℓ2 norm (see torchrobust.evaluate.embeddings).", "",
-                  "| model | emb. | ℓ1 | ℓ2 | ℓ2² | ℓ∞ | paper ℓ1 | paper ℓ2 (=ℓ2²) | paper ℓ∞ |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for label, rows in emb.items():
-            for r in rows:
-                pv = [r["paper_l1"], r["paper_l2_column"], r["paper_linf"]]
-                ps = " | ".join("–" if v is None else f"{v:.2f}" for v in pv)
-                lines.append(f"| {label} | {r['label']} ({r['layer']}) | {r['l1']:.2f} | {r['l2']:.2f} | "
-                             f"{r['l2_sq']:.2f} | {r['linf']:.2f} | {ps} |")
+                  diffs.markdown_grid().rstrip("\n")]
     for key, fname in (result.get("figures") or {}).items():
         lines += ["", f"![{key}]({fname})"]
     return "\n".join(lines) + "\n"

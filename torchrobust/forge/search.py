@@ -26,7 +26,6 @@ The paper reports only non-adaptive AutoAttack numbers; the BPDA column is ours.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -46,6 +45,7 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.forge.calibration import CalibrationData, calibrate, forged_modules, is_forged, model_device
 from torchrobust.forge.surgery import Where, forge, set_c_r
 from torchrobust.nn.forged import check_c_r
+from torchrobust.tables import Column, ColumnKind, Table
 from torchrobust.validation import check_images, check_labels, eval_mode
 
 __all__ = ["DEFAULT_GRID", "CRITERIA", "CrSearchResult", "search_c_r"]
@@ -104,46 +104,36 @@ class CrSearchResult:
     model: nn.Module | None = field(default=None, repr=False)
     seconds: float = 0.0
 
-    _COLUMNS = ("c_r", "log2_c_r", "clean", "robust", "robust_bpda", "robust_worst", "zero_fraction")
+    def table(self) -> Table:
+        """The rows as a :class:`torchrobust.tables.Table`: accuracies are numbers in % (``FLOAT``, unit ``%``),
+        ``zero_fraction`` a fraction (``PERCENT``)."""
+        acc = {"clean": "clean %", "robust": "robust %", "robust_bpda": "robust BPDA %",
+               "robust_worst": "robust worst %"}
+        cols = [Column("c_r", ColumnKind.FLOAT), Column("log2_c_r", ColumnKind.FLOAT),
+                *(Column(k, ColumnKind.FLOAT, unit="%", digits=2, label=label) for k, label in acc.items()),
+                Column("zero_fraction", ColumnKind.PERCENT, label="zeroed %")]
+        return Table(cols, self.rows, title=f"forged threshold c_r search (n={self.n_val})")
 
     def to_markdown(self) -> str:
         """The table as GitHub Markdown; the chosen c_r is marked with ``*``."""
-        head = "| c_r | clean % | robust % | robust BPDA % | robust worst % | zeroed % |"
-        lines = [head, "|---|---|---|---|---|---|"]
-        for r in self.rows:
-            name = "0 (unforged)" if r["c_r"] == 0 else f"2^{r['log2_c_r']:g}"
-            mark = " *" if r["c_r"] == self.chosen else ""
-
-            def f(v: float) -> str:
-                return "n/a" if math.isnan(v) else f"{v:.2f}"
-
-            lines.append(
-                f"| {name}{mark} | {f(r['clean'])} | {f(r['robust'])} | {f(r['robust_bpda'])} | "
-                f"{f(r['robust_worst'])} | {100 * r['zero_fraction']:.1f} |"
-            )
-        lines.append("")
-        lines.append(f"n = {self.n_val} validation examples; attack: {self.attack}; criterion: {self.criterion}; "
-                     f"chosen c_r = {self.chosen:g} (marked *).")
-        return "\n".join(lines) + "\n"
+        t = self.table()
+        shown = Table([Column("c_r", ColumnKind.TEXT), *t.columns[2:]], [
+            {**r, "c_r": ("0 (unforged)" if r["c_r"] == 0 else f"2^{r['log2_c_r']:g}")
+             + (" *" if r["c_r"] == self.chosen else "")} for r in self.rows])
+        return shown.markdown_grid() + (f"\nn = {self.n_val} validation examples; attack: {self.attack}; criterion: "
+                                        f"{self.criterion}; chosen c_r = {self.chosen:g} (marked *).\n")
 
     def to_csv(self) -> str:
-        """The table as CSV text (columns: c_r, log2_c_r, clean, robust, robust_bpda, robust_worst, zero_fraction)."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(self._COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        for r in self.rows:
-            writer.writerow({k: r[k] for k in self._COLUMNS})
-        return buf.getvalue()
+        """The table as CSV text (columns: c_r, log2_c_r, clean, robust, robust_bpda, robust_worst, zero_fraction;
+        a missing value is an empty cell)."""
+        return self.table().to_csv()
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable summary (rows with ``null`` for missing values)."""
-
-        def clean(v: float) -> float | None:
-            return None if (isinstance(v, float) and not math.isfinite(v)) else v
-
+        """A JSON-serialisable summary (rows with ``null`` for missing values; ``columns``: the table's schema)."""
+        t = self.table().to_dict()
         return {
             "criterion": self.criterion, "chosen_c_r": self.chosen, "n_val": self.n_val, "attack": self.attack,
-            "seconds": self.seconds, "rows": [{k: clean(r[k]) for k in self._COLUMNS} for r in self.rows],
+            "seconds": self.seconds, "rows": t["rows"], "columns": t["columns"],
         }
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -184,7 +174,7 @@ class CrSearchResult:
         from torchrobust.io import write_texts
 
         paths = write_texts(out_dir, stem, {"md": self.to_markdown(), "csv": self.to_csv(),
-                                            "json": json.dumps(self.to_json(), indent=2) + "\n"})
+                                            "json": json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"})
         paths["png"] = self.plot(Path(out_dir) / f"{stem}.png")
         return paths
 
