@@ -228,3 +228,82 @@ def test_report_out_folder(ckpt, tmp_path, capsys):
     assert "<img" in (rep / "report.html").read_text() and (rep / "report.md").is_file()
     assert "(../run/accuracy_vs_eps.png)" in (rep / "report.md").read_text()
     assert main(["report", str(run), "--out", str(rep), "--quiet"]) == 0  # a report is regenerated, not refused
+
+
+# ----------------------------------------------------------------------------- the experiments' command lines
+def test_paper_adaptive_takes_the_experiments_options(tmp_path, monkeypatch, capsys):
+    from torchrobust.experiments import adaptive_reprogramming as AR
+
+    seen: dict = {}
+
+    def fake_run(out_dir, **kw):
+        seen.update(kw)
+        (tmp_path / "adaptive_reprogramming.md").write_text("# cells\n")
+        return {"wall_seconds": 2.0}
+
+    monkeypatch.setattr(AR, "run", fake_run)
+    assert main(["paper", "adaptive", "--out", str(tmp_path), "--eps", "0.1,0.3", "--models", "lenet", "--paradigms",
+                 "2,3", "--no-baseline", "--budget", "quick", "--steps", "7", "--square-queries", "9",
+                 "--state-dir", str(tmp_path / "st"), "--report-only", "--quiet"]) == 0
+    assert seen["eps"] == [0.1, 0.3] and seen["models"] == ["lenet"] and seen["paradigms"] == [2, 3]
+    assert seen["baseline"] is False and seen["budget"] == "quick" and seen["report_only"] is True
+    assert seen["steps"] == 7 and seen["square_queries"] == 9 and seen["state_dir"] == str(tmp_path / "st")
+    assert capsys.readouterr().out.startswith("# cells\n")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["paper", "table1", "--models", "mlp"], "--models is for `paper adaptive` only"),
+    (["paper", "lenet", "--eps", "0.1", "--report-only"], "--eps, --report-only are for `paper adaptive` only"),
+    (["paper", "adaptive", "--n-pgd", "10"], "--n-pgd"),
+    (["paper", "adaptive", "--paradigms", "1,x"], "expected comma-separated integers"),
+    (["paper", "adaptive", "--steps", "0"], "--steps"),
+    (["psat", "experiment", "members"], "--out"),
+    (["psat", "experiment", "train", "--out", "r"], "invalid choice: 'train'"),
+    (["psat", "experiment", "evaluate", "--out", "r", "--autoattack", "apgd-x"], "unknown AutoAttack sub-attack"),
+])
+def test_experiment_command_mistakes_are_one_line(argv, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("torchrobust: error:") and match in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # refused before any work: nothing written
+
+
+def test_adaptive_experiment_budget_overrides_are_checked(tmp_path):
+    from torchrobust.errors import TorchRobustError
+    from torchrobust.experiments import adaptive_reprogramming as AR
+
+    with pytest.raises(TorchRobustError, match="steps=0"):
+        AR.run(tmp_path, steps=0, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_psat_experiment_stage_calls_run_stage(tmp_path, monkeypatch, capsys):
+    from torchrobust.psat import experiment
+
+    seen: dict = {}
+
+    def fake_stage(stage, out_dir, **kw):
+        seen.update(stage=stage, out=out_dir, **kw)
+        return [tmp_path / "part_psat_500.json"]
+
+    monkeypatch.setattr(experiment, "run_stage", fake_stage)
+    assert main(["psat", "experiment", "evaluate", "--out", str(tmp_path), "--only", "psat", "--start", "500",
+                 "--n-test", "500", "--steps", "50", "--restarts", "3", "--autoattack", "apgd-ce,apgd-t",
+                 "--quiet"]) == 0
+    assert seen["stage"] == "evaluate" and seen["out"] == str(tmp_path) and seen["only"] == ["psat"]
+    assert (seen["start"], seen["n_test"], seen["steps"], seen["restarts"]) == (500, 500, 50, 3)
+    assert seen["autoattack"] == ["apgd-ce", "apgd-t"] and seen["train_steps"] == 5 and seen["n_train"] == 10000
+    assert "part_psat_500.json" in capsys.readouterr().out
+    assert main(["psat", "experiment", "evaluate", "--out", str(tmp_path), "--autoattack", "standard",
+                 "--quiet"]) == 0
+    assert seen["autoattack"] == [] and seen["only"] is None  # 'standard': the full reference AutoAttack
+
+
+def test_psat_run_stage_refuses_an_unknown_stage(tmp_path):
+    from torchrobust.errors import TorchRobustError
+    from torchrobust.psat.experiment import run_stage
+
+    with pytest.raises(TorchRobustError, match="unknown stage 'train'; valid: baselines, evaluate, members"):
+        run_stage("train", tmp_path)
+    assert list(tmp_path.iterdir()) == []
