@@ -400,7 +400,7 @@ def test_search_c_r_table_and_files(tmp_path) -> None:
         assert 0 <= r["robust_worst"] <= min(r["robust"], r["robust_bpda"]) + 1e-9
     assert res.rows[0]["robust_bpda"] == res.rows[0]["robust"]
     assert res.chosen in {r["c_r"] for r in res.rows}
-    assert all(mod._c_r_value == res.chosen for _, mod in forged_modules(res.model))
+    assert all(mod.c_r_value == res.chosen for _, mod in forged_modules(res.model))
     assert not any(isinstance(x, Forged) for x in m.modules())
     for ext in ("md", "csv", "json", "png"):
         assert (tmp_path / f"cr_search.{ext}").stat().st_size > 0
@@ -492,7 +492,7 @@ def test_search_checkpoint_cli_helper(tmp_path) -> None:
     assert [r["c_r"] for r in res.rows] == [0.0, 2**-6, 2**-2] and res.n_val == 16
     assert (tmp_path / "search" / "cr_search.md").exists()
     f = tr.load(tmp_path / "search" / "forged.safetensors")
-    assert all(mod._c_r_value == res.chosen for _, mod in forged_modules(f))
+    assert all(mod.c_r_value == res.chosen for _, mod in forged_modules(f))
     with pytest.raises(TorchRobustError, match="exceeds"):
         search_checkpoint(src, tmp_path / "s2", data="mnist", n_calib=60000, n_val=1000)
 

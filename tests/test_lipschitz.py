@@ -142,7 +142,7 @@ def test_lipschitz_report_with_attack_writes_tables(tmp_path) -> None:
     assert rep.c_r == 2**-4 and rep.lemma2_holds
     assert [r["model"] for r in rep.network] == ["unforged (c_r = 0)", "forged (c_r = 0.0625)"]
     assert all(r["n"] > 0 and r["max"] >= r["mean"] > 0 for r in rep.network)
-    assert all(mod._c_r_value == 2**-4 for _, mod in forged_modules(f))  # c_r restored after the c_r = 0 run
+    assert all(mod.c_r_value == 2**-4 for _, mod in forged_modules(f))  # c_r restored after the c_r = 0 run
     paths = rep.write(tmp_path)
     assert "σ_max(W)" in paths["md"].read_text() and "conv2" in paths["csv"].read_text()
     assert rep.to_json()["lemma2_holds"] is True

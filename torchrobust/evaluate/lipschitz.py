@@ -322,8 +322,7 @@ def empirical_lipschitz(
                 st.input_shape = tuple(x.shape[1:])
             st.before.append(_ratios(st.layer, x).cpu())
             if st.forged is not None:
-                t = st.forged._broadcast((st.forged.c_r * st.forged.b).to(x.dtype), x)
-                kept = x.abs() > t
+                kept = st.forged.keep_mask(x)
                 fx = x * kept
                 st.after.append(_ratios(st.layer, fx).cpu())
                 st.zeroed += int(((~kept) & (x != 0)).sum())
@@ -405,7 +404,7 @@ def local_lipschitz(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> t
 @contextmanager
 def _c_r_zero(model: nn.Module) -> Iterator[None]:
     mods = [m for m in model.modules() if isinstance(m, Forged)]
-    saved = [m._c_r_value for m in mods]
+    saved = [m.c_r_value for m in mods]
     try:
         for m in mods:
             m.set_c_r(0.0)
@@ -500,7 +499,7 @@ def lipschitz_report(
     """
     layers = empirical_lipschitz(model, data, n=n, batch_size=batch_size, lemma2_samples=lemma2_samples)
     network: list[dict[str, Any]] = []
-    c_r_values = sorted({m._c_r_value for m in model.modules() if isinstance(m, Forged)})
+    c_r_values = sorted({m.c_r_value for m in model.modules() if isinstance(m, Forged)})
     if attack is not None:
         if labels is None or not isinstance(data, torch.Tensor):
             raise TorchRobustError("the network-level estimate needs data as a tensor and labels=...")

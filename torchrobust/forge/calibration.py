@@ -159,7 +159,7 @@ def calibrate(
         raise TorchRobustError("the model has no Forged modules; call forge(model, data) first")
     device = model_device(model)
     batches, total = calibration_batches(calibration_data, batch_size, max_batches)
-    saved = [(m.b.clone(), m.n_tracked.clone(), m._has_tracked, m._warned_uncalibrated) for m in modules]
+    saved = [m.calibration_state() for m in modules]
     if reset:
         for m in modules:
             m.reset()
@@ -195,10 +195,8 @@ def calibrate(
             for m in modules:
                 m.freeze()
             if not ok:  # never leave half-measured or non-finite thresholds behind
-                for m, (b, n, has, warned) in zip(modules, saved, strict=True):
-                    m.b.copy_(b)
-                    m.n_tracked.copy_(n)
-                    m._has_tracked, m._warned_uncalibrated = has, warned
+                for m, state in zip(modules, saved, strict=True):
+                    m.restore_calibration(state)
     log.info("calibrated %d forged modules on %d examples", len(modules), n_seen)
     return model
 

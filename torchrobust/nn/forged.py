@@ -149,6 +149,27 @@ class Forged(nn.Module):
         """The threshold ``c_th = c_r * b`` of Eq. 13 (scalar, or per channel)."""
         return self.c_r * self.b
 
+    @property
+    def c_r_value(self) -> float:
+        """``c_r`` as a Python float (no device sync)."""
+        return self._c_r_value
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The entries of ``x`` that Eq. 9 keeps in inference mode: ``|x| > c_th`` (bool, shaped like ``x``)."""
+        return x.abs() > self._broadcast((self.c_r * self.b).to(x.dtype), x)
+
+    def calibration_state(self) -> tuple[torch.Tensor, torch.Tensor, bool, bool]:
+        """A copy of everything calibration changes, to put back with :meth:`restore_calibration`."""
+        return self.b.clone(), self.n_tracked.clone(), self._has_tracked, self._warned_uncalibrated
+
+    def restore_calibration(self, state: tuple[torch.Tensor, torch.Tensor, bool, bool]) -> Forged:
+        """Put back a :meth:`calibration_state` (e.g. after a failed calibration); returns ``self``."""
+        b, n_tracked, has_tracked, warned = state
+        self.b.copy_(b)
+        self.n_tracked.copy_(n_tracked)
+        self._has_tracked, self._warned_uncalibrated = has_tracked, warned
+        return self
+
     # ------------------------------------------------------------------ forward
     def _reduce_dims(self, x: torch.Tensor) -> list[int]:
         cdim = self.channel_dim % x.dim()
@@ -196,8 +217,7 @@ class Forged(nn.Module):
                 UserWarning,
                 stacklevel=2,
             )
-        t = self._broadcast((self.c_r * self.b).to(x.dtype), x)
-        kept = x * (x.abs() > t)
+        kept = x * self.keep_mask(x)
         if self.straight_through:
             # BPDA with the identity surrogate: forward value == kept exactly, d out / d x = 1.
             return x + (kept - x).detach()

@@ -14,18 +14,8 @@ import torch
 from torch import Tensor
 
 from torchrobust.errors import TorchRobustError
+from torchrobust.evaluate.checks import comparisons
 from torchrobust.evaluate.checks.arguments import bool_vector
-from torchrobust.evaluate.checks.comparisons import (
-    check_base_broken,
-    check_blackbox_vs_whitebox,
-    check_budget,
-    check_convergence,
-    check_iterative_vs_single_step,
-    check_large_eps,
-    check_monotone_in_eps,
-    check_noise_vs_whitebox,
-    check_transfer_vs_whitebox,
-)
 from torchrobust.evaluate.checks.flags import Flag
 from torchrobust.evaluate.checks.probes import (
     check_finite,
@@ -109,7 +99,7 @@ def run_checks(results: Mapping[str, Any] | Any, **overrides: Any) -> list[Flag]
     if x_adv is not None and x is not None and res.get("threat") is not None:
         advs = x_adv.items() if isinstance(x_adv, Mapping) else [("", x_adv)]
         for _, xa in advs:
-            flags.append(check_budget(x, xa, res["threat"], res.get("eps"), **tol.get("check_budget", {})))
+            flags.append(comparisons.check_budget(x, xa, res["threat"], res.get("eps"), **tol.get("check_budget", {})))
 
     for correct in _correct_sets(res):
         flags.extend(_compare_roles(correct, res.get("roles", {}) or {}, tol))
@@ -120,20 +110,21 @@ def run_checks(results: Mapping[str, Any] | Any, **overrides: Any) -> list[Flag]
         for name, s in series.items():
             if name and _role(name, res.get("roles", {}) or {}) == "single_step":
                 continue  # one large linear step may overshoot: FGSM need not be monotone in ε
-            flags.append(check_monotone_in_eps(s["eps"], s["accuracy"], name=name,
-                                               **tol.get("check_monotone_in_eps", {})))
+            flags.append(comparisons.check_monotone_in_eps(s["eps"], s["accuracy"], name=name,
+                                                           **tol.get("check_monotone_in_eps", {})))
     large = res.get("large_eps")
     if large is not None:
         if num_classes is None:
             raise TorchRobustError("large_eps needs num_classes (or model and x to infer it); add num_classes=...")
-        flags.append(check_large_eps(large["accuracy"], num_classes, eps=large.get("eps"),
-                                     **tol.get("check_large_eps", {})))
+        flags.append(comparisons.check_large_eps(large["accuracy"], num_classes, eps=large.get("eps"),
+                                                 **tol.get("check_large_eps", {})))
     conv = res.get("convergence")
     if conv is not None:
-        flags.append(check_convergence(conv["accuracy"], conv["accuracy_more"], **tol.get("check_convergence", {})))
+        flags.append(comparisons.check_convergence(conv["accuracy"], conv["accuracy_more"],
+                                                   **tol.get("check_convergence", {})))
     if res.get("base_accuracy") is not None:
-        flags.append(check_base_broken(res["base_accuracy"], num_classes, expected=res.get("base_expected"),
-                                       **tol.get("check_base_broken", {})))
+        flags.append(comparisons.check_base_broken(res["base_accuracy"], num_classes, expected=res.get("base_expected"),
+                                                   **tol.get("check_base_broken", {})))
     raised = [f for f in flags if f is not None]
     for f in raised:
         logger.warning("%s", f)
@@ -192,9 +183,10 @@ def _compare_roles(correct: Mapping[str, Any], roles: Mapping[str, str],
     wb = torch.stack(white).all(0)
     if by_role.get("single_step"):
         single = torch.stack(by_role["single_step"]).all(0)
-        flags.append(check_iterative_vs_single_step(wb, single, **tol.get("check_iterative_vs_single_step", {})))
-    checks = (("blackbox", check_blackbox_vs_whitebox), ("transfer", check_transfer_vs_whitebox),
-              ("noise", check_noise_vs_whitebox))
+        flags.append(comparisons.check_iterative_vs_single_step(wb, single,
+                                                                **tol.get("check_iterative_vs_single_step", {})))
+    checks = (("blackbox", comparisons.check_blackbox_vs_whitebox),
+              ("transfer", comparisons.check_transfer_vs_whitebox), ("noise", comparisons.check_noise_vs_whitebox))
     for role, fn in checks:
         if by_role.get(role):
             other = torch.stack(by_role[role]).all(0)
