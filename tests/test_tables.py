@@ -123,3 +123,11 @@ def test_report_renders_by_the_stored_column_kinds(tmp_path) -> None:
     assert "Accuracies in %." in typed and "Accuracies in %." not in legacy and "| 0.7 | 0.25 |" in legacy
     assert "<td>25.0</td>" in paths["html"].read_text()
     assert "0.7 & 25.0 & 0.500" in (tmp_path / "report" / "typed.tex").read_text()
+
+
+def test_accuracy_table_types_text_columns_as_text() -> None:
+    from torchrobust.evaluate.sweep import accuracy_table
+
+    t = accuracy_table([{"eps": 0.1, "pgd": 0.5, "reliable": "yes"}, {"eps": 0.2, "pgd": 0.25, "reliable": "no"}])
+    assert [c.kind for c in t.columns] == [ColumnKind.FLOAT, ColumnKind.PERCENT, ColumnKind.TEXT]
+    assert t.markdown_grid().splitlines()[2:] == ["| 0.1 | 50.0 | yes |", "| 0.2 | 25.0 | no |"]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..errors import TorchRobustError
 from ..io import atomic_write_bytes
 from .adaptive import AdaptiveResult, evaluate_adaptive, undefended_base
-from .sweep import DEFAULT_ATTACKS, SweepResult, sweep, write_table_files
+from .sweep import DEFAULT_ATTACKS, SweepResult, accuracy_table, sweep, write_table_files
 
 __all__ = ["evaluate", "evaluate_to_dir", "write_adaptive", "SUITES"]
 
@@ -116,7 +116,7 @@ def write_adaptive(model: nn.Module, x: Tensor, y: Tensor, out_dir: str | Path, 
         note = "**UNRELIABLE**: flags " + ", ".join(sorted({str(f["code"]) for f in flags})) + ". " + note
     paths = write_table_files(out / "adaptive", rows, title=f"Adaptive evaluation ({threat}, n={len(x)})",
                               note=note)
-    doc = {"title": f"Adaptive evaluation of {checkpoint}", "table": rows, "flags": flags, "checks_run": True,
-           "per_eps": docs, "checkpoint": str(checkpoint)}
+    doc = {"title": f"Adaptive evaluation of {checkpoint}", "table": rows, "columns": accuracy_table(rows).schema(),
+           "flags": flags, "checks_run": True, "per_eps": docs, "checkpoint": str(checkpoint)}
     atomic_write_bytes(out / "adaptive.json", (json.dumps(doc, indent=1) + "\n").encode())
     return {**paths, "json": out / "adaptive.json"}

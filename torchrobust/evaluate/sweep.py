@@ -151,8 +151,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], percent: Sequence[str] = (
 
 def accuracy_table(rows: Sequence[Mapping[str, Any]], title: str = "", note: str | None = None) -> Table:
     """The accuracy-vs-ε table of ``rows``: ``eps`` a number, every other column a ``PERCENT`` (accuracies as
-    fractions; text cells such as ``reliable`` stay text); ``note`` and :data:`ACCURACY_NOTE` above the grid."""
-    kinds = {c: Column(c, ColumnKind.FLOAT if c == "eps" else ColumnKind.PERCENT) for r in rows for c in r}
+    fractions) except a column holding text (e.g. ``reliable``: ``TEXT``); ``note`` and :data:`ACCURACY_NOTE`
+    above the grid."""
+
+    def kind(c: str) -> ColumnKind:
+        if c == "eps":
+            return ColumnKind.FLOAT
+        vals = [r[c] for r in rows if r.get(c) is not None]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        return ColumnKind.PERCENT if numeric else ColumnKind.TEXT
+
+    kinds = {c: Column(c, kind(c)) for r in rows for c in r}
     return Table.from_rows(rows, kinds, title=title or None, notes=tuple(n for n in (note, ACCURACY_NOTE) if n))
 
 

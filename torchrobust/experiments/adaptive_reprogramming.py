@@ -59,6 +59,7 @@ from torch import nn
 
 from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.resume import fingerprint_model, fingerprint_tensors
+from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["run", "AttackBudget", "BUDGETS", "ARCHS", "PARADIGM_NAMES", "paper_fgsm"]
 
@@ -318,33 +319,31 @@ def _markdown(result: dict[str, Any]) -> str:
         f"attack time of the cells in the table {sum(result['cell_seconds'].values()):.0f} s, training "
         f"{sum(result['timings'].values()):.0f} s (this invocation).", "",
         "Adaptive suite: " + "; ".join(suite(a, b) for a, b in cfg["budget"].items()) + ".", "",
-        "| model | paradigm | λ | K | clean | " + " | ".join(
-            f"ε={e} FGSM (paper) | ε={e} PGD-20 | ε={e} adaptive" for e in eps) + " | reliable |",
-        "|" + "---|" * (5 + 3 * len(eps) + 1),
     ]
+    acc = {"missing": "–", "digits": 1, "unit": "%"}  # accuracies stored in % already
+    text = ColumnKind.TEXT
+    main = Table([Column("model", text), Column("paradigm", text), Column("λ", text, missing="–"),
+                  Column("K", ColumnKind.INT, missing="–"), Column("clean", ColumnKind.FLOAT, **acc),
+                  *(Column(f"ε={e} {a}", text) for e in eps for a in ("FGSM (paper)", "PGD-20", "adaptive")),
+                  Column("reliable", ColumnKind.BOOL, missing="–")], [])
     for r in result["rows"]:
         cells = r["cells"]
-        vals = []
-        clean = next((c["clean"] for c in cells.values()), None)
+        row: dict[str, Any] = {"model": _ARCH_LABEL[r["arch"]], "paradigm": PARADIGM_NAMES[r["paradigm"]],
+                               "λ": None if r.get("lams") is None else ", ".join(f"{v:.2f}" for v in r["lams"]),
+                               "K": r.get("K"), "clean": next((c["clean"] for c in cells.values()), None),
+                               "reliable": all(c["reliable"] for c in cells.values()) if cells else None}
         for e in eps:
             c = cells.get(e)
-            if c is None:
-                vals += ["(not run)"] * 3
-                continue
-            vals += [f"{_fmt(c['fgsm'])} ({_fmt(c['paper_fgsm'])})", _fmt(c["pgd20"]), f"**{_fmt(c['adaptive'])}**"]
-        rel = all(c["reliable"] for c in cells.values()) if cells else None
-        lams = r.get("lams")
-        lam_s = "–" if lams is None else ", ".join(f"{v:.2f}" for v in lams)
-        lines.append(f"| {_ARCH_LABEL[r['arch']]} | {PARADIGM_NAMES[r['paradigm']]} | {lam_s} | "
-                     f"{r.get('K') if r.get('K') is not None else '–'} | {_fmt(clean)} | " + " | ".join(vals)
-                     + f" | {'yes' if rel else ('no' if rel is not None else '–')} |")
-    lines += ["", "## Per cell: what broke the points, flags, time", "",
-              "*first broken by*: how many points each stage broke first (FGSM, then PGD-20, then the suite). "
-              "*suite: broke most*: among the points that survived FGSM and PGD-20, the suite attack that broke "
-              "the most of them on its own (counts of every attack in the JSON).", "",
-              "| model | paradigm | ε | clean | FGSM | PGD-20 | adaptive | first broken by (FGSM / PGD-20 / suite) | "
-              "suite: broke most | flags | time (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+            shown = (["(not run)"] * 3 if c is None else
+                     [f"{_fmt(c['fgsm'])} ({_fmt(c['paper_fgsm'])})", _fmt(c["pgd20"]), f"**{_fmt(c['adaptive'])}**"])
+            row.update(zip((f"ε={e} FGSM (paper)", f"ε={e} PGD-20", f"ε={e} adaptive"), shown, strict=True))
+        main.rows.append(row)
+    per_cell = Table([Column("model", text), Column("paradigm", text), Column("ε", text),
+                      *(Column(k, ColumnKind.FLOAT, label=h, **acc) for k, h in
+                        (("clean", "clean"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("adaptive", "adaptive"))),
+                      Column("first", text, label="first broken by (FGSM / PGD-20 / suite)"),
+                      Column("broke_most", text, label="suite: broke most"), Column("flags", text),
+                      Column("seconds", ColumnKind.SECONDS, digits=0, label="time (s)")], [])
     for r in result["rows"]:
         for e, c in r["cells"].items():
             s = c["suite"]
@@ -352,11 +351,15 @@ def _markdown(result: dict[str, Any]) -> str:
             bm_s = f"{bm} ({s['broken_by'][bm]}/{s['n_attacked']})" if bm else (
                 "– (nothing left to attack)" if s["n_attacked"] == 0 else f"none of {s['n_attacked']}")
             fb = c["first_broken_by"]
-            secs = sum(c["seconds"].values())
-            lines.append(f"| {_ARCH_LABEL[r['arch']]} | {r['paradigm']} | {e} | {_fmt(c['clean'])} | "
-                         f"{_fmt(c['fgsm'])} | {_fmt(c['pgd20'])} | {_fmt(c['adaptive'])} | "
-                         f"{fb['fgsm']} / {fb['pgd20']} / {fb['adaptive suite']} | {bm_s} | "
-                         f"{', '.join(c['flags']) or '–'} | {secs:.0f} |")
+            per_cell.rows.append({**c, "model": _ARCH_LABEL[r["arch"]], "paradigm": str(r["paradigm"]), "ε": e,
+                                  "first": f"{fb['fgsm']} / {fb['pgd20']} / {fb['adaptive suite']}",
+                                  "broke_most": bm_s, "flags": ", ".join(c["flags"]) or "–",
+                                  "seconds": sum(c["seconds"].values())})
+    lines += [main.markdown_grid().rstrip("\n"), "", "## Per cell: what broke the points, flags, time", "",
+              "*first broken by*: how many points each stage broke first (FGSM, then PGD-20, then the suite). "
+              "*suite: broke most*: among the points that survived FGSM and PGD-20, the suite attack that broke "
+              "the most of them on its own (counts of every attack in the JSON).", "",
+              per_cell.markdown_grid().rstrip("\n")]
     statements = []
     for r in result["rows"]:
         for e, c in r["cells"].items():
