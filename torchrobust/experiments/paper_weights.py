@@ -1,7 +1,8 @@
 """Load the reprogramming paper's released MNIST checkpoints into the zoo models (Hou et al., ICLR 2025).
 
 The paper's public code (``chris-hzc/Robustness-Reprogramming``; layouts described in ``docs/reprogramming.md``,
-"Loading the paper's weights") ships two MNIST state_dicts, saved with ``torch.save(model.state_dict())``:
+"The paper's own weights", and ``docs/paper-code-facts.md``) ships two MNIST state_dicts, saved with
+``torch.save(model.state_dict())``:
 
 * ``mlp3_mnist_model.pth`` - the activation-free 784-256-64-10 MLP (``mnist_mlp.py``): keys ``fc{i}.weight``
   ``(out, in)``, ``fc{i}.bias`` and ``fc{i}.robust_sum.lmbd`` (a one-element λ per layer, the weight of the
@@ -198,13 +199,13 @@ def load_paper_weights(path: str | Path, arch: str | None = None, *, conv_bias: 
                         sha256=digest, conv_bias=bool(conv_bias))
 
 
-def reprogram_paper(pw: PaperWeights, *, K: int, eps: float, lam: float | dict[str, float] | None = None,
+def reprogram_paper(pw: PaperWeights, *, K: int, irls_eps: float, lam: float | dict[str, float] | None = None,
                     lam_transform: str = "raw", backend: str = "auto") -> nn.Module:
     """The paper code's NRPM model from a loaded checkpoint: the NRPM layers of the paper's code (every MLP
     linear; LeNet's two convs) with λ from the file (``lam=None``) or given, on an independent copy.
 
     ``lam_transform``: ``"raw"`` (λ as stored, the code's paradigm-1 evaluation) or ``"sigmoid"`` (``sigmoid(λ)``,
-    the code's ``--paradigm 2``); a raw λ outside [0, 1] is refused. ``K``, ``eps``: the IRLS steps and ε of
+    the code's ``--paradigm 2``); a raw λ outside [0, 1] is refused. ``K``, ``irls_eps``: the IRLS steps and ε of
     paper Algorithm 2 (the code: K = 1; ε 5e-5 for the MLP, 1e-3 for LeNet).
     """
     from torchrobust.reprogram import reprogram
@@ -229,4 +230,5 @@ def reprogram_paper(pw: PaperWeights, *, K: int, eps: float, lam: float | dict[s
         lam_spec: float | dict[str, float] = {n: given[n] for n in layers}
     else:
         lam_spec = {n: lam for n in layers} if isinstance(lam, (int, float)) else dict(lam)
-    return reprogram(copy.deepcopy(pw.model), lam=lam_spec, K=K, eps=eps, inplace=True, backend=backend).eval()
+    return reprogram(copy.deepcopy(pw.model), lam=lam_spec, K=K, irls_eps=irls_eps, inplace=True,
+                     backend=backend).eval()
