@@ -26,12 +26,12 @@ from torchrobust.forge.calibration import (
     calibration_batches,
     forged_modules,
     is_forged,
-    model_device,
     subset_tensors,
 )
 from torchrobust.forge.checkpoint import forge_checkpoint, search_checkpoint
 from torchrobust.forge.search import CRITERIA, DEFAULT_GRID, CrSearchResult, search_c_r
 from torchrobust.forge.surgery import Where, forge, insertion_points, set_c_r, unforge
+from torchrobust.validation import model_device  # re-exported: forge offered it before validation did
 
 __all__ = [
     "forge",

@@ -28,10 +28,9 @@ from tqdm.auto import tqdm
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn.forged import Forged
-from torchrobust.validation import eval_mode
+from torchrobust.validation import eval_mode, model_device
 
-__all__ = ["calibrate", "calibration_batches", "forged_modules", "is_forged", "model_device", "subset_tensors",
-           "CalibrationData"]
+__all__ = ["calibrate", "calibration_batches", "forged_modules", "is_forged", "subset_tensors", "CalibrationData"]
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +46,6 @@ def forged_modules(model: nn.Module) -> list[tuple[str, Forged]]:
 def is_forged(model: nn.Module) -> bool:
     """Whether ``model`` contains at least one :class:`Forged` module."""
     return any(isinstance(m, Forged) for m in model.modules())
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def calibration_batches(data: CalibrationData, batch_size: int,

@@ -42,11 +42,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.forge.calibration import CalibrationData, calibrate, forged_modules, is_forged, model_device
+from torchrobust.forge.calibration import CalibrationData, calibrate, forged_modules, is_forged
 from torchrobust.forge.surgery import Where, forge, set_c_r
 from torchrobust.nn.forged import check_c_r
 from torchrobust.tables import Column, ColumnKind, Table
-from torchrobust.validation import check_images, check_labels, eval_mode
+from torchrobust.validation import check_images, check_labels, eval_mode, model_device
 
 __all__ = ["DEFAULT_GRID", "CRITERIA", "CrSearchResult", "search_c_r"]
 
