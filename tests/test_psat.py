@@ -583,3 +583,18 @@ def test_format_table_markdown_csv_latex() -> None:
     assert tex.startswith(r"\begin{tabular}") and r"AT\_max" in tex and r"$\downarrow$79.30\%" in tex
     with pytest.raises(TorchRobustError, match="unknown table format"):
         format_table(rows, "html")
+
+
+def test_strategies_are_str_enums_and_threat_aliases_come_from_threat_name() -> None:
+    from torchrobust.psat.aggregate import canonical_threat
+
+    members = {k: _Fixed(torch.randn(4, 3)) for k in ("linf", "l_2", "1")}  # aliases of ThreatName
+    ens = PSATEnsemble(members, strategy=psat.Aggregation.AVERAGE, input_shape=(4,))
+    assert ens.threats == ["Linf", "L2", "L1"] and ens.strategy == "average" and type(ens.strategy) is str
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(ens(x), PSATEnsemble(members, strategy="average", input_shape=(4,))(x))
+    assert [canonical_threat(n) for n in ("inf", "L_INF", "clean", "nat")] == ["Linf", "Linf", "natural", "natural"]
+    with pytest.raises(TorchRobustError, match="unknown threat model 'L3'"):
+        canonical_threat("L3")
+    assert psat.STRATEGIES == ("Linf", "L2", "L1", "natural", "max", "avg", "msd")
+    assert psat.MultiNormStrategy("msd") is psat.MultiNormStrategy.MSD

@@ -133,3 +133,15 @@ def test_an_adversary_returning_several_batches_trains_on_their_mean_loss():
         fit(_net(), (x, y), TrainConfig(epochs=1, mode="trades"), adversary=two_views)
     with pytest.raises(TorchRobustError, match="mixed=True needs an adversary that returns one batch"):
         fit(_net(), (x, y), TrainConfig(epochs=1, mixed=True), adversary=two_views)
+
+
+def test_modes_are_str_enums_stored_as_plain_strings() -> None:
+    from torchrobust.train import MODES, OptimizerName, ScheduleName, TrainMode
+
+    assert MODES == ("standard", "fgsm", "pgd", "trades", "gaussian") == tuple(TrainMode)
+    cfg = TrainConfig(mode=TrainMode.PGD, optimizer=OptimizerName.ADAM, schedule=ScheduleName.COSINE).validate()
+    assert (cfg.mode, cfg.optimizer, cfg.schedule) == ("pgd", "adam", "cosine")
+    assert type(cfg.mode) is str and type(cfg.optimizer) is str and type(cfg.schedule) is str  # JSON metadata
+    assert TrainConfig(mode="fgsm").validate().mode == TrainMode.FGSM
+    with pytest.raises(TorchRobustError, match="unknown training mode 'madry'"):
+        TrainConfig(mode="madry").validate()

@@ -19,13 +19,21 @@ from torchrobust.psat.adversary import (
     CIFAR10_BUDGETS,
     MNIST_BUDGETS,
     STRATEGIES,
+    MultiNormStrategy,
     PGDConfig,
     TrainingAdversary,
     msd,
     pgd,
     worst_of,
 )
-from torchrobust.psat.aggregate import THREATS, PSATEnsemble, adaptive_attack, prediction_entropy, strongest
+from torchrobust.psat.aggregate import (
+    THREATS,
+    Aggregation,
+    PSATEnsemble,
+    adaptive_attack,
+    prediction_entropy,
+    strongest,
+)
 from torchrobust.psat.evaluation import (
     autoattack_attacks,
     evaluate,
@@ -59,7 +67,8 @@ from torchrobust.psat.train import (
 )
 
 __all__ = [
-    "CIFAR10_BUDGETS", "MNIST_BUDGETS", "STRATEGIES", "THREATS", "MSDCNN", "MultiNormRow", "PGDConfig",
+    "Aggregation", "CIFAR10_BUDGETS", "MNIST_BUDGETS", "MultiNormStrategy", "STRATEGIES", "THREATS", "MSDCNN",
+    "MultiNormRow", "PGDConfig",
     "PSATEnsemble", "PSATResNet", "PSATTrainConfig", "ParameterReport", "TrainingAdversary", "adaptive_attack",
     "autoattack_attacks", "format_attack_breakdown", "format_routing", "routing", "strongest",
     "count_parameters", "create", "evaluate", "evaluate_multi_norm", "format_table", "hyper_msd_cnn",

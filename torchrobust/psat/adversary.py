@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +30,28 @@ from torchrobust.attacks.threat import THREAT_NAMES, ThreatModel, get_threat
 from torchrobust.errors import TorchRobustError
 
 __all__ = ["pgd", "worst_of", "msd", "PGDConfig", "MultiAdversary", "TrainingAdversary", "STRATEGIES",
-           "MNIST_BUDGETS", "CIFAR10_BUDGETS"]
+           "MultiNormStrategy", "MNIST_BUDGETS", "CIFAR10_BUDGETS"]
 
 #: Budgets (ε) per threat model: MNIST (Maini et al. 2020) and CIFAR-10 (robust_union);
 #: docs/paper-code-facts.md#standard-budgets.
 MNIST_BUDGETS: dict[str, float] = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 CIFAR10_BUDGETS: dict[str, float] = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
 #: Training strategies: single-norm (one member / AT_p) and the multi-norm baselines.
-STRATEGIES = (*THREAT_NAMES, "natural", "max", "avg", "msd")
+
+
+class MultiNormStrategy(str, Enum):
+    """The multi-norm training baselines (PSAT Eqs. 5–7); a ``str`` enum, so ``"max"`` keeps working."""
+
+    MAX = "max"  #: worst case over the norms per example (Eq. 5)
+    AVG = "avg"  #: mean loss over the norms (Eq. 6)
+    MSD = "msd"  #: multi steepest descent (Eq. 7; Maini et al. 2020)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Every training strategy: one member per threat model (AT_p), ``"natural"`` (standard training), the baselines.
+STRATEGIES = (*THREAT_NAMES, "natural", *(s.value for s in MultiNormStrategy))
 
 
 class _EvalMode:
@@ -184,9 +199,9 @@ class TrainingAdversary:
         if s in THREAT_NAMES:
             return [pgd(model, x, y, self._cfgs[s])]
         singles = [lambda m, a, b, c=c: pgd(m, a, b, c) for c in self._cfgs.values()]
-        if s == "max":
+        if s == MultiNormStrategy.MAX:
             return [worst_of(model, x, y, singles)]
-        if s == "avg":
+        if s == MultiNormStrategy.AVG:
             return [f(model, x, y) for f in singles]
         msd_cfgs = [PGDConfig(c.threat, c.eps, c.steps, self.msd_alpha.get(n, c.step_size()))
                     for n, c in self._cfgs.items()]

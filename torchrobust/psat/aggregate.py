@@ -15,6 +15,7 @@ most damage to the aggregate (docs/paper-code-facts.md#psat-aggregate).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
 from typing import Literal
 
 import torch
@@ -25,13 +26,26 @@ from torchrobust.attacks.threat import THREAT_NAMES, ThreatName
 from torchrobust.errors import TorchRobustError
 from torchrobust.validation import eval_mode
 
-__all__ = ["PSATEnsemble", "adaptive_attack", "canonical_threat", "strongest", "THREATS", "prediction_entropy"]
+__all__ = ["PSATEnsemble", "Aggregation", "adaptive_attack", "canonical_threat", "strongest", "THREATS",
+           "prediction_entropy"]
 
 #: Member names: the three ℓp threat models of PSAT, plus ``"natural"`` for the standard-training member of
 #: the paper's member analysis (Table 3).
 THREATS = (*THREAT_NAMES, "natural")
 _NATURAL = ("natural", "nat", "clean", "standard")
-Strategy = Literal["entropy", "average"]
+
+
+class Aggregation(str, Enum):
+    """How the ensemble combines its members (a ``str`` enum, so ``strategy="entropy"`` keeps working)."""
+
+    ENTROPY = "entropy"  #: the member with the lowest prediction entropy answers (PSAT Eq. 12)
+    AVERAGE = "average"  #: the members' probabilities are averaged (PSAT Table 4's alternative)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+Strategy = Literal["entropy", "average"] | Aggregation
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
@@ -72,8 +86,9 @@ class PSATEnsemble(nn.Module):
         super().__init__()
         if not members:
             raise TorchRobustError("PSATEnsemble needs at least one member; pass e.g. {'Linf': m1, 'L2': m2}")
-        if strategy not in ("entropy", "average"):
+        if strategy not in tuple(Aggregation):
             raise TorchRobustError(f"unknown PSAT strategy {strategy!r}; valid: average, entropy")
+        strategy = Aggregation(strategy).value
         names = [canonical_threat(k) for k in members]
         if len(set(names)) != len(names):
             raise TorchRobustError(f"duplicate threat models among members {list(members)}; give one per threat")
@@ -120,7 +135,7 @@ class PSATEnsemble(nn.Module):
     def forward_with_selection(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Logits and, for ``"entropy"``, the index of the selected member per input (``None`` for average)."""
         logits = self.member_logits(x)
-        if self.strategy == "average":
+        if self.strategy == Aggregation.AVERAGE:
             return torch.logsumexp(F.log_softmax(logits, -1), 0) - torch.log(
                 torch.tensor(float(logits.shape[0]), dtype=logits.dtype, device=logits.device)), None
         idx = prediction_entropy(logits.detach()).argmin(0)  # (B,), piecewise constant in x

@@ -8,8 +8,18 @@ back at its last finite weights. CLI: ``torchrobust train ... --checkpoint-every
 """
 
 from . import distributed, resume
-from .loop import MODES, TrainConfig, TrainResult, epoch_order, fit, iterate_batches
+from .loop import (
+    MODES,
+    OptimizerName,
+    ScheduleName,
+    TrainConfig,
+    TrainMode,
+    TrainResult,
+    epoch_order,
+    fit,
+    iterate_batches,
+)
 from .workflow import TrainedCheckpoint, train_checkpoint
 
-__all__ = ["MODES", "TrainConfig", "TrainResult", "epoch_order", "fit", "iterate_batches", "distributed", "resume",
-           "TrainedCheckpoint", "train_checkpoint"]
+__all__ = ["MODES", "TrainMode", "OptimizerName", "ScheduleName", "TrainConfig", "TrainResult", "epoch_order", "fit",
+           "iterate_batches", "distributed", "resume", "TrainedCheckpoint", "train_checkpoint"]

@@ -49,6 +49,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,53 @@ from ..errors import TorchRobustError
 from ..validation import eval_mode, model_device
 from .tensors import dataset_tensors
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "MODES", "SCHEDULES", "iterate_batches", "epoch_order", "triangular"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "TrainMode", "OptimizerName", "ScheduleName", "MODES", "OPTIMIZERS",
+           "SCHEDULES", "iterate_batches", "epoch_order", "triangular"]
 
 log = logging.getLogger(__name__)
 
-MODES = ("standard", "fgsm", "pgd", "trades", "gaussian")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("none", "cosine", "step", "multistep", "onecycle", "triangular")
+
+
+class TrainMode(str, Enum):
+    """Training modes (``TrainConfig.mode``); a ``str`` enum, so ``mode="pgd"`` keeps working."""
+
+    STANDARD = "standard"  #: clean inputs
+    FGSM = "fgsm"  #: FGSM adversarial training (Goodfellow et al. 2015)
+    PGD = "pgd"  #: PGD adversarial training, random start (Madry et al. 2018)
+    TRADES = "trades"  #: CE(x) + β·KL(f(x') ‖ f(x)) (Zhang et al. 2019)
+    GAUSSIAN = "gaussian"  #: Gaussian noise augmentation, σ = ``noise_sigma`` (Cohen et al. 2019)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OptimizerName(str, Enum):
+    """Optimisers (``TrainConfig.optimizer``)."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ScheduleName(str, Enum):
+    """Learning-rate schedules (``TrainConfig.schedule``)."""
+
+    NONE = "none"
+    COSINE = "cosine"
+    STEP = "step"
+    MULTISTEP = "multistep"
+    ONECYCLE = "onecycle"
+    TRIANGULAR = "triangular"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+MODES = tuple(m.value for m in TrainMode)
+OPTIMIZERS = tuple(o.value for o in OptimizerName)
+SCHEDULES = tuple(s.value for s in ScheduleName)
 
 
 @dataclass
@@ -119,6 +160,10 @@ class TrainConfig:
                                    f"{self.alpha!r}; leave it unset for the threat model's default")
         if not all(isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 0 for m in self.milestones):
             raise TorchRobustError(f"milestones must be epoch numbers >= 0, got {self.milestones!r}")
+        for name, kind in (("mode", TrainMode), ("optimizer", OptimizerName), ("schedule", ScheduleName)):
+            value = getattr(self, name)
+            if isinstance(value, kind):  # stored (and saved in checkpoint metadata) as the plain string
+                setattr(self, name, value.value)
         if self.mode not in MODES:
             raise TorchRobustError(f"unknown training mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.optimizer not in OPTIMIZERS:
@@ -192,7 +237,7 @@ def iterate_batches(data: Dataset | tuple[torch.Tensor, torch.Tensor], batch_siz
 
 
 def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
+    if cfg.optimizer == OptimizerName.SGD:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -205,16 +250,16 @@ def triangular(t: float) -> float:
 
 def _make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "triangular":  # per optimiser step; the first step has lr 0
+    if cfg.schedule == ScheduleName.TRIANGULAR:  # per optimiser step; the first step has lr 0
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: triangular(k / total))
-    if cfg.schedule == "cosine":
+    if cfg.schedule == ScheduleName.COSINE:
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    if cfg.schedule == "onecycle":
+    if cfg.schedule == ScheduleName.ONECYCLE:
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
-    if cfg.schedule == "step":
+    if cfg.schedule == ScheduleName.STEP:
         step = max(1, (cfg.milestones[0] if cfg.milestones else max(1, cfg.epochs // 3)) * steps_per_epoch)
         return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=cfg.gamma)
-    if cfg.schedule == "multistep":
+    if cfg.schedule == ScheduleName.MULTISTEP:
         ms = [m * steps_per_epoch for m in (cfg.milestones or [cfg.epochs // 2, 3 * cfg.epochs // 4])]
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=ms, gamma=cfg.gamma)
     return None
@@ -223,9 +268,9 @@ def _make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 def _adversary(cfg: TrainConfig) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     from .. import attacks
 
-    if cfg.mode == "fgsm":
+    if cfg.mode == TrainMode.FGSM:
         return attacks.FGSM(threat=cfg.threat, eps=cfg.eps)
-    if cfg.mode == "pgd":
+    if cfg.mode == TrainMode.PGD:
         return attacks.PGD(threat=cfg.threat, eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, random_start=True)
     return None
 
@@ -320,7 +365,7 @@ class _LastGood:
 def _batch_loss(net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                 adversary: Adversary | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The mode's loss on one batch and the logits ``train_acc`` counts (several batches' logits concatenated)."""
-    if cfg.mode == "trades":
+    if cfg.mode == TrainMode.TRADES:
         x_adv = _trades_adversarial(model, x, cfg)
         logits = net(x)
         logits_adv = net(x_adv)
@@ -330,7 +375,7 @@ def _batch_loss(net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tens
     if adversary is not None:
         x_in = adversary(model, x, y)
         model.train()  # whatever mode the adversary left the model in
-    elif cfg.mode == "gaussian":
+    elif cfg.mode == TrainMode.GAUSSIAN:
         x_in = x + cfg.noise_sigma * torch.randn_like(x)
     else:
         x_in = x
@@ -376,7 +421,7 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     from . import resume
 
     cfg = config.validate()
-    if adversary is not None and cfg.mode == "trades":
+    if adversary is not None and cfg.mode == TrainMode.TRADES:
         raise TorchRobustError("a custom adversary replaces the mode's inputs; it cannot be combined with "
                                "mode='trades' (use mode='standard')")
     ckdir = Path(checkpoint_dir if checkpoint_dir is not None else resume_from) \
