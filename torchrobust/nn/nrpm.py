@@ -64,8 +64,6 @@ The NRPM layers expose this as the BPDA protocol of :mod:`torchrobust.nn.forged`
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -74,6 +72,7 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.nn.nrpm_compiled import compiler_available
 from torchrobust.nn.nrpm_core import ConvGeom, NRPMConvCore, NRPMCore, conv_forward, forward_all, resolve_backend
 from torchrobust.nn.nrpm_reference import reference_conv, reference_core
+from torchrobust.validation import check_irls_eps, check_irls_steps, check_lam
 
 __all__ = ["nrpm_linear", "nrpm_conv2d", "BACKENDS", "compiler_available"]
 
@@ -81,10 +80,8 @@ BACKENDS = ("auto", "compiled", "eager", "reference")
 
 
 def _check_hparams(K: int, eps: float, backend: str) -> None:
-    if isinstance(K, bool) or not isinstance(K, int) or K < 0:
-        raise TorchRobustError(f"NRPM K={K!r} is invalid; pass a non-negative int number of IRLS steps (e.g. K=3)")
-    if not isinstance(eps, (int, float)) or not math.isfinite(float(eps)) or float(eps) <= 0:
-        raise TorchRobustError(f"NRPM eps={eps!r} is invalid; pass a positive finite float (e.g. eps=1e-3)")
+    check_irls_steps(K)
+    check_irls_eps(eps, "eps")  # the IRLS damping (called irls_eps in the layers and reprogram)
     if backend not in BACKENDS:
         raise TorchRobustError(f"unknown NRPM backend {backend!r}; valid: {', '.join(BACKENDS)}")
 
@@ -95,9 +92,7 @@ def _as_lam(lam: float | Tensor, ref: Tensor) -> Tensor:
             raise TorchRobustError(f"NRPM lam must be a scalar, got shape {tuple(lam.shape)}; pass one value")
         return lam.reshape(()).to(dtype=ref.dtype, device=ref.device) if lam.dtype != ref.dtype or \
             lam.device != ref.device else lam.reshape(())
-    lam_f = float(lam)
-    if not (0.0 <= lam_f <= 1.0):
-        raise TorchRobustError(f"NRPM lam={lam_f} is outside [0, 1]; pass the weight of the linear part in [0, 1]")
+    lam_f = check_lam(lam)
     return torch.tensor(lam_f, dtype=ref.dtype, device=ref.device)
 
 
