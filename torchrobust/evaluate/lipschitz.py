@@ -45,7 +45,7 @@ from torch import nn
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn.forged import Forged, PreForged
 from torchrobust.tables import Column, ColumnKind, Table, json_safe
-from torchrobust.validation import eval_mode
+from torchrobust.validation import eval_mode, model_device
 
 from .engine import job_for_attack, run_plan
 
@@ -337,7 +337,7 @@ def empirical_lipschitz(
     for st, (name, _, _) in zip(stats, targets, strict=True):
         module = model.get_submodule(name)
         handles.append(module.register_forward_pre_hook(pre_hook(st)))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     try:
         with eval_mode(model), torch.no_grad():  # every submodule's train/eval flag restored afterwards
             for x in _iter_x(data, n, batch_size):
@@ -503,7 +503,7 @@ def lipschitz_report(
     if attack is not None:
         if labels is None or not isinstance(data, torch.Tensor):
             raise TorchRobustError("the network-level estimate needs data as a tensor and labels=...")
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = model_device(model)
         x, y = data[:n_attack], labels[:n_attack]
         # every point is attacked (clean errors too) and kept: one engine job with keep_adv and all_points
         job = job_for_attack(attack, name="lipschitz", keep_adv=True, all_points=True)
