@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchrobust.evaluate.checks.arguments import check_count, float_tensor
+from torchrobust.evaluate.checks.arguments import float_tensor
 from torchrobust.evaluate.checks.flags import Flag
 from torchrobust.evaluate.checks.probes import probing
+from torchrobust.validation import check_positive_int
 
 __all__ = ["ZeroGradientModule", "find_zero_gradient_modules", "check_bpda_surrogates", "check_bpda_evaluated"]
 
@@ -86,7 +87,7 @@ def find_zero_gradient_modules(
     thread. Modules that cannot be re-run alone on their recorded input are skipped (logged at INFO).
     """
     x = float_tensor("x", x)
-    check_count("probes", probes, 1)
+    check_positive_int(probes, "probes", 4)
     records: dict[nn.Module, Tensor] = {}
     names: dict[nn.Module, str] = {}
     for name, m in model.named_modules():
