@@ -31,7 +31,7 @@ def cmd_reprogram(args: argparse.Namespace) -> int:
     check_output_file(args.out, overwrite=args.overwrite)
     model = load(args.checkpoint)
     layers: Any = args.layers.split(",") if args.layers and "," in args.layers else args.layers
-    robust = reprogram(model, lam=args.lam, K=args.K, eps=args.irls_eps, layers=layers, inplace=True)
+    robust = reprogram(model, lam=args.lam, K=args.K, irls_eps=args.irls_eps, layers=layers, inplace=True)
     path = save(robust, args.out, reprogrammed_from=str(args.checkpoint), paradigm=1)
     sys.stdout.write(f"saved {path}\n")
     return 0
