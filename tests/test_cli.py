@@ -181,7 +181,7 @@ def test_demo_small(tmp_path, capsys):
               "mlp_nrpm_p1.safetensors", "mlp_nrpm_p3.safetensors"]:
         assert (out / f).stat().st_size > 0, f
     doc = json.loads((out / "results.json").read_text())
-    assert len(doc["table"]) == 4 and set(doc["models"]) == {"LPM", "NRPM-P1(λ=0.7)", "NRPM-P3"}
+    assert len(doc["table"]) == 7 and set(doc["models"]) == {"LPM", "NRPM-P1(λ=0.7)", "NRPM-P3"}  # the paper ε grid
     for m in doc["models"].values():  # the strong default set, APGD-T on APGD-CE's survivors
         assert m["attacks"] == ["fgsm", "apgd-ce", "apgd-t"] and m["config"]["survivors_only"] == ["apgd-t"]
     assert doc["strength"] == "weak"  # --steps 3: APGD-3 is labelled weak, never passed off as the default
