@@ -397,3 +397,14 @@ def test_deprecated_eps_keyword_still_works(tmp_path) -> None:
         warnings.simplefilter("error", DeprecationWarning)
         back = checkpoint.load(tmp_path / "old.safetensors")
     assert {m.irls_eps for m in nrpm_layers(back).values()} == {1e-2}
+
+
+def test_lam_parametrization_is_a_str_enum() -> None:
+    from torchrobust.nn import LamParametrization
+
+    layer = NRPMLinear(3, 2, lam=0.25, lam_parametrization=LamParametrization.SIGMOID)
+    assert layer.lam_parametrization == "sigmoid" and type(layer.lam_parametrization) is str
+    assert layer.lam == pytest.approx(0.25) and hasattr(layer, "lam_logit")
+    assert NRPMLinear(3, 2, lam_parametrization="clamp").lam_parameter is not None
+    with pytest.raises(TorchRobustError, match="unknown lam_parametrization 'tanh'; valid: clamp, sigmoid"):
+        NRPMLinear(3, 2, lam_parametrization="tanh")

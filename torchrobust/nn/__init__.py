@@ -4,6 +4,7 @@
 from torchrobust.nn.forged import Forged
 from torchrobust.nn.hyper import HyperConv2d, HyperNetwork
 from torchrobust.nn.nrpm import nrpm_conv2d, nrpm_linear
-from torchrobust.nn.nrpm_layers import NRPMConv2d, NRPMLinear
+from torchrobust.nn.nrpm_layers import LamParametrization, NRPMConv2d, NRPMLinear
 
-__all__ = ["NRPMLinear", "NRPMConv2d", "nrpm_linear", "nrpm_conv2d", "Forged", "HyperConv2d", "HyperNetwork"]
+__all__ = ["NRPMLinear", "NRPMConv2d", "LamParametrization", "nrpm_linear", "nrpm_conv2d", "Forged", "HyperConv2d",
+           "HyperNetwork"]

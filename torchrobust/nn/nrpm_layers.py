@@ -31,6 +31,7 @@ NRPM kernels (see :mod:`torchrobust.nn.nrpm`), never on the full product tensor.
 from __future__ import annotations
 
 import warnings
+from enum import Enum
 from typing import Any
 
 import torch
@@ -41,9 +42,20 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.nn.nrpm import BACKENDS, nrpm_conv2d, nrpm_linear
 from torchrobust.validation import check_irls_eps, check_irls_steps, check_lam, renamed_argument
 
-__all__ = ["NRPMLinear", "NRPMConv2d"]
+__all__ = ["NRPMLinear", "NRPMConv2d", "LamParametrization", "IRLS_EPS"]
 
-_PARAMETRIZATIONS = ("clamp", "sigmoid")
+
+class LamParametrization(str, Enum):
+    """How an NRPM layer stores λ (see the module docstring); a ``str`` enum, so ``"clamp"`` keeps working."""
+
+    CLAMP = "clamp"  #: the Parameter is λ, projected back into [0, 1] after each optimiser step
+    SIGMOID = "sigmoid"  #: the Parameter is θ with λ = sigmoid(θ)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_PARAMETRIZATIONS = tuple(p.value for p in LamParametrization)
 
 
 #: Default IRLS damping ε (the paper's Appendix Algorithm 2).
@@ -112,11 +124,11 @@ class _NRPMMixin(nn.Module):
         self.irls_eps = float(irls_eps)
         self.backend = backend
         self.drop_bias = bool(drop_bias)
-        self.lam_parametrization = lam_parametrization
+        self.lam_parametrization = LamParametrization(lam_parametrization).value
         self.straight_through = False
         dtype = self.weight.dtype if self.weight.is_floating_point() else torch.get_default_dtype()
         dev = self.weight.device if device is None else device
-        if lam_parametrization == "clamp":
+        if lam_parametrization == LamParametrization.CLAMP:
             self.lam_raw = nn.Parameter(torch.tensor(lam_f, dtype=dtype, device=dev), requires_grad=learn_lam)
         else:
             theta = torch.logit(torch.tensor(lam_f, dtype=torch.float64)).to(dtype)
@@ -139,11 +151,11 @@ class _NRPMMixin(nn.Module):
     @property
     def lam_parameter(self) -> nn.Parameter:
         """The stored λ Parameter (λ itself for "clamp", its logit for "sigmoid")."""
-        return self.lam_raw if self.lam_parametrization == "clamp" else self.lam_logit
+        return self.lam_raw if self.lam_parametrization == LamParametrization.CLAMP else self.lam_logit
 
     def lam_tensor(self) -> Tensor:
         """λ as a 0-d tensor, differentiable w.r.t. the stored Parameter."""
-        if self.lam_parametrization == "clamp":
+        if self.lam_parametrization == LamParametrization.CLAMP:
             return self.lam_raw
         return torch.sigmoid(self.lam_logit)
 
@@ -156,7 +168,7 @@ class _NRPMMixin(nn.Module):
     def lam(self, value: float) -> None:
         lam_f = check_lam(value)
         with torch.no_grad():
-            if self.lam_parametrization == "clamp":
+            if self.lam_parametrization == LamParametrization.CLAMP:
                 self.lam_raw.fill_(lam_f)
             else:
                 self.lam_logit.fill_(float(torch.logit(torch.tensor(lam_f, dtype=torch.float64))))
@@ -173,7 +185,7 @@ class _NRPMMixin(nn.Module):
     @torch.no_grad()
     def project_(self) -> None:
         """Put λ back into [0, 1] (call after each optimiser step; a no-op for the sigmoid parametrisation)."""
-        if self.lam_parametrization == "clamp":
+        if self.lam_parametrization == LamParametrization.CLAMP:
             self.lam_raw.clamp_(0.0, 1.0)
 
     def _lam_arg(self) -> Tensor | float:
@@ -186,7 +198,7 @@ class _NRPMMixin(nn.Module):
         s = f"lam={self.lam:.4g}, K={self.K}, irls_eps={self.irls_eps:g}"
         if self.learn_lam:
             s += ", learn_lam=True"
-        if self.lam_parametrization != "clamp":
+        if self.lam_parametrization != LamParametrization.CLAMP:
             s += f", lam_parametrization={self.lam_parametrization!r}"
         if self.drop_bias:
             s += ", drop_bias=True"
