@@ -307,3 +307,21 @@ def test_psat_run_stage_refuses_an_unknown_stage(tmp_path):
     with pytest.raises(TorchRobustError, match="unknown stage 'train'; valid: baselines, evaluate, members"):
         run_stage("train", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_psat_experiment_table_merges_split_evaluations(tmp_path, capsys):
+    from torchrobust.psat import MultiNormRow
+
+    def row(name, clean, linf, n):
+        return MultiNormRow(name, clean, {"Linf": linf, "L2": 0.5, "L1": 0.25}, 0.2, 0.1, n, 100, None).as_dict()
+
+    (tmp_path / "part_psat_0.json").write_text(json.dumps([row("PSAT (entropy)", 1.0, 0.5, 300)]))
+    (tmp_path / "part_psat_300.json").write_text(json.dumps([row("PSAT (entropy)", 0.5, 0.1, 100)]))
+    (tmp_path / "part_AT_max_0.json").write_text(json.dumps([row("AT_max", 0.9, 0.4, 400)]))
+    assert main(["psat", "experiment", "table", "--out", str(tmp_path), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "psat_table.json").read_text())
+    psat = next(r for r in rows if r["name"] == "PSAT (entropy)")
+    assert psat["n"] == 400 and psat["clean"] == pytest.approx(0.875) and psat["per_norm"]["Linf"] == pytest.approx(0.4)
+    assert [r["name"] for r in rows] == ["PSAT (entropy)", "AT_max"]  # the aggregate before the baselines
+    assert (tmp_path / "psat_table.md").is_file() and (tmp_path / "train_times.json").is_file()
+    assert "psat_table.md" in capsys.readouterr().out
