@@ -22,43 +22,64 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchrobust.nn.nrpm_irls import irls_fixed, irls_reverse, irls_step
+from torchrobust.nn.nrpm_irls import irls_fixed, irls_reverse, irls_step, reverse_coefficients
 
 __all__ = ["compiler_available", "forward_compiled", "backward_compiled", "backward_fixed_compiled",
            "compile_seconds"]
 
 logger = logging.getLogger(__name__)
 
-#: Elements of ``x`` per row block in the ∂L/∂W kernel (a block stays in the L2 cache while all outputs use it).
-_W_GRAD_ROWS = 1 << 16
+#: Elements of ``x`` per row block of the ∂L/∂W kernels (a block stays in cache while all output units use it).
+_W_GRAD_ELEMS = 1 << 18
+#: From this many output units on, ∂L/∂x runs on the (rows, fan-in, outputs) grid, reducing over the contiguous
+#: output axis; below it, on the (rows, outputs, fan-in) grid (a short output axis vectorises badly).
+_X_T_MIN_OUT = 48
 
 
+# Kernels. Arguments are plain contiguous tensors: x (n, D), w (o, D), wT (D, o), xT (D, n), per-output values
+# (n, o) or, transposed, (o, n). Each reduces along one axis of the broadcast grid of the IRLS terms; the
+# ``_t`` variants put the reduced axis last (contiguous), which inductor vectorises best.
 def _k_fwd(x: Tensor, w: Tensor, m: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
     return irls_step(x, w, m, eps)
 
 
-def _k_bwd_z(x: Tensor, w: Tensor, m: Tensor, delta: Tensor, c: Tensor, eps: Tensor) -> Tensor:
-    return irls_reverse(x, w, m, delta, c, eps)[0].sum(-1)
+def _k_bwd_z(x: Tensor, w: Tensor, m: Tensor, a_pos: Tensor, a_neg: Tensor, eps: Tensor) -> Tensor:
+    return irls_reverse(x[:, None, :], w, m[..., None], a_pos[..., None], a_neg[..., None], eps, eps).sum(-1)
 
 
-def _k_bwd_x(x: Tensor, w: Tensor, m: Tensor, delta: Tensor, c: Tensor, eps: Tensor) -> Tensor:
-    return (irls_reverse(x, w, m, delta, c, eps)[1] * w).sum(1)
+def _k_bwd_x(x: Tensor, w: Tensor, m: Tensor, a_pos: Tensor, a_neg: Tensor, a_zero: Tensor, eps: Tensor) -> Tensor:
+    v = irls_reverse(x[:, None, :], w, m[..., None], a_pos[..., None], a_neg[..., None], a_zero[..., None], eps)
+    return (v * w).sum(1)
 
 
-def _k_bwd_w(x: Tensor, w: Tensor, m: Tensor, delta: Tensor, c: Tensor, eps: Tensor) -> Tensor:
-    return (irls_reverse(x, w, m, delta, c, eps)[1] * x.unsqueeze(1)).sum(0)
+def _k_bwd_x_t(x: Tensor, wT: Tensor, m: Tensor, a_pos: Tensor, a_neg: Tensor, a_zero: Tensor, eps: Tensor
+               ) -> Tensor:
+    v = irls_reverse(x[:, :, None], wT, m[:, None, :], a_pos[:, None, :], a_neg[:, None, :], a_zero[:, None, :], eps)
+    return (v * wT).sum(-1)
+
+
+def _k_bwd_w_t(w: Tensor, xT: Tensor, mT: Tensor, a_pos: Tensor, a_neg: Tensor, a_zero: Tensor, eps: Tensor
+               ) -> Tensor:
+    v = irls_reverse(w[:, :, None], xT, mT[:, None, :], a_pos[:, None, :], a_neg[:, None, :], a_zero[:, None, :], eps)
+    return (v * xT).sum(-1)
 
 
 def _k_st_x(x: Tensor, w: Tensor, m: Tensor, c: Tensor, eps: Tensor) -> Tensor:
-    return (irls_fixed(x, w, m, c, eps) * w).sum(1)
+    return (irls_fixed(x[:, None, :], w, m[..., None], c[..., None], eps) * w).sum(1)
 
 
-def _k_st_w(x: Tensor, w: Tensor, m: Tensor, c: Tensor, eps: Tensor) -> Tensor:
-    return (irls_fixed(x, w, m, c, eps) * x.unsqueeze(1)).sum(0)
+def _k_st_x_t(x: Tensor, wT: Tensor, m: Tensor, c: Tensor, eps: Tensor) -> Tensor:
+    return (irls_fixed(x[:, :, None], wT, m[:, None, :], c[:, None, :], eps) * wT).sum(-1)
 
 
-_KERNELS: dict[str, Callable[..., Any]] = {"fwd": _k_fwd, "bwd_z": _k_bwd_z, "bwd_x": _k_bwd_x, "bwd_w": _k_bwd_w,
-                                          "st_x": _k_st_x, "st_w": _k_st_w}
+def _k_st_w_t(w: Tensor, xT: Tensor, mT: Tensor, cT: Tensor, eps: Tensor) -> Tensor:
+    return (irls_fixed(w[:, :, None], xT, mT[:, None, :], cT[:, None, :], eps) * xT).sum(-1)
+
+
+_KERNELS: dict[str, Callable[..., Any]] = {
+    "fwd": _k_fwd, "bwd_z": _k_bwd_z, "bwd_x": _k_bwd_x, "bwd_x_t": _k_bwd_x_t, "bwd_w_t": _k_bwd_w_t,
+    "st_x": _k_st_x, "st_x_t": _k_st_x_t, "st_w_t": _k_st_w_t,
+}
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _COMPILER_OK: dict[str, bool] = {}
 #: Thread CPU seconds spent in first calls (compilation) per kernel key; see :func:`compile_seconds`.
@@ -79,25 +100,22 @@ def _fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
     return new
 
 
-def _compiled(name: str, x: Tensor, w: Tensor) -> Callable[..., Any]:
-    """The compiled kernel ``name``, cached per dtype, device type and which sizes are 1 (dynamic shapes still
-    specialise sizes 0/1), each key with its own code object; its first call is timed into ``_COMPILE_S``."""
-    key = (name, x.dtype, x.device.type, x.shape[0] == 1, w.shape[0] == 1, x.shape[1] == 1)
+def _call(name: str, *args: Tensor) -> Any:
+    """Run the compiled kernel ``name``. Kernels are cached per dtype, device type and which sizes are 1 (dynamic
+    shapes still specialise sizes 0/1), each key with its own code object; a first call is timed into
+    ``_COMPILE_S``."""
+    x = args[0]
+    key = (name, x.dtype, x.device.type, tuple(s == 1 for a in args for s in a.shape))
     fn = _COMPILED.get(key)
-    if fn is None:
-        tag = "_".join(str(v).replace("torch.", "") for v in key[1:]).replace(" ", "")
-        compiled = torch.compile(_fresh(_KERNELS[name], f"{len(_COMPILED)}_{tag}"), dynamic=True, fullgraph=True)
-
-        def first_call(*args: Tensor) -> Any:
-            t0 = time.thread_time()
-            out = compiled(*args)
-            _COMPILE_S[key] = time.thread_time() - t0
-            _COMPILED[key] = compiled
-            return out
-
-        fn = first_call
-        _COMPILED[key] = fn
-    return fn
+    if fn is not None:
+        return fn(*args)
+    tag = f"{len(_COMPILED)}_{str(x.dtype).replace('torch.', '')}_{x.device.type}"
+    fn = torch.compile(_fresh(_KERNELS[name], tag), dynamic=True, fullgraph=True)
+    t0 = time.thread_time()
+    out = fn(*args)
+    _COMPILE_S[key] = time.thread_time() - t0
+    _COMPILED[key] = fn
+    return out
 
 
 def _plain(t: Tensor) -> Tensor:
@@ -118,7 +136,7 @@ def compiler_available(device: torch.device | str = "cpu") -> bool:
             w = torch.randn(2, 5, device=device)
             m = (x @ w.T) / 5
             eps = torch.tensor(1e-3, device=device)
-            got = _compiled("fwd", x, w)(x, w, m, eps)
+            got = _call("fwd", x, w, m, eps)
             ref = irls_step(x, w, m, eps)
             ok = all(bool(torch.allclose(g, r, rtol=1e-4, atol=1e-4)) for g, r in zip(got, ref, strict=True))
         except Exception as exc:  # noqa: BLE001 - any compiler failure means "fall back to eager"
@@ -134,7 +152,6 @@ def forward_compiled(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, keep:
     n, d = x.shape
     o = w.shape[0]
     x, w = _plain(x), _plain(w)
-    step = _compiled("fwd", x, w)
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
     zs = x.new_empty((K + 1 if keep else 1, n, o))
     ss = x.new_empty((K if keep else 0, n, o))
@@ -142,7 +159,7 @@ def forward_compiled(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, keep:
     if keep:
         zs[0] = z0
     for k in range(K):
-        sk, tk = step(x, w, z / d, eps_t)
+        sk, tk = _call("fwd", x, w, z / d, eps_t)
         z = torch.addcdiv(z, tk, sk, value=d)
         if keep:
             zs[k + 1] = z
@@ -155,28 +172,39 @@ def forward_compiled(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, keep:
 def backward_compiled(
     x: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_last: Tensor, eps: float, gx: Tensor | None, gw: Tensor | None
 ) -> Tensor:
-    """Reverse sweep with the compiled step kernels: returns ``ḡ_0`` and adds the direct terms to ``gx`` / ``gw``."""
+    """Reverse sweep with the compiled kernels: returns ``ḡ_0`` and adds the direct terms to ``gx`` / ``gw``."""
     n, d = x.shape
+    o = w.shape[0]
     x, w = _plain(x), _plain(w)
-    step_z = _compiled("bwd_z", x, w)
-    step_x = _compiled("bwd_x", x, w) if gx is not None else None
-    step_w = _compiled("bwd_w", x, w) if gw is not None else None
+    wT = w.T.contiguous() if gx is not None and o >= _X_T_MIN_OUT else None
+    # x transposed per row block (D, rows), built once for all K steps
+    xTs = [(i, x[i : i + bs].T.contiguous()) for i, bs in _blocks_of(n, d)] if gw is not None else []
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
-    rb = max(16, _W_GRAD_ROWS // max(d, 1))
     gbar = g_last
     for k in range(ss.shape[0] - 1, -1, -1):
         c = gbar * d / ss[k]
         m = zs[k] / d
-        delta = m - zs[k + 1] / d
-        if gx is not None and step_x is not None:
-            gx += step_x(x, w, m, delta, c, eps_t)
-        if gw is not None and step_w is not None:
-            # reduction over rows, on row blocks that stay in cache (one pass over all rows per output unit
-            # would stream x from memory o times)
-            for i in range(0, n, rb):
-                gw += step_w(x[i : i + rb], w, m[i : i + rb], delta[i : i + rb], c[i : i + rb], eps_t)
-        gbar = c * step_z(x, w, m, delta, c, eps_t) / d
+        a_pos, a_neg = reverse_coefficients(m, zs[k + 1], d, eps)
+        ca_pos, ca_neg, ca_zero = c * a_pos, c * a_neg, c * eps
+        if gx is not None:
+            if wT is not None:
+                gx += _call("bwd_x_t", x, wT, m, ca_pos, ca_neg, ca_zero, eps_t)
+            else:
+                gx += _call("bwd_x", x, w, m, ca_pos, ca_neg, ca_zero, eps_t)
+        if gw is not None:
+            # reduction over rows, on row blocks that stay in cache, with the rows as the contiguous axis
+            per_out = torch.stack((m, ca_pos, ca_neg, ca_zero)).transpose(1, 2)  # (4, o, n)
+            for i, xT in xTs:
+                blk = per_out[:, :, i : i + xT.shape[1]].contiguous()
+                gw += _call("bwd_w_t", w, xT, blk[0], blk[1], blk[2], blk[3], eps_t)
+        gbar = c * (ss[k] - _call("bwd_z", x, w, m, a_pos, a_neg, eps_t)) / d
     return gbar
+
+
+def _blocks_of(n: int, d: int) -> list[tuple[int, int]]:
+    """Row blocks ``(start, size)`` for the ∂L/∂W kernels."""
+    step = max(64, _W_GRAD_ELEMS // max(d, 1))
+    return [(i, min(step, n - i)) for i in range(0, n, step)]
 
 
 def backward_fixed_compiled(
@@ -184,12 +212,16 @@ def backward_fixed_compiled(
 ) -> None:
     """Straight-through backward with the compiled kernels: adds its terms to ``gx`` / ``gw``."""
     n, d = x.shape
+    o = w.shape[0]
     x, w, m = _plain(x), _plain(w), m.contiguous()
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
     if gx is not None:
-        gx += _compiled("st_x", x, w)(x, w, m, c, eps_t)
+        if o >= _X_T_MIN_OUT:
+            gx += _call("st_x_t", x, w.T.contiguous(), m, c, eps_t)
+        else:
+            gx += _call("st_x", x, w, m, c, eps_t)
     if gw is not None:
-        step_w = _compiled("st_w", x, w)
-        rb = max(16, _W_GRAD_ROWS // max(d, 1))
-        for i in range(0, n, rb):
-            gw += step_w(x[i : i + rb], w, m[i : i + rb], c[i : i + rb], eps_t)
+        per_out = torch.stack((m, c)).transpose(1, 2)  # (2, o, n)
+        for i, bs in _blocks_of(n, d):
+            blk = per_out[:, :, i : i + bs].contiguous()
+            gw += _call("st_w_t", w, x[i : i + bs].T.contiguous(), blk[0], blk[1], eps_t)

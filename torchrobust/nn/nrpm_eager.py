@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from torchrobust.nn.nrpm_irls import blocks, irls_fixed, irls_reverse, irls_step
+from torchrobust.nn.nrpm_irls import blocks, irls_fixed, irls_reverse, irls_step, reverse_coefficients
 
 __all__ = ["forward_eager", "backward_eager", "backward_fixed_eager"]
 
@@ -47,9 +47,11 @@ def _bwd_chunk(
     for k in range(ss.shape[0] - 1, -1, -1):
         c = gbar * D / ss[k]
         m = zs[k] / D
-        q, t = irls_reverse(x, w, m, m - zs[k + 1] / D, c, eps)
-        gp = t if gp is None else gp.add_(t)
-        gbar = c * q.sum(-1) / D
+        a_pos, a_neg = reverse_coefficients(m, zs[k + 1], D, eps)
+        v = irls_reverse(x.unsqueeze(1), w, m.unsqueeze(-1), a_pos.unsqueeze(-1), a_neg.unsqueeze(-1), eps, eps)
+        gbar = c * (ss[k] - v.sum(-1)) / D
+        v.mul_(c.unsqueeze(-1))
+        gp = v if gp is None else gp.add_(v)
     return gbar, *_reduce(x, w, gp, need_x, need_w)
 
 
@@ -57,7 +59,7 @@ def _st_chunk(
     x: Tensor, w: Tensor, m: Tensor, c: Tensor, eps: float, need_x: bool, need_w: bool
 ) -> tuple[Tensor | None, Tensor | None]:
     """Straight-through terms of one chunk (``m = z⁽ᴷ⁻¹⁾/D``, ``c = ∂L/∂z⁽ᴷ⁾·D/S``), reduced to ∂L/∂x and ∂L/∂W."""
-    return _reduce(x, w, irls_fixed(x, w, m, c, eps), need_x, need_w)
+    return _reduce(x, w, irls_fixed(x.unsqueeze(1), w, m.unsqueeze(-1), c.unsqueeze(-1), eps), need_x, need_w)
 
 
 def _reduce(x: Tensor, w: Tensor, gp: Tensor | None, need_x: bool, need_w: bool) -> tuple[Tensor | None, ...]:
