@@ -206,3 +206,15 @@ def test_shared_cli_options_are_declared_in_one_module() -> None:
     assert set(found) == SHARED_OPTIONS, f"not declared at all: {SHARED_OPTIONS - set(found)}"
     for option, where in found.items():
         assert len(where) == 1 and where[0].startswith("torchrobust/cli/options.py:"), (option, where)
+
+
+def test_citations_of_the_facts_document_resolve() -> None:
+    """Every citation ``docs/paper-code-facts.md#<section>`` in the repository names one of its section headings."""
+    doc = (REPO / "docs" / "paper-code-facts.md").read_text(encoding="utf-8")
+    anchors = {re.sub(r"[^\w\- ]", "", line[3:].strip().lower()).replace(" ", "-")
+               for line in doc.splitlines() if line.startswith("## ")}
+    assert {"reprogramming-layers", "psat-metrics", "evaluation-checklist"} <= anchors
+    bad = [f"{path.relative_to(REPO)}: #{m.group(1)}" for path in _text_files()
+           for m in re.finditer(r"paper-code-facts\.md#([\w-]+)", path.read_text(encoding="utf-8", errors="replace"))
+           if m.group(1) not in anchors]
+    assert bad == [], f"citations of missing sections of docs/paper-code-facts.md: {bad}"
