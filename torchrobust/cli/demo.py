@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
     add_out(sp, "output folder (refused if it already holds results)", default="torchrobust-demo")
     add_overwrite(sp, "replace results and checkpoints already in --out")
     sp.add_argument("--epochs", type=positive_int, default=3)
-    sp.add_argument("--n-test", type=positive_int, default=500, help="first N test images (default 500)")
+    sp.add_argument("--n-test", type=positive_int, default=200, help="first N test images (default 200)")
     sp.add_argument("--steps", type=positive_int, default=None,
                     help="APGD iterations (default 100, the reference's; fewer is weaker and labelled so)")
     sp.add_argument("--p3-steps", type=positive_int, default=100, help="paradigm-3 fine-tuning steps (batch 64), >= 1")
