@@ -102,6 +102,24 @@ def test_every_fooled_example_is_returned_fooled(mnist, threat) -> None:
     assert torch.equal(~_robust(model, x_adv, y), spy.fooled)  # fooled at any iterate ⇔ fooled at the output
 
 
+@pytest.mark.parametrize("attack", [APGD(L2(0.6), steps=15, restarts=3), APGDT(L2(0.6), steps=15, n_target_classes=4)],
+                         ids=["ce-3-restarts", "t-4-targets"])
+def test_batched_later_runs_return_every_fooled_example_fooled(mnist, attack) -> None:
+    """Restarts and target classes after the first run go side by side in one batch (rows of one example leave
+    together at its first success): still fooled at any iterate ⇔ fooled at the output, and in fewer model calls."""
+    model, x, y = mnist
+    x, y = x[:60], y[:60]
+    spy = _Spy(model, x, y, attack.threat)
+    calls = []
+    spy.register_forward_pre_hook(lambda m, inp: calls.append(len(inp[0])))
+    x_adv = attack(spy, x, y)
+    assert spy.fooled.any() and not spy.fooled.all()
+    assert torch.equal(~_robust(model, x_adv, y), spy.fooled)
+    runs = attack.restarts * max(attack.n_target_classes, 1)
+    assert len(calls) <= 1 + 2 * (attack.steps + 1) < 1 + runs * (attack.steps + 1)  # clean pass, first run, the rest
+    assert max(calls[attack.steps + 2:]) > len(x)  # the later runs did share one batch (more rows than examples)
+
+
 def test_misclassified_clean_points_come_back_unchanged(mnist) -> None:
     model, x, y = mnist
     wrong = ~_robust(model, x, y)

@@ -244,27 +244,31 @@ def project_l2_box(d: Tensor, lo: Tensor, hi: Tensor, eps: float, max_iter: int 
 
 def _project_l2_box_lean(d: Tensor, lo: Tensor, hi: Tensor, half: Tensor, eps: float,
                          max_iter: int = 100) -> Tensor | None:
-    """:func:`project_l2_box` with fewer temporaries, for :meth:`L2.projector` (loops project every step): the same
-    active-set iteration, with ``half = (hi + lo) / 2`` precomputed (``b = 1/2 + sign(d)·half`` when
-    ``hi - lo = 1``, the [0, 1] box), the saturation test ``s²a² > b²`` as a float mask (equal to ``r <= s`` except at
-    exact ties, which do not change ``||v||``) and preallocated buffers. Overwrites ``d`` with the result; returns
-    None (``d`` untouched) if the iteration has not settled, for the caller to fall back to :func:`project_l2_box`."""
+    """:func:`project_l2_box` with fewer operations, for :meth:`L2.projector` (loops project every step; on small
+    inputs each tensor operation's fixed cost dominates). The same active-set iteration, written in ``t = s²``:
+    coordinate ``i`` saturates for ``t > r_i = b_i² / a_i²`` (``b = 1/2 + sign(d)·half`` with ``half = (hi + lo) / 2``
+    precomputed, the [0, 1] box), so one subtraction and a sign give the float mask of saturated coordinates, and
+    ``t ← (ε² − Σ_sat b²) / Σ_free a²`` is Newton's step on the concave piecewise-linear ``||clip(√t d)||² − ε²`` —
+    feasible for any mask, nondecreasing, exact once it stops moving. Ties ``t = r_i`` count as free (the same
+    ``||v||``). Overwrites ``d`` with the result; returns None (``d`` untouched) if the iteration has not settled, for
+    the caller to fall back to :func:`project_l2_box`."""
     acc = _wide(d)
-    b2 = d.sign().mul_(half).add_(0.5).square_()
     a2 = d.square()
-    tiny = torch.finfo(acc).tiny
+    b2 = d.sign().mul_(half).add_(0.5).square_()
+    r2 = b2 / a2  # inf where d_i = 0 (never saturates; its a_i is 0 anyway)
     total = a2.sum(1, keepdim=True, dtype=acc)
-    s = (eps / total.sqrt().clamp_min(tiny)).clamp_(max=1.0)
+    eps2 = eps * eps
+    t = (eps2 / total).clamp_(max=1.0)  # feasible start: ||√t d|| <= eps (t = 1 where d = 0)
     sat, prod = torch.empty_like(d), torch.empty_like(d)
     for _ in range(max_iter):
-        torch.mul(a2, (s * s).to(d.dtype), out=sat).sub_(b2).sign_().clamp_(min=0.0)
-        free = total - torch.mul(a2, sat, out=prod).sum(1, keepdim=True, dtype=acc)
+        torch.sub(t.to(d.dtype), r2, out=sat).sign_().clamp_(min=0.0)
         fixed = torch.mul(b2, sat, out=prod).sum(1, keepdim=True, dtype=acc)
-        s_new = ((eps * eps - fixed).clamp_min(0) / free.clamp_min(tiny)).sqrt().clamp_(max=1.0)
-        s_new = torch.maximum(torch.where(free > tiny, s_new, 1.0), s)
-        if not bool((s_new > s).any()):
-            return d.mul_(s.to(d.dtype)).clamp_(lo, hi)
-        s = s_new
+        free = total - torch.mul(a2, sat, out=prod).sum(1, keepdim=True, dtype=acc)
+        # free = 0 (all saturated): +inf → t = 1, NaN/-inf → t kept (fmax ignores NaN)
+        t_new = torch.fmax(((eps2 - fixed) / free).clamp_(max=1.0), t)
+        if torch.equal(t_new, t):
+            return d.mul_(t.sqrt().to(d.dtype)).clamp_(lo, hi)
+        t = t_new
     return None
 
 
