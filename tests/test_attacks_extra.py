@@ -355,9 +355,9 @@ def test_bpda_generic_surrogate_for_nrpm_and_user_modules(test_set) -> None:
         D = w.shape[1]
         p = xr[:, None, :] * w[None]
         z = p.sum(-1)
-        u = 1.0 / ((p - z[..., None] / D).abs() + nrpm.eps)  # K = 2: weights of the second (last) step
+        u = 1.0 / ((p - z[..., None] / D).abs() + nrpm.irls_eps)  # K = 2: weights of the second (last) step
         z = D * (u * p).sum(-1) / u.sum(-1)
-        u = 1.0 / ((p - z[..., None] / D).abs() + nrpm.eps)
+        u = 1.0 / ((p - z[..., None] / D).abs() + nrpm.irls_eps)
         expect = 0.3 * w[3] + 0.7 * D * u[:, 3] * w[3] / u[:, 3].sum(-1, keepdim=True)
     assert torch.allclose(g.flatten(1).double(), expect, atol=1e-4)
     (g_true,) = torch.autograd.grad(model(xa)[:, 3].sum(), xa)
