@@ -181,6 +181,11 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_CHARS.get(ch, ch) for ch in str(text))
 
 
+def _md_row(cells: Iterable[str]) -> str:
+    """One Markdown table row; an empty cell is written ``| |`` (one space), as hand-written tables do."""
+    return "|" + "|".join(f" {t} " if t else " " for t in map(_md_cell, cells)) + "|"
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", r"\|").replace("\n", " ")
 
@@ -249,9 +254,8 @@ class Table:
         columns."""
         if not self.columns:
             return ""
-        lines = ["| " + " | ".join(_md_cell(c.header) for c in self.columns) + " |",
-                 "|" + "|".join("---" for _ in self.columns) + "|"]
-        lines += ["| " + " | ".join(_md_cell(t) for t in row) + " |" for row in self.cells()]
+        lines = [_md_row(c.header for c in self.columns), "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += [_md_row(row) for row in self.cells()]
         return "\n".join(lines) + "\n"
 
     def to_markdown(self, heading: str = "##") -> str:
