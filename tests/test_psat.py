@@ -596,5 +596,5 @@ def test_strategies_are_str_enums_and_threat_aliases_come_from_threat_name() -> 
     assert [canonical_threat(n) for n in ("inf", "L_INF", "clean", "nat")] == ["Linf", "Linf", "natural", "natural"]
     with pytest.raises(TorchRobustError, match="unknown threat model 'L3'"):
         canonical_threat("L3")
-    assert psat.STRATEGIES == ("Linf", "L2", "L1", "natural", "max", "avg", "msd")
+    assert psat.STRATEGIES == ("Linf", "L2", "L1", "natural", "max", "avg", "msd", "eat", "ramp")
     assert psat.MultiNormStrategy("msd") is psat.MultiNormStrategy.MSD

@@ -197,7 +197,8 @@ def register(sub: Any) -> None:
     add_out(tp, "run folder (one checkpoint per member/baseline)", required=True)
     add_overwrite(tp, "replace member/baseline checkpoints already in --out")
     tp.add_argument("--members", type=name_list, default=list(THREATS), help="threat models, comma-separated")
-    tp.add_argument("--baselines", type=name_list, default=[], help="any of max,avg,msd (AT_max, AT_avg, AT_msd)")
+    tp.add_argument("--baselines", type=name_list, default=[], help="any of max,avg,msd,eat,ramp "
+                    "(AT_max, AT_avg, AT_msd, E-AT, RAMP)")
     tp.add_argument("--arch", default="hyper_msd_cnn")
     add_data(tp)
     tp.add_argument("--n-train", type=positive_int, default=None)

@@ -28,7 +28,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                       mode=args.mode, threat=args.threat, eps=args.eps, steps=args.steps, alpha=args.alpha,
-                      trades_beta=args.trades_beta, noise_sigma=args.sigma, seed=args.seed,
+                      trades_beta=args.trades_beta, mart_beta=args.mart_beta,
+                      awp_gamma=args.awp_gamma, noise_sigma=args.sigma, seed=args.seed,
                       max_batches=args.max_batches, progress=not args.quiet,
                       checkpoint_every=args.checkpoint_every)
     res = train_checkpoint(args.model, args.out, cfg, model_kwargs=dict(args.model_arg or []), data=args.data,
@@ -41,7 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    sp = sub.add_parser("train", help="train a zoo model (standard, FGSM/PGD-AT, TRADES, gaussian); torchrun-able")
+    sp = sub.add_parser("train", help="train a zoo model (standard, FGSM/PGD-AT, TRADES, MART, AWP, gaussian); "
+                        "torchrun-able")
     sp.add_argument("--model", required=True, help="zoo model name (see `torchrobust info`)")
     sp.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=JSON",
                     help="model keyword argument, e.g. --model-arg widths=[256,64] --model-arg activation=null")
@@ -63,12 +65,16 @@ def register(sub: Any) -> None:
     sp.add_argument("--momentum", type=float, default=0.9)
     sp.add_argument("--weight-decay", type=float, default=0.0)
     sp.add_argument("--schedule", default="none")
-    sp.add_argument("--mode", default="standard", help="standard, fgsm, pgd, trades, gaussian")
+    sp.add_argument("--mode", default="standard", help="standard, fgsm, pgd, trades, gaussian, mart, pgd-awp, "
+                    "trades-awp (docs/training.md)")
     sp.add_argument("--threat", default="Linf")
     sp.add_argument("--eps", type=float, default=0.3)
     sp.add_argument("--steps", type=int, default=10)
     sp.add_argument("--alpha", type=float, default=None)
     sp.add_argument("--trades-beta", type=float, default=6.0)
+    sp.add_argument("--mart-beta", type=float, default=6.0, help="β of --mode mart (Wang et al. 2020)")
+    sp.add_argument("--awp-gamma", type=float, default=5e-3,
+                    help="relative weight perturbation γ of --mode pgd-awp/trades-awp (Wu et al. 2020)")
     sp.add_argument("--sigma", type=float, default=0.25, help="noise σ for --mode gaussian")
     add_seed(sp)
     sp.add_argument("--max-batches", type=positive_int, default=None, help="at most N batches per epoch")

@@ -3,7 +3,8 @@
 * :mod:`~torchrobust.psat.models` — hypernetwork ResNet-18/50 and MSD MNIST CNN backbones, parameter reports.
 * :mod:`~torchrobust.psat.aggregate` — :class:`PSATEnsemble` (lowest-entropy Eq. 12 / average), adaptive attack.
 * :mod:`~torchrobust.psat.adversary` — PGD, worst-of ("max", Eq. 5), MSD (Eq. 7) adversaries.
-* :mod:`~torchrobust.psat.train` — per-member single-norm AT and AT_max / AT_avg / AT_msd baselines.
+* :mod:`~torchrobust.psat.train` — per-member single-norm AT and AT_max / AT_avg / AT_msd / E-AT / RAMP baselines.
+* :mod:`~torchrobust.psat.multinorm` — E-AT's extreme-norm adversary and RAMP's logit-pairing objective.
 * :mod:`~torchrobust.psat.metrics` — Table 1 metrics (clean, ℓ∞, ℓ2, ℓ1, max, union, avg, trade-off).
 * :mod:`~torchrobust.psat.evaluation` — :func:`evaluate` a run directory, :func:`write_tables`.
 
@@ -57,6 +58,7 @@ from torchrobust.psat.models import (
     parameter_report,
     plain_counterpart,
 )
+from torchrobust.psat.multinorm import EXTREME_NORMS, ExtremeNormAdversary, RAMPObjective, ramp_pairing_loss
 from torchrobust.psat.train import (
     PSATTrainConfig,
     load_ensemble,
@@ -67,6 +69,7 @@ from torchrobust.psat.train import (
 )
 
 __all__ = [
+    "EXTREME_NORMS", "ExtremeNormAdversary", "RAMPObjective", "ramp_pairing_loss",
     "Aggregation", "CIFAR10_BUDGETS", "MNIST_BUDGETS", "MultiNormStrategy", "STRATEGIES", "THREATS", "MSDCNN",
     "MultiNormRow", "PGDConfig",
     "PSATEnsemble", "PSATResNet", "PSATTrainConfig", "ParameterReport", "TrainingAdversary", "adaptive_attack",

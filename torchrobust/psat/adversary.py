@@ -28,9 +28,11 @@ from torch import Tensor, nn
 
 from torchrobust.attacks.threat import THREAT_NAMES, ThreatModel, get_threat
 from torchrobust.errors import TorchRobustError
+from torchrobust.validation import eval_mode
 
 __all__ = ["pgd", "worst_of", "msd", "PGDConfig", "MultiAdversary", "TrainingAdversary", "STRATEGIES",
-           "MultiNormStrategy", "MNIST_BUDGETS", "CIFAR10_BUDGETS"]
+           "MultiNormStrategy", "MNIST_BUDGETS", "CIFAR10_BUDGETS", "EXTREME_NORMS", "ExtremeNormAdversary",
+           "max_loss_pick"]
 
 #: Budgets (ε) per threat model: MNIST (Maini et al. 2020) and CIFAR-10 (robust_union);
 #: docs/paper-code-facts.md#standard-budgets.
@@ -45,6 +47,8 @@ class MultiNormStrategy(str, Enum):
     MAX = "max"  #: worst case over the norms per example (Eq. 5)
     AVG = "avg"  #: mean loss over the norms (Eq. 6)
     MSD = "msd"  #: multi steepest descent (Eq. 7; Maini et al. 2020)
+    EAT = "eat"  #: E-AT: ℓ∞ or ℓ1 at random per batch (Croce & Hein 2022; :mod:`.multinorm`)
+    RAMP = "ramp"  #: max over ℓ∞/ℓ1 + logit pairing between them (Jiang & Singh 2024; :mod:`.multinorm`)
 
     def __str__(self) -> str:
         return self.value
@@ -156,6 +160,34 @@ def msd(model: nn.Module, x: Tensor, y: Tensor, cfgs: Sequence[PGDConfig], steps
 
 MultiAdversary = Callable[[nn.Module, Tensor, Tensor], list[Tensor]]
 
+#: The two extreme norms E-AT and RAMP train against (ℓ∞ first: RAMP's source, ℓ1 its target).
+EXTREME_NORMS = ("Linf", "L1")
+
+
+@dataclass
+class ExtremeNormAdversary:
+    """E-AT (Croce & Hein 2022): ``adversary(model, x, y) -> [x']`` with x' the PGD example of ℓ∞ or ℓ1, drawn
+    with probability 1/2 each per batch (``torch.randint`` on the global RNG; :mod:`torchrobust.psat.multinorm`)."""
+
+    linf: PGDConfig
+    l1: PGDConfig
+
+    def draw(self) -> PGDConfig:
+        return self.linf if int(torch.randint(2, ())) == 0 else self.l1
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
+        return [pgd(model, x, y, self.draw())]
+
+
+def max_loss_pick(model: nn.Module, x_a: Tensor, x_b: Tensor, y: Tensor) -> Tensor:
+    """Per example, the one of ``x_a``/``x_b`` with the larger cross-entropy (eval mode; ties → ``x_b``, as RAMP's
+    reference code)."""
+    with eval_mode(model), torch.no_grad():
+        la = F.cross_entropy(model(x_a), y, reduction="none")
+        lb = F.cross_entropy(model(x_b), y, reduction="none")
+    pick = (la > lb).view(-1, *([1] * (x_a.dim() - 1)))
+    return torch.where(pick, x_a, x_b)
+
 
 @dataclass
 class TrainingAdversary:
@@ -168,6 +200,12 @@ class TrainingAdversary:
         steps, alpha: per threat model; ``alpha`` missing → the threat's default for ``steps``.
         msd_steps: iterations of MSD (default: max of ``steps``).
         msd_alpha: step sizes per norm inside MSD (robust_union MNIST: ℓ∞ 0.01, ℓ2 0.1, ℓ1 1.0; default: ``alpha``).
+        ramp_lambda: weight λ of RAMP's logit-pairing term (reference code default 1.5).
+
+    ``"eat"`` and ``"ramp"`` use the extreme norms ℓ∞ and ℓ1 only. RAMP's loss is not a mean of cross-entropies:
+    train it with :func:`torchrobust.psat.multinorm.ramp_objective` as :func:`torchrobust.train.fit`'s
+    ``objective`` (called directly, the
+    ``"ramp"`` adversary returns the per-example max-loss example of the two).
     """
 
     strategy: str
@@ -177,12 +215,14 @@ class TrainingAdversary:
     msd_steps: int | None = None
     msd_alpha: Mapping[str, float] = field(default_factory=dict)
     norms: Sequence[str] = THREAT_NAMES
+    ramp_lambda: float = 1.5
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise TorchRobustError(f"unknown PSAT training strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
         needed = [self.strategy] if self.strategy in THREAT_NAMES else (
-            [] if self.strategy == "natural" else list(self.norms))
+            [] if self.strategy == "natural" else list(EXTREME_NORMS) if self.strategy in (
+                MultiNormStrategy.EAT, MultiNormStrategy.RAMP) else list(self.norms))
         missing = [n for n in needed if n not in self.eps]
         if missing:
             raise TorchRobustError(f"no eps for threat model(s) {missing}; pass eps={{'Linf': 0.3, ...}}")
@@ -191,6 +231,7 @@ class TrainingAdversary:
 
     def configs(self) -> dict[str, PGDConfig]:
         return dict(self._cfgs)
+
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> list[Tensor]:
         s = self.strategy
@@ -203,6 +244,11 @@ class TrainingAdversary:
             return [worst_of(model, x, y, singles)]
         if s == MultiNormStrategy.AVG:
             return [f(model, x, y) for f in singles]
+        if s in (MultiNormStrategy.EAT, MultiNormStrategy.RAMP):
+            linf, l1 = self._cfgs["Linf"], self._cfgs["L1"]
+            if s == MultiNormStrategy.EAT:
+                return ExtremeNormAdversary(linf, l1)(model, x, y)
+            return [max_loss_pick(model, pgd(model, x, y, linf), pgd(model, x, y, l1), y)]
         msd_cfgs = [PGDConfig(c.threat, c.eps, c.steps, self.msd_alpha.get(n, c.step_size()))
                     for n, c in self._cfgs.items()]
         return [msd(model, x, y, msd_cfgs, steps=self.msd_steps)]

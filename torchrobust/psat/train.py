@@ -7,7 +7,9 @@
 * **Baselines** on a plain backbone (:func:`train_baselines`): ``"max"`` (AT_max, worst case over norms per
   example, Eq. 5), ``"avg"`` (AT_avg, Tramèr & Boneh 2019, mean loss over norms, Eq. 6 — one optimiser step on
   the averaged loss; robust_union's ``triple_adv`` instead takes three optimiser steps per batch), ``"msd"``
-  (AT_msd, Maini et al. 2020, Eq. 7), and the single-norm ``"Linf"``/``"L2"``/``"L1"`` (AT_p).
+  (AT_msd, Maini et al. 2020, Eq. 7), ``"eat"`` (E-AT, Croce & Hein 2022: ℓ∞ or ℓ1 at random per batch),
+  ``"ramp"`` (RAMP without its gradient projection, Jiang & Singh 2024; :mod:`~torchrobust.psat.multinorm`), and
+  the single-norm ``"Linf"``/``"L2"``/``"L1"`` (AT_p).
 
 Members and baselines go through the same loop — the library's :func:`torchrobust.train.fit`, with the PSAT
 adversary as its ``adversary`` hook (:func:`train_model`) — and the same optimiser and schedule, so the
@@ -25,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +39,10 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.psat import models as psat_models
 from torchrobust.psat.adversary import MNIST_BUDGETS, STRATEGIES, MultiAdversary, TrainingAdversary
 from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
+from torchrobust.psat.multinorm import ramp_objective
+
+if TYPE_CHECKING:
+    from torchrobust.train.objectives import Objective
 
 __all__ = ["PSATTrainConfig", "train_model", "train_members", "train_baselines", "load_member", "load_ensemble",
            "member_path"]
@@ -87,17 +93,20 @@ def data_tensors(data: Data) -> tuple[Tensor, Tensor]:
 
 
 def train_model(model: nn.Module, data: Data, adversary: MultiAdversary, config: PSATTrainConfig | None = None,
-                device: str | torch.device | None = None) -> list[dict[str, float]]:
+                device: str | torch.device | None = None, objective: Objective | None = None
+                ) -> list[dict[str, float]]:
     """Train ``model`` in place with :func:`torchrobust.train.fit`: per batch, ``adversary(model, x, y)`` (eval
     mode) gives a list of inputs and the loss is the mean cross-entropy over them (train mode). Returns the
-    per-epoch history (``train_acc`` is the accuracy on the adversarial inputs)."""
+    per-epoch history (``train_acc`` is the accuracy on the adversarial inputs). ``objective`` (e.g. RAMP's)
+    replaces that loss and the adversary (:func:`torchrobust.train.fit`'s ``objective``)."""
     from torchrobust.train.loop import TrainConfig, fit
 
     cfg = (config or PSATTrainConfig()).validate()
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
                        momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=cfg.seed,
                        max_batches=cfg.max_batches, progress=cfg.progress)
-    return fit(model, data, tcfg, device=device, adversary=adversary).history
+    return fit(model, data, tcfg, device=device, adversary=None if objective is not None else adversary,
+               objective=objective).history
 
 
 def member_path(out_dir: str | os.PathLike[str], name: str) -> Path:
@@ -124,7 +133,7 @@ def _train_named(out_dir: str | os.PathLike[str], data: Data, names: Sequence[tu
         adv = TrainingAdversary(strategy, eps=run.eps, steps=run.steps, alpha=run.alpha, msd_alpha=msd_alpha,
                                 msd_steps=msd_steps)
         t0, c0 = time.perf_counter(), time.process_time()
-        history = train_model(model, data, adv, config, device)
+        history = train_model(model, data, adv, config, device, objective=ramp_objective(adv))
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         path = checkpoint.save(model.cpu(), member_path(out_dir, name), role=role, strategy=strategy,
                                eps=run.eps, steps=run.steps, alpha=run.alpha, train_config=asdict(config),
@@ -158,8 +167,8 @@ def train_baselines(out_dir: str | os.PathLike[str], data: Data, strategies: Seq
                     alpha: Mapping[str, float] | None = None, msd_alpha: Mapping[str, float] | None = None,
                     msd_steps: int | None = None, config: PSATTrainConfig | None = None,
                     device: str | torch.device | None = None, **config_kw: Any) -> dict[str, Path]:
-    """Train the multi-norm baselines AT_max / AT_avg / AT_msd (and single-norm AT_p with ``"Linf"`` etc.) on the
-    plain backbone ``arch``; saved as ``out_dir/AT_<strategy>.safetensors``."""
+    """Train the multi-norm baselines AT_max / AT_avg / AT_msd / AT_eat / AT_ramp (and single-norm AT_p with
+    ``"Linf"`` etc.) on the plain backbone ``arch``; saved as ``out_dir/AT_<strategy>.safetensors``."""
     for s in strategies:
         if s not in STRATEGIES:
             raise TorchRobustError(f"unknown baseline {s!r}; valid: {', '.join(STRATEGIES)}")

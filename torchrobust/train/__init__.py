@@ -1,4 +1,5 @@
-"""Training: standard, FGSM/PGD adversarial training, TRADES, Gaussian noise; distributed under torchrun.
+"""Training: standard, FGSM/PGD adversarial training, TRADES, MART, AWP (PGD-AWP, TRADES-AWP), Gaussian noise;
+distributed under torchrun. The losses are in :mod:`.objectives`, the weight perturbation of AWP in :mod:`.awp`.
 
 Runs never lose work and never end "successfully" after diverging: ``fit(..., checkpoint_dir=D)`` keeps a resume
 state in ``D`` (after every epoch and every ``TrainConfig.checkpoint_every`` steps; safetensors + JSON, no
@@ -7,7 +8,7 @@ a NaN/inf loss or weight stops training with a one-line :class:`~torchrobust.err
 back at its last finite weights. CLI: ``torchrobust train ... --checkpoint-every N`` then ``... --resume``.
 """
 
-from . import distributed, resume
+from . import awp, distributed, objectives, resume
 from .loop import (
     MODES,
     OptimizerName,
@@ -22,4 +23,4 @@ from .loop import (
 from .workflow import TrainedCheckpoint, train_checkpoint
 
 __all__ = ["MODES", "TrainMode", "OptimizerName", "ScheduleName", "TrainConfig", "TrainResult", "epoch_order", "fit",
-           "iterate_batches", "distributed", "resume", "TrainedCheckpoint", "train_checkpoint"]
+           "iterate_batches", "distributed", "resume", "awp", "objectives", "TrainedCheckpoint", "train_checkpoint"]

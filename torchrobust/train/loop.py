@@ -8,8 +8,13 @@ One loop serves every mode; a mode only changes which inputs the loss sees:
 ``fgsm``       cross-entropy on single-step examples (:class:`torchrobust.attacks.FGSM`)
 ``pgd``        cross-entropy on PGD examples (Madry): ``steps`` steps of size ``alpha``, random start
 ``trades``     CE(f(x), y) + β·KL(f(x_adv) ‖ f(x)), x_adv maximising the KL term (TRADES, Eq. 5 of the paper)
+``mart``       MART (Wang et al. 2020): boosted CE on PGD examples + β·(1 − p_y(x))-weighted KL
+``pgd-awp``    ``pgd`` trained at adversarially perturbed weights (AWP, Wu et al. 2020; :mod:`.awp`)
+``trades-awp`` ``trades`` trained at adversarially perturbed weights (TRADES-AWP)
 ``gaussian``   cross-entropy on x + N(0, σ²) (not clipped to [0,1], as in Cohen et al.)
 =============  ==========================================================================================
+
+The losses live in :mod:`torchrobust.train.objectives` (equations there and in docs/training.md).
 
 A custom ``adversary(model, x, y)`` may replace the mode's: it returns one input batch, or several (the loss is
 then the mean cross-entropy over them — AT_avg of Tramèr & Boneh 2019, used by :mod:`torchrobust.psat`).
@@ -35,8 +40,8 @@ past the last good one. Hyper-parameters are validated before any work (finite, 
 optimiser, LR scheduler, RNG states, epoch, batch and the epoch's permutation; safetensors + JSON, atomic) after
 every epoch and every ``checkpoint_every`` steps. ``fit(..., resume_from=D)`` on a freshly built model continues
 from it: the data order depends only on ``(seed, epoch)`` and every RNG is restored, so the final weights are
-bitwise identical to the uninterrupted run's. A state from another configuration, model, data set or process
-count is refused. CLI: ``torchrobust train ... --checkpoint-every N`` (state in ``<out>.resume/``), rerun with
+bitwise identical to the uninterrupted run's (the AWP modes carry no state across steps, :mod:`.awp`). A state
+from another configuration, model, data set or process count is refused. CLI: ``torchrobust train ... --checkpoint-every N`` (state in ``<out>.resume/``), rerun with
 ``--resume`` after a crash or ``kill -9``.
 """
 
@@ -54,13 +59,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed as D
 from ..errors import TorchRobustError
 from ..validation import eval_mode, model_device
+from .objectives import Objective, batch_loss, mode_adversary
 from .tensors import dataset_tensors
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "TrainMode", "OptimizerName", "ScheduleName", "MODES", "OPTIMIZERS",
@@ -78,6 +83,9 @@ class TrainMode(str, Enum):
     PGD = "pgd"  #: PGD adversarial training, random start (Madry et al. 2018)
     TRADES = "trades"  #: CE(x) + β·KL(f(x') ‖ f(x)) (Zhang et al. 2019)
     GAUSSIAN = "gaussian"  #: Gaussian noise augmentation, σ = ``noise_sigma`` (Cohen et al. 2019)
+    MART = "mart"  #: BCE(x') + β·KL(f(x) ‖ f(x'))·(1 − f_y(x)), β = ``mart_beta`` (Wang et al. 2020)
+    PGD_AWP = "pgd-awp"  #: PGD-AT at weights w + v, ‖v_l‖ = ``awp_gamma``·‖w_l‖ (Wu et al. 2020)
+    TRADES_AWP = "trades-awp"  #: TRADES at weights w + v (Wu et al. 2020)
 
     def __str__(self) -> str:
         return self.value
@@ -131,6 +139,8 @@ class TrainConfig:
     steps: int = 10
     alpha: float | None = None
     trades_beta: float = 6.0
+    mart_beta: float = 6.0
+    awp_gamma: float = 5e-3
     mixed: bool = False
     noise_sigma: float = 0.25
     seed: int = 0
@@ -148,6 +158,7 @@ class TrainConfig:
         for name, fix in (("lr", "try 0.01 (SGD) or 1e-3 (Adam)"), ("momentum", "use 0 for none, 0.9 is usual"),
                           ("weight_decay", "use 0 for none, 5e-4 is usual"), ("gamma", "e.g. 0.1"),
                           ("eps", "e.g. 0.3 for MNIST Linf"), ("trades_beta", "TRADES uses 6"),
+                          ("mart_beta", "MART uses 6"), ("awp_gamma", "AWP uses 5e-3"),
                           ("noise_sigma", "e.g. 0.25")):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0 \
@@ -265,34 +276,6 @@ def _make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
     return None
 
 
-def _adversary(cfg: TrainConfig) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    from .. import attacks
-
-    if cfg.mode == TrainMode.FGSM:
-        return attacks.FGSM(threat=cfg.threat, eps=cfg.eps)
-    if cfg.mode == TrainMode.PGD:
-        return attacks.PGD(threat=cfg.threat, eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha, random_start=True)
-    return None
-
-
-def _trades_adversarial(model: nn.Module, x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """The TRADES inner maximisation: PGD on KL(f(x') ‖ f(x)) from x + 0.001·N(0, I), in eval mode."""
-    from ..attacks import get_threat
-
-    threat = get_threat(cfg.threat, cfg.eps)
-    alpha = cfg.alpha if cfg.alpha is not None else threat.default_alpha(cfg.steps)
-    with eval_mode(model):
-        with torch.no_grad():
-            p_clean = F.softmax(model(x), dim=1)
-        x_adv = threat.project((x + 0.001 * torch.randn_like(x)).clamp(0, 1), x).detach()
-        for _ in range(cfg.steps):
-            x_adv.requires_grad_(True)
-            loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = threat.project(threat.step(x_adv.detach(), grad, alpha), x).detach()
-    return x_adv
-
-
 def _project_constraints(model: nn.Module) -> None:
     for m in model.modules():
         proj = getattr(m, "project_", None)
@@ -362,42 +345,12 @@ class _LastGood:
                 t.copy_(s)
 
 
-def _batch_loss(net: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                adversary: Adversary | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mode's loss on one batch and the logits ``train_acc`` counts (several batches' logits concatenated)."""
-    if cfg.mode == TrainMode.TRADES:
-        x_adv = _trades_adversarial(model, x, cfg)
-        logits = net(x)
-        logits_adv = net(x_adv)
-        loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
-            F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
-        return loss, logits
-    if adversary is not None:
-        x_in = adversary(model, x, y)
-        model.train()  # whatever mode the adversary left the model in
-    elif cfg.mode == TrainMode.GAUSSIAN:
-        x_in = x + cfg.noise_sigma * torch.randn_like(x)
-    else:
-        x_in = x
-    if not isinstance(x_in, torch.Tensor):  # several inputs per batch: the mean of their losses
-        if cfg.mixed:
-            raise TorchRobustError("mixed=True needs an adversary that returns one batch; this one "
-                                   "returned several (add the clean batch to its list instead)")
-        outs = [net(xi) for xi in x_in]
-        return torch.stack([F.cross_entropy(o, y) for o in outs]).mean(), torch.cat(outs)
-    if cfg.mixed and x_in is not x:
-        both = net(torch.cat([x, x_in]))
-        logits = both[len(x):]
-        return F.cross_entropy(both[:len(x)], y) + F.cross_entropy(logits, y), logits
-    logits = net(x_in)
-    return F.cross_entropy(logits, y), logits
-
-
 def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         params: Iterable[nn.Parameter] | None = None, val_set: Data | None = None,
         device: str | torch.device | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         adversary: Adversary | None = None,
+        objective: Objective | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         resume_from: str | os.PathLike[str] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_set`` as ``config`` says; returns the per-epoch history.
@@ -407,6 +360,8 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     ``adversary``: replaces the inputs of ``config.mode`` (not with ``"trades"``): ``adversary(model, x, y)`` is
     called with the model as it is (the attacks put it in eval mode themselves) and returns the training input,
     or a list of them whose cross-entropies are averaged; ``train_acc`` then counts over all of them.
+    ``objective(net, model, x, y) -> (loss, logits)`` replaces the mode's loss altogether (``mode`` must be
+    ``"standard"`` and ``adversary`` unset; e.g. RAMP in :mod:`torchrobust.psat`; :mod:`.objectives`).
     Seeded by ``config.seed`` (torch's global RNG is re-seeded at the start for the attacks' random starts).
 
     ``checkpoint_dir``: write a resume state there (:mod:`torchrobust.train.resume`) after every epoch and every
@@ -421,9 +376,12 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     from . import resume
 
     cfg = config.validate()
-    if adversary is not None and cfg.mode == TrainMode.TRADES:
-        raise TorchRobustError("a custom adversary replaces the mode's inputs; it cannot be combined with "
-                               "mode='trades' (use mode='standard')")
+    if adversary is not None and cfg.mode in (TrainMode.TRADES, TrainMode.TRADES_AWP):
+        raise TorchRobustError(f"a custom adversary replaces the mode's inputs; it cannot be combined with "
+                               f"mode={cfg.mode!r} (use mode='standard')")
+    if objective is not None and (adversary is not None or cfg.mode != TrainMode.STANDARD):
+        raise TorchRobustError("a custom objective replaces the mode's loss; use it with mode='standard' and no "
+                               "adversary")
     ckdir = Path(checkpoint_dir if checkpoint_dir is not None else resume_from) \
         if checkpoint_dir is not None or resume_from is not None else None
     if ckdir is not None:
@@ -448,7 +406,8 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         steps_per_epoch = min(steps_per_epoch, cfg.max_batches)
     opt = _make_optimizer(plist, cfg)
     sched = _make_schedule(opt, cfg, steps_per_epoch)
-    adversary = adversary if adversary is not None else _adversary(cfg)
+    adversary = adversary if adversary is not None else mode_adversary(cfg.mode, cfg.threat, cfg.eps, cfg.steps,
+                                                                       cfg.alpha)
     fp = resume.fingerprint(cfg.to_dict(), model, plist, train_set, dev) if ckdir is not None else {}
     done: dict[str, Any] = {"history": [], "loss": 0.0, "correct": 0, "n": 0, "epoch_seconds": 0.0, "seconds": 0.0}
     epoch0, batch0, order = 0, 0, None
@@ -487,10 +446,13 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
             batches = tqdm(batches, total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            leave=False)
         for b, (x, y) in enumerate(batches, start=first):
-            loss, logits = _batch_loss(net, model, x, y, cfg, adversary)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, logits, restore = batch_loss(net, model, x, y, cfg, adversary, objective)
+            try:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            finally:
+                restore()  # AWP: back from w + v (a no-op for the other modes)
             if sched is not None:
                 sched.step()
             _project_constraints(model)

@@ -1,0 +1,80 @@
+"""The extreme-norm multi-norm baselines: E-AT (Croce & Hein 2022) and RAMP (Jiang & Singh 2024).
+
+Both train against the two *extreme* norms only, ℓ∞ and ℓ1: the ℓ2 ball of the usual budgets lies (nearly)
+inside their union, so robustness to the extremes carries over to ℓ2 (Croce & Hein, ICML 2022, "Adversarial
+robustness against multiple and single lp-threat models via quick fine-tuning of robust classifiers", Sec. 3).
+
+* **E-AT** (:class:`~torchrobust.psat.adversary.ExtremeNormAdversary`): every batch is trained against ℓ∞ *or*
+  ℓ1, drawn at random with probability 1/2 each from torch's global RNG (seeded by the training seed and
+  restored on resume). The authors' code additionally reweights the draw by 1 − the running robust training
+  accuracy of each norm; that adaptive weighting carries state across steps and is **not** implemented here.
+* **RAMP** (:class:`RAMPObjective`; Jiang & Singh, NeurIPS 2024, logit-pairing loss, Sec. 4.1):
+  ``L = CE(f(x'_max), y) + λ · (1/|S|) Σ_{i∈S} KL(p(x'_∞,i) ‖ p(x'_1,i))`` where ``x'_max`` is, per example,
+  the ℓ∞ or ℓ1 adversarial example with the larger loss (the max strategy over the two), ``S`` the examples
+  whose ℓ∞ example the model classifies correctly, and λ = 1.5 (the reference code's default ``--lbd``).
+  **Omitted**: RAMP's gradient projection (GP), which once per epoch trains a copy of the model for an epoch on
+  clean data and fuses its update into the adversarial update layer by layer; this is the paper's "RAMP w/o
+  GP" variant. The papers attack with APGD during training; here the library's PGD is used, as for the other
+  baselines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchrobust.psat.adversary import (
+    EXTREME_NORMS,
+    ExtremeNormAdversary,
+    MultiNormStrategy,
+    PGDConfig,
+    TrainingAdversary,
+    max_loss_pick,
+    pgd,
+)
+
+__all__ = ["EXTREME_NORMS", "ExtremeNormAdversary", "RAMPObjective", "ramp_pairing_loss", "max_loss_pick",
+           "ramp_objective"]
+
+
+def ramp_pairing_loss(logits_source: Tensor, logits_target: Tensor, y: Tensor) -> Tensor:
+    """RAMP's logit-pairing term: ``(1/|S|) Σ_{i∈S} KL(p_source,i ‖ p_target,i)`` over the examples ``S`` the
+    source (ℓ∞) logits classify correctly; 0 when ``S`` is empty. Zero when the two logits are equal, positive
+    when they differ on some example of ``S``. Gradients flow into both logits (as in the reference code)."""
+    keep = (logits_source.detach().argmax(1) == y)
+    n = int(keep.sum())
+    if n == 0:
+        return logits_source.sum() * 0.0
+    src, tgt = logits_source[keep], logits_target[keep]
+    return F.kl_div(F.log_softmax(tgt, dim=1), F.log_softmax(src, dim=1), reduction="sum", log_target=True) / n
+
+
+@dataclass
+class RAMPObjective:
+    """RAMP's training loss as a :func:`torchrobust.train.fit` ``objective(net, model, x, y) -> (loss,
+    logits)``: ``CE(f(x'_max), y) + λ·ramp_pairing_loss(f(x'_∞), f(x'_1), y)`` (train-mode forward passes;
+    the logits returned for ``train_acc`` are those of ``x'_max``)."""
+
+    linf: PGDConfig
+    l1: PGDConfig
+    lam: float = 1.5
+
+    def __call__(self, net: nn.Module, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        x_inf = pgd(model, x, y, self.linf)
+        x_one = pgd(model, x, y, self.l1)
+        x_max = max_loss_pick(model, x_inf, x_one, y)
+        model.train()
+        out_inf, out_one, out_max = net(x_inf), net(x_one), net(x_max)
+        loss = F.cross_entropy(out_max, y) + self.lam * ramp_pairing_loss(out_inf, out_one, y)
+        return loss, out_max
+
+
+def ramp_objective(adversary: TrainingAdversary) -> RAMPObjective | None:
+    """RAMP's training objective for a ``strategy="ramp"`` :class:`TrainingAdversary` (its ℓ∞/ℓ1 PGD settings and
+    ``ramp_lambda``); ``None`` for the strategies trained on the mean cross-entropy of the adversary's inputs."""
+    if adversary.strategy != MultiNormStrategy.RAMP:
+        return None
+    cfgs = adversary.configs()
+    return RAMPObjective(cfgs["Linf"], cfgs["L1"], lam=float(adversary.ramp_lambda))
