@@ -142,6 +142,29 @@ def test_iterates_stay_in_ball_and_box(mnist, threat, cls) -> None:
     assert bool(threat.contains(x_adv, x).all())
 
 
+def test_l1_iterates_are_formed_like_the_reference_and_stay_in_budget() -> None:
+    """ℓ1 iterates are ``x + δ + (P(δ) − δ)`` in float32 like the reference's: the same ‖·‖_0 (its rounding residues
+    on coordinates P sets back to the clean value count, which is what its adaptive sparsity sees), more nonzeros
+    than the exact projection, and still inside the box exactly and the ball up to 1e-6 (the reference: 1e-5)."""
+    ref = pytest.importorskip("pyautoattack.autopgd_base")
+    from torchrobust.attacks.apgd import _project
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 + 0.9 * torch.rand(50, 1, 28, 28, generator=g)
+    x_u = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    threat = L1(5.0)
+    ours = _project(threat, x_u, x)
+    theirs = x + (x_u - x) + ref.L1_projection(x, x_u - x, 5.0)
+
+    def l0(t: Tensor) -> Tensor:
+        return (t != x).flatten(1).sum(1)
+
+    assert torch.equal(l0(ours), l0(theirs))
+    assert int(l0(ours).sum()) > int(l0(threat.project(x_u, x)).sum())  # the residues
+    assert bool(threat.contains(ours, x).all())
+    assert bool(threat.contains(theirs, x, tol=1e-5).all())
+
+
 def test_large_eps_schedule_result_is_inside_the_small_ball(mnist) -> None:
     model, x, y = mnist
     attack = APGD("L1", eps=3.0, steps=10, restarts=1, large_eps=True)

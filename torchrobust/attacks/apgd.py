@@ -59,10 +59,12 @@ Implementation choices (checked in ``tests/test_apgd.py``):
   the threat model's sparse start of radius ``ε·u`` was measurably weaker); condition 1 at the first checkpoint
   compares with the loss at ``x^0`` (the reference compares with 0); the targeted DLR numerator uses
   ``max_{j≠t} z_j`` (equal to ``z_y`` while the example is robust), so targeted APGD also works with given target
-  labels. From the same start our ℓ∞ run is bit-for-bit the reference's. ℓ1 projections are computed in float64:
-  the reference's float32 ``x + δ + Δ`` leaves rounding residues that its ‖·‖_0 counts (and so its sparsity
-  schedule) see; with the 3ε → 2ε → ε schedule this makes the reference about 0.5 points of robust accuracy
-  stronger on MNIST (with its float32 projection arithmetic our loop gives its per-example results).
+  labels. From the same start our ℓ∞ run is bit-for-bit the reference's. ℓ1 iterates are formed as the
+  reference forms them, ``x + δ + (P(δ) − δ)`` in the input dtype with ``P`` exact in float64: the rounding residues
+  this leaves on coordinates ``P`` sets back to the clean value enter ‖x_best − x‖_0 and so the adaptive sparsity;
+  with the 3ε → 2ε → ε schedule that makes the attack about 0.5 points stronger on MNIST (measured: the exact
+  float64 iterate was that much weaker than the reference). The results stay in the box exactly and in the ball to
+  1e-7 relative.
   EOT is not built in: wrap the model with :func:`~torchrobust.attacks.EOT`.
 
 Arguments (:class:`APGD`; :class:`APGDT` has the same except ``targeted``, plus ``n_target_classes``):
@@ -99,7 +101,7 @@ import torch
 from torch import Tensor, nn
 
 from torchrobust.attacks.base import LOSSES, Attack, input_gradient, margin, register
-from torchrobust.attacks.threat import L1, L2, Linf, ThreatModel
+from torchrobust.attacks.threat import L1, L2, Linf, ThreatModel, project_l1_box
 from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.validation import check_positive_int
 
@@ -269,7 +271,7 @@ class APGD(Attack):
         x_init = _start(self.threat.with_eps(3.0 * self.threat.eps), x, generator)
         for factor, steps in stages:
             threat = self.threat.with_eps(factor * self.threat.eps)
-            x_init = threat.project(x_init, x)
+            x_init = _project(threat, x_init, x)
             if factor == 1.0:
                 return self._run(model, x, y, lab, threat, steps, x_init, generator, final=True, examples=examples)
             if steps > 0:
@@ -313,7 +315,7 @@ class APGD(Attack):
         out_ok = torch.zeros(batch, dtype=torch.bool, device=x.device)
         if final:
             s = _finish(s, ok, out_x, out_ok, out_loss)
-        project = threat.projector(s.x, inplace=True)
+        project = _projector(threat, s.x)
         # checkpoints: ℓ∞/ℓ2 after 22 % of the steps, then intervals shrinking by 3 % down to 6 %; ℓ1 every 4 %
         interval = max(int((0.04 if l1 else 0.22) * steps), 1)
         min_interval, shrink = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
@@ -339,7 +341,7 @@ class APGD(Attack):
             s.loss_best = torch.where(better, loss, s.loss_best)
             if final and bool(ok.any()):
                 s = _finish(s, ok, out_x, out_ok, out_loss)
-                project = threat.projector(s.x, inplace=True)
+                project = _projector(threat, s.x)
             since += 1
             if since < interval:
                 continue
@@ -384,7 +386,32 @@ def _start(threat: ThreatModel, x: Tensor, generator: torch.Generator | None) ->
     if not isinstance(threat, L1):
         return threat.random_init(x, generator)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return threat.project(x + noise, x)
+    return _project(threat, x + noise, x)
+
+
+def _project(threat: ThreatModel, x_u: Tensor, x: Tensor) -> Tensor:
+    """The projection of ``x_u`` onto ``threat``'s ball ∩ box around ``x``; ℓ1 as the reference forms its iterates:
+    ``x + δ + (P(δ) − δ)`` in the input dtype, ``δ = x_u − x``, ``P`` the exact ℓ1 ∩ box projection (float64), then
+    clamped to [0, 1]. Rounding ``x + δ`` leaves residues of about one ulp on the coordinates ``P`` sets back to the
+    clean value; ‖x_best − x‖_0 counts them (about 3 % of the reference's counted coordinates on MNIST), which enlarges
+    the adaptive sparsity ``k`` and with the 3ε → 2ε → ε schedule makes the attack about 0.5 points stronger — we
+    measured it and keep it. The residues move the ℓ1 norm by rounding only (≤ 1e-7 relative measured); the base
+    class re-projects exactly any result not inside the ball to 1e-6."""
+    if not isinstance(threat, L1):
+        return threat.project(x_u, x)
+    wide = torch.promote_types(x.dtype, torch.float32) if x.device.type == "mps" else torch.float64
+    xf = x.flatten(1)
+    du = x_u.flatten(1) - xf
+    x64, du64 = xf.to(wide), du.to(wide)
+    v = project_l1_box(du64, -x64, 1.0 - x64, threat.eps)
+    return (xf + du).add_((v - du64).to(x.dtype)).clamp_(0.0, 1.0).view(x.shape)
+
+
+def _projector(threat: ThreatModel, x: Tensor) -> Callable[[Tensor], Tensor]:
+    """:func:`_project` around the fixed ``x`` (may overwrite its argument)."""
+    if isinstance(threat, L1):
+        return lambda x_u: _project(threat, x_u, x)
+    return threat.projector(x, inplace=True)
 
 
 def _l1_direction(grad: Tensor, topk: Tensor) -> Tensor:
