@@ -11,9 +11,11 @@ normalisation, as in the reprogramming paper's code. Build models by name with :
 Zoo models describe where defences go (docs/architecture.md, "Model structure hooks"):
 ``model.nrpm_default_layers()`` and ``model.forge_insertion_points()`` return qualified module names; any other model
 (torchvision, timm, your own) is analysed by :mod:`torchrobust.models.structure`. A classifier trained on normalised
-input gets its ``Normalize`` layer from :func:`with_normalization`.
+input gets its ``Normalize`` layer from :func:`with_normalization`; :func:`timm_model` and :func:`torchvision_model`
+build those libraries' classifiers by name, random weights only.
 """
 
+from .ecosystem import timm_model, torchvision_model
 from .lenet import LeNet
 from .mixer import MLPMixer
 from .mlp import MLP
@@ -23,4 +25,5 @@ from .resnet import PreActResNet, ResNet
 from .wide_resnet import DMWideResNet, WideResNet
 
 __all__ = ["create", "list_models", "model_kwargs", "Normalize", "MLP", "LeNet", "ResNet", "PreActResNet",
-           "WideResNet", "DMWideResNet", "MLPMixer", "Normalized", "with_normalization"]
+           "WideResNet", "DMWideResNet", "MLPMixer", "Normalized", "with_normalization",
+           "timm_model", "torchvision_model"]
