@@ -63,7 +63,7 @@ def test_mlp_layout_loads_and_matches_reference(tmp_path):
     with torch.no_grad():
         assert torch.equal(pw.model(x), h)
     # NRPM with the file's λ per layer, K = 1 and the code's MLP ε = 5e-5
-    robust = reprogram_paper(pw, K=1, irls_eps=5e-5)
+    robust = reprogram_paper(pw, K=1, irls_eps=5e-5, backend="eager")
     h = x.flatten(1)
     for i, lam in zip((1, 2, 3), (0.5, 0.6, 0.7), strict=True):
         h = _irls(h, sd[f"fc{i}.weight"], lam, 1, 5e-5) + sd[f"fc{i}.bias"]
@@ -80,8 +80,8 @@ def test_mlp_sigmoid_lambda_and_one_layer_variant(tmp_path):
     pw = load_paper_weights(path, "mlp")
     assert [n for n, _ in pw.model.named_children() if n.startswith("fc")] == ["fc1"]
     with pytest.raises(TorchRobustError, match="sigmoid"):
-        reprogram_paper(pw, K=1, irls_eps=5e-5)  # raw 2.0 is no weight in [0, 1]
-    robust = reprogram_paper(pw, K=2, irls_eps=5e-5, lam_transform="sigmoid")
+        reprogram_paper(pw, K=1, irls_eps=5e-5, backend="eager")  # raw 2.0 is no weight in [0, 1]
+    robust = reprogram_paper(pw, K=2, irls_eps=5e-5, backend="eager", lam_transform="sigmoid")
     lam = float(torch.sigmoid(torch.tensor(2.0)))
     sd = _mlp_sd(widths=(), lmbd=2.0)
     ref = _irls(_x().flatten(1), sd["fc1.weight"], lam, 2, 5e-5) + sd["fc1.bias"]
@@ -110,10 +110,10 @@ def test_lenet_layout_drops_conv_bias_like_the_paper_code(tmp_path):
         kept = load_paper_weights(path, conv_bias=True).model(x)
         torch.testing.assert_close(kept, ref(True), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(kept, ref(False), atol=1e-3)
-    robust = reprogram_paper(pw, K=1, irls_eps=1e-3, lam=0.3)
+    robust = reprogram_paper(pw, K=1, irls_eps=1e-3, backend="eager", lam=0.3)
     assert {n for n, m in robust.named_modules() if type(m).__name__ == "NRPMConv2d"} == {"conv1", "conv2"}
     with pytest.raises(TorchRobustError, match="stores no"):
-        reprogram_paper(pw, K=1, irls_eps=1e-3)
+        reprogram_paper(pw, K=1, irls_eps=1e-3, backend="eager")
 
 
 @pytest.mark.parametrize("case,match", [
