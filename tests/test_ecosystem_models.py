@@ -32,6 +32,13 @@ MODELS = [
     ("timm", "convnext_atto", {}, 32),  # stem /4 and three /2 downsamples: 32 is the smallest side
 ]
 IDS = [f"{lib}-{name}" for lib, name, _, _ in MODELS]
+# residual blocks, default NRPM layers, default forge insertion points (the table in docs/architecture.md)
+COUNTS = {
+    "torchvision-resnet18": (8, 16, 19), "torchvision-resnet50": (16, 48, 52),
+    "torchvision-mobilenet_v3_small": (6, 28, 28), "torchvision-vit_b_16": (12, 24, 24),
+    "timm-resnet18": (8, 16, 19), "timm-mobilenetv3_small_100": (6, 28, 28), "timm-ghostnet_100": (16, 82, 92),
+    "timm-vit_tiny_patch16_224": (12, 48, 48), "timm-convnext_atto": (12, 36, 36),
+}
 
 
 def _scramble(model: nn.Module, side: int) -> nn.Module:
@@ -101,7 +108,8 @@ def test_structural_defaults_round_trip_and_default_evaluation(lib: str, name: s
     assert blocks, "no residual block found"
     layers = select_layers(model)
     points = insertion_points(model)
-    assert layers and points and set(layers) <= set(points)
+    assert (len(blocks), len(layers), len(points)) == COUNTS[f"{lib}-{name}"]
+    assert set(layers) <= set(points)
     assert stem not in layers and head not in layers and stem not in points and head not in points
     shortcuts = {n for b in blocks for n in b.shortcut}
     assert not shortcuts & set(layers)  # shortcut convs get a forged threshold, not NRPM

@@ -23,6 +23,18 @@ Wrappers ``{"state_dict": ...}``, ``{"model_state_dict": ...}``, ``{"model": ...
 a file that does not match the architecture raises :class:`~torchrobust.errors.TorchRobustError` naming the
 first missing / unexpected key and the layout the file seems to have. The returned model is in eval mode, takes
 [0, 1] input, and carries ``torchrobust_spec`` so it can be forged and saved with :func:`torchrobust.save`.
+
+Checked against RobustBench itself (``pip install 'torchrobust[robustbench]'``; tests/test_robustbench.py): state dicts
+of the package's own ``wide_resnet.WideResNet`` (with ``sub_block1`` and the zoo's ``mu``/``sigma`` buffers) and
+``dm_wide_resnet.DMWideResNet`` (ReLU and its ``Swish``), saved plain, under ``state_dict`` and with ``module.`` keys,
+load here with the same outputs (to float32 rounding, ~1e-7: the zoo pools with ``adaptive_avg_pool2d`` where
+RobustBench calls ``avg_pool2d(·, 8)``; same predictions). RobustBench's classes can also serve instead of the zoo
+copies: ``rb_model.load_state_dict(read_state_dict(path))`` takes any file this module reads (the copies stay: they
+need no robustbench install and carry the structure hooks). ``preact_resnet18`` of the zoo is RobustBench's
+``PreActResNet(PreActBlockV2, [2, 2, 2, 2])``; its ``PreActBlock`` variant (Wong2020Fast) and ``bn_before_fc``
+models are other networks, not loaded here. ``import robustbench`` itself fails with current dependencies (its
+``__init__`` imports ``autoattack``, which ``pyautoattack`` >= 0.2 installs as ``pyautoattack``, and
+``pkg_resources``, gone from setuptools >= 81); import its architecture files one by one, as the tests do.
 """
 
 from __future__ import annotations
