@@ -12,7 +12,9 @@ one process, one thread, on the layer shapes the paper's models use:
 Time on CPU is the CPU time of the computing thread (``time.thread_time``), best of ``--reps`` calls after a
 warm-up call: the benchmark machine is shared, and wall time charges other processes' time slices to long calls
 far more than to short ones. On CUDA it is wall time between synchronisations. The warm-up call of the first
-compiled case includes compilation; that time is reported on its own (``compile s``), from the kernels' first calls.
+compiled case includes compilation; that time is reported on its own (``compile s``: wall seconds of the kernels'
+first calls in this process; the kernels are shape-dynamic, so later layer shapes reuse them and show ~0). Run
+with ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` to measure a cold compile (inductor otherwise caches on disk).
 
 Peak memory is the high-water mark of bytes allocated during one call above the already-allocated inputs and
 parameters (CPU: the profiler's memory events; CUDA: ``torch.cuda.max_memory_allocated``).

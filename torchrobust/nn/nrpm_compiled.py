@@ -82,12 +82,12 @@ _KERNELS: dict[str, Callable[..., Any]] = {
 }
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _COMPILER_OK: dict[str, bool] = {}
-#: Thread CPU seconds spent in first calls (compilation) per kernel key; see :func:`compile_seconds`.
+#: Wall seconds spent in first calls (compilation) per kernel key; see :func:`compile_seconds`.
 _COMPILE_S: dict[tuple[Any, ...], float] = {}
 
 
 def compile_seconds() -> float:
-    """Thread CPU seconds this process spent in the first call of each compiled NRPM kernel (compilation)."""
+    """Wall seconds this process spent in the first call of each compiled NRPM kernel (compilation)."""
     return sum(_COMPILE_S.values())
 
 
@@ -102,7 +102,7 @@ def _fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
 
 def _call(name: str, *args: Tensor) -> Any:
     """Run the compiled kernel ``name``. Kernels are cached per dtype, device type and which sizes are 1 (dynamic
-    shapes still specialise sizes 0/1), each key with its own code object; a first call is timed into
+    shapes still specialise sizes 0/1), each key with its own code object; a first call is timed (wall) into
     ``_COMPILE_S``."""
     x = args[0]
     key = (name, x.dtype, x.device.type, tuple(s == 1 for a in args for s in a.shape))
@@ -111,9 +111,9 @@ def _call(name: str, *args: Tensor) -> Any:
         return fn(*args)
     tag = f"{len(_COMPILED)}_{str(x.dtype).replace('torch.', '')}_{x.device.type}"
     fn = torch.compile(_fresh(_KERNELS[name], tag), dynamic=True, fullgraph=True)
-    t0 = time.thread_time()
+    t0 = time.perf_counter()  # wall time: the C++/Triton compiler runs in worker processes
     out = fn(*args)
-    _COMPILE_S[key] = time.thread_time() - t0
+    _COMPILE_S[key] = time.perf_counter() - t0
     _COMPILED[key] = fn
     return out
 
