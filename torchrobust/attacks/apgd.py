@@ -63,8 +63,8 @@ Implementation choices (checked in ``tests/test_apgd.py``):
   reference forms them, ``x + δ + (P(δ) − δ)`` in the input dtype with ``P`` exact in float64: the rounding residues
   this leaves on coordinates ``P`` sets back to the clean value enter ‖x_best − x‖_0 and so the adaptive sparsity;
   with the 3ε → 2ε → ε schedule that makes the attack about 0.5 points stronger on MNIST (measured: the exact
-  float64 iterate was that much weaker than the reference). The results stay in the box exactly and in the ball to
-  1e-7 relative.
+  float64 iterate was that much weaker than the reference). The results stay in the box exactly and in the ball up
+  to rounding (within 1e-6 relative).
   EOT is not built in: wrap the model with :func:`~torchrobust.attacks.EOT`.
 
 Arguments (:class:`APGD`; :class:`APGDT` has the same except ``targeted``, plus ``n_target_classes``):
@@ -395,8 +395,8 @@ def _project(threat: ThreatModel, x_u: Tensor, x: Tensor) -> Tensor:
     clamped to [0, 1]. Rounding ``x + δ`` leaves residues of about one ulp on the coordinates ``P`` sets back to the
     clean value; ‖x_best − x‖_0 counts them (about 3 % of the reference's counted coordinates on MNIST), which enlarges
     the adaptive sparsity ``k`` and with the 3ε → 2ε → ε schedule makes the attack about 0.5 points stronger — we
-    measured it and keep it. The residues move the ℓ1 norm by rounding only (≤ 1e-7 relative measured); the base
-    class re-projects exactly any result not inside the ball to 1e-6."""
+    measured it and keep it. The residues move the ℓ1 norm by rounding only (about 1e-7 relative measured); the
+    base class re-projects exactly any result not inside the ball to 1e-6."""
     if not isinstance(threat, L1):
         return threat.project(x_u, x)
     wide = torch.promote_types(x.dtype, torch.float32) if x.device.type == "mps" else torch.float64
