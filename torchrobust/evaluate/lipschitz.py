@@ -3,10 +3,11 @@
 Chen, Chen, Chung & Lee, arXiv 2406.19622:
 
 * Eq. 5: the global Lipschitz constant of a linear map ``x -> W x`` under L2 is ``sigma_max(W)``. We compute it
-  exactly (SVD) for ``nn.Linear`` and by power iteration on ``W^T W`` for ``nn.Conv2d``, where ``W`` is the
-  convolution as a linear operator on the layer's actual input shape (forward = ``conv2d`` without bias,
-  adjoint = ``conv_transpose2d``). Power iteration converges from below: the reported value is a lower bound
-  of the true norm that is tight to ``tol`` after convergence.
+  exactly (SVD) for ``nn.Linear`` and for an ``nn.Conv2d`` small enough to form densely (at most
+  ``DENSE_MAX_ENTRIES`` inputs x outputs: every MNIST layer), else by power iteration on ``W^T W``, where ``W`` is
+  the convolution as a linear operator on the layer's actual input shape (forward = ``conv2d`` without bias,
+  adjoint = ``conv_transpose2d``). Power iteration converges from below and stops when the eigen-residual of
+  ``W^T W`` is below ``tol``: the reported value is a lower bound of the true norm.
 * Definition 1 (Eq. 8): the *empirical* Lipschitz constant ``max_{x in S} ||W x|| / ||x||`` over observed inputs
   ``x`` of the layer (norms per example, over all of its coordinates). We report it on the inputs before the
   forged function (``emp_before``) and after it (``emp_after``).
@@ -129,7 +130,7 @@ def _power_iteration(
     if norm == 0:
         return 0.0
     v = v / norm
-    sigma = 0.0
+    v_prev = v
     for _ in range(n_iter):
         u = apply(v)
         new_sigma = float(u.norm())
@@ -140,11 +141,33 @@ def _power_iteration(
         if vn == 0 or new_sigma == 0:
             return 0.0
         v = v / vn
-        if abs(new_sigma - sigma) <= tol * max(new_sigma, 1e-30):
-            sigma = new_sigma
+        # Stop on the eigen-residual of A^T A, not on the change of sigma: with two nearly equal top singular
+        # values sigma creeps up by less than tol per step long before it is close to sigma_max.
+        if float((v * vn - new_sigma**2 * v_prev).norm()) <= tol * max(new_sigma**2, 1e-30):
             break
-        sigma = new_sigma
+        v_prev = v
     return float(apply(v).norm())
+
+
+# Operators with at most this many entries (inputs x outputs) are formed densely and their norm is exact (SVD).
+DENSE_MAX_ENTRIES = 1 << 23
+
+
+def _operator_norm(apply: Callable[[torch.Tensor], torch.Tensor], adjoint: Callable[[torch.Tensor], torch.Tensor],
+                   shape: Sequence[int], n_iter: int, tol: float, device: torch.device, seed: int,
+                   mask: torch.Tensor | None = None) -> float:
+    """``sigma_max`` of the linear map ``apply`` on inputs of ``shape``: exact (the map formed column by column,
+    then SVD) when it has at most :data:`DENSE_MAX_ENTRIES` entries, power iteration otherwise."""
+    n = math.prod(shape)
+    n_out = math.prod(apply(torch.zeros((1, *shape), dtype=torch.float64, device=device)).shape[1:])
+    if n * n_out <= DENSE_MAX_ENTRIES:
+        cols = []
+        for start in range(0, n, 512):
+            eye = torch.zeros((min(512, n - start), n), dtype=torch.float64, device=device)
+            eye[torch.arange(eye.shape[0]), torch.arange(start, start + eye.shape[0])] = 1.0
+            cols.append(apply(eye.view(-1, *shape)).flatten(1))
+        return float(torch.linalg.matrix_norm(torch.cat(cols).T, ord=2))
+    return _power_iteration(apply, adjoint, shape, n_iter, tol, torch.float64, device, seed, mask=mask)
 
 
 def spectral_norm(layer: nn.Module, input_shape: Sequence[int] | None = None, n_iter: int = 1000,
@@ -162,9 +185,8 @@ def spectral_norm(layer: nn.Module, input_shape: Sequence[int] | None = None, n_
         raise TorchRobustError("spectral_norm of a Conv2d needs input_shape=(C, H, W); the operator norm depends "
                                "on the input size")
     shape = tuple(int(s) for s in input_shape)
-    return _power_iteration(lambda v: linear_part(layer, v, w),
-                            lambda u: linear_adjoint(layer, u, shape, w), shape, n_iter, tol, torch.float64,
-                            w.device, seed)
+    return _operator_norm(lambda v: linear_part(layer, v, w),
+                          lambda u: linear_adjoint(layer, u, shape, w), shape, n_iter, tol, w.device, seed)
 
 
 def masked_spectral_norm(layer: nn.Module, mask: torch.Tensor, n_iter: int = 1000, tol: float = 1e-10,
@@ -187,9 +209,9 @@ def masked_spectral_norm(layer: nn.Module, mask: torch.Tensor, n_iter: int = 100
         return best
     shape = tuple(m.shape)
     md = m.to(torch.float64).unsqueeze(0)
-    return _power_iteration(lambda v: linear_part(layer, v * md, w),
-                            lambda u: linear_adjoint(layer, u, shape, w) * md, shape, n_iter, tol, torch.float64,
-                            w.device, seed, mask=md)
+    return _operator_norm(lambda v: linear_part(layer, v * md, w),
+                          lambda u: linear_adjoint(layer, u, shape, w) * md, shape, n_iter, tol, w.device, seed,
+                          mask=md)
 
 
 def gershgorin_bound(layer: nn.Module, mask: torch.Tensor | None = None) -> float:
