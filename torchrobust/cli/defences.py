@@ -1,4 +1,5 @@
-"""``torchrobust reprogram`` (NRPM, paradigm 1) and ``torchrobust forge`` (forged thresholds, or ``--search`` c_r)."""
+"""``torchrobust reprogram`` (NRPM, paradigm 1: ``experiments.workflows.reprogram_checkpoint``) and
+``torchrobust forge`` (forged thresholds, or ``--search`` c_r)."""
 
 from __future__ import annotations
 
@@ -24,15 +25,13 @@ SEARCH_FILES = ("cr_search.json", "cr_search.csv", "cr_search.md", "cr_search.pn
 
 
 def cmd_reprogram(args: argparse.Namespace) -> int:
-    from ..checkpoint import load, save
-    from ..reprogram import reprogram
+    from ..experiments.workflows import reprogram_checkpoint
     from ..validation import check_output_file
 
     check_output_file(args.out, overwrite=args.overwrite)
-    model = load(args.checkpoint)
     layers: Any = args.layers.split(",") if args.layers and "," in args.layers else args.layers
-    robust = reprogram(model, lam=args.lam, K=args.K, irls_eps=args.irls_eps, layers=layers, inplace=True)
-    path = save(robust, args.out, reprogrammed_from=str(args.checkpoint), paradigm=1)
+    path = reprogram_checkpoint(args.checkpoint, args.out, lam=args.lam, K=args.K, irls_eps=args.irls_eps,
+                                layers=layers, overwrite=args.overwrite)
     sys.stdout.write(f"saved {path}\n")
     return 0
 
