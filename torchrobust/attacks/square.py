@@ -134,6 +134,16 @@ class Square(Attack):
         """Loss to minimise: ``Z_y − max_{j≠y} Z_j`` (≤ 0 iff fooled, up to ties); targeted mirrored."""
         return -margin(model(x), y, self.targeted)
 
+    def _keep_better(self, model: nn.Module, x_new: Tensor, y: Tensor, idx: Tensor, x_best: Tensor,
+                     m_best: Tensor) -> None:
+        """Accept, in place in ``x_best`` / ``m_best``, the candidates ``x_new`` (for the examples ``idx``) that lower
+        the margin loss or fool the model (the random search's greedy step, Andriushchenko et al. 2020, Alg. 1)."""
+        m_new = self._margin(model, x_new, y[idx])
+        better = (m_new < m_best[idx]) | (m_new <= 0)
+        sel = idx[better]
+        x_best[sel] = x_new[better]
+        m_best[sel] = m_new[better]
+
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if x.dim() != 4:
@@ -171,11 +181,7 @@ class Square(Attack):
             # the window's perturbation goes to ±eps per channel (a vertex of the ball)
             x_new = torch.where(mask, xc + eps * signs, xb)
             x_new = torch.minimum(torch.maximum(x_new, xc - eps), xc + eps).clamp(0, 1)
-            m_new = self._margin(model, x_new, y[idx])
-            better = (m_new < m_best[idx]) | (m_new <= 0)
-            sel = idx[better]
-            x_best[sel] = x_new[better]
-            m_best[sel] = m_new[better]
+            self._keep_better(model, x_new, y, idx, x_best, m_best)
         return x_best, m_best
 
     # ---------------------------------------------------------------------------------------------------- ℓ2
@@ -235,11 +241,7 @@ class Square(Attack):
             d = torch.where(m2, torch.zeros_like(d), d)
             d = torch.where(m1, new, d)
             x_new = (xc + d * _bview(eps / norm(d), d)).clamp(0, 1)
-            m_new = self._margin(model, x_new, y[idx])
-            better = (m_new < m_best[idx]) | (m_new <= 0)
-            sel = idx[better]
-            x_best[sel] = x_new[better]
-            m_best[sel] = m_new[better]
+            self._keep_better(model, x_new, y, idx, x_best, m_best)
         return x_best, m_best
 
 
