@@ -11,20 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TorchRobustError
-from .options import (
-    add_batch_size,
-    add_common,
-    add_data,
-    add_device,
-    add_out,
-    add_overwrite,
-    add_seed,
-    finite_number,
-    float_list,
-    key_value,
-    name_list,
-    positive_int,
-)
+from . import options as opt
 
 # results.json is written last: it marks a finished run. Without it the folder holds an interrupted run, which the
 # same command resumes from its fingerprinted state (state.safetensors), rewriting the other result files.
@@ -134,48 +121,48 @@ def cmd_certify(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     sp = sub.add_parser("evaluate", help="clean + robust accuracy over an ε sweep; torchrun-able")
     sp.add_argument("checkpoint")
-    add_data(sp)
+    opt.add_data(sp)
     sp.add_argument("--split", default="test")
-    sp.add_argument("--n-examples", type=positive_int, default=1000,
+    sp.add_argument("--n-examples", type=opt.positive_int, default=1000,
                     help="first N examples of the split (papers' protocol)")
-    sp.add_argument("--attacks", type=name_list, default=None,
+    sp.add_argument("--attacks", type=opt.name_list, default=None,
                     help="comma-separated (default fgsm,apgd-ce,apgd-t: the per-example worst case over APGD-CE and "
                          "APGD-T on its survivors, plus FGSM as the papers' column); --suite sweep")
     sp.add_argument("--threat", default="Linf")
-    sp.add_argument("--eps", type=float_list, default=[0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
-    sp.add_argument("--steps", type=positive_int, default=None,
+    sp.add_argument("--eps", type=opt.float_list, default=[0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    sp.add_argument("--steps", type=opt.positive_int, default=None,
                     help="iterations of every attack that takes them (default: each attack's own; APGD 100)")
-    sp.add_argument("--restarts", type=positive_int, default=None, help="restarts (default: each attack's own)")
-    sp.add_argument("--attack-arg", type=key_value, action="append", metavar="ATTACK.PARAM=JSON",
+    sp.add_argument("--restarts", type=opt.positive_int, default=None, help="restarts (default: each attack's own)")
+    sp.add_argument("--attack-arg", type=opt.key_value, action="append", metavar="ATTACK.PARAM=JSON",
                     help="attack keyword argument, e.g. --attack-arg square.n_queries=1000 (--suite sweep)")
     sp.add_argument("--suite", choices=["sweep", "adaptive"], default="sweep",
                     help="sweep: the given attacks over ε; adaptive: AutoAttack/BPDA/EOT/transfer/black-box, "
                          "per-example worst case (resumable)")
     sp.add_argument("--checks", action="store_true", help="run the gradient-masking checks on the sweep")
-    add_batch_size(sp, 500)
-    add_seed(sp)
-    add_out(sp, "results folder (refused if it already holds results). The evaluation state is saved there "
+    opt.add_batch_size(sp, 500)
+    opt.add_seed(sp)
+    opt.add_out(sp, "results folder (refused if it already holds results). The evaluation state is saved there "
                 "after every batch (state.safetensors + state.json, fingerprinted by model, data and "
                 "configuration): after an interruption (even kill -9) rerun the same command and it resumes; "
                 "a state of another checkpoint, split or configuration is recomputed, never reused",
             default="results")
-    add_overwrite(sp, "replace results already in --out (a matching resume state is reused either way)")
-    add_device(sp)
-    add_common(sp)
+    opt.add_overwrite(sp, "replace results already in --out (a matching resume state is reused either way)")
+    opt.add_device(sp)
+    opt.add_common(sp)
     sp.set_defaults(fn=cmd_evaluate)
 
     sp = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al. 2019) of a checkpoint")
     sp.add_argument("checkpoint")
-    sp.add_argument("--sigma", type=finite_number, default=0.25)
-    sp.add_argument("--n0", type=positive_int, default=100)
-    sp.add_argument("--n", type=positive_int, default=10000)
-    sp.add_argument("--alpha", type=finite_number, default=0.001)
-    add_batch_size(sp, 1000)
-    add_data(sp)
+    sp.add_argument("--sigma", type=opt.finite_number, default=0.25)
+    sp.add_argument("--n0", type=opt.positive_int, default=100)
+    sp.add_argument("--n", type=opt.positive_int, default=10000)
+    sp.add_argument("--alpha", type=opt.finite_number, default=0.001)
+    opt.add_batch_size(sp, 1000)
+    opt.add_data(sp)
     sp.add_argument("--split", default="test")
-    sp.add_argument("--n-examples", type=positive_int, default=100)
-    add_seed(sp)
-    add_out(sp, "results folder (refused if it already holds results)", default="certify-results")
-    add_overwrite(sp)
-    add_common(sp)
+    sp.add_argument("--n-examples", type=opt.positive_int, default=100)
+    opt.add_seed(sp)
+    opt.add_out(sp, "results folder (refused if it already holds results)", default="certify-results")
+    opt.add_overwrite(sp)
+    opt.add_common(sp)
     sp.set_defaults(fn=cmd_certify)

@@ -7,17 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .options import (
-    add_batch_size,
-    add_common,
-    add_data,
-    add_device,
-    add_out,
-    add_overwrite,
-    add_seed,
-    key_value,
-    positive_int,
-)
+from . import options as opt
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -45,21 +35,21 @@ def register(sub: Any) -> None:
     sp = sub.add_parser("train", help="train a zoo model (standard, FGSM/PGD-AT, TRADES, MART, AWP, gaussian); "
                         "torchrun-able")
     sp.add_argument("--model", required=True, help="zoo model name (see `torchrobust info`)")
-    sp.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=JSON",
+    sp.add_argument("--model-arg", type=opt.key_value, action="append", metavar="KEY=JSON",
                     help="model keyword argument, e.g. --model-arg widths=[256,64] --model-arg activation=null")
-    add_data(sp)
+    opt.add_data(sp)
     sp.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
-    add_out(sp, "checkpoint path (.safetensors)", required=True)
-    add_overwrite(sp, "replace an existing --out")
+    opt.add_out(sp, "checkpoint path (.safetensors)", required=True)
+    opt.add_overwrite(sp, "replace an existing --out")
     sp.add_argument("--checkpoint-dir", default=None,
                     help="where the resume state is kept during training (default: <out>.resume/; removed once "
                          "--out is saved)")
-    sp.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
+    sp.add_argument("--checkpoint-every", type=opt.positive_int, default=None, metavar="N",
                     help="also write the resume state every N optimiser steps (default: after every epoch only)")
     sp.add_argument("--resume", action="store_true",
                     help="continue the interrupted run in --checkpoint-dir (same options; bitwise-identical result)")
-    sp.add_argument("--epochs", type=positive_int, default=5)
-    add_batch_size(sp, 128)
+    sp.add_argument("--epochs", type=opt.positive_int, default=5)
+    opt.add_batch_size(sp, 128)
     sp.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     sp.add_argument("--lr", type=float, default=0.01)
     sp.add_argument("--momentum", type=float, default=0.9)
@@ -76,10 +66,10 @@ def register(sub: Any) -> None:
     sp.add_argument("--awp-gamma", type=float, default=5e-3,
                     help="relative weight perturbation γ of --mode pgd-awp/trades-awp (Wu et al. 2020)")
     sp.add_argument("--sigma", type=float, default=0.25, help="noise σ for --mode gaussian")
-    add_seed(sp)
-    sp.add_argument("--max-batches", type=positive_int, default=None, help="at most N batches per epoch")
+    opt.add_seed(sp)
+    sp.add_argument("--max-batches", type=opt.positive_int, default=None, help="at most N batches per epoch")
     sp.add_argument("--no-val", action="store_true", help="skip the per-epoch validation accuracy")
-    add_device(sp)
-    add_common(sp)
+    opt.add_device(sp)
+    opt.add_common(sp)
     sp.set_defaults(fn=cmd_train)
 
