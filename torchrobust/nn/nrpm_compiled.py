@@ -173,9 +173,9 @@ def backward_compiled(
     x: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_last: Tensor, eps: float, gx: Tensor | None, gw: Tensor | None
 ) -> Tensor:
     """Reverse sweep with the compiled kernels: returns ``ḡ_0`` and adds the direct terms to ``gx`` / ``gw``."""
+    x, w = _plain(x), _plain(w)
     n, d = x.shape
     o = w.shape[0]
-    x, w = _plain(x), _plain(w)
     wT = w.T.contiguous() if gx is not None and o >= _X_T_MIN_OUT else None
     # x transposed per row block (D, rows), built once for all K steps
     xTs = [(i, x[i : i + bs].T.contiguous()) for i, bs in _blocks_of(n, d)] if gw is not None else []
