@@ -128,16 +128,8 @@ def _mix(z0: Tensor, zk: Tensor, lam: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # public functional API
 # ----------------------------------------------------------------------------------------------------------
-def nrpm_linear(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    lam: float | Tensor = 0.5,
-    K: int = 3,
-    eps: float = 1e-3,
-    backend: str = "auto",
-    straight_through: bool = False,
-) -> Tensor:
+def nrpm_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, lam: float | Tensor = 0.5, K: int = 3,
+                eps: float = 1e-3, backend: str = "auto", straight_through: bool = False) -> Tensor:
     """NRPM version of :func:`torch.nn.functional.linear` (Algorithm 1 with the ε of Algorithm 2).
 
     Args:

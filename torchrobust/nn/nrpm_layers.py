@@ -31,6 +31,7 @@ NRPM kernels (see :mod:`torchrobust.nn.nrpm`), never on the full product tensor.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -208,6 +209,34 @@ class _NRPMMixin(nn.Module):
             s += ", straight_through=True"
         return s
 
+    def _init_new(
+        self, make_base: Callable[[], nn.Module], lam: float, K: int, irls_eps: float, learn_lam: bool,
+        lam_parametrization: str, drop_bias: bool, backend: str,
+    ) -> None:
+        """The constructors' shared body: check λ/K/ε first (a bad value allocates nothing), then adopt the weight and
+        bias of the fresh plain layer ``make_base()``."""
+        _check(lam, K, irls_eps, lam_parametrization, backend)
+        self._adopt(make_base())
+        self._init_nrpm(lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend)
+        self._set_original(None)
+
+    def _adopt(self, m: Any) -> None:
+        raise NotImplementedError
+
+    def _new_plain(self) -> nn.Module:
+        raise NotImplementedError
+
+    def to_module(self) -> Any:
+        """The original plain layer (``nn.Linear`` / ``nn.Conv2d``; the same object, if built by :meth:`from_module`)
+        sharing this layer's ``weight`` and ``bias``; λ is discarded."""
+        orig = self._original
+        if orig is not None:
+            return orig
+        m = self._new_plain()
+        m.weight = self.weight
+        m.bias = self.bias
+        return m
+
     def _set_original(self, module: nn.Module | None) -> None:
         # Not registered as a submodule: its Parameters are ours already, and state_dict must not list them twice.
         object.__setattr__(self, "_original", module)
@@ -236,11 +265,8 @@ class NRPMLinear(_NRPMMixin):
     ) -> None:
         super().__init__()
         irls_eps = renamed_argument("NRPMLinear", "eps", "irls_eps", eps, irls_eps, IRLS_EPS)
-        _check(lam, K, irls_eps, lam_parametrization, backend)
-        base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._adopt(base)
-        self._init_nrpm(lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend)
-        self._set_original(None)
+        self._init_new(lambda: nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype),
+                       lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend)
 
     def _adopt(self, m: nn.Linear) -> None:
         self.in_features = m.in_features
@@ -251,16 +277,9 @@ class NRPMLinear(_NRPMMixin):
     _plain_type = nn.Linear
     _hint = "use NRPMConv2d.from_module for convolutions"
 
-    def to_module(self) -> nn.Linear:
-        """The original ``nn.Linear`` (the same object, if built by :meth:`from_module`); λ is discarded."""
-        orig = self._original
-        if orig is not None:
-            return orig
-        m = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                      device=self.weight.device, dtype=self.weight.dtype)
-        m.weight = self.weight
-        m.bias = self.bias
-        return m
+    def _new_plain(self) -> nn.Linear:
+        return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.drop_bias else self.bias
@@ -294,12 +313,9 @@ class NRPMConv2d(_NRPMMixin):
     ) -> None:
         super().__init__()
         irls_eps = renamed_argument("NRPMConv2d", "eps", "irls_eps", eps, irls_eps, IRLS_EPS)
-        _check(lam, K, irls_eps, lam_parametrization, backend)
-        base = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device=device, dtype=dtype)
-        self._adopt(base)
-        self._init_nrpm(lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend)
-        self._set_original(None)
+        self._init_new(lambda: nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                         bias, padding_mode, device=device, dtype=dtype),
+                       lam, K, irls_eps, learn_lam, lam_parametrization, drop_bias, backend)
 
     def _adopt(self, m: nn.Conv2d) -> None:
         for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
@@ -312,17 +328,10 @@ class NRPMConv2d(_NRPMMixin):
     _plain_type = nn.Conv2d
     _hint = "use NRPMLinear.from_module for linear layers"
 
-    def to_module(self) -> nn.Conv2d:
-        """The original ``nn.Conv2d`` (the same object, if built by :meth:`from_module`); λ is discarded."""
-        orig = self._original
-        if orig is not None:
-            return orig
-        m = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                      self.dilation, self.groups, self.bias is not None, self.padding_mode,
-                      device=self.weight.device, dtype=self.weight.dtype)
-        m.weight = self.weight
-        m.bias = self.bias
-        return m
+    def _new_plain(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.groups, self.bias is not None, self.padding_mode,
+                         device=self.weight.device, dtype=self.weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.drop_bias else self.bias
