@@ -64,19 +64,21 @@ def _conv_factory(hyper: HyperNetwork | None, reduce: Reduce, bias: bool = False
     return make
 
 
+def _shortcut(conv: ConvFactory, cin: int, cout: int, stride: int, name: str) -> nn.Sequential:
+    """The residual branch's skip: identity (an empty ``nn.Sequential``) when the shape is kept, else 1×1 conv + BN."""
+    if stride == 1 and cin == cout:
+        return nn.Sequential()
+    return nn.Sequential(conv(cin, cout, 1, stride, 0, f"{name}.shortcut.0"), nn.BatchNorm2d(cout))
+
+
 class _BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, conv: ConvFactory, cin: int, planes: int, stride: int, name: str) -> None:
         super().__init__()
-        self.conv1 = conv(cin, planes, 3, stride, 1, f"{name}.conv1")
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv(planes, planes, 3, 1, 1, f"{name}.conv2")
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != planes:
-            self.shortcut = nn.Sequential(conv(cin, planes, 1, stride, 0, f"{name}.shortcut.0"),
-                                          nn.BatchNorm2d(planes))
+        self.conv1, self.bn1 = conv(cin, planes, 3, stride, 1, f"{name}.conv1"), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = conv(planes, planes, 3, 1, 1, f"{name}.conv2"), nn.BatchNorm2d(planes)
+        self.shortcut = _shortcut(conv, cin, planes, stride, name)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -90,16 +92,10 @@ class _Bottleneck(nn.Module):
     def __init__(self, conv: ConvFactory, cin: int, planes: int, stride: int, name: str) -> None:
         super().__init__()
         out = planes * self.expansion
-        self.conv1 = conv(cin, planes, 1, 1, 0, f"{name}.conv1")
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv(planes, planes, 3, stride, 1, f"{name}.conv2")
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv(planes, out, 1, 1, 0, f"{name}.conv3")
-        self.bn3 = nn.BatchNorm2d(out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != out:
-            self.shortcut = nn.Sequential(conv(cin, out, 1, stride, 0, f"{name}.shortcut.0"),
-                                          nn.BatchNorm2d(out))
+        self.conv1, self.bn1 = conv(cin, planes, 1, 1, 0, f"{name}.conv1"), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = conv(planes, planes, 3, stride, 1, f"{name}.conv2"), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = conv(planes, out, 1, 1, 0, f"{name}.conv3"), nn.BatchNorm2d(out)
+        self.shortcut = _shortcut(conv, cin, out, stride, name)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
