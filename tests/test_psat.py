@@ -598,3 +598,15 @@ def test_strategies_are_str_enums_and_threat_aliases_come_from_threat_name() -> 
         canonical_threat("L3")
     assert psat.STRATEGIES == ("Linf", "L2", "L1", "natural", "max", "avg", "msd", "eat", "ramp")
     assert psat.MultiNormStrategy("msd") is psat.MultiNormStrategy.MSD
+
+
+def test_train_config_takes_the_train_enums_or_their_strings() -> None:
+    from torchrobust.train import OptimizerName, ScheduleName
+
+    cfg = psat.PSATTrainConfig(optimizer=OptimizerName.SGD, schedule=ScheduleName.COSINE).validate()
+    assert (cfg.optimizer, cfg.schedule) == ("sgd", "cosine") and type(cfg.optimizer) is str  # metadata unchanged
+    assert psat.PSATTrainConfig(optimizer="adam", schedule="none").validate().schedule == "none"
+    with pytest.raises(TorchRobustError, match="unknown optimizer 'rmsprop'; valid: adam, sgd"):
+        psat.PSATTrainConfig(optimizer="rmsprop").validate()
+    with pytest.raises(TorchRobustError, match="unknown schedule 'step'; valid: cosine, none, triangular"):
+        psat.PSATTrainConfig(schedule=ScheduleName.STEP).validate()  # needs milestones PSAT training has not

@@ -24,7 +24,6 @@ from .options import (
     positive_int,
 )
 
-PSAT_TABLE_FILES = ("psat_table.md", "psat_table.csv", "psat_table.tex", "psat_table.json", "psat_table_attacks.md")
 THREATS = tuple(t.value for t in ThreatName)
 # `paper adaptive` only (torchrobust.experiments.adaptive_reprogramming.run): option -> its value when not given
 ADAPTIVE_ONLY = {"--eps": ("eps", None), "--models": ("models", None), "--paradigms": ("paradigms", None),
@@ -99,43 +98,27 @@ def _check_autoattack(names: list[str] | None) -> list[str] | None:
 
 
 def cmd_psat_train(args: argparse.Namespace) -> int:
-    import torch
+    from ..psat.train import train_to_dir
 
-    from .. import data, psat
-    from ..validation import check_output_dir
-
-    names = [*(args.members or []), *(f"AT_{b}" for b in args.baselines or [])]
-    if not names:
-        raise TorchRobustError("nothing to train: --members and --baselines are both empty; name at least one")
-    check_output_dir(args.out, [f"{n}.safetensors" for n in names], overwrite=args.overwrite)
-    torch.manual_seed(args.seed)
-    x, y = data.as_tensors(data.load(args.data, "train", root=args.data_root), args.n_train)
-    kw: dict[str, Any] = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
-    steps = {t: args.steps for t in THREATS}
-    paths = psat.train_members(args.out, (x, y), threats=args.members, arch=args.arch, steps=steps, **kw) \
-        if args.members else {}
-    if args.baselines:
-        paths.update(psat.train_baselines(args.out, (x, y), strategies=args.baselines, steps=steps, **kw))
+    # train_to_dir refuses an empty selection and existing checkpoints in --out before any work
+    paths = train_to_dir(args.out, members=args.members or [], baselines=args.baselines or [], arch=args.arch,
+                         dataset=args.data, root=args.data_root, n_train=args.n_train, epochs=args.epochs,
+                         steps=args.steps, lr=args.lr, seed=args.seed, overwrite=args.overwrite)
     for name, p in paths.items():
         sys.stdout.write(f"saved {name}: {p}\n")
     return 0
 
 
 def cmd_psat_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .. import psat
-    from ..validation import check_output_dir
+    from ..psat.evaluation import evaluate_to_dir
 
     autoattack = _check_autoattack(args.autoattack)
     if not Path(args.run_dir).is_dir():
         raise TorchRobustError(f"PSAT run folder not found: {args.run_dir} (give the --out of psat train)")
-    check_output_dir(args.out or args.run_dir, PSAT_TABLE_FILES, overwrite=args.overwrite)
-    torch.manual_seed(args.seed)
-    steps = None if args.steps is None else {t: args.steps for t in THREATS}
-    rows = psat.evaluate(args.run_dir, n_test=args.n_examples, restarts=args.restarts, steps=steps,
-                         strategies=args.strategies, dataset=args.data, autoattack=autoattack)
-    paths = psat.write_tables(rows, args.out or args.run_dir)
+    # evaluate_to_dir refuses tables already in the output folder before any work
+    paths = evaluate_to_dir(args.run_dir, args.out, n_test=args.n_examples, restarts=args.restarts, steps=args.steps,
+                            strategies=args.strategies, dataset=args.data, autoattack=autoattack, seed=args.seed,
+                            overwrite=args.overwrite)
     sys.stdout.write(Path(paths["md"]).read_text())
     sys.stdout.write(f"\nwrote {', '.join(str(p) for p in paths.values())}\n")
     return 0

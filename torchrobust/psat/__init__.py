@@ -6,7 +6,9 @@
 * :mod:`~torchrobust.psat.train` — per-member single-norm AT and AT_max / AT_avg / AT_msd / E-AT / RAMP baselines.
 * :mod:`~torchrobust.psat.multinorm` — E-AT's extreme-norm adversary and RAMP's logit-pairing objective.
 * :mod:`~torchrobust.psat.metrics` — Table 1 metrics (clean, ℓ∞, ℓ2, ℓ1, max, union, avg, trade-off).
-* :mod:`~torchrobust.psat.evaluation` — :func:`evaluate` a run directory, :func:`write_tables`.
+* :mod:`~torchrobust.psat.evaluation` — :func:`evaluate` a run directory, :func:`write_tables`,
+  :func:`evaluate_to_dir` (both: ``torchrobust psat evaluate``); :func:`~torchrobust.psat.train.train_to_dir` is
+  ``torchrobust psat train``.
 
 >>> from torchrobust import psat
 >>> paths = psat.train_members("runs/psat", train_set, threats=["Linf", "L2", "L1"], epochs=1)
@@ -38,6 +40,7 @@ from torchrobust.psat.aggregate import (
 from torchrobust.psat.evaluation import (
     autoattack_attacks,
     evaluate,
+    evaluate_to_dir,
     format_routing,
     pgd_attacks,
     routing,
@@ -66,6 +69,7 @@ from torchrobust.psat.train import (
     train_baselines,
     train_members,
     train_model,
+    train_to_dir,
 )
 
 __all__ = [
@@ -74,8 +78,8 @@ __all__ = [
     "MultiNormRow", "PGDConfig",
     "PSATEnsemble", "PSATResNet", "PSATTrainConfig", "ParameterReport", "TrainingAdversary", "adaptive_attack",
     "autoattack_attacks", "format_attack_breakdown", "format_routing", "routing", "strongest",
-    "count_parameters", "create", "evaluate", "evaluate_multi_norm", "format_table", "hyper_msd_cnn",
+    "count_parameters", "create", "evaluate", "evaluate_multi_norm", "evaluate_to_dir", "format_table", "hyper_msd_cnn",
     "hyper_resnet18", "hyper_resnet50", "list_models", "load_ensemble", "load_member", "msd", "msd_cnn",
     "parameter_report", "pgd", "pgd_attacks", "plain_counterpart", "prediction_entropy", "train_baselines",
-    "train_members", "train_model", "trade_off", "worst_of", "write_tables",
+    "train_members", "train_model", "train_to_dir", "trade_off", "worst_of", "write_tables",
 ]

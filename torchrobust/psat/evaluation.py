@@ -31,8 +31,8 @@ from torchrobust.psat.train import data_tensors, load_member, member_path
 from torchrobust.tables import Column, ColumnKind, Table
 from torchrobust.validation import eval_mode
 
-__all__ = ["evaluate", "write_tables", "pgd_attacks", "autoattack_attacks", "routing", "format_routing", "EVAL_STEPS",
-           "EVAL_ALPHA"]
+__all__ = ["evaluate", "evaluate_to_dir", "write_tables", "TABLE_FILES", "pgd_attacks", "autoattack_attacks",
+           "routing", "format_routing", "EVAL_STEPS", "EVAL_ALPHA"]
 
 log = logging.getLogger(__name__)
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -241,3 +241,32 @@ def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],
     if breakdown:
         paths["attacks_md"] = write_texts(out_dir, f"{stem}_attacks", {"md": breakdown})["md"]
     return paths
+
+
+#: The files :func:`write_tables` writes with its default stem (the ``_attacks`` table only when rows carry one).
+TABLE_FILES = ("psat_table.md", "psat_table.csv", "psat_table.tex", "psat_table.json", "psat_table_attacks.md")
+
+
+def evaluate_to_dir(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
+                    n_test: int = 1000, restarts: int = 10, steps: int | None = None,
+                    strategies: Sequence[Strategy] = ("entropy",), dataset: str = "mnist",
+                    autoattack: Sequence[str] | None = None, seed: int = 0,
+                    overwrite: bool = False) -> dict[str, Path]:
+    """``torchrobust psat evaluate RUN_DIR``: :func:`evaluate` the run (PGD with ``steps`` per norm, default
+    :data:`EVAL_STEPS`, and ``restarts``; AutoAttack sub-attacks ``autoattack``) on the first ``n_test`` test
+    examples and :func:`write_tables` into ``out_dir`` (default: ``run_dir``).
+
+    Checks before any work that ``run_dir`` is a folder and that ``out_dir`` holds none of :data:`TABLE_FILES`
+    (unless ``overwrite``); seeds torch with ``seed``. Returns the written paths (keys as :func:`write_tables`).
+    """
+    from torchrobust.validation import check_output_dir
+
+    if not Path(run_dir).is_dir():
+        raise TorchRobustError(f"PSAT run directory not found: {run_dir}; pass the out_dir of train_members")
+    out = run_dir if out_dir is None else out_dir
+    check_output_dir(out, TABLE_FILES, overwrite=overwrite)
+    torch.manual_seed(seed)
+    rows = evaluate(run_dir, n_test=n_test, restarts=restarts,
+                    steps=None if steps is None else {t: steps for t in THREAT_NAMES},
+                    strategies=strategies, dataset=dataset, autoattack=autoattack)
+    return write_tables(rows, out)

@@ -40,32 +40,39 @@ from torchrobust.psat import models as psat_models
 from torchrobust.psat.adversary import MNIST_BUDGETS, STRATEGIES, MultiAdversary, TrainingAdversary
 from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
 from torchrobust.psat.multinorm import ramp_objective
+from torchrobust.train.loop import OptimizerName, ScheduleName
 
 if TYPE_CHECKING:
     from torchrobust.train.objectives import Objective
 
-__all__ = ["PSATTrainConfig", "train_model", "train_members", "train_baselines", "load_member", "load_ensemble",
-           "member_path"]
+__all__ = ["PSATTrainConfig", "train_model", "train_members", "train_baselines", "train_to_dir", "load_member",
+           "load_ensemble", "member_path"]
 
 log = logging.getLogger(__name__)
 Data = Dataset | tuple[Tensor, Tensor]
+#: The learning-rate schedules of PSAT training (those of :class:`~torchrobust.train.ScheduleName` that need no
+#: milestones or step sizes).
+SCHEDULES = (ScheduleName.TRIANGULAR, ScheduleName.COSINE, ScheduleName.NONE)
 
 
 @dataclass
 class PSATTrainConfig:
     """Optimiser / schedule / batching for one member or baseline (saved in the checkpoint metadata).
 
-    ``schedule``: ``"triangular"`` (robust_union MNIST: linear 0 → lr at 2/5 of training → 0), ``"cosine"`` or
-    ``"none"``. ``max_batches`` caps batches per epoch (quick runs).
+    ``optimizer``: an :class:`~torchrobust.train.OptimizerName` (``"adam"``, ``"sgd"``; plain strings accepted).
+    ``schedule``: one of :data:`SCHEDULES` (a :class:`~torchrobust.train.ScheduleName` or its string):
+    ``"triangular"`` (robust_union MNIST: linear 0 → lr at 2/5 of training → 0), ``"cosine"`` or ``"none"``.
+    :meth:`validate` stores both as the plain strings (so the checkpoint metadata is unchanged).
+    ``max_batches`` caps batches per epoch (quick runs).
     """
 
     epochs: int = 1
     batch_size: int = 100
-    optimizer: str = "adam"
+    optimizer: OptimizerName | str = OptimizerName.ADAM
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: str = "triangular"
+    schedule: ScheduleName | str = ScheduleName.TRIANGULAR
     seed: int = 0
     max_batches: int | None = None
     progress: bool = False
@@ -73,10 +80,19 @@ class PSATTrainConfig:
     def validate(self) -> PSATTrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise TorchRobustError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise TorchRobustError(f"unknown optimizer {self.optimizer!r}; valid: adam, sgd")
-        if self.schedule not in ("triangular", "cosine", "none"):
-            raise TorchRobustError(f"unknown schedule {self.schedule!r}; valid: cosine, none, triangular")
+        try:
+            self.optimizer = OptimizerName(self.optimizer).value
+        except ValueError:
+            raise TorchRobustError(f"unknown optimizer {str(self.optimizer)!r}; valid: "
+                                   f"{', '.join(sorted(o.value for o in OptimizerName))}") from None
+        try:
+            schedule = ScheduleName(self.schedule)
+        except ValueError:
+            schedule = None
+        if schedule not in SCHEDULES:
+            raise TorchRobustError(f"unknown schedule {str(self.schedule)!r}; valid: "
+                                   f"{', '.join(sorted(s.value for s in SCHEDULES))}")
+        self.schedule = schedule.value
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TorchRobustError(f"learning rate must be a positive number, got {self.lr}")
         return self
@@ -177,6 +193,35 @@ def train_baselines(out_dir: str | os.PathLike[str], data: Data, strategies: Seq
                    dict(steps or {"Linf": 10, "L2": 10, "L1": 10}), dict(alpha or {}))
     return _train_named(out_dir, data, [(f"AT_{s}", s) for s in strategies], run, cfg, device,
                         dict(msd_alpha or {}), msd_steps, "baseline")
+
+
+def train_to_dir(out_dir: str | os.PathLike[str], members: Sequence[str] = THREAT_NAMES,
+                 baselines: Sequence[str] = (), arch: str = "hyper_msd_cnn", dataset: str = "mnist",
+                 root: str | os.PathLike[str] | None = None, n_train: int | None = None, epochs: int = 1,
+                 steps: int = 10, lr: float = 1e-3, seed: int = 0, overwrite: bool = False) -> dict[str, Path]:
+    """``torchrobust psat train``: PSAT members (:func:`train_members`, one per threat model in ``members``) and
+    multi-norm baselines (:func:`train_baselines`, ``AT_<strategy>`` for each of ``baselines``) trained on the first
+    ``n_train`` (all when ``None``) training examples of ``dataset``, every adversary with ``steps`` PGD steps.
+
+    Checks before any work that there is something to train and that ``out_dir`` holds none of the checkpoints
+    (unless ``overwrite``); seeds torch with ``seed``. Returns name -> written checkpoint path, members first.
+    """
+    from torchrobust import data as trdata
+    from torchrobust.validation import check_output_dir
+
+    names = [*members, *(f"AT_{b}" for b in baselines)]
+    if not names:
+        raise TorchRobustError("nothing to train: --members and --baselines are both empty; name at least one")
+    check_output_dir(out_dir, [f"{n}.safetensors" for n in names], overwrite=overwrite)
+    torch.manual_seed(seed)
+    x, y = trdata.as_tensors(trdata.load(dataset, "train", root=root), n_train)
+    kw: dict[str, Any] = {"epochs": epochs, "lr": lr, "seed": seed}
+    steps_per_threat = {t: steps for t in THREAT_NAMES}
+    paths = train_members(out_dir, (x, y), threats=members, arch=arch, steps=steps_per_threat, **kw) \
+        if members else {}
+    if baselines:
+        paths.update(train_baselines(out_dir, (x, y), strategies=baselines, steps=steps_per_threat, **kw))
+    return paths
 
 
 def load_member(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
