@@ -444,19 +444,9 @@ def _check_fraction(name: str, value: object, example: float, closed: bool) -> f
 class APGDDLR(APGD):
     """:class:`APGD` on the DLR loss (AutoAttack's APGD-DLR); registered as ``"apgd-dlr"``."""
 
-    def __init__(
-        self,
-        threat: str | ThreatModel = "Linf",
-        eps: float | None = None,
-        steps: int = 100,
-        restarts: int | None = None,
-        loss: str = "dlr",
-        targeted: bool = False,
-        rho: float = 0.75,
-        momentum: float = 0.75,
-        seed: int | None = 0,
-        large_eps: bool | None = None,
-    ) -> None:
+    def __init__(self, threat: str | ThreatModel = "Linf", eps: float | None = None, steps: int = 100,
+                 restarts: int | None = None, loss: str = "dlr", targeted: bool = False, rho: float = 0.75,
+                 momentum: float = 0.75, seed: int | None = 0, large_eps: bool | None = None) -> None:
         super().__init__(threat, eps, steps, restarts, loss, targeted, rho, momentum, seed, large_eps)
 
 
