@@ -190,14 +190,8 @@ class Smooth:
         return counts
 
     # ------------------------------------------------------------------ PREDICT
-    def predict(
-        self,
-        x: torch.Tensor,
-        n: int = 100_000,
-        alpha: float = 0.001,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-    ) -> int:
+    def predict(self, x: torch.Tensor, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
+                generator: torch.Generator | None = None) -> int:
         """PREDICT (Cohen et al., Section 3.2): the smoothed class, or :data:`ABSTAIN`.
 
         Draws ``n`` noisy samples and returns the top class if the two-sided binomial test of the top count
@@ -214,15 +208,8 @@ class Smooth:
         return int(top2.indices[0])
 
     # ------------------------------------------------------------------ CERTIFY
-    def certify(
-        self,
-        x: torch.Tensor,
-        n0: int = 100,
-        n: int = 100_000,
-        alpha: float = 0.001,
-        batch_size: int = 1000,
-        generator: torch.Generator | None = None,
-    ) -> tuple[int, float]:
+    def certify(self, x: torch.Tensor, n0: int = 100, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
+                generator: torch.Generator | None = None) -> tuple[int, float]:
         """CERTIFY (Cohen et al., Section 3.2): ``(class, radius)`` or ``(ABSTAIN, 0.0)``.
 
         ``n0`` selection samples pick ``ĉ_A``; ``n`` fresh estimation samples give ``p_A`` ≥
