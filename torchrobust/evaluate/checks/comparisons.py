@@ -155,14 +155,11 @@ def check_convergence(accuracy: float, accuracy_more: float, *, threshold: float
     check_fraction("accuracy_more", accuracy_more)
     diff = float(accuracy) - float(accuracy_more)
     if abs(diff) >= threshold:
-        return Flag(
-            "NOT_CONVERGED", "warning",
-            f"doubling steps and restarts changes robust accuracy by {100 * diff:+.2f} pp "
-            f"({100 * accuracy:.2f}% -> {100 * accuracy_more:.2f}%)",
-            "the attack has not converged: keep doubling steps/restarts until the change is below 0.5 pp and report "
-            "the strongest run",
-            {"accuracy": float(accuracy), "accuracy_more": float(accuracy_more), "threshold": threshold},
-        )
+        change = f"{100 * diff:+.2f} pp ({100 * accuracy:.2f}% -> {100 * accuracy_more:.2f}%)"
+        fix = "keep doubling steps/restarts until the change is below 0.5 pp and report the strongest run"
+        return Flag("NOT_CONVERGED", "warning", f"doubling steps and restarts changes robust accuracy by {change}",
+                    f"the attack has not converged: {fix}",
+                    {"accuracy": float(accuracy), "accuracy_more": float(accuracy_more), "threshold": threshold})
     return None
 
 
