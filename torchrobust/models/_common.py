@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +12,9 @@ from torch import nn
 from ..errors import TorchRobustError, unknown_name
 from ..validation import check_positive_int
 
-__all__ = ["ACTIVATIONS", "make_activation", "check_positive_int", "check_input", "qualified_names", "jsonable"]
+__all__ = [
+    "ACTIVATIONS", "make_activation", "check_positive_int", "check_input", "qualified_names", "block_convs", "jsonable",
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -46,6 +48,19 @@ def check_input(x: torch.Tensor, in_channels: int, model: str, min_size: int = 1
     if min(x.shape[2], x.shape[3]) < min_size:
         raise TorchRobustError(f"{model} needs images of at least {min_size}x{min_size}, got "
                                f"{x.shape[2]}x{x.shape[3]}")
+
+
+def block_convs(root: nn.Module, blocks: Iterable[Any], convs: Callable[[Any], Sequence[nn.Module]],
+                shortcut: Callable[[Any], nn.Module | None] | None = None) -> list[str]:
+    """Qualified names of a residual network's forge insertion points (Chen et al. Fig. 2), block by block: the
+    block's ``convs(b)``, then its shortcut conv ``shortcut(b)`` when ``shortcut`` is given and the block has one."""
+    mods: list[nn.Module] = []
+    for b in blocks:
+        mods.extend(convs(b))
+        extra = None if shortcut is None else shortcut(b)
+        if extra is not None:
+            mods.append(extra)
+    return qualified_names(root, mods)
 
 
 def qualified_names(root: nn.Module, modules: Iterable[nn.Module]) -> list[str]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TorchRobustError
-from ._common import check_input, check_positive_int, qualified_names
+from ._common import block_convs, check_input, check_positive_int, qualified_names
 from .normalize import Floats, make_normalize
 
 __all__ = ["ResNet", "PreActResNet", "BasicBlock", "Bottleneck", "PreActBlock", "RESNET_BLOCKS"]
@@ -175,12 +175,7 @@ class ResNet(nn.Module):
         (default, docs/paper-code-facts.md#forged-function-resolutions item 5) includes them, ``False`` leaves
         the skip path untouched.
         """
-        mods: list[nn.Module] = []
-        for b in self.blocks():
-            mods.extend(b.convs())
-            if shortcuts and len(b.shortcut) > 0:
-                mods.append(b.shortcut[0])
-        return qualified_names(self, mods)
+        return block_convs(self, self.blocks(), lambda b: b.convs(), _shortcut_conv if shortcuts else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,9 +253,9 @@ class PreActResNet(nn.Module):
     def forge_insertion_points(self, shortcuts: bool = True) -> list[str]:
         """``conv1``, ``conv2`` and (``shortcuts=True``) the 1×1 shortcut conv of every block; each reads a ReLU
         output (Chen et al. Fig. 2; docs/paper-code-facts.md#forged-function-resolutions). The stem is excluded."""
-        mods: list[nn.Module] = []
-        for b in self.blocks():
-            mods += [b.conv1, b.conv2]
-            if shortcuts and len(b.shortcut) > 0:
-                mods.append(b.shortcut[0])
-        return qualified_names(self, mods)
+        return block_convs(self, self.blocks(), lambda b: (b.conv1, b.conv2), _shortcut_conv if shortcuts else None)
+
+
+def _shortcut_conv(block: nn.Module) -> nn.Module | None:
+    """The 1×1 conv of a block's ``shortcut`` ``Sequential`` (None for the identity shortcut)."""
+    return block.shortcut[0] if len(block.shortcut) > 0 else None  # type: ignore[arg-type,index]

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TorchRobustError
-from ._common import check_input, check_positive_int, make_activation, qualified_names
+from ._common import block_convs, check_input, check_positive_int, make_activation, qualified_names
 from .normalize import Floats, Normalize, make_normalize
 
 __all__ = ["WideResNet", "DMWideResNet", "WRNBasicBlock", "DMBlock"]
@@ -60,18 +60,25 @@ def _check_depth(depth: int, what: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _preact_pair(in_planes: int, out_planes: int, stride: int, activation: str,
+                 first_padding: int) -> tuple[nn.Module, ...]:
+    """BN, activation, 3×3 conv (``stride``, ``first_padding``), BN, activation, 3×3 conv: the layers of a
+    pre-activation wide block (Zagoruyko & Komodakis 2016), in creation order; the two blocks below store them under
+    RobustBench's two naming schemes."""
+    return (nn.BatchNorm2d(in_planes), make_activation(activation),
+            nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=first_padding, bias=False),
+            nn.BatchNorm2d(out_planes), make_activation(activation),
+            nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False))
+
+
 class WRNBasicBlock(nn.Module):
     """Pre-activation wide basic block with RobustBench's attribute names (``convShortcut`` etc.)."""
 
     def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0,
                  activation: str = "relu") -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.relu1 = make_activation(activation)
-        self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.relu2 = make_activation(activation)
-        self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1, self.relu1, self.conv1, self.bn2, self.relu2, self.conv2 = _preact_pair(
+            in_planes, out_planes, stride, activation, first_padding=1)
         self.drop_rate = float(drop_rate)
         self.equalInOut = in_planes == out_planes
         self.convShortcut = None if self.equalInOut else nn.Conv2d(
@@ -176,12 +183,8 @@ class WideResNet(nn.Module):
         ``conv1``, ``conv2`` and, with ``shortcuts=True`` (default), the 1×1 ``convShortcut``: it reads the same
         activation output as ``conv1``, so "before the convolutional layers" covers it. The stem is excluded.
         """
-        mods: list[nn.Module] = []
-        for b in self.blocks():
-            mods += [b.conv1, b.conv2]
-            if shortcuts and b.convShortcut is not None:
-                mods.append(b.convShortcut)
-        return qualified_names(self, mods)
+        return block_convs(self, self.blocks(), lambda b: (b.conv1, b.conv2),
+                           (lambda b: b.convShortcut) if shortcuts else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,12 +212,8 @@ class DMBlock(nn.Module):
         super().__init__()
         if stride not in (1, 2):
             raise TorchRobustError(f"DMWideResNet blocks support stride 1 or 2, got {stride}")
-        self.batchnorm_0 = nn.BatchNorm2d(in_planes)
-        self.relu_0 = make_activation(activation)
-        self.conv_0 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=0, bias=False)
-        self.batchnorm_1 = nn.BatchNorm2d(out_planes)
-        self.relu_1 = make_activation(activation)
-        self.conv_1 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.batchnorm_0, self.relu_0, self.conv_0, self.batchnorm_1, self.relu_1, self.conv_1 = _preact_pair(
+            in_planes, out_planes, stride, activation, first_padding=0)
         self.has_shortcut = in_planes != out_planes
         self.shortcut = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0,
                                   bias=False) if self.has_shortcut else None
@@ -304,9 +303,5 @@ class DMWideResNet(nn.Module):
         """``conv_0``, ``conv_1`` and (``shortcuts=True``, default) the 1×1 ``shortcut`` of every block: each
         reads an activation output (docs/paper-code-facts.md#forged-function-resolutions: right after each activation
         that feeds a conv). The stem ``init_conv`` is excluded."""
-        mods: list[nn.Module] = []
-        for b in self.blocks():
-            mods += [b.conv_0, b.conv_1]
-            if shortcuts and b.shortcut is not None:
-                mods.append(b.shortcut)
-        return qualified_names(self, mods)
+        return block_convs(self, self.blocks(), lambda b: (b.conv_0, b.conv_1),
+                           (lambda b: b.shortcut) if shortcuts else None)
