@@ -208,6 +208,131 @@ def test_shared_cli_options_are_declared_in_one_module() -> None:
         assert len(where) == 1 and where[0].startswith("torchrobust/cli/options.py:"), (option, where)
 
 
+# ------------------------------------------------------------------------------------- one library call per command
+#: Calls a command handler may make besides its one library call: reading its inputs (a checkpoint, a dataset,
+#: the torchrun rank's device) and looking up attack classes / threat models while it validates its options.
+CLI_INPUT_CALLS = {"torchrobust.checkpoint.load", "torchrobust.data.load", "torchrobust.data.as_tensors",
+                   "torchrobust.distributed.init_from_env", "torchrobust.distributed.device_for_rank",
+                   "torchrobust.attacks.attack_class", "torchrobust.attacks.get_threat"}
+#: Calls that write or seed: the library call does them, never a handler.
+CLI_FORBIDDEN_CALLS = {"open", "write_text", "write_bytes", "write_texts", "save", "atomic_write_bytes", "savefig",
+                       "mkdir", "manual_seed", "reprogram", "forge", "fit", "write_tables"}
+
+
+def _is_module(dotted: str) -> bool:
+    rel = Path(*dotted.split(".")[1:]) if "." in dotted else Path()
+    return dotted.startswith("torchrobust") and ((PACKAGE / rel).with_suffix(".py").is_file()
+                                                  or (PACKAGE / rel / "__init__.py").is_file())
+
+
+def _bindings(node: ast.AST, module: str) -> dict[str, str]:
+    """Local name -> the dotted torchrobust module or function it is bound to by the imports directly in ``node``."""
+    out: dict[str, str] = {}
+    for stmt in ast.walk(node):
+        if isinstance(stmt, ast.ImportFrom):
+            target = _resolve(stmt, module, False)
+            for alias in stmt.names:
+                if target.startswith("torchrobust"):
+                    out[alias.asname or alias.name] = f"{target}.{alias.name}"
+    return out
+
+
+def handler_calls(source: str, module: str) -> dict[str, tuple[list[int], list[str]]]:
+    """Per command handler (a function passed as ``set_defaults(fn=...)``) of a CLI module: the numbers of library
+    calls on each path through it (same-module helpers it calls are followed; input reads, ``check_*`` validators,
+    classes and calls into ``torchrobust.cli`` do not count) and the forbidden calls (writes, seeding, the work
+    itself) it or its helpers make."""
+    tree = ast.parse(source)
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    top = _bindings(ast.Module(body=[n for n in tree.body if not isinstance(n, ast.FunctionDef)], type_ignores=[]),
+                    module)
+
+    def target(call: ast.Call, names: dict[str, str]) -> str | None:
+        f = call.func
+        if isinstance(f, ast.Name):
+            return names.get(f.id)
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in names \
+                and _is_module(names[f.value.id]):
+            return f"{names[f.value.id]}.{f.attr}"
+        return None
+
+    def counts(fn: ast.FunctionDef, forbidden: list[str], stack: tuple[str, ...]) -> list[int]:
+        names = {**top, **_bindings(fn, module)}
+
+        def calls_in(node: ast.AST) -> int:
+            n = 0
+            for c in ast.walk(node):
+                if not isinstance(c, ast.Call):
+                    continue
+                callee = c.func.id if isinstance(c.func, ast.Name) else getattr(c.func, "attr", "")
+                if callee in CLI_FORBIDDEN_CALLS:
+                    forbidden.append(f"{fn.name}:{c.lineno} {callee}")
+                    continue
+                if isinstance(c.func, ast.Name) and c.func.id in funcs and c.func.id not in stack:
+                    n += max(counts(funcs[c.func.id], forbidden, (*stack, c.func.id)))
+                    continue
+                t = target(c, names)
+                last = (t or "").rsplit(".", 1)[-1]
+                if t and not t.startswith("torchrobust.cli") and not _is_module(t) and t not in CLI_INPUT_CALLS \
+                        and not last.startswith("check_") and not last[:1].isupper():
+                    n += 1
+            return n
+
+        def paths(stmts: list[ast.stmt]) -> list[tuple[int, str]]:
+            """(library calls, "" / "return" / "raise") of every path through ``stmts``."""
+            out = [(0, "")]
+            for s in stmts:
+                nxt: list[tuple[int, str]] = []
+                for n, end in out:
+                    if end:
+                        nxt.append((n, end))
+                    elif isinstance(s, ast.If):
+                        head = calls_in(s.test)
+                        nxt += [(n + head + m, e) for m, e in paths(s.body) + paths(s.orelse)]
+                    else:
+                        ends = {ast.Return: "return", ast.Raise: "raise"}
+                        nxt.append((n + calls_in(s), ends.get(type(s), "")))
+                out = nxt
+            return out
+
+        return [n for n, end in paths(fn.body) if end != "raise"]  # a path that raises a user error does no work
+
+    result: dict[str, tuple[list[int], list[str]]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "set_defaults":
+            for kw in node.keywords:
+                if kw.arg == "fn" and isinstance(kw.value, ast.Name):
+                    forbidden: list[str] = []
+                    n = counts(funcs[kw.value.id], forbidden, (kw.value.id,))
+                    result[kw.value.id] = (n, forbidden)
+    return result
+
+
+def test_the_handler_checker_counts_library_calls_per_path() -> None:
+    src = ("from ..checkpoint import load, save\nfrom ..x import work, other\nfrom .. import psat\n"
+           "def _helper(a):\n    return psat.run(a)\n"
+           "def cmd_a(args):\n    m = load(args.c)\n    if args.x:\n        return _helper(m)\n"
+           "    if not m:\n        raise E()\n    work(m)\n"
+           "    return 0\n"
+           "def cmd_b(args):\n    m = load(args.c)\n    out = work(m)\n    other(out)\n    save(m, args.out)\n"
+           "def register(sub):\n    sub.set_defaults(fn=cmd_a)\n    sub.set_defaults(fn=cmd_b)\n")
+    found = handler_calls(src, "torchrobust.cli.fake")
+    assert found["cmd_a"] == ([1, 1], [])
+    assert found["cmd_b"] == ([2], ["cmd_b:18 save"])
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "cli").glob("*.py")), ids=lambda p: p.name)
+def test_every_cli_command_is_one_library_call(path: Path) -> None:
+    """Each command parses, validates and makes one library call that does the work (issue 12): on every path
+    through a handler exactly one call of a torchrobust library function (besides reading inputs and ``check_*``
+    validation), and no writes or seeding of its own. ``info`` only lists names, so it has no such call."""
+    for name, (per_path, forbidden) in handler_calls(path.read_text(encoding="utf-8"), _module_name(path)).items():
+        assert forbidden == [], f"{path.name}: {name} writes or works itself: {forbidden}"
+        if name == "cmd_info":
+            continue
+        assert set(per_path) == {1}, f"{path.name}: {name} makes {per_path} library calls per path, not one"
+
+
 def test_citations_of_the_facts_document_resolve() -> None:
     """Every citation ``docs/paper-code-facts.md#<section>`` in the repository names one of its section headings."""
     doc = (REPO / "docs" / "paper-code-facts.md").read_text(encoding="utf-8")
