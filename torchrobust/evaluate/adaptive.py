@@ -64,6 +64,11 @@ log = logging.getLogger(__name__)
 _WHITEBOX = ("auto", "autoattack", "apgd", "pgd")
 
 
+def _fraction(mask: Tensor) -> float:
+    """The fraction of ``True`` entries of a per-example boolean mask."""
+    return float(mask.float().mean())
+
+
 @dataclass
 class AdaptiveResult:
     """Per-example results of :func:`evaluate_adaptive`.
@@ -93,11 +98,13 @@ class AdaptiveResult:
 
     @property
     def robust_accuracy(self) -> float:
-        return float(self.worst.float().mean())
+        """Worst-case robust accuracy: the fraction of examples that every attack of the suite leaves correct."""
+        return _fraction(self.worst)
 
     @property
     def clean_accuracy(self) -> float:
-        return float(self.clean.float().mean())
+        """Accuracy on the unperturbed examples."""
+        return _fraction(self.clean)
 
     @property
     def reliable(self) -> bool:
@@ -105,7 +112,7 @@ class AdaptiveResult:
 
     def accuracy(self, attack: str) -> float:
         """Robust accuracy under one attack alone."""
-        return float((self.clean & self.correct[attack]).float().mean())
+        return _fraction(self.clean & self.correct[attack])
 
     def worst_of(self, role: str) -> Tensor:
         """Per-example AND over the attacks of one role (and clean)."""
