@@ -38,18 +38,9 @@ def _load_with_train_data(in_path: str | os.PathLike[str], data: str, n: int | N
 
 
 def forge_checkpoint(
-    in_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    data: str = "mnist",
-    c_r: float = 2**-7,
-    n_calib: int | None = None,
-    where: Where = None,
-    per_channel: bool = False,
-    batch_size: int = 256,
-    seed: int = 0,
-    root: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
+    in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], data: str = "mnist", c_r: float = 2**-7,
+    n_calib: int | None = None, where: Where = None, per_channel: bool = False, batch_size: int = 256, seed: int = 0,
+    root: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu", progress: bool = False,
 ) -> Path:
     """``torchrobust forge CHECKPOINT``: load a torchrobust checkpoint, forge it, save the result.
 
