@@ -41,7 +41,8 @@ optimiser, LR scheduler, RNG states, epoch, batch and the epoch's permutation; s
 every epoch and every ``checkpoint_every`` steps. ``fit(..., resume_from=D)`` on a freshly built model continues
 from it: the data order depends only on ``(seed, epoch)`` and every RNG is restored, so the final weights are
 bitwise identical to the uninterrupted run's (the AWP modes carry no state across steps, :mod:`.awp`). A state
-from another configuration, model, data set or process count is refused. CLI: ``torchrobust train ... --checkpoint-every N`` (state in ``<out>.resume/``), rerun with
+from another configuration, model, data set or process count is refused. CLI: ``torchrobust train ...
+--checkpoint-every N`` (state in ``<out>.resume/``), rerun with
 ``--resume`` after a crash or ``kill -9``.
 """
 
@@ -54,7 +55,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import Enum, auto
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +103,17 @@ class OptimizerName(str, Enum):
 
 
 class ScheduleName(str, Enum):
-    """Learning-rate schedules (``TrainConfig.schedule``)."""
+    """Learning-rate schedules (``TrainConfig.schedule``); each value is its member's name in lower case."""
 
-    NONE = "none"
-    COSINE = "cosine"
-    STEP = "step"
-    MULTISTEP = "multistep"
-    ONECYCLE = "onecycle"
-    TRIANGULAR = "triangular"
+    def _generate_next_value_(name: str, start: int, count: int, last_values: list[Any]) -> str:
+        return name.lower()
+
+    NONE = auto()
+    COSINE = auto()
+    STEP = auto()
+    MULTISTEP = auto()
+    ONECYCLE = auto()
+    TRIANGULAR = auto()
 
     def __str__(self) -> str:
         return self.value
