@@ -408,3 +408,19 @@ def test_lam_parametrization_is_a_str_enum() -> None:
     assert NRPMLinear(3, 2, lam_parametrization="clamp").lam_parameter is not None
     with pytest.raises(TorchRobustError, match="unknown lam_parametrization 'tanh'; valid: clamp, sigmoid"):
         NRPMLinear(3, 2, lam_parametrization="tanh")
+
+
+def test_reprogram_checkpoint_validates_then_loads_reprograms_and_saves(tmp_path) -> None:
+    from torchrobust import checkpoint
+    from torchrobust.experiments.workflows import reprogram_checkpoint
+
+    src = checkpoint.save(create("mlp", widths=[16]), tmp_path / "m.safetensors")
+    with pytest.raises(TorchRobustError, match="outside"):  # checked before the (missing) checkpoint is read
+        reprogram_checkpoint(tmp_path / "missing.safetensors", tmp_path / "r.safetensors", lam=1.5)
+    out = reprogram_checkpoint(src, tmp_path / "r.safetensors", lam=0.25, K=1)
+    with pytest.raises(TorchRobustError, match="already exists"):
+        reprogram_checkpoint(src, out)
+    meta = checkpoint.load_metadata(out)["metadata"]
+    assert meta["reprogrammed_from"] == str(src) and meta["paradigm"] == 1
+    layers = [m for m in checkpoint.load(out).modules() if isinstance(m, NRPMLinear)]
+    assert layers and all(float(m.lam) == 0.25 and m.K == 1 for m in layers)
