@@ -52,7 +52,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -89,7 +89,7 @@ class AttackBudget:
     pgd_steps: int = 20
     steps: int = 100
     restarts: int = 1
-    whitebox: str = "auto"
+    whitebox: Literal["auto", "autoattack", "apgd", "pgd"] = "auto"
     square_queries: int = 1000
     spsa_steps: int = 50
     spsa_samples: int = 64
