@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -343,3 +346,79 @@ def test_citations_of_the_facts_document_resolve() -> None:
            for m in re.finditer(r"paper-code-facts\.md#([\w-]+)", path.read_text(encoding="utf-8", errors="replace"))
            if m.group(1) not in anchors]
     assert bad == [], f"citations of missing sections of docs/paper-code-facts.md: {bad}"
+
+
+# ------------------------------------------------------------------------------------------ repeated code (issue 12)
+#: The shortest run of repeated lines that counts as duplicated code.
+WINDOW = 6
+_TRIVIAL = re.compile(r"[\s()\[\]{},:]*|(import|from) .*|@\w+|(return|pass|else:|try:|finally:|continue|break)\b.{0,9}")
+
+
+def _kept_lines(source: str, path: str) -> list[tuple[int, str]]:
+    """``(line number, text)`` of the lines that count: white space folded, comments, docstrings, imports, blank and
+    trivial lines dropped; in ``attacks/`` the bodies of ``__init__`` (the constructors' argument validation, which
+    the issue exempts) are dropped too."""
+    tree = ast.parse(source)
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            skip.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
+        if path.startswith("torchrobust/attacks/") and isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            skip.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    kept = []
+    for number, line in enumerate(source.splitlines(), 1):
+        text = " ".join(re.sub(r"(^|\s)#.*$", "", line).split())
+        if number not in skip and not _TRIVIAL.fullmatch(text):
+            kept.append((number, text))
+    return kept
+
+
+def repeated_runs(sources: dict[str, str], window: int = WINDOW) -> list[str]:
+    """``"a.py:L ~ b.py:M"`` for each place where ``window`` consecutive kept lines stand again elsewhere."""
+    seen: dict[tuple[str, ...], str] = {}
+    found: list[str] = []
+    for path, source in sorted(sources.items()):
+        kept = _kept_lines(source, path)
+        last = -window
+        for i in range(len(kept) - window + 1):
+            key = tuple(text for _, text in kept[i: i + window])
+            first = seen.setdefault(key, f"{path}:{kept[i][0]}")
+            if first != f"{path}:{kept[i][0]}" and i >= last + window:  # one row per run, not per window
+                found.append(f"{first} ~ {path}:{kept[i][0]}")
+                last = i
+    return found
+
+
+def test_the_repeat_checker_sees_copies_and_passes_over_noise() -> None:
+    body = "".join(f"    v{i} = f(x, {i})  # step {i}\n" for i in range(6))
+    assert repeated_runs({"torchrobust/a.py": f"def g(x):\n{body}", "torchrobust/b.py": f"def h(y):\n{body}\n"}) \
+        == ["torchrobust/a.py:2 ~ torchrobust/b.py:2"]
+    five = "".join(body.splitlines(keepends=True)[:5])
+    assert repeated_runs({"torchrobust/a.py": f"def g(x):\n{body}", "torchrobust/b.py": f"def h(y):\n{five}"}) == []
+    inits = {f"torchrobust/attacks/{n}.py": f"class A:\n    def __init__(self, x):\n{textwrap.indent(body, '    ')}"
+             for n in "ab"}
+    assert repeated_runs(inits) == []
+    assert len(repeated_runs({k.replace("attacks/", ""): v for k, v in inits.items()})) == 1
+
+
+def test_no_six_lines_of_code_stand_twice() -> None:
+    """Issue 12: no two places in torchrobust/ share six or more identical lines of code (white space, comments and
+    docstrings aside), except the argument validation of the attack constructors."""
+    assert repeated_runs(_sources()) == []
+
+
+def test_the_duplicates_tool_finds_no_repeated_shapes() -> None:
+    """The stricter check (same shape with other names) when the ``duplicates`` tool is installed; the attack
+    constructors' validation boilerplate is what it may report."""
+    tool = shutil.which("duplicates")
+    if tool is None:
+        pytest.skip("the duplicates tool is not on PATH (test_no_six_lines_of_code_stand_twice covers exact copies)")
+    out = subprocess.run([tool, "--repo", "torchrobust", "--most", "200", "--seconds", "60"], cwd=PACKAGE.parent,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "incomplete:" not in out, out
+    rows = [r for r in out.splitlines() if re.match(r"D\d+ ", r)]
+    bad = [r for r in rows if not all(side.strip().startswith("attacks/") for side in r.split(" ", 1)[1].split("~"))
+           or "boilerplate" not in r]
+    assert bad == [], "\n".join(bad)
