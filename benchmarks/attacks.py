@@ -213,7 +213,7 @@ def main_default(args: argparse.Namespace) -> None:
 
     from torchrobust import data, reprogram
     from torchrobust.evaluate import sweep
-    from torchrobust.evaluate.sweep import DEFAULT_ATTACKS
+    from torchrobust.evaluate.sweeps import DEFAULT_ATTACKS
 
     warnings.filterwarnings("ignore", message=".*zero gradient.*")  # the reference warns per run on flat DLR points
     torch.set_num_threads(args.threads)

@@ -427,7 +427,7 @@ def _pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: object)
 
 
 def _forge(x: torch.Tensor) -> object:
-    from torchrobust.forge import forge
+    from torchrobust.forging import forge
 
     return forge(_mlp(), x, c_r=2**-7)
 

@@ -15,9 +15,9 @@ from torch import nn
 import torchrobust as tr
 from torchrobust.errors import TorchRobustError
 from torchrobust.evaluate.engine import Job, run_plan
-from torchrobust.forge import forge, forged_modules, insertion_points, unforge
+from torchrobust.forging import forge, forged_modules, insertion_points, unforge
 from torchrobust.models import structure
-from torchrobust.reprogram import nrpm_layers, reprogram, select_layers, unreprogram
+from torchrobust.reprogramming import nrpm_layers, reprogram, select_layers, unreprogram
 
 # (library, name, constructor kwargs, input side): the reduced input size each architecture allows
 MODELS = [

@@ -12,7 +12,7 @@ from torch import nn
 
 import torchrobust as tr
 from torchrobust.errors import TorchRobustError
-from torchrobust.forge import (
+from torchrobust.forging import (
     CrSearchResult,
     calibrate,
     forge,
@@ -24,7 +24,7 @@ from torchrobust.forge import (
     set_c_r,
     unforge,
 )
-from torchrobust.forge.search import _choose
+from torchrobust.forging.search import _choose
 from torchrobust.nn.forged import Forged, PreForged, bpda, bpda_mode
 
 VALUES = torch.tensor([-4.0, -2.0, -1.9, 0.0, 1.0, 2.0, 2.1, 3.0])

@@ -22,7 +22,7 @@ from torchrobust.evaluate.lipschitz import (
     masked_spectral_norm,
     spectral_norm,
 )
-from torchrobust.forge import forge, forged_modules
+from torchrobust.forging import forge, forged_modules
 
 
 def _dense(conv: nn.Conv2d, shape: tuple[int, ...]) -> torch.Tensor:

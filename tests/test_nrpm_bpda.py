@@ -229,7 +229,7 @@ def test_checks_recognise_nrpm_surrogate(monkeypatch: pytest.MonkeyPatch) -> Non
     masking ("jump"); undeclared they are flagged MISSING_BPDA_SURROGATE, declared (as now) they are accepted,
     and check_bpda_evaluated then asks for an evaluation under BPDA."""
     from torchrobust import data
-    from torchrobust.reprogram import reprogram
+    from torchrobust.reprogramming import reprogram
 
     x, y = data.as_tensors(data.load("mnist", "test"), n=2008)
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch
 
 import torchrobust as tr
 from torchrobust.nn.nrpm import compiler_available
-from torchrobust.reprogram import set_K, set_lam
+from torchrobust.reprogramming import set_K, set_lam
 
 
 @pytest.mark.skipif(not compiler_available("cpu"), reason="torch.compile (inductor) is not usable on this machine")

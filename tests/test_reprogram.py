@@ -13,7 +13,7 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.evaluate.embeddings import embedding_differences, embedding_layers, plot_embeddings
 from torchrobust.models import create
 from torchrobust.nn import NRPMConv2d, NRPMLinear
-from torchrobust.reprogram import (
+from torchrobust.reprogramming import (
     is_reprogrammed,
     lam_sweep,
     learned_lams,

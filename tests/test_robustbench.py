@@ -7,7 +7,7 @@ import torch
 
 import torchrobust as tr
 from torchrobust.errors import TorchRobustError
-from torchrobust.forge import forge, forged_modules
+from torchrobust.forging import forge, forged_modules
 from torchrobust.robustbench import DM_NORMALIZATION, infer_architecture, load_robustbench, read_state_dict
 
 X = torch.rand(2, 3, 32, 32)

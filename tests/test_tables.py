@@ -126,7 +126,7 @@ def test_report_renders_by_the_stored_column_kinds(tmp_path) -> None:
 
 
 def test_accuracy_table_types_text_columns_as_text() -> None:
-    from torchrobust.evaluate.sweep import accuracy_table
+    from torchrobust.evaluate.sweeps import accuracy_table
 
     t = accuracy_table([{"eps": 0.1, "pgd": 0.5, "reliable": "yes"}, {"eps": 0.2, "pgd": 0.25, "reliable": "no"}])
     assert [c.kind for c in t.columns] == [ColumnKind.FLOAT, ColumnKind.PERCENT, ColumnKind.TEXT]

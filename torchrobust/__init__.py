@@ -24,17 +24,17 @@ _SUBMODULES = {"data", "models", "attacks", "nn", "train", "evaluate", "checkpoi
 _FUNCTIONS = {
     "save": ("checkpoint", "save"),
     "load": ("checkpoint", "load"),
-    "unreprogram": ("reprogram", "unreprogram"),
-    "unforge": ("forge", "unforge"),
+    "unreprogram": ("reprogramming", "unreprogram"),
+    "unforge": ("forging", "unforge"),
+    "reprogram": ("reprogramming", "reprogram"),
+    "forge": ("forging", "forge"),
 }
 
-# ``reprogram`` and ``forge`` are both a module and its main function; importing the functions here binds the
-# package attributes to the functions once and for all (a lazy import would let the submodule shadow them).
+# ``reprogram`` and ``forge`` are functions only: their modules are ``reprogramming`` and ``forging`` (moved in 0.2,
+# issue 12), so importing a submodule never rebinds these attributes and they can be resolved lazily like the others.
 from .errors import TorchRobustError as TorchRobustError  # noqa: E402
-from .forge import forge as forge  # noqa: E402
-from .reprogram import reprogram as reprogram  # noqa: E402
 
-__all__ = sorted(_SUBMODULES | set(_FUNCTIONS) | {"__version__", "forge", "reprogram", "TorchRobustError"})
+__all__ = sorted(_SUBMODULES | set(_FUNCTIONS) | {"__version__", "TorchRobustError"})
 
 
 def __getattr__(name: str) -> Any:

@@ -144,11 +144,11 @@ def _apply_transforms(model: nn.Module, transforms: list[Mapping[str, Any]]) -> 
         if not isinstance(kwargs, dict):
             raise TorchRobustError(f"checkpoint transform {name!r} has kwargs that are not an object; re-save it")
         if name == "reprogram":
-            from .reprogram import reprogram as apply
+            from .reprogramming import reprogram as apply
             if "eps" in kwargs and "irls_eps" not in kwargs:  # written before the IRLS damping was renamed
                 kwargs = {("irls_eps" if k == "eps" else k): v for k, v in kwargs.items()}
         elif name == "forge":
-            from .forge.surgery import forge
+            from .forging.surgery import forge
 
             def apply(m: nn.Module, inplace: bool, **kw: Any) -> nn.Module:
                 return forge(m, None, inplace=inplace, **kw)

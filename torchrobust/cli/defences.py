@@ -37,7 +37,7 @@ def cmd_reprogram(args: argparse.Namespace) -> int:
 
 
 def cmd_forge(args: argparse.Namespace) -> int:
-    from ..forge import forge_checkpoint, search_checkpoint
+    from ..forging import forge_checkpoint, search_checkpoint
     from ..validation import check_output_dir, check_output_file
 
     if args.search:

@@ -61,7 +61,7 @@ def _check_evaluate_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         check_output_dir(args.out, ADAPTIVE_FILES, overwrite=args.overwrite)
         return {}
     if args.attacks is None:
-        from ..evaluate.sweep import DEFAULT_ATTACKS
+        from ..evaluate.sweeps import DEFAULT_ATTACKS
 
         args.attacks = list(DEFAULT_ATTACKS)
     if not args.attacks:

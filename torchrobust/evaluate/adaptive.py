@@ -309,10 +309,10 @@ def undefended_base(model: nn.Module) -> nn.Module | None:
     copy — the source model of the transfer attack. ``None`` when ``model`` carries no such defence."""
     import copy
 
-    from ..forge.calibration import is_forged
-    from ..forge.surgery import unforge
+    from ..forging.calibration import is_forged
+    from ..forging.surgery import unforge
     from ..nn import NRPMConv2d, NRPMLinear
-    from ..reprogram import unreprogram
+    from ..reprogramming import unreprogram
 
     has_nrpm = any(isinstance(m, (NRPMLinear, NRPMConv2d)) for m in model.modules())
     if not has_nrpm and not is_forged(model):

@@ -257,7 +257,7 @@ def _nanmax(t: torch.Tensor) -> float:
 
 
 def _iter_x(data: Any, n: int | None, batch_size: int) -> Iterator[torch.Tensor]:
-    from torchrobust.forge.calibration import calibration_batches
+    from torchrobust.forging.calibration import calibration_batches
 
     batches, _ = calibration_batches(data, batch_size, None)
     seen = 0

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..errors import TorchRobustError
 from ..io import atomic_write_bytes
 from .adaptive import AdaptiveResult, evaluate_adaptive, undefended_base
-from .sweep import DEFAULT_ATTACKS, SweepResult, accuracy_table, sweep, write_table_files
+from .sweeps import DEFAULT_ATTACKS, SweepResult, accuracy_table, sweep, write_table_files
 
 __all__ = ["evaluate", "evaluate_to_dir", "write_adaptive", "SUITES"]
 

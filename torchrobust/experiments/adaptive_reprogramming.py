@@ -151,7 +151,7 @@ def _write_json(path: Path, doc: Any) -> None:
 
 
 def _lams(model: nn.Module) -> list[float] | None:
-    from torchrobust.reprogram import is_reprogrammed, learned_lams
+    from torchrobust.reprogramming import is_reprogrammed, learned_lams
 
     if not is_reprogrammed(model):
         return None
@@ -159,7 +159,7 @@ def _lams(model: nn.Module) -> list[float] | None:
 
 
 def _K(model: nn.Module) -> int | None:
-    from torchrobust.reprogram import nrpm_layers
+    from torchrobust.reprogramming import nrpm_layers
 
     ks = {int(getattr(m, "K", -1)) for m in nrpm_layers(model).values()}
     return ks.pop() if len(ks) == 1 else None
@@ -497,7 +497,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
                 rows[(arch, p)] = row
                 base = None
                 if p > 0 and model is not None and not report_only:
-                    from torchrobust.reprogram import unreprogram
+                    from torchrobust.reprogramming import unreprogram
 
                     base = unreprogram(copy.deepcopy(model)).eval()
                 # a model that could not be loaded (report_only without its checkpoint) is checked on data only

@@ -38,7 +38,7 @@ from typing import Any
 from ..checkpoint import atomic_write_bytes, save
 from ..errors import TorchRobustError
 from ..evaluate import SweepResult, plot_accuracy_vs_eps, sweep, write_table_files
-from ..evaluate.sweep import WEAK_NOTE, accuracy_table
+from ..evaluate.sweeps import WEAK_NOTE, accuracy_table
 
 __all__ = ["run_demo", "comparison_rows"]
 
@@ -76,7 +76,7 @@ def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = N_TEST, steps: 
     import torch
 
     from .. import data, models
-    from ..reprogram import learned_lams, reprogram, set_paradigm
+    from ..reprogramming import learned_lams, reprogram, set_paradigm
     from ..train import TrainConfig, fit
 
     if isinstance(p3_steps, bool) or not isinstance(p3_steps, int) or p3_steps < 1:

@@ -208,7 +208,7 @@ def reprogram_paper(pw: PaperWeights, *, K: int, irls_eps: float, lam: float | d
     the code's ``--paradigm 2``); a raw λ outside [0, 1] is refused. ``K``, ``irls_eps``: the IRLS steps and ε of
     paper Algorithm 2 (the code: K = 1; ε 5e-5 for the MLP, 1e-3 for LeNet).
     """
-    from torchrobust.reprogram import reprogram
+    from torchrobust.reprogramming import reprogram
 
     if lam_transform not in ("raw", "sigmoid"):
         raise TorchRobustError(f"unknown lam_transform {lam_transform!r}; valid: raw, sigmoid")

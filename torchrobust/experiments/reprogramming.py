@@ -55,11 +55,11 @@ from torchrobust.experiments.reprogramming_protocol import (
     linear_mlp,
     load_mnist,
 )
-from torchrobust.reprogram import reprogram, set_K, set_lam, set_paradigm
+from torchrobust.reprogramming import reprogram, set_K, set_lam, set_paradigm
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["run", "PRESETS", "Profile", "PROFILES", "PAPER", "fgsm_sweep", "linear_mlp", "load_mnist", "EPS_GRID",
-           "train_paper_model", "PARADIGM1", "BACKBONE_SPECS"]
+           "train_paper_model", "PARADIGM1", "BACKBONE_SPECS", "report_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -393,10 +393,45 @@ def _markdown(name: str, result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_tables(result: dict[str, Any]) -> dict[str, Table]:
+    """The flat, typed tables of a preset result for ``torchrobust report``: ``"table"`` (FGSM, ours and paper
+    rows) and, when rows carry PGD numbers, ``"pgd_table"``. Accuracies are ``PERCENT`` columns holding fractions
+    (the nested result stores them in %)."""
+    title = str(result.get("title") or result.get("preset") or "")
+
+    def pct(name: str, label: str | None = None) -> Column:
+        return Column(name, ColumnKind.PERCENT, digits=1, label=label, missing="–")
+
+    def frac(vals: Sequence[float] | None) -> dict[str, float]:
+        return {f"ε={e:g}": v / 100 for e, v in zip(EPS_GRID, vals, strict=True)} if vals else {}
+
+    def lams(v: Any) -> str | None:
+        return None if v is None else str(v)
+
+    fgsm = Table([Column("row", ColumnKind.TEXT), Column("source", ColumnKind.TEXT),
+                  *(pct(f"ε={e:g}") for e in EPS_GRID), Column("λ", ColumnKind.TEXT, missing="")], [],
+                 title=f"{title} — FGSM (ours vs paper)")
+    for r in result["rows"]:
+        fgsm.rows.append({"row": r["row"], "source": "ours", **frac(r["fgsm"]), "λ": lams(r.get("lams"))})
+        if r.get("paper_fgsm") is not None:
+            fgsm.rows.append({"row": r["row"], "source": "paper", **frac(r["paper_fgsm"]),
+                              "λ": lams(r.get("paper_lams"))})
+    out = {"table": fgsm}
+    pgd_rows = [r for r in result["rows"] if "pgd20" in r]
+    if pgd_rows:
+        keys = list(pgd_rows[0]["pgd20"].keys())
+        out["pgd_table"] = Table([Column("row", ColumnKind.TEXT),
+                                  *(pct(k, "clean" if k == "clean" else f"ε={k}") for k in keys)],
+                                 [{"row": r["row"], **{k: r["pgd20"][k] / 100 for k in keys}} for r in pgd_rows],
+                                 title=f"{title} — PGD-{result['config']['pgd_steps']}")
+    return out
+
+
 def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool = False, *,
         profile: str | None = None, seed: int = 0, n_pgd: int | None = None, device: str | None = None,
         progress: bool = False, threads: int | None = 1, weights: str | Path | None = None) -> dict[str, Any]:
-    """Run one preset and write ``<name>.json`` and ``<name>.md`` (plus figures) into ``out_dir``.
+    """Run one preset and write ``<name>.json`` and ``<name>.md`` (plus figures) into ``out_dir``, and the flat
+    :func:`report_tables` as ``<name>_table.json`` (and ``<name>_pgd_table.json``) for ``torchrobust report``.
 
     Args:
         name: a key of :data:`PRESETS` (``table1``, ``table2``, ``table3``, ``table7``, ``table8``, ``lenet``).
@@ -475,7 +510,11 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
     from torchrobust.io import atomic_write_bytes
 
     atomic_write_bytes(out / f"{name}.md", md.encode("utf-8"))
-    result["files"] = [f"{name}.json", f"{name}.md", *(result.get("figures") or {}).values()]
+    tables = report_tables(result)
+    for key, tab in tables.items():  # flat Table JSON beside the nested result: what torchrobust report reads
+        atomic_write_bytes(out / f"{name}_{key}.json", tab.to_json().encode("utf-8"))
+    result["files"] = [f"{name}.json", f"{name}.md", *(f"{name}_{key}.json" for key in tables),
+                       *(result.get("figures") or {}).values()]
     atomic_write_bytes(out / f"{name}.json", (json.dumps(result, indent=1, default=str) + "\n").encode("utf-8"))
     logger.info("preset %s done in %.0f s; wrote %s", name, wall, out)
     return result

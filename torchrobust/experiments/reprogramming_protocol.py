@@ -43,7 +43,7 @@ from torch import nn
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.experiments.paper_numbers import EPS_GRID
-from torchrobust.reprogram import learned_lams
+from torchrobust.reprogramming import learned_lams
 
 __all__ = ["Profile", "PROFILES", "PresetContext", "fgsm_sweep", "linear_mlp", "lenet", "load_mnist",
            "learned_lams_list"]

@@ -1,9 +1,9 @@
 """Checkpoint-to-checkpoint workflows of the defences: ``torchrobust reprogram CHECKPOINT``.
 
 :func:`reprogram_checkpoint` loads a torchrobust checkpoint (:func:`torchrobust.checkpoint.load`), applies NRPM
-(:func:`torchrobust.reprogram.reprogram`, paper Sec. 4, Algorithm 1; paradigm 1: fixed λ and K, no training) and
+(:func:`torchrobust.reprogramming.reprogram`, paper Sec. 4, Algorithm 1; paradigm 1: fixed λ and K, no training) and
 saves the result (:func:`torchrobust.checkpoint.save`) with its provenance in the metadata. The forged-threshold
-counterparts are :func:`torchrobust.forge.forge_checkpoint` and :func:`torchrobust.forge.search_checkpoint`.
+counterparts are :func:`torchrobust.forging.forge_checkpoint` and :func:`torchrobust.forging.search_checkpoint`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from numbers import Real
 from pathlib import Path
 
-from torchrobust.reprogram import IRLS_EPS, LamSpec, LayerSpec
+from torchrobust.reprogramming import IRLS_EPS, LamSpec, LayerSpec
 from torchrobust.validation import check_irls_eps, check_irls_steps, check_lam, check_output_file
 
 __all__ = ["reprogram_checkpoint"]
@@ -30,7 +30,7 @@ def reprogram_checkpoint(
 ) -> Path:
     """``torchrobust reprogram CHECKPOINT``: load a checkpoint, NRPM-reprogram it (paradigm 1), save the result.
 
-    ``lam``, ``K``, ``irls_eps`` and ``layers`` are those of :func:`torchrobust.reprogram.reprogram` (λ weighs the
+    ``lam``, ``K``, ``irls_eps`` and ``layers`` are those of :func:`torchrobust.reprogramming.reprogram` (λ weighs the
     linear LPM term of Algorithm 1; K Newton-IRLS steps of Eq. (3); ``irls_eps`` the damping of the IRLS weights,
     Appendix Algorithm 2). The output path (refused if it exists, unless ``overwrite``) and the scalar arguments
     are checked before the checkpoint is read. The saved metadata records ``reprogrammed_from`` (``in_path``) and
@@ -38,7 +38,7 @@ def reprogram_checkpoint(
     Returns the written path.
     """
     from torchrobust import checkpoint
-    from torchrobust.reprogram import reprogram
+    from torchrobust.reprogramming import reprogram
 
     check_output_file(out_path, overwrite=overwrite, flag="output")
     if isinstance(lam, Real):

@@ -18,8 +18,8 @@ torchvision or timm classifier, a user's own network -- is analysed here:
   ``nn.MultiheadAttention`` reads its ``in_proj_weight``/``out_proj.weight`` directly, so nothing inside it can be
   swapped: its internals are skipped (torchvision's ViT keeps its MLP Linears only).
 
-Defaults derived from it (used by :func:`torchrobust.reprogram.select_layers` and
-:func:`torchrobust.forge.insertion_points` when the model has no hook):
+Defaults derived from it (used by :func:`torchrobust.reprogramming.select_layers` and
+:func:`torchrobust.forging.insertion_points` when the model has no hook):
 
 * :func:`default_nrpm_layers`: the main-path Linear/Conv2d layers of every residual block plus the Linear layers of
   every attention module -- conv blocks' convs, transformers' attention ``qkv``/``proj`` and MLP ``fc1``/``fc2`` --
@@ -295,7 +295,7 @@ def _hooked(model: nn.Module, hook: str) -> list[str] | None:
 
 
 def default_nrpm_layers(model: nn.Module) -> list[str]:
-    """The layers :func:`torchrobust.reprogram.reprogram` replaces by default: ``model.nrpm_default_layers()`` when
+    """The layers :func:`torchrobust.reprogramming.reprogram` replaces by default: ``model.nrpm_default_layers()`` when
     defined, else :func:`structural_nrpm_layers`, else every replaceable layer (empty when there is none)."""
     hooked = _hooked(model, "nrpm_default_layers")
     if hooked is not None:
@@ -304,7 +304,7 @@ def default_nrpm_layers(model: nn.Module) -> list[str]:
 
 
 def default_insertion_points(model: nn.Module) -> list[str]:
-    """The layers :func:`torchrobust.forge.forge` puts a forged threshold before by default:
+    """The layers :func:`torchrobust.forging.forge` puts a forged threshold before by default:
     ``model.forge_insertion_points()`` when defined, else :func:`structural_insertion_points`, else every wrappable
     layer but the first, which sees the raw input (empty when that leaves nothing)."""
     hooked = _hooked(model, "forge_insertion_points")

@@ -213,7 +213,7 @@ class Forged(nn.Module):
             self._warned_uncalibrated = True
             warnings.warn(
                 "Forged module has c_r > 0 but was never calibrated (b = 0), so it is the identity; "
-                "run torchrobust.forge.calibrate(model, data) or load a calibrated state dict",
+                "run torchrobust.forging.calibrate(model, data) or load a calibrated state dict",
                 UserWarning,
                 stacklevel=2,
             )
@@ -255,8 +255,8 @@ class Forged(nn.Module):
 class PreForged(nn.Sequential):
     """A linear map preceded by its forged threshold: ``layer(forged(x))`` (Fig. 2's insertion point).
 
-    Built by :func:`torchrobust.forge.forge`; it keeps the original ``layer`` object, so
-    :func:`torchrobust.forge.unforge` can put it back unchanged. State-dict keys of a wrapped layer named
+    Built by :func:`torchrobust.forging.forge`; it keeps the original ``layer`` object, so
+    :func:`torchrobust.forging.unforge` can put it back unchanged. State-dict keys of a wrapped layer named
     ``block.conv1`` become ``block.conv1.forged.{b,c_r,n_tracked}`` and ``block.conv1.layer.{weight,bias}``.
     ``weight`` and ``bias`` are forwarded to the wrapped layer for code that reads them.
     """

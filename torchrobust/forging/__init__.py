@@ -2,13 +2,13 @@
 search and the ``torchrobust forge`` checkpoint workflows, in one namespace.
 
 =========================================  ==========================================================================
-:mod:`torchrobust.forge.surgery`           insert and remove forged thresholds: :func:`forge`, :func:`unforge`,
+:mod:`torchrobust.forging.surgery`           insert and remove forged thresholds: :func:`forge`, :func:`unforge`,
                                            :func:`set_c_r`, :func:`insertion_points` (Sec. 3.3, Eq. 9)
-:mod:`torchrobust.forge.calibration`       measure ``b`` (Eq. 13, Algorithm 1): :func:`calibrate`,
+:mod:`torchrobust.forging.calibration`       measure ``b`` (Eq. 13, Algorithm 1): :func:`calibrate`,
                                            :func:`forged_modules`, :func:`is_forged`, :func:`calibration_batches`
-:mod:`torchrobust.forge.search`            the c_r search on the evaluation engine: :func:`search_c_r`,
+:mod:`torchrobust.forging.search`            the c_r search on the evaluation engine: :func:`search_c_r`,
                                            :class:`CrSearchResult`, :data:`DEFAULT_GRID`, :data:`CRITERIA`
-:mod:`torchrobust.forge.checkpoint`        ``torchrobust forge CHECKPOINT [--search]``: :func:`forge_checkpoint`,
+:mod:`torchrobust.forging.checkpoint`        ``torchrobust forge CHECKPOINT [--search]``: :func:`forge_checkpoint`,
                                            :func:`search_checkpoint`
 =========================================  ==========================================================================
 
@@ -20,7 +20,7 @@ The Lipschitz analysis of forged models is :mod:`torchrobust.evaluate.lipschitz`
 
 from __future__ import annotations
 
-from torchrobust.forge.calibration import (
+from torchrobust.forging.calibration import (
     CalibrationData,
     calibrate,
     calibration_batches,
@@ -28,9 +28,9 @@ from torchrobust.forge.calibration import (
     is_forged,
     subset_tensors,
 )
-from torchrobust.forge.checkpoint import forge_checkpoint, search_checkpoint
-from torchrobust.forge.search import CRITERIA, DEFAULT_GRID, CrSearchResult, search_c_r
-from torchrobust.forge.surgery import Where, forge, insertion_points, set_c_r, unforge
+from torchrobust.forging.checkpoint import forge_checkpoint, search_checkpoint
+from torchrobust.forging.search import CRITERIA, DEFAULT_GRID, CrSearchResult, search_c_r
+from torchrobust.forging.surgery import Where, forge, insertion_points, set_c_r, unforge
 from torchrobust.validation import model_device  # re-exported: forge offered it before validation did
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Chen, Chen, Chung & Lee, arXiv 2406.19622, Sec. 3.3, Eq. 13 and Algorithm 1: the per-layer threshold is
 ``c_th = c_r * b`` with ``b`` the largest activation seen on a calibration set. Users import these names from
-:mod:`torchrobust.forge`; :func:`torchrobust.forge.forge` inserts the modules and calls :func:`calibrate`.
+:mod:`torchrobust.forging`; :func:`torchrobust.forging.forge` inserts the modules and calls :func:`calibrate`.
 
 Calibration
     One pass over the calibration data with the model in eval mode (BatchNorm on running statistics), all forged

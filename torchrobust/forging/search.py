@@ -3,8 +3,8 @@
 :func:`search_c_r` calibrates ``b`` once (it does not depend on ``c_r``, Eq. 13) and then, for the unforged
 baseline (``c_r = 0``) and every ``c_r`` of the grid, measures clean and robust accuracy on held-out validation data;
 :class:`CrSearchResult` renders the table (Markdown, CSV, JSON, PNG). The ``torchrobust forge CHECKPOINT --search``
-workflow is :func:`torchrobust.forge.checkpoint.search_checkpoint`. All names are re-exported by
-:mod:`torchrobust.forge`.
+workflow is :func:`torchrobust.forging.checkpoint.search_checkpoint`. All names are re-exported by
+:mod:`torchrobust.forging`.
 
 Every robust accuracy is one plan of the evaluation engine (:func:`torchrobust.evaluate.engine.run_plan`) per
 ``c_r``: a job ``"autograd"`` running the attack on the forged model, and (``bpda=True``, ``c_r > 0``) a job
@@ -42,8 +42,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.forge.calibration import CalibrationData, calibrate, forged_modules, is_forged
-from torchrobust.forge.surgery import Where, forge, set_c_r
+from torchrobust.forging.calibration import CalibrationData, calibrate, forged_modules, is_forged
+from torchrobust.forging.surgery import Where, forge, set_c_r
 from torchrobust.nn.forged import check_c_r
 from torchrobust.tables import Column, ColumnKind, Table
 from torchrobust.validation import check_images, check_labels, eval_mode, model_device

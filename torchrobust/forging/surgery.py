@@ -1,8 +1,8 @@
 """Model surgery for the data-driven Lipschitz defence: insert, calibrate, tune and remove forged thresholds.
 
-Users import these names from :mod:`torchrobust.forge`; this module and :mod:`torchrobust.forge.calibration`
+Users import these names from :mod:`torchrobust.forging`; this module and :mod:`torchrobust.forging.calibration`
 sit below the evaluation engine and :mod:`torchrobust.checkpoint` (which both use them), the c_r search
-(:mod:`torchrobust.forge.search`) above the engine (see ``docs/architecture.md``).
+(:mod:`torchrobust.forging.search`) above the engine (see ``docs/architecture.md``).
 
 Chen, Chen, Chung & Lee, arXiv 2406.19622, Sec. 3.3. The forged function :class:`~torchrobust.nn.forged.Forged`
 (Eq. 9) is inserted *before* selected linear maps (``nn.Linear`` / ``nn.Conv2d``); its per-layer threshold is
@@ -27,7 +27,7 @@ State-dict keys
     (``forge(model, None, **kwargs)`` followed by loading ``b`` from the state dict).
 
 Calibration
-    :func:`forge` calibrates with :func:`torchrobust.forge.calibration.calibrate` (see there).
+    :func:`forge` calibrates with :func:`torchrobust.forging.calibration.calibrate` (see there).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any
 from torch import nn
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.forge.calibration import CalibrationData, calibrate, forged_modules, is_forged
+from torchrobust.forging.calibration import CalibrationData, calibrate, forged_modules, is_forged
 from torchrobust.nn.forged import Forged, PreForged, check_c_r
 
 __all__ = ["forge", "unforge", "set_c_r", "insertion_points", "Where"]

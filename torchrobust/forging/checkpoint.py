@@ -3,7 +3,7 @@
 Both load a torchrobust checkpoint (:func:`torchrobust.checkpoint.load`), draw their calibration (and validation)
 examples from the *training* split of a dataset with a seeded permutation, and save through
 :func:`torchrobust.checkpoint.save` with the calibration set in the metadata. This module sits above
-:mod:`torchrobust.checkpoint`, which itself uses :func:`torchrobust.forge.forge` to rebuild forged models.
+:mod:`torchrobust.checkpoint`, which itself uses :func:`torchrobust.forging.forge` to rebuild forged models.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from torchrobust.errors import TorchRobustError
-from torchrobust.forge.calibration import subset_tensors
-from torchrobust.forge.search import DEFAULT_GRID, CrSearchResult, search_c_r
-from torchrobust.forge.surgery import Where, forge
+from torchrobust.forging.calibration import subset_tensors
+from torchrobust.forging.search import DEFAULT_GRID, CrSearchResult, search_c_r
+from torchrobust.forging.surgery import Where, forge
 from torchrobust.nn.forged import check_c_r
 from torchrobust.validation import check_output_file
 

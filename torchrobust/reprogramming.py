@@ -31,7 +31,7 @@ mode are visible in the original too. Use ``copy.deepcopy(model)`` first if you 
 Example::
 
     >>> import torch.nn as nn
-    >>> from torchrobust.reprogram import reprogram, unreprogram
+    >>> from torchrobust.reprogramming import reprogram, unreprogram
     >>> net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
     >>> robust = reprogram(net, lam=0.7, K=3)            # net itself is untouched
     >>> robust[1].weight is net[1].weight
