@@ -319,7 +319,9 @@ def test_psat_experiment_table_merges_split_evaluations(tmp_path, capsys):
     (tmp_path / "part_psat_300.json").write_text(json.dumps([row("PSAT (entropy)", 0.5, 0.1, 100)]))
     (tmp_path / "part_AT_max_0.json").write_text(json.dumps([row("AT_max", 0.9, 0.4, 400)]))
     assert main(["psat", "experiment", "table", "--out", str(tmp_path), "--quiet"]) == 0
-    rows = json.loads((tmp_path / "psat_table.json").read_text())
+    doc = json.loads((tmp_path / "psat_table.json").read_text())
+    rows = doc["multinorm_rows"]
+    assert [r["method"] for r in doc["rows"]] == [r["name"] for r in rows]  # the typed table beside the raw rows
     psat = next(r for r in rows if r["name"] == "PSAT (entropy)")
     assert psat["n"] == 400 and psat["clean"] == pytest.approx(0.875) and psat["per_norm"]["Linf"] == pytest.approx(0.4)
     assert [r["name"] for r in rows] == ["PSAT (entropy)", "AT_max"]  # the aggregate before the baselines

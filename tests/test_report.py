@@ -100,3 +100,41 @@ def test_weak_results_are_labelled_weak_everywhere(run_dir, tmp_path):
     strong.write(tmp_path / "strong")
     assert "Strength: weak" not in (tmp_path / "strong" / "results.md").read_text()
     assert "Strength: weak" not in build_report(tmp_path / "strong")["html"].read_text()
+
+
+def test_report_reads_psat_and_preset_tables_with_their_kinds(tmp_path):
+    """PSAT's psat_table.json / routing.json and a paper preset's <name>_table.json are Table JSON: the report
+    renders them with their PERCENT columns (fractions shown × 100), while the raw rows stay readable."""
+    from torchrobust.evaluate.report import _collect
+    from torchrobust.experiments.reprogramming import report_tables
+    from torchrobust.psat import MultiNormRow
+    from torchrobust.psat.evaluation import read_table_json, routing_json, write_tables
+
+    psat = tmp_path / "psat"
+    rows = [MultiNormRow("PSAT (entropy)", 0.875, {"Linf": 0.5, "L2": 0.625, "L1": 0.25}, 0.2, 0.125, 8, 100, None)]
+    write_tables(rows, psat)
+    assert read_table_json((psat / "psat_table.json").read_text())[0]["per_norm"]["L2"] == 0.625
+    routed = [{"input": "clean", "n": 8, "routed": {"Linf": 5, "L2": 3}, "aggregate_acc": 0.75,
+               "own_member_acc": None}]
+    (psat / "routing.json").write_text(routing_json(routed))
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    result = {"preset": "table1", "title": "Table 1", "config": {"pgd_steps": 20},
+              "rows": [{"row": "NRPM", "fgsm": [98.5, 90.0, 80.0, 70.0, 60.0, 50.0, 40.25],
+                        "paper_fgsm": [99.0, 91.0, 81.0, 71.0, 61.0, 51.0, 41.0], "lams": [0.5, 0.5],
+                        "pgd20": {"clean": 98.5, "0.1": 77.5}}]}
+    for key, tab in report_tables(result).items():
+        (preset / f"table1_{key}.json").write_text(tab.to_json())
+    tables = {t.source: t for t in _collect(tmp_path)[0]}
+    assert set(tables) == {"psat/psat_table.json", "psat/routing.json", "preset/table1_table.json",
+                           "preset/table1_pgd_table.json"}
+    assert all(t.percent for t in tables.values())
+    assert tables["psat/psat_table.json"].table.column("clean").kind.value == "percent"
+    assert tables["psat/routing.json"].table.column("→ Linf").kind.value == "int"
+    paths = build_report(tmp_path)
+    md = {p.name: p.read_text() for p in (tmp_path / "report").glob("*.md")}
+    assert "87.50" in md["psat_psat_table.md"] and "Accuracies in %." in md["psat_psat_table.md"]
+    assert "75.0" in md["psat_routing.md"] and "| 5 |" in md["psat_routing.md"]
+    assert "40.2" in md["preset_table1_table.md"] and "paper" in md["preset_table1_table.md"]
+    assert "77.5" in md["preset_table1_pgd_table.md"]
+    assert "87.50" in paths["html"].read_text()

@@ -347,6 +347,11 @@ def test_quick_preset_writes_files(tmp_path) -> None:
     assert res["config"]["n_test"] == 50
     md = (tmp_path / "table1.md").read_text()
     assert "| Paradigm 3 | ours |" in md and "| | paper | 86.1 | 81.7" in md
+    flat = json.loads((tmp_path / "table1_table.json").read_text())  # the Table JSON torchrobust report reads
+    assert {c["name"]: c["kind"] for c in flat["columns"]}["ε=0.3"] == "percent"
+    ours = next(r for r in flat["rows"] if r["row"] == "Paradigm 3" and r["source"] == "ours")
+    assert ours["ε=0.3"] == pytest.approx(rows["Paradigm 3"]["fgsm"][-1] / 100)
+    assert "table1_table.json" in saved["files"] and (tmp_path / "table1_pgd_table.json").is_file()
     with pytest.raises(TorchRobustError, match="unknown reprogramming preset"):
         run("table99", tmp_path)
 

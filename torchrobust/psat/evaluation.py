@@ -27,12 +27,14 @@ from torchrobust.psat import models as psat_models
 from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, pgd
 from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
 from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_attack_breakdown, format_table
+from torchrobust.psat.metrics import table as multinorm_table
 from torchrobust.psat.train import data_tensors, load_member, member_path
-from torchrobust.tables import Column, ColumnKind, Table
+from torchrobust.tables import Column, ColumnKind, Table, json_safe
 from torchrobust.validation import eval_mode
 
 __all__ = ["evaluate", "evaluate_to_dir", "write_tables", "TABLE_FILES", "pgd_attacks", "autoattack_attacks",
-           "routing", "format_routing", "EVAL_STEPS", "EVAL_ALPHA"]
+           "routing", "format_routing", "routing_table", "routing_json", "table_json", "read_table_json",
+           "EVAL_STEPS", "EVAL_ALPHA"]
 
 log = logging.getLogger(__name__)
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -217,15 +219,46 @@ def routing(ensemble: PSATEnsemble, x: Tensor, y: Tensor, attacks: Mapping[str, 
     return rows
 
 
-def format_routing(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table of :func:`routing` (a :class:`torchrobust.tables.Table`)."""
+def routing_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """:func:`routing` as a flat :class:`torchrobust.tables.Table` (one ``→ member`` count column per member)."""
     names = list(rows[0]["routed"]) if rows else []
     cols = [Column("input", ColumnKind.TEXT), *(Column(f"→ {m}", ColumnKind.INT) for m in names),
             Column("aggregate_acc", ColumnKind.PERCENT, label="aggregate acc %"),
             Column("own_member_acc", ColumnKind.PERCENT, label="own member acc %", missing="–")]
     data = [{**r, "input": "clean" if r["input"] == "clean" else f"{r['input']} PGD vs H_{r['input']}",
              **{f"→ {m}": r["routed"][m] for m in names}} for r in rows]
-    return Table(cols, data).markdown_grid()
+    return Table(cols, data)
+
+
+def format_routing(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of :func:`routing` (:func:`routing_table`)."""
+    return routing_table(rows).markdown_grid()
+
+
+def routing_json(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``routing.json`` text: the Table JSON of :func:`routing_table` (``title``, ``notes``, ``columns``,
+    ``rows``: read by ``torchrobust report``) plus the raw :func:`routing` rows under ``"routing"``."""
+    doc = {**routing_table(rows).to_dict(), "routing": json_safe(list(rows))}
+    return json.dumps(doc, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def table_json(rows: Sequence[MultiNormRow]) -> str:
+    """``psat_table.json`` text: the Table JSON of :func:`torchrobust.psat.metrics.table` (``columns`` with kinds,
+    flat ``rows``: read by ``torchrobust report``) plus each row's :meth:`MultiNormRow.as_dict` under
+    ``"multinorm_rows"`` (read back by :func:`read_table_json`). NaN is written as ``null``."""
+    doc = {**multinorm_table(rows).to_dict(), "multinorm_rows": json_safe([r.as_dict() for r in rows])}
+    return json.dumps(doc, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def read_table_json(text: str) -> list[dict[str, Any]]:
+    """The :meth:`MultiNormRow.as_dict` rows of a :func:`table_json` document (or of the plain list that older
+    versions and ``part_*.json`` files hold)."""
+    doc = json.loads(text)
+    rows = doc.get("multinorm_rows") if isinstance(doc, Mapping) else doc
+    if not isinstance(rows, list):
+        raise TorchRobustError("not a PSAT table JSON (no 'multinorm_rows' list); pass a psat_table.json or "
+                               "part_*.json written by torchrobust psat")
+    return rows
 
 
 def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],
@@ -235,7 +268,7 @@ def write_tables(rows: Sequence[MultiNormRow], out_dir: str | os.PathLike[str],
     from torchrobust.io import write_texts
 
     texts = {"md": format_table(rows, "markdown"), "csv": format_table(rows, "csv"),
-             "tex": format_table(rows, "latex"), "json": json.dumps([r.as_dict() for r in rows], indent=2) + "\n"}
+             "tex": format_table(rows, "latex"), "json": table_json(rows)}
     paths = write_texts(out_dir, stem, texts)
     breakdown = format_attack_breakdown(rows)
     if breakdown:

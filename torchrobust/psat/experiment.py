@@ -29,7 +29,7 @@ from torchrobust import checkpoint
 from torchrobust.attacks.threat import ThreatName
 from torchrobust.errors import unknown_name
 from torchrobust.psat.adversary import MNIST_BUDGETS
-from torchrobust.psat.evaluation import evaluate, write_tables
+from torchrobust.psat.evaluation import evaluate, read_table_json, write_tables
 from torchrobust.psat.metrics import MultiNormRow, format_table
 from torchrobust.psat.train import PSATTrainConfig, train_baselines, train_members
 
@@ -79,7 +79,7 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
                                    arch="msd_cnn", steps=train_budget, config=cfg).values()
     elif stage == "routing":
         from torchrobust import data
-        from torchrobust.psat.evaluation import format_routing, pgd_attacks, routing
+        from torchrobust.psat.evaluation import format_routing, pgd_attacks, routing, routing_json
         from torchrobust.psat.train import load_ensemble
 
         xt, yt = data.load("mnist", "test").tensors
@@ -87,7 +87,7 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
         atk = pgd_attacks(MNIST_BUDGETS, {k: steps for k in MNIST_BUDGETS}, {}, restarts)
         rows = routing(load_ensemble(out), xt[sl], yt[sl], atk)
         md = format_routing(rows)
-        texts = {"json": json.dumps(rows, indent=2) + "\n", "md": md}
+        texts = {"json": routing_json(rows), "md": md}
         written += checkpoint.write_texts(out, "routing", texts).values()
         log.info("routing\n%s", md)
     elif stage == "evaluate":
@@ -118,7 +118,7 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
     else:
         merged: dict[str, MultiNormRow] = {}
         for part in sorted(out.glob("part_*.json")):
-            for d in json.loads(part.read_text()):
+            for d in read_table_json(part.read_text()):
                 r = MultiNormRow(d["name"], d["clean"], d["per_norm"], d["max_loss"], d["union"], d["n"],
                                  d["params"], d["saving"], d.get("extra", {}))
                 if r.name in merged:  # same row evaluated on disjoint test slices: n-weighted means
