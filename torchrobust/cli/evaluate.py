@@ -71,29 +71,16 @@ def _check_evaluate_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return kw
 
 
-def _load(args: argparse.Namespace, map_location: Any = "cpu") -> tuple[Any, Any, Any]:
-    """The checkpoint's model and the first ``--n-examples`` of ``--data``'s ``--split``."""
-    from .. import data
-    from ..checkpoint import load
-
-    model = load(args.checkpoint, map_location=map_location)
-    x, y = data.as_tensors(data.load(args.data, args.split, root=args.data_root), args.n_examples)
-    return model, x, y
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..evaluate.suite import evaluate_to_dir
+    from ..experiments.evaluation import evaluate_checkpoint
 
     attack_kwargs = _check_evaluate_args(args)
-    distributed.init_from_env(args.device)
-    dev = distributed.device_for_rank(args.device)
-    model, x, y = _load(args, map_location=dev)
-    paths = evaluate_to_dir(model, x.to(dev), y.to(dev), args.out, args.suite, threat=args.threat, eps=args.eps,
-                            attacks=args.attacks or (), attack_kwargs=attack_kwargs, steps=args.steps,
-                            restarts=args.restarts, batch_size=args.batch_size, seed=args.seed, checks=args.checks,
-                            progress=not args.quiet,
-                            config={"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split})
+    paths = evaluate_checkpoint(args.checkpoint, args.out, args.suite, data=args.data, split=args.split,
+                                data_root=args.data_root, n_examples=args.n_examples, device=args.device,
+                                threat=args.threat, eps=args.eps, attacks=args.attacks or (),
+                                attack_kwargs=attack_kwargs, steps=args.steps, restarts=args.restarts,
+                                batch_size=args.batch_size, seed=args.seed, checks=args.checks,
+                                progress=not args.quiet)
     if paths is not None:  # the main process
         sys.stdout.write(Path(paths["md"]).read_text())
         if args.suite == "adaptive":
@@ -104,14 +91,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from ..evaluate.certify import certify_to_dir
+    from ..experiments.evaluation import certify_checkpoint
     from ..validation import check_output_dir
 
     out = check_output_dir(args.out, CERTIFY_FILES, overwrite=args.overwrite)
-    model, x, y = _load(args)
-    doc = certify_to_dir(model, x, y, out, sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
-                         batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
-                         checkpoint=str(args.checkpoint))
+    doc = certify_checkpoint(args.checkpoint, out, data=args.data, split=args.split, data_root=args.data_root,
+                             n_examples=args.n_examples, sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
+                             batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
     for r, a in zip(doc["radii"], doc["certified_accuracy"], strict=True):
         sys.stdout.write(f"radius {r:5.2f}: certified accuracy {100 * a:5.1f} %\n")
     sys.stdout.write(f"wrote {out}/certify.json, certified_accuracy.png\n")
