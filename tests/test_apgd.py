@@ -41,17 +41,26 @@ def _robust(model: nn.Module, x_adv: Tensor, y: Tensor) -> Tensor:
         return model(x_adv).argmax(1) == y
 
 
-def _compare(mnist, ours: APGD) -> None:
+def _compare(mnist, ours: APGD, seeds: tuple[int, ...] = (0,)) -> None:
+    """Robust accuracy within 0.5 points (mean over ``seeds``) and ≥ 95 % per-example agreement (every seed)."""
     model, x, y = mnist
-    x_ours = ours(model, x, y)
-    x_ref = _reference(model, ours).perturb(x.clone(), y.clone())
-    r_ours, r_ref = _robust(model, x_ours, y), _robust(model, x_ref, y)
-    acc_ours, acc_ref = 100 * r_ours.float().mean().item(), 100 * r_ref.float().mean().item()
-    clean = 100 * _robust(model, x, y).float().mean().item()
-    assert 5 < acc_ref < clean - 5, "the budget should break some points and not all"
-    assert abs(acc_ours - acc_ref) <= 0.5 + 1e-9, (acc_ours, acc_ref)
-    assert (r_ours == r_ref).float().mean().item() >= 0.95
-    assert bool(ours.threat.contains(x_ours, x).all())
+    accs_ours, accs_ref = [], []
+    for seed in seeds:
+        ours.seed = seed
+        x_ours = ours(model, x, y)
+        ref = _reference(model, ours)
+        ref.seed = seed
+        x_ref = ref.perturb(x.clone(), y.clone())
+        r_ours, r_ref = _robust(model, x_ours, y), _robust(model, x_ref, y)
+        accs_ours.append(100 * r_ours.float().mean().item())
+        accs_ref.append(100 * r_ref.float().mean().item())
+        clean = 100 * _robust(model, x, y).float().mean().item()
+        assert 5 < accs_ref[-1] < clean - 5, "the budget should break some points and not all"
+        assert (r_ours == r_ref).float().mean().item() >= 0.95
+        assert bool(ours.threat.contains(x_ours, x).all())
+    ours.seed = 0
+    acc_ours, acc_ref = sum(accs_ours) / len(seeds), sum(accs_ref) / len(seeds)
+    assert abs(acc_ours - acc_ref) <= 0.5 + 1e-9, (accs_ours, accs_ref)
 
 
 # ε chosen so that robust accuracy is far from 0 and from clean accuracy on this model
@@ -69,7 +78,10 @@ def test_matches_reference(mnist, attack: APGD) -> None:
     APGDT("Linf", eps=0.05),
 ], ids=["l2-dlr", "l2-t", "l1-ce-5restarts", "l1-dlr", "l1-t", "linf-t"])
 def test_matches_reference_standard_settings(mnist, attack: APGD) -> None:
-    _compare(mnist, attack)
+    # ℓ1 with 5 restarts / targets: our later runs go side by side from other random starts than the reference's
+    # sequential ones, so one seed moves by up to ±1 point either way (docs/evaluation.md); compare 3-seed means
+    seeds = (0, 1, 2) if attack.threat.name == "L1" else (0,)
+    _compare(mnist, attack, seeds)
 
 
 # --------------------------------------------------------------------------------------- best point, ball, box
