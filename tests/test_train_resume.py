@@ -254,3 +254,21 @@ def test_demo_needs_at_least_one_paradigm3_step(tmp_path, capsys, steps):
     with pytest.raises(TorchRobustError, match="p3_steps .* must be an integer >= 1"):
         run_demo(tmp_path / "d", p3_steps=int(steps))
     assert not (tmp_path / "d").exists()
+
+
+def test_clear_state_removes_the_temporary_file_of_a_write_killed_midway(tmp_path):
+    """kill -9 during the atomic write of a state leaves ``.state.rank0.safetensors.XXXX.tmp`` behind; once the
+    final model is saved, clearing the state removes it and the folder (a user's own file would keep the folder)."""
+    from torchrobust.train import resume as train_resume
+
+    d = tmp_path / "m.safetensors.resume"
+    d.mkdir()
+    state = train_resume.state_path(d)
+    state.write_bytes(b"state")
+    (d / f".{state.name}.abc123.tmp").write_bytes(b"half a state")
+    train_resume.clear_state(d)
+    assert not d.exists()
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    train_resume.clear_state(d)
+    assert (d / "notes.txt").read_text() == "mine"

@@ -282,9 +282,13 @@ def load_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer
 
 
 def clear_state(directory: str | os.PathLike[str]) -> None:
-    """Remove this rank's resume state files (after the final model is saved); the folder too once empty."""
+    """Remove this rank's resume state files (after the final model is saved), with the temporary files of a write
+    that a kill interrupted (``io.atomic_write_bytes`` names them ``.<name>.*.tmp``); the folder too once empty."""
     for prev in (False, True):
-        state_path(directory, prev=prev).unlink(missing_ok=True)
+        path = state_path(directory, prev=prev)
+        path.unlink(missing_ok=True)
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
     try:
         Path(directory).rmdir()
     except OSError:  # other ranks' files, or the user's own files, are still there
