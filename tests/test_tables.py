@@ -131,3 +131,10 @@ def test_accuracy_table_types_text_columns_as_text() -> None:
     t = accuracy_table([{"eps": 0.1, "pgd": 0.5, "reliable": "yes"}, {"eps": 0.2, "pgd": 0.25, "reliable": "no"}])
     assert [c.kind for c in t.columns] == [ColumnKind.FLOAT, ColumnKind.PERCENT, ColumnKind.TEXT]
     assert t.markdown_grid().splitlines()[2:] == ["| 0.1 | 50.0 | yes |", "| 0.2 | 25.0 | no |"]
+
+
+def test_to_json_extra_keys_follow_the_table_and_are_strict() -> None:
+    t = Table([Column("a", ColumnKind.PERCENT)], [{"a": 0.5}])
+    doc = json.loads(t.to_json(extra={"raw": [{"x": float("nan")}, {"x": 1.0}]}))
+    assert list(doc) == ["title", "notes", "columns", "rows", "raw"]
+    assert doc["raw"] == [{"x": None}, {"x": 1.0}] and doc["rows"] == [{"a": 0.5}]

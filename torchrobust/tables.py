@@ -292,9 +292,11 @@ class Table:
         """The column schema (``Column.to_dict`` of each column), e.g. to store beside rows in a result file."""
         return [c.to_dict() for c in self.columns]
 
-    def to_json(self, indent: int | None = 1) -> str:
-        """Strict JSON text of :meth:`to_dict` (no NaN/Infinity literals), newline-terminated."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False) + "\n"
+    def to_json(self, indent: int | None = 1, extra: Mapping[str, Any] | None = None) -> str:
+        """Strict JSON text of :meth:`to_dict` (no NaN/Infinity literals), newline-terminated; ``extra`` keys (e.g.
+        a result's raw rows, NaN/±Inf written as ``null``) follow the table's own."""
+        doc = {**self.to_dict(), **json_safe(dict(extra or {}))}
+        return json.dumps(doc, indent=indent, allow_nan=False, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_json(cls, doc: str | bytes | Mapping[str, Any]) -> Table:

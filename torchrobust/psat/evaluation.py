@@ -29,7 +29,7 @@ from torchrobust.psat.aggregate import PSATEnsemble, Strategy, canonical_threat
 from torchrobust.psat.metrics import NORMS, MultiNormRow, evaluate_multi_norm, format_attack_breakdown, format_table
 from torchrobust.psat.metrics import table as multinorm_table
 from torchrobust.psat.train import data_tensors, load_member, member_path
-from torchrobust.tables import Column, ColumnKind, Table, json_safe
+from torchrobust.tables import Column, ColumnKind, Table
 from torchrobust.validation import eval_mode
 
 __all__ = ["evaluate", "evaluate_to_dir", "write_tables", "TABLE_FILES", "pgd_attacks", "autoattack_attacks",
@@ -238,16 +238,14 @@ def format_routing(rows: Sequence[Mapping[str, Any]]) -> str:
 def routing_json(rows: Sequence[Mapping[str, Any]]) -> str:
     """``routing.json`` text: the Table JSON of :func:`routing_table` (``title``, ``notes``, ``columns``,
     ``rows``: read by ``torchrobust report``) plus the raw :func:`routing` rows under ``"routing"``."""
-    doc = {**routing_table(rows).to_dict(), "routing": json_safe(list(rows))}
-    return json.dumps(doc, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    return routing_table(rows).to_json(extra={"routing": list(rows)})
 
 
 def table_json(rows: Sequence[MultiNormRow]) -> str:
     """``psat_table.json`` text: the Table JSON of :func:`torchrobust.psat.metrics.table` (``columns`` with kinds,
     flat ``rows``: read by ``torchrobust report``) plus each row's :meth:`MultiNormRow.as_dict` under
     ``"multinorm_rows"`` (read back by :func:`read_table_json`). NaN is written as ``null``."""
-    doc = {**multinorm_table(rows).to_dict(), "multinorm_rows": json_safe([r.as_dict() for r in rows])}
-    return json.dumps(doc, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+    return multinorm_table(rows).to_json(extra={"multinorm_rows": [r.as_dict() for r in rows]})
 
 
 def read_table_json(text: str) -> list[dict[str, Any]]:
