@@ -40,7 +40,8 @@ SMALL: dict[str, tuple[dict, dict]] = {
 # Names whose size is fixed by the name: exercised on the meta device only.
 BIG = {"wrn28_10": {}, "wrn34_10": {}, "wrn70_16": {}}
 # PSAT backbones (hypernetwork ResNets, MSD MNIST CNN): built and checked in tests/test_psat.py.
-PSAT = {"hyper_resnet18", "hyper_resnet50", "plain_resnet18", "plain_resnet50", "msd_cnn", "hyper_msd_cnn"}
+PSAT = {"hyper_resnet18", "hyper_resnet50", "plain_resnet18", "plain_resnet50", "msd_cnn", "hyper_msd_cnn",
+        "psat_timm"}  # psat_timm: tests/test_psat_lightweight.py
 
 MNIST_SHAPE, CIFAR_SHAPE = (1, 28, 28), (3, 32, 32)
 

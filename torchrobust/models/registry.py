@@ -60,6 +60,13 @@ def _msd_cnn(num_classes: int = 10, hyper: bool = False, z_dim: int = 32, unit: 
     return MSDCNN(num_classes, hyper, z_dim, unit, init, reduce)  # type: ignore[arg-type]
 
 
+def _psat_timm(backbone: str, num_classes: int = 10, in_chans: int = 1, stem_stride: int | None = None,
+               input_size: int | None = None) -> nn.Module:
+    from .lightweight import timm_member
+
+    return timm_member(backbone, num_classes, in_chans, stem_stride, input_size)
+
+
 _REGISTRY: dict[str, _Entry] = {
     "mlp": _Entry(MLP, summary="784-256-64-10 MLP of the reprogramming paper (activation-free by default)"),
     "lenet": _Entry(LeNet, summary="PyTorch FGSM-tutorial LeNet (conv 1→10→20, fc 320→50→10)"),
@@ -82,6 +89,7 @@ _REGISTRY: dict[str, _Entry] = {
     "plain_resnet50": _Entry(_psat_resnet50, {"hyper": False}, "PSAT-layout plain ResNet-50"),
     "msd_cnn": _Entry(_msd_cnn, {"hyper": False}, "MNIST CNN of Maini et al. (MSD): conv32-conv64-fc1024"),
     "hyper_msd_cnn": _Entry(_msd_cnn, {"hyper": True}, "MSD MNIST CNN with a hypernetwork-generated conv2"),
+    "psat_timm": _Entry(_psat_timm, summary="a timm classifier (backbone=...) for PSAT Table 5 (needs timm)"),
 }
 
 

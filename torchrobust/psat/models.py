@@ -15,6 +15,7 @@ from torch import nn
 
 from torchrobust import models
 from torchrobust.errors import TorchRobustError, unknown_name
+from torchrobust.models.lightweight import timm_member
 from torchrobust.models.psat_backbones import (
     MSDCNN,
     PSATResNet,
@@ -40,6 +41,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "plain_resnet18": plain_resnet18,
     "plain_resnet50": plain_resnet50,
     "msd_cnn": msd_cnn,
+    "psat_timm": timm_member,  # PSAT Table 5's lightweight networks (torchrobust.psat.lightweight)
 }
 _PLAIN_OF = {"hyper_resnet18": "plain_resnet18", "hyper_resnet50": "plain_resnet50", "hyper_msd_cnn": "msd_cnn"}
 _HYPER_ONLY_KW = ("z_dim", "unit", "init", "reduce")
