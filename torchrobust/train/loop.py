@@ -19,6 +19,9 @@ The losses live in :mod:`torchrobust.train.objectives` (equations there and in d
 A custom ``adversary(model, x, y)`` may replace the mode's: it returns one input batch, or several (the loss is
 then the mean cross-entropy over them — AT_avg of Tramèr & Boneh 2019, used by :mod:`torchrobust.psat`).
 
+``precision="bf16"``/``"fp16"`` trains under autocast (fp16 with loss scaling, CUDA only) and ``channels_last=True``
+uses the NHWC memory format (:mod:`.precision`); evaluation outside ``fit`` stays fp32.
+
 ``mixed=True`` adds the clean loss to the adversarial one (CE(x) + CE(x_adv)), as the robustness-reprogramming
 paper's code does (it calls ``backward`` twice before one optimiser step).
 
@@ -151,6 +154,8 @@ class TrainConfig:
     max_batches: int | None = None
     progress: bool = False
     checkpoint_every: int | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def validate(self) -> TrainConfig:
         """Check every field (finite, in range) before any work; raises :class:`TorchRobustError`."""
@@ -187,6 +192,11 @@ class TrainConfig:
             raise TorchRobustError(f"unknown LR schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.lr == 0:
             raise TorchRobustError("learning rate (lr) must be > 0, got 0; try 0.01 (SGD) or 1e-3 (Adam)")
+        from .precision import PRECISIONS, Precision
+
+        self.precision = self.precision.value if isinstance(self.precision, Precision) else self.precision
+        if self.precision not in PRECISIONS:
+            raise TorchRobustError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -378,6 +388,7 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     weights before that step and the last resume state on disk is untouched.
     """
     from . import resume
+    from .precision import autocast, check_precision, grad_scaler, to_memory_format
 
     cfg = config.validate()
     if adversary is not None and cfg.mode in (TrainMode.TRADES, TrainMode.TRADES_AWP):
@@ -396,8 +407,10 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
             raise TorchRobustError(f"{ckdir} already holds the resume state of an earlier run; resume it "
                                    "(CLI: --resume, API: resume_from=) or delete that folder to start over")
     dev = torch.device(device) if device is not None else model_device(model)
-    model.to(dev)
+    cfg.precision = check_precision(cfg.precision, dev)
+    to_memory_format(model.to(dev), cfg.channels_last)
     _check_data(model, train_set, dev)
+    scaler = grad_scaler(cfg.precision, dev)
     torch.manual_seed(cfg.seed + D.rank())
     plist = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not plist:
@@ -419,6 +432,8 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         pos, done, order = resume.load_state(resume_from, model=model, optimizer=opt, scheduler=sched, fp=fp,
                                              device=dev)
         epoch0, batch0 = int(pos["epoch"]), int(pos["batch"])
+        if scaler is not None and done.get("scaler"):
+            scaler.load_state_dict(done["scaler"])
     net: nn.Module = model
     if D.is_distributed():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -432,7 +447,8 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         resume.write_state(ckdir, model=model, optimizer=opt, scheduler=sched, fp=fp, device=dev,  # type: ignore
                            position={"epoch": epoch, "batch": batch, "step": step}, order=order,
                            progress={"history": history, "loss": sums[0], "correct": sums[1], "n": sums[2],
-                                     "epoch_seconds": now - t0, "seconds": now - t_start})
+                                     "epoch_seconds": now - t0, "seconds": now - t_start,
+                                     "scaler": scaler.state_dict() if scaler is not None else None})
 
     for epoch in range(epoch0, cfg.epochs):
         first = batch0 if epoch == epoch0 else 0
@@ -450,11 +466,17 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
             batches = tqdm(batches, total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            leave=False)
         for b, (x, y) in enumerate(batches, start=first):
-            loss, logits, restore = batch_loss(net, model, x, y, cfg, adversary, objective)
+            with autocast(cfg.precision, dev, model):  # the adversary's crafting too; inputs and projections stay fp32
+                loss, logits, restore = batch_loss(net, model, x, y, cfg, adversary, objective)
             try:
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:  # fp16: dynamic loss scaling (a step with inf/NaN gradients is skipped)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
             finally:
                 restore()  # AWP: back from w + v (a no-op for the other modes)
             if sched is not None:
