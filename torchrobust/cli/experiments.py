@@ -133,7 +133,7 @@ def cmd_psat_experiment(args: argparse.Namespace) -> int:
     written = run_stage(args.stage, args.out, only=args.only, n_train=args.n_train, epochs=args.epochs,
                         train_steps=args.train_steps, lr=args.lr, z_dim=args.z_dim, unit=args.unit,
                         n_test=args.n_test, start=args.start, steps=args.steps, restarts=args.restarts,
-                        autoattack=autoattack, seed=args.seed)
+                        autoattack=autoattack, seed=args.seed, strategy=args.strategy)
     sys.stdout.write(f"{args.stage}: wrote {', '.join(str(p) for p in written) or 'nothing'}\n")
     return 0
 
@@ -215,7 +215,11 @@ def register(sub: Any) -> None:
     add_out(xp, "run folder shared by the stages", required=True)
     xp.add_argument("--only", type=name_list, default=None,
                     help="members: Linf,L2,L1; baselines: max,avg,msd; evaluate: psat, members, AT_max, ... "
-                         "(writes part_*.json for the table stage)")
+                         "(writes part_*.json for the table stage); lightweight: timm names (default "
+                         "mobilenetv1_100,mobilenetv3_small_100,mobilenetv3_large_100,ghostnet_100)")
+    xp.add_argument("--strategy", default="stochastic",
+                    help="lightweight: multi-norm training, stochastic (one random norm per batch, PSAT Table 5) "
+                         "or max, avg, msd, eat, ramp")
     xp.add_argument("--n-train", type=positive_int, default=10000, help="random training images (default 10000)")
     xp.add_argument("--epochs", type=positive_int, default=1)
     xp.add_argument("--train-steps", type=positive_int, default=5, help="PGD steps of the training adversaries")

@@ -47,20 +47,25 @@ def _train_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[idx], y[idx]
 
 
-STAGES = ("members", "baselines", "evaluate", "routing", "table")
+STAGES = ("members", "baselines", "evaluate", "routing", "table", "lightweight")
 
 
 def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str] | None = None,
               n_train: int = 10000, epochs: int = 1, train_steps: int = 5, lr: float = 1e-3, z_dim: int = 32,
               unit: int = 32, n_test: int = 1000, start: int = 0, steps: int = 10, restarts: int = 1,
-              autoattack: Sequence[str] | None = None, seed: int = 0) -> list[Path]:
+              autoattack: Sequence[str] | None = None, seed: int = 0,
+              strategy: str = "stochastic") -> list[Path]:
     """Run one stage of the experiment in the run folder ``out_dir`` (see the module docstring); returns the paths
     of the files it wrote.
 
     ``members``/``baselines``: train (``n_train`` random training images, ``epochs``, ``train_steps``-step training
     adversaries, Adam ``lr``, batch 100; members' hypernetwork ``z_dim``/``unit``). ``evaluate``/``routing``: test
     images ``start .. start + n_test``, PGD with ``steps`` steps and ``restarts`` restarts per norm (``autoattack``:
-    also the reference AutoAttack). ``table``: merge the ``part_*.json`` of split evaluations.
+    also the reference AutoAttack). ``table``: merge the ``part_*.json`` of split evaluations. ``lightweight``:
+    PSAT Table 5 (:func:`torchrobust.psat.lightweight.run_table5`): train the timm networks ``only`` (default
+    MobileNetV1, MobileNetV3-S/-L, GhostNet) with the multi-norm ``strategy`` and the training settings above,
+    evaluate them like ``evaluate`` and write ``table5/table5.{md,csv,json}`` with parameter savings against
+    the hyper ResNet-50.
     """
     if stage not in STAGES:
         raise unknown_name("stage", stage, STAGES)
@@ -70,7 +75,14 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
     train_budget = {k: train_steps for k in MNIST_BUDGETS}
     cfg = PSATTrainConfig(epochs=epochs, batch_size=100, lr=lr, seed=seed)
     out = Path(out_dir)
-    if stage == "members":
+    if stage == "lightweight":
+        from torchrobust import data
+        from torchrobust.psat.lightweight import TABLE5_BACKBONES, run_table5
+
+        xt, yt = data.load("mnist", "test").tensors
+        written += run_table5(out, _train_set(n_train, seed), (xt[start:start + n_test], yt[start:start + n_test]),
+                              parts or TABLE5_BACKBONES, strategy, cfg, train_steps, steps, restarts, aa)
+    elif stage == "members":
         written += train_members(out, _train_set(n_train, seed), threats=parts or NORMS,
                                  arch="hyper_msd_cnn", arch_kwargs={"z_dim": z_dim, "unit": unit}, steps=train_budget,
                                  config=cfg).values()
