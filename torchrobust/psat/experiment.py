@@ -77,8 +77,9 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
     out = Path(out_dir)
     if stage == "lightweight":
         from torchrobust import data
-        from torchrobust.psat.lightweight import TABLE5_BACKBONES, run_table5
+        from torchrobust.psat.lightweight import TABLE5_BACKBONES, check_table5, run_table5
 
+        check_table5(parts or TABLE5_BACKBONES, strategy)
         xt, yt = data.load("mnist", "test").tensors
         written += run_table5(out, _train_set(n_train, seed), (xt[start:start + n_test], yt[start:start + n_test]),
                               parts or TABLE5_BACKBONES, strategy, cfg, train_steps, steps, restarts, aa)

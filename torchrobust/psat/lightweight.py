@@ -56,7 +56,7 @@ from torchrobust.psat.train import Data, PSATTrainConfig, train_model
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["PAPER_TABLE5", "PAPER_PSAT", "TABLE5_BACKBONES", "TABLE5_STRATEGIES", "RandomNormAdversary",
-           "hyper_resnet_parameters", "build", "train_lightweight", "lightweight_table", "run_table5"]
+           "check_table5", "hyper_resnet_parameters", "build", "train_lightweight", "lightweight_table", "run_table5"]
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,14 @@ def _adversary(strategy: str, eps: Mapping[str, float], steps: Mapping[str, int]
     return TrainingAdversary(strategy, eps=eps, steps=steps)
 
 
-def _check(backbones: Sequence[str], strategy: str) -> None:
+def _check_strategy(strategy: str) -> None:
     if strategy not in TABLE5_STRATEGIES:
         raise TorchRobustError(f"unknown Table 5 training strategy {strategy!r}; valid: {', '.join(TABLE5_STRATEGIES)}")
+
+
+def check_table5(backbones: Sequence[str], strategy: str) -> None:
+    """Refuse an unknown ``strategy`` or timm name (one-line errors) before any data is loaded or trained."""
+    _check_strategy(strategy)
     if not backbones:
         raise TorchRobustError(f"no backbones given; e.g. {','.join(TABLE5_BACKBONES)}")
     for b in backbones:
@@ -133,8 +138,7 @@ def train_lightweight(out_dir: str | os.PathLike[str], data: Data, backbones: Se
 
     A checkpoint already there with the same settings is reused (not retrained); one with other settings is
     refused."""
-    if strategy not in TABLE5_STRATEGIES:
-        raise TorchRobustError(f"unknown Table 5 training strategy {strategy!r}; valid: {', '.join(TABLE5_STRATEGIES)}")
+    _check_strategy(strategy)
     eps = dict(eps or MNIST_BUDGETS)
     steps = dict(steps or dict.fromkeys(NORMS, 10))
     cfg = (config or PSATTrainConfig()).validate()
@@ -221,7 +225,7 @@ def run_table5(out_dir: str | os.PathLike[str], train_data: Data, test_data: tup
     any work. Returns the written paths (checkpoints first)."""
     from torchrobust.psat.evaluation import evaluate
 
-    _check(backbones, strategy)
+    check_table5(backbones, strategy)
     folder = Path(out_dir) / _STEM
     in_chans = int(test_data[0].shape[1])
     kw = {"in_chans": in_chans, **dict(model_kw or {})}
