@@ -140,6 +140,10 @@ def test_tiny_run_reuses_its_checkpoint_and_refuses_other_settings(tiny_run):
     again = lw.train_lightweight(out / "table5", train, ["mobilenetv3_small_100"], steps=dict.fromkeys(
         ("Linf", "L2", "L1"), 1), config=cfg, model_kw={"in_chans": 1})
     assert again["mobilenetv3_small_100"].stat().st_mtime_ns == before
+    evaluated = out / "table5" / "mobilenetv3_small_100.eval.json"
+    stamp, table = evaluated.stat().st_mtime_ns, (out / "table5" / "table5.csv").read_text()
+    lw.run_table5(out, train, test, backbones=["mobilenetv3_small_100"], config=cfg, train_steps=1, eval_steps=1)
+    assert evaluated.stat().st_mtime_ns == stamp and (out / "table5" / "table5.csv").read_text() == table
     with pytest.raises(TorchRobustError, match="other settings"):
         lw.train_lightweight(out / "table5", train, ["mobilenetv3_small_100"], strategy="max",
                              steps=dict.fromkeys(("Linf", "L2", "L1"), 1), config=cfg, model_kw={"in_chans": 1})

@@ -33,6 +33,7 @@ How the paper builds Table 5, and what we do where it is silent:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from torch import Tensor, nn
 
 from torchrobust import checkpoint
 from torchrobust.errors import TorchRobustError
+from torchrobust.io import write_texts
 from torchrobust.psat import models as psat_models
 from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, TrainingAdversary, pgd
 from torchrobust.psat.metrics import NORMS, MultiNormRow
@@ -222,7 +224,10 @@ def run_table5(out_dir: str | os.PathLike[str], train_data: Data, test_data: tup
     """Train (:func:`train_lightweight`) and evaluate (:func:`torchrobust.psat.evaluation.evaluate`, PGD with
     ``eval_steps`` steps and ``restarts`` per norm, MNIST budgets) every network of ``backbones`` and write
     :func:`lightweight_table` as ``out_dir/table5/table5.{md,csv,json}``. Names and strategy are checked before
-    any work. Returns the written paths (checkpoints first)."""
+    any work. Resumable: a network's checkpoint (same training settings) and its evaluation
+    (``<backbone>.eval.json``: same test data, attack settings and checkpoint) are reused, so networks can be run
+    one per call into the same folder and a last call with all of them only writes the table. Returns the
+    written paths (checkpoints first)."""
     from torchrobust.psat.evaluation import evaluate
 
     check_table5(backbones, strategy)
@@ -232,10 +237,21 @@ def run_table5(out_dir: str | os.PathLike[str], train_data: Data, test_data: tup
     paths = train_lightweight(folder, train_data, backbones, strategy,
                               steps=dict.fromkeys(NORMS, train_steps), config=config, model_kw=kw)
     rows: dict[str, MultiNormRow] = {}
+    digest = hashlib.sha256(test_data[0].contiguous().numpy().tobytes() + test_data[1].contiguous().numpy().tobytes())
+    settings = {"test_data_sha256": digest.hexdigest(), "n_test": len(test_data[0]), "eval_steps": eval_steps,
+                "restarts": restarts, "autoattack": None if autoattack is None else list(autoattack)}
     for b, pth in paths.items():
-        rows.update((r.name, r) for r in evaluate({b: pth}, data=test_data, n_test=len(test_data[0]),
-                                                  steps=dict.fromkeys(NORMS, eval_steps), alpha={},
-                                                  restarts=restarts, autoattack=autoattack))
+        cached = folder / f"{b}.eval.json"
+        doc = json.loads(cached.read_text()) if cached.is_file() else {}
+        if doc.get("settings") == settings and doc.get("checkpoint_mtime_ns") == pth.stat().st_mtime_ns:
+            log.info("reusing the evaluation of %s (%s)", b, cached)
+            rows[b] = MultiNormRow(**doc["row"])
+            continue
+        (row,) = evaluate({b: pth}, data=test_data, n_test=len(test_data[0]),
+                          steps=dict.fromkeys(NORMS, eval_steps), alpha={}, restarts=restarts, autoattack=autoattack)
+        rows[b] = row
+        doc = {"settings": settings, "checkpoint_mtime_ns": pth.stat().st_mtime_ns, "row": asdict(row)}
+        write_texts(folder, f"{b}.eval", {"json": json.dumps(doc, indent=1) + "\n"})
     cpu = {b: checkpoint.load_metadata(p)["metadata"].get("train_cpu_seconds") for b, p in paths.items()}
     table = lightweight_table(rows, in_chans, cpu)
     written = table.write(folder, _STEM)
