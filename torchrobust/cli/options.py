@@ -15,7 +15,7 @@ from ..errors import TorchRobustError
 
 __all__ = ["Parser", "parse_number", "float_list", "finite_number", "int_at_least", "positive_int",
            "nonnegative_int", "name_list", "key_value", "check_device", "add_common", "add_data", "add_seed",
-           "add_device", "add_out", "add_overwrite", "add_batch_size"]
+           "add_device", "add_out", "add_overwrite", "add_batch_size", "add_precision"]
 
 ERROR_PREFIX = "torchrobust: error: "
 
@@ -165,6 +165,15 @@ def add_overwrite(sp: argparse.ArgumentParser, help: str = "replace results alre
     sp.add_argument("--overwrite", action="store_true", help=help)
 
 
-def add_batch_size(sp: argparse.ArgumentParser, default: int) -> None:
-    """``--batch-size`` (an integer >= 1)."""
+def add_batch_size(sp: argparse.ArgumentParser, default: int | None) -> None:
+    """``--batch-size`` (an integer >= 1; ``default=None``: the command's own default applies)."""
     sp.add_argument("--batch-size", type=positive_int, default=default)
+
+
+def add_precision(sp: argparse.ArgumentParser) -> None:
+    """``--precision`` (training autocast: fp32, bf16, fp16 with loss scaling on CUDA) and ``--channels-last``
+    (:mod:`torchrobust.train.precision`; evaluation always runs in fp32)."""
+    sp.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="training precision: fp32, bf16 autocast (CPU/CUDA) or fp16 autocast with loss scaling "
+                         "(CUDA only); evaluation stays fp32")
+    sp.add_argument("--channels-last", action="store_true", help="train with channels_last (NHWC) weights")

@@ -21,7 +21,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       trades_beta=args.trades_beta, mart_beta=args.mart_beta,
                       awp_gamma=args.awp_gamma, noise_sigma=args.sigma, seed=args.seed,
                       max_batches=args.max_batches, progress=not args.quiet,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, precision=args.precision,
+                      channels_last=args.channels_last)
     res = train_checkpoint(args.model, args.out, cfg, model_kwargs=dict(args.model_arg or []), data=args.data,
                            root=args.data_root, n_train=args.n_train, validate=not args.no_val,
                            checkpoint_dir=args.checkpoint_dir, resume_run=args.resume, overwrite=args.overwrite,
@@ -70,6 +71,7 @@ def register(sub: Any) -> None:
     sp.add_argument("--max-batches", type=opt.positive_int, default=None, help="at most N batches per epoch")
     sp.add_argument("--no-val", action="store_true", help="skip the per-epoch validation accuracy")
     opt.add_device(sp)
+    opt.add_precision(sp)
     opt.add_common(sp)
     sp.set_defaults(fn=cmd_train)
 
