@@ -3,37 +3,44 @@ evaluation, their union, and the training time (docs/training.md).
 
 Modes: the single-threat modes of :func:`torchrobust.train.fit` (``standard``, ``fgsm``, ``pgd``, ``trades``,
 ``mart``, ``pgd-awp``, ``trades-awp``, ``gaussian``; ℓ∞, ε = 0.3) and the multi-norm baselines of
-:mod:`torchrobust.psat` (``max``, ``avg``, ``msd``, ``eat``, ``ramp``; ε = 0.3 / 2 / 10), all on the same MLP
-(784-256-64-10, ReLU), the same data order and the same optimiser and schedule (Adam, lr 1e-3, triangular, batch
-100; PSAT's MNIST recipe), PGD with ``--train-steps`` steps inside training.
+:mod:`torchrobust.psat` (``max``, ``avg``, ``msd``, ``eat``, ``ramp``; ε = 0.3 / 2 / 10), all on the same model
+(``--model``: the MLP 784-256-64-10 with ReLU, or the zoo's LeNet), the same data order and the same optimiser
+and schedule (Adam, lr 1e-3, triangular, batch 100; PSAT's MNIST recipe), PGD with ``--train-steps`` steps inside
+training.
 
 Evaluation: per norm, :func:`torchrobust.evaluate.sweep` with its default attacks (FGSM, APGD-CE, then APGD-T on
 APGD-CE's survivors; the per-example worst case) at the MNIST budgets ℓ∞ 0.3, ℓ2 2, ℓ1 10; ``union`` counts the
-test images robust under all three norms. Time: wall-clock seconds and this process's CPU seconds of training
-(the machine may be shared: CPU seconds are the stable number).
+test images robust under all three. Time: wall-clock seconds and this process's CPU seconds of training and of
+evaluation (the machine may be shared: CPU seconds are the stable number). The last epoch's training loss and
+accuracy are reported too, so a mode that diverged or collapsed shows it.
+
+``--results F.json``: every mode's row is written there (atomically) as soon as that mode is evaluated; a rerun
+with the same settings skips the modes already in it, so a killed run loses at most the mode in progress.
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/training_modes.py --n-train 10000 --epochs 1 --n-test 500 \\
-        --out docs/training_modes.md
+        --out docs/training_modes.md --results runs/training_modes.json
     python benchmarks/training_modes.py --modes pgd,mart,eat --n-train 2000 --n-test 200   # a subset
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from torchrobust import data, models
-from torchrobust.checkpoint import atomic_write_bytes
 from torchrobust.errors import TorchRobustError
 from torchrobust.evaluate import sweep
+from torchrobust.io import atomic_write_bytes
 from torchrobust.psat.adversary import MNIST_BUDGETS, TrainingAdversary
 from torchrobust.psat.multinorm import ramp_objective
 from torchrobust.train import MODES, TrainConfig, fit
@@ -43,26 +50,35 @@ PAPERS = {"standard": "—", "fgsm": "Goodfellow et al. 2015", "pgd": "Madry et 
           "mart": "Wang et al. 2020", "pgd-awp": "Wu et al. 2020", "trades-awp": "Wu et al. 2020",
           "gaussian": "Cohen et al. 2019", "max": "Tramèr & Boneh 2019", "avg": "Tramèr & Boneh 2019",
           "msd": "Maini et al. 2020", "eat": "Croce & Hein 2022", "ramp": "Jiang & Singh 2024 (no GP)"}
+#: ``--model`` choices: zoo name, its keyword arguments, and the description printed above the table.
+MODELS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "mlp": ("mlp", {"widths": [256, 64], "activation": "relu"}, "MLP 784-256-64-10 (ReLU)"),
+    "lenet": ("lenet", {}, "LeNet (conv 1→10→20 5×5, fc 320→50→10, dropout 0.5)"),
+}
+ACC_KEYS = ("clean", "Linf", "L2", "L1", "union")
 
 
-def _model(seed: int) -> nn.Module:
+def _model(name: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return models.create("mlp", widths=[256, 64], activation="relu")
+    zoo_name, kwargs, _ = MODELS[name]
+    return models.create(zoo_name, **kwargs)
 
 
-def train(mode: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> tuple[nn.Module, float, float]:
-    model = _model(args.seed)
+def train(mode: str, x: torch.Tensor, y: torch.Tensor,
+          args: argparse.Namespace) -> tuple[nn.Module, dict[str, float], float, float]:
+    """Train a fresh model with ``mode``; returns it, the last epoch's record, wall and CPU seconds."""
+    model = _model(args.model, args.seed)
     common = dict(epochs=args.epochs, batch_size=100, optimizer="adam", lr=1e-3, schedule="triangular", seed=args.seed)
     steps = {k: args.train_steps for k in MNIST_BUDGETS}
     t0, c0 = time.perf_counter(), time.process_time()
     if mode in MULTI_NORM:
         adv = TrainingAdversary(mode, steps=steps)
         objective = ramp_objective(adv)
-        fit(model, (x, y), TrainConfig(**common), adversary=None if objective else adv, objective=objective)
+        res = fit(model, (x, y), TrainConfig(**common), adversary=None if objective else adv, objective=objective)
     else:
-        fit(model, (x, y), TrainConfig(mode=mode, threat="Linf", eps=MNIST_BUDGETS["Linf"], steps=args.train_steps,
-                                       noise_sigma=0.3, **common))
-    return model.eval(), time.perf_counter() - t0, time.process_time() - c0
+        res = fit(model, (x, y), TrainConfig(mode=mode, threat="Linf", eps=MNIST_BUDGETS["Linf"],
+                                             steps=args.train_steps, noise_sigma=0.3, **common))
+    return model.eval(), res.final, time.perf_counter() - t0, time.process_time() - c0
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -77,41 +93,79 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     return out
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("model", "n_train", "epochs", "n_test", "train_steps", "seed")}
+
+
+def _load_results(path: Path | None, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows already in ``path`` (none if it does not exist); refused if written with other settings."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        rows, old = saved["rows"], saved["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TorchRobustError(f"--results {path} is not a results file of this script ({exc}); delete it or "
+                               "choose another path") from None
+    if old != settings:
+        raise TorchRobustError(f"--results {path} was written with other settings ({old}); delete it or choose "
+                               "another path")
+    return dict(rows)
+
+
+def _row(mode: str, r: dict[str, Any]) -> str:
+    return (f"| {mode} | {PAPERS[mode]} | " + " | ".join(f"{100 * r[k]:.1f}" for k in ACC_KEYS)
+            + f" | {r['train_loss']:.3f} / {100 * r['train_acc']:.1f} | {r['train_wall']:.0f} | "
+            f"{r['train_cpu']:.0f} | {r['eval_cpu']:.0f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--modes", default=",".join([m for m in MODES] + list(MULTI_NORM)))
+    p.add_argument("--model", default="mlp", choices=sorted(MODELS))
     p.add_argument("--n-train", type=int, default=10000)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--train-steps", type=int, default=10, help="PGD steps inside training (every norm)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the Markdown table there")
+    p.add_argument("--results", default=None, help="JSON file of the finished modes' rows (written after each "
+                                                   "mode; a rerun with the same settings skips them)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in (*MODES, *MULTI_NORM)]
     if bad:
         raise TorchRobustError(f"unknown mode(s) {bad}; valid: {', '.join((*MODES, *MULTI_NORM))}")
-    if args.out is not None:
-        from torchrobust.validation import check_output_file
+    from torchrobust.validation import check_output_file
 
-        check_output_file(args.out, overwrite=True)
+    for flag in ("out", "results"):
+        if getattr(args, flag) is not None:
+            check_output_file(getattr(args, flag), overwrite=True, flag=f"--{flag}")
+    settings = _settings(args)
+    results_path = Path(args.results) if args.results is not None else None
+    rows = _load_results(results_path, settings)
     x, y = data.as_tensors(data.load("mnist", "train"), args.n_train)
     xt, yt = data.as_tensors(data.load("mnist", "test"), args.n_test)
-    lines = [f"MNIST, MLP 784-256-64-10 (ReLU), {args.n_train} training images, {args.epochs} epoch(s), Adam 1e-3 "
+    lines = [f"MNIST, {MODELS[args.model][2]}, {args.n_train} training images, {args.epochs} epoch(s), Adam 1e-3 "
              f"triangular, batch 100, PGD-{args.train_steps} in training; {args.n_test} test images, default "
              "evaluation (FGSM + APGD-CE + APGD-T) at ℓ∞ 0.3 / ℓ2 2 / ℓ1 10.", "",
-             "| mode | paper | clean | ℓ∞ | ℓ2 | ℓ1 | union | train s (wall) | train s (CPU) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    fit(_model(args.seed), (x[:10], y[:10]), TrainConfig(epochs=1, batch_size=10))  # warm-up: one-time imports
+             "| mode | paper | clean | ℓ∞ | ℓ2 | ℓ1 | union | last-epoch train loss / acc | train s (wall) | "
+             "train s (CPU) | eval s (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if any(m not in rows for m in modes):  # warm-up: one-time imports, kept out of the first mode's time
+        fit(_model(args.model, args.seed), (x[:10], y[:10]), TrainConfig(epochs=1, batch_size=10))
     for mode in modes:
-        model, wall, cpu = train(mode, x, y, args)
-        acc = evaluate(model, xt, yt)
-        row = (f"| {mode} | {PAPERS[mode]} | " + " | ".join(f"{100 * acc[k]:.1f}" for k in
-                                                            ("clean", "Linf", "L2", "L1", "union"))
-               + f" | {wall:.0f} | {cpu:.0f} |")
-        lines.append(row)
-        sys.stdout.write(row + "\n")
+        if mode not in rows:
+            model, last, wall, cpu = train(mode, x, y, args)
+            c0 = time.process_time()
+            acc = evaluate(model, xt, yt)
+            rows[mode] = {**acc, "train_loss": last["loss"], "train_acc": last["train_acc"], "train_wall": wall,
+                          "train_cpu": cpu, "eval_cpu": time.process_time() - c0}
+            if results_path is not None:
+                atomic_write_bytes(results_path, json.dumps({"settings": settings, "rows": rows}, indent=1).encode())
+        lines.append(_row(mode, rows[mode]))
+        sys.stdout.write(lines[-1] + "\n")
         sys.stdout.flush()
     text = "\n".join(lines) + "\n"
     sys.stdout.write("\n" + text)
