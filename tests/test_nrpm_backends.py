@@ -1,7 +1,7 @@
 """Every NRPM backend against the float64 reference (Robustness Reprogramming, Algorithm 1 with the ε of
 Algorithm 2): outputs and gradients for Linear and Conv2d (stride, padding, dilation, groups), λ scalar and per
-layer (a learnable tensor), K = 0…4, narrow and wide layers (the two ∂x kernel layouts), and torch.autograd's
-gradcheck in float64."""
+layer (a learnable tensor), K = 0…4, narrow and wide layers (the two ∂x kernel layouts of Linear; the column and
+row layouts of compiled convolutions), and torch.autograd's gradcheck in float64."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from torchrobust.nn import NRPMConv2d, NRPMLinear, nrpm_compiled, nrpm_conv2d, nrpm_linear
+from torchrobust.nn import NRPMConv2d, NRPMLinear, nrpm_compiled, nrpm_conv2d, nrpm_core, nrpm_linear
 
 D64 = torch.float64
 BACKENDS = ["eager"] + (["compiled"] if nrpm_compiled.compiler_available("cpu") else [])
@@ -22,9 +22,10 @@ def _linear_args(out_features: int, g: torch.Generator) -> list[Tensor]:
             torch.randn(out_features, generator=g, dtype=D64)]
 
 
-def _conv_args(groups: int, g: torch.Generator) -> list[Tensor]:
+def _conv_args(groups: int, g: torch.Generator, out_per_group: int = 2) -> list[Tensor]:
+    o = out_per_group * groups
     return [torch.randn(2, 3 * groups, 8, 7, generator=g, dtype=D64),
-            torch.randn(2 * groups, 3, 3, 2, generator=g, dtype=D64), torch.randn(2 * groups, generator=g, dtype=D64)]
+            torch.randn(o, 3, 3, 2, generator=g, dtype=D64), torch.randn(o, generator=g, dtype=D64)]
 
 
 def _run(kind: int | str, backend: str, a: list[Tensor], lam: float | Tensor, K: int) -> Tensor:
@@ -40,13 +41,16 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", ["linear", "wide", 0, 1, 2, 3])
+@pytest.mark.parametrize("kind", ["linear", "wide", 0, 1, 2, 3, "conv_wide"])
 @pytest.mark.parametrize("lam_kind", ["scalar", "per_layer"])
 def test_backend_equals_float64_reference_for_K_0_to_4(backend: str, kind: int | str, lam_kind: str) -> None:
     g = torch.Generator().manual_seed(7 * len(str(kind)) + len(lam_kind) + (kind if isinstance(kind, int) else 0))
     if kind in ("linear", "wide"):
         args = _linear_args(5 if kind == "linear" else 57, g)  # 57 outputs: the transposed ∂x kernel
         kind = "linear"
+    elif kind == "conv_wide":  # 2 × 18 outputs per group: the compiled row layout (2 per group: column layout)
+        args = _conv_args(2, g, out_per_group=nrpm_core._COLS_MAX_OUT + 2)
+        kind = 2
     else:
         args = _conv_args(CONVS[int(kind)][3], g)
     for K in range(5):
@@ -105,6 +109,30 @@ def test_straight_through_narrow_and_wide_equal_reference(backend: str) -> None:
             res[be] = (y, *torch.autograd.grad(y.square().sum(), a))
         for got, ref in zip(res[backend], res["reference"], strict=True):
             assert _rel(got, ref) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv_straight_through_narrow_and_wide_equal_reference(backend: str) -> None:
+    """The straight-through backward of a strided, padded, grouped conv in both compiled layouts."""
+    g = torch.Generator().manual_seed(5)
+    for per_group in (3, nrpm_core._COLS_MAX_OUT + 1):
+        args = _conv_args(3, g, out_per_group=per_group)
+        res = {}
+        for be in (backend, "reference"):
+            a = [t.clone().requires_grad_(True) for t in args]
+            y = nrpm_conv2d(a[0], a[1], a[2], 0.3, 3, 1e-3, 2, 1, 1, 3, backend=be, straight_through=True)
+            res[be] = (y, *torch.autograd.grad(y.square().sum(), a))
+        for got, ref in zip(res[backend], res["reference"], strict=True):
+            assert _rel(got, ref) <= 1e-6
+
+
+def test_column_layout_rows_are_an_odd_number_of_cache_lines() -> None:
+    """Padded row length of the column layout: ≥ L, whole 64-byte lines, an odd count (no 4 KiB stride)."""
+    for dtype, line in ((torch.float32, 16), (torch.float64, 8), (torch.bfloat16, 32)):
+        for L in (1, 15, 16, 64, 1000, 1024, 1025):
+            lp = nrpm_core.padded_len(L, dtype)
+            assert lp >= L and lp % line == 0 and (lp // line) % 2 == 1 and lp - L < 2 * line
+    assert nrpm_core.padded_len(1024, torch.float32) == 1040
 
 
 @pytest.mark.skipif("compiled" not in BACKENDS, reason="torch.compile (inductor) is not usable on this machine")

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchrobust.nn.nrpm_irls import irls_fixed, irls_reverse, irls_step, reverse_coefficients
+from torchrobust.nn.nrpm_irls import irls_fixed, irls_reverse, irls_step, irls_weights, reverse_coefficients
 
 __all__ = ["compiler_available", "forward_compiled", "backward_compiled", "backward_fixed_compiled",
-           "compile_seconds"]
+           "backward_cols_compiled", "backward_fixed_cols_compiled", "compile_seconds"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,47 @@ def _k_st_w_t(w: Tensor, xT: Tensor, mT: Tensor, cT: Tensor, eps: Tensor) -> Ten
     return (irls_fixed(w[:, :, None], xT, mT[:, None, :], cT[:, None, :], eps) * xT).sum(-1)
 
 
+# Column layout of narrow convolutions: patches ``c`` (b, D, L) as ``F.unfold`` gives them, per-output values
+# (b, o, L). The grid is (b, o, D, L) and the L axis (output pixels, contiguous) is the vectorised one, so a short
+# fan-in (D = 72) costs no masked tail and no horizontal sums per (pixel, output).
+def _cols(c: Tensor, w: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return c[:, None], w[:, :, None], m[:, :, None]
+
+
+def _k_fwd_c(c: Tensor, w: Tensor, m: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    r, u = irls_weights(*_cols(c, w, m), eps)
+    return u.sum(2), (u * r).sum(2)
+
+
+def _k_bwd_z_c(c: Tensor, w: Tensor, m: Tensor, a_pos: Tensor, a_neg: Tensor, eps: Tensor) -> Tensor:
+    return irls_reverse(*_cols(c, w, m), a_pos[:, :, None], a_neg[:, :, None], eps, eps).sum(2)
+
+
+def _k_bwd_x_c(c: Tensor, w: Tensor, m: Tensor, a_pos: Tensor, a_neg: Tensor, a_zero: Tensor, eps: Tensor
+               ) -> Tensor:
+    v = irls_reverse(*_cols(c, w, m), a_pos[:, :, None], a_neg[:, :, None], a_zero[:, :, None], eps)
+    return (v * w[:, :, None]).sum(1)
+
+
+def _k_bwd_w_c(c: Tensor, w: Tensor, m: Tensor, a_pos: Tensor, a_neg: Tensor, a_zero: Tensor, eps: Tensor
+               ) -> Tensor:
+    v = irls_reverse(*_cols(c, w, m), a_pos[:, :, None], a_neg[:, :, None], a_zero[:, :, None], eps)
+    return (v * c[:, None]).sum((0, 3))
+
+
+def _k_st_x_c(c: Tensor, w: Tensor, m: Tensor, cc: Tensor, eps: Tensor) -> Tensor:
+    return (irls_fixed(*_cols(c, w, m), cc[:, :, None], eps) * w[:, :, None]).sum(1)
+
+
+def _k_st_w_c(c: Tensor, w: Tensor, m: Tensor, cc: Tensor, eps: Tensor) -> Tensor:
+    return (irls_fixed(*_cols(c, w, m), cc[:, :, None], eps) * c[:, None]).sum((0, 3))
+
+
 _KERNELS: dict[str, Callable[..., Any]] = {
     "fwd": _k_fwd, "bwd_z": _k_bwd_z, "bwd_x": _k_bwd_x, "bwd_x_t": _k_bwd_x_t, "bwd_w_t": _k_bwd_w_t,
     "st_x": _k_st_x, "st_x_t": _k_st_x_t, "st_w_t": _k_st_w_t,
+    "fwd_c": _k_fwd_c, "bwd_z_c": _k_bwd_z_c, "bwd_x_c": _k_bwd_x_c, "bwd_w_c": _k_bwd_w_c,
+    "st_x_c": _k_st_x_c, "st_w_c": _k_st_w_c,
 }
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _COMPILER_OK: dict[str, bool] = {}
@@ -147,19 +185,21 @@ def compiler_available(device: torch.device | str = "cpu") -> bool:
     return ok
 
 
-def forward_compiled(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, keep: bool) -> tuple[Tensor, Tensor]:
-    """All iterates (K+1, n, o) and normalisers (K, n, o); with ``keep=False`` only ``z⁽ᴷ⁾`` as (1, n, o)."""
-    n, d = x.shape
-    o = w.shape[0]
+def forward_compiled(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, keep: bool, cols: bool = False
+                     ) -> tuple[Tensor, Tensor]:
+    """All iterates (K+1, n, o) and normalisers (K, n, o); with ``keep=False`` only ``z⁽ᴷ⁾`` as (1, n, o).
+
+    ``cols``: the column layout, ``x`` (b, D, L) and ``z0`` (b, o, L), iterates (K+1, b, o, L)."""
+    d = x.shape[-2] if cols else x.shape[-1]
     x, w = _plain(x), _plain(w)
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
-    zs = x.new_empty((K + 1 if keep else 1, n, o))
-    ss = x.new_empty((K if keep else 0, n, o))
+    zs = x.new_empty((K + 1 if keep else 1,) + z0.shape)
+    ss = x.new_empty((K if keep else 0,) + z0.shape)
     z = z0
     if keep:
         zs[0] = z0
     for k in range(K):
-        sk, tk = _call("fwd", x, w, z / d, eps_t)
+        sk, tk = _call("fwd_c" if cols else "fwd", x, w, z / d, eps_t)
         z = torch.addcdiv(z, tk, sk, value=d)
         if keep:
             zs[k + 1] = z
@@ -225,3 +265,37 @@ def backward_fixed_compiled(
         for i, bs in _blocks_of(n, d):
             blk = per_out[:, :, i : i + bs].contiguous()
             gw += _call("st_w_t", w, x[i : i + bs].T.contiguous(), blk[0], blk[1], eps_t)
+
+
+def backward_cols_compiled(
+    c: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_last: Tensor, eps: float, gc: Tensor | None, gw: Tensor | None
+) -> Tensor:
+    """Reverse sweep in the column layout (``c`` (b, D, L), ``zs`` (K+1, b, o, L), ``ss`` (K, b, o, L)): returns
+    ``ḡ_0`` (b, o, L) and adds the direct terms to ``gc`` (b, D, L) / ``gw`` (o, D)."""
+    c, w = _plain(c), _plain(w)
+    d = c.shape[1]
+    eps_t = torch.tensor(eps, dtype=c.dtype, device=c.device)
+    gbar = g_last
+    for k in range(ss.shape[0] - 1, -1, -1):
+        ck = gbar * d / ss[k]
+        m = zs[k] / d
+        a_pos, a_neg = reverse_coefficients(m, zs[k + 1], d, eps)
+        ca_pos, ca_neg, ca_zero = ck * a_pos, ck * a_neg, ck * eps
+        if gc is not None:
+            gc += _call("bwd_x_c", c, w, m, ca_pos, ca_neg, ca_zero, eps_t)
+        if gw is not None:
+            gw += _call("bwd_w_c", c, w, m, ca_pos, ca_neg, ca_zero, eps_t)
+        gbar = ck * (ss[k] - _call("bwd_z_c", c, w, m, a_pos, a_neg, eps_t)) / d
+    return gbar
+
+
+def backward_fixed_cols_compiled(
+    c: Tensor, w: Tensor, m: Tensor, cc: Tensor, eps: float, gc: Tensor | None, gw: Tensor | None
+) -> None:
+    """Straight-through backward in the column layout (``m``, ``cc`` (b, o, L)): adds to ``gc`` / ``gw``."""
+    c, w, m, cc = _plain(c), _plain(w), m.contiguous(), cc.contiguous()
+    eps_t = torch.tensor(eps, dtype=c.dtype, device=c.device)
+    if gc is not None:
+        gc += _call("st_x_c", c, w, m, cc, eps_t)
+    if gw is not None:
+        gw += _call("st_w_c", c, w, m, cc, eps_t)

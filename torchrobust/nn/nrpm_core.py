@@ -26,6 +26,9 @@ __all__ = ["NRPMCore", "NRPMConvCore", "ConvGeom", "conv_rows", "conv_forward", 
 _CONV_COLS_CHUNK = 1 << 19
 #: ``backend="auto"`` compiles only problems with at least this many products per IRLS iteration.
 _COMPILE_MIN_WORK = 1 << 16
+#: Compiled convolutions with fewer output channels per group than this run in the column layout (vectorised over
+#: output pixels, see :func:`conv_forward_cols`); wider ones reduce over the contiguous fan-in of patch rows.
+_COLS_MAX_OUT = 16
 
 
 def resolve_backend(backend: str, device: torch.device, work: int, dtype: torch.dtype = torch.float32) -> str:
@@ -159,11 +162,126 @@ def conv_rows(x: Tensor, geom: ConvGeom, g: int) -> Tensor:
     return cols.view(b, geom.groups, D, geom.L)[:, g].transpose(1, 2).reshape(b * geom.L, D).contiguous()
 
 
+def uses_cols(backend: str, w: Tensor, geom: ConvGeom) -> bool:
+    """Whether a convolution runs in the column layout (compiled backend, < ``_COLS_MAX_OUT`` outputs per group)."""
+    return backend == "compiled" and w.shape[0] // geom.groups < _COLS_MAX_OUT
+
+
+def padded_len(L: int, dtype: torch.dtype) -> int:
+    """Row length of the column-layout buffers: ``L`` rounded up to an odd number of 64-byte cache lines. The
+    kernels step through the fan-in at this stride; a multiple of 4 KiB (L = 1024 pixels in fp32) maps every row
+    to one L1 set, which measured 1.6–2.6× slower."""
+    line = max(1, 64 // torch.empty((), dtype=dtype).element_size())
+    k = -(-L // line)
+    return (k + 1 - k % 2) * line
+
+
+def _padded(src: Tensor, lp: int) -> Tensor:
+    """``src`` (…, L) copied into a fresh contiguous (…, lp) tensor whose tail is zero."""
+    out = src.new_empty(src.shape[:-1] + (lp,))
+    out[..., : src.shape[-1]] = src
+    out[..., src.shape[-1] :] = 0
+    return out
+
+
+def conv_forward_cols(
+    x: Tensor, w: Tensor, geom: ConvGeom, K: int, eps: float, keep: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`conv_forward` in the column layout: patches (b, D, L) straight from ``F.unfold`` (no transpose),
+    outputs (B, C_out, L) returned as (B, L, C_out) views; iterates (K+1, B, C_out, Lp) and normalisers
+    (K, B, C_out, Lp) with the padded length ``Lp`` of :func:`padded_len`."""
+    B, G, L = x.shape[0], geom.groups, geom.L
+    wg = w.reshape(G, w.shape[0] // G, -1)
+    og = wg.shape[1]
+    lp = padded_len(L, x.dtype)
+    z0_all = x.new_empty((B, w.shape[0], L))
+    zk_all = x.new_empty((B, w.shape[0], L))
+    zs_all = x.new_empty((K + 1, B, w.shape[0], lp)) if keep else x.new_empty(0)
+    ss_all = x.new_empty((K, B, w.shape[0], lp)) if keep else x.new_empty(0)
+    bb = _conv_batch_block(x, geom)
+    for b0 in range(0, B, bb):
+        cols = _unfold(x[b0 : b0 + bb], geom)
+        nb = cols.shape[0]
+        for g in range(G):
+            c = _padded(cols[:, g], lp)
+            wgg = wg[g].contiguous()
+            z0 = torch.matmul(wgg, c)
+            zs, ss = nrpm_compiled.forward_compiled(c, wgg, z0, K, eps, keep, cols=True)
+            sl = slice(g * og, (g + 1) * og)
+            z0_all[b0 : b0 + nb, sl] = z0[..., :L]
+            zk_all[b0 : b0 + nb, sl] = zs[-1, ..., :L]
+            if keep:
+                zs_all[:, b0 : b0 + nb, sl] = zs
+                ss_all[:, b0 : b0 + nb, sl] = ss
+    return z0_all.transpose(1, 2), zk_all.transpose(1, 2), zs_all, ss_all
+
+
+def _unfold(xb: Tensor, geom: ConvGeom) -> Tensor:
+    """Patches of a batch block as (b, G, D, L)."""
+    cols = F.unfold(xb, geom.kernel, dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
+    return cols.view(xb.shape[0], geom.groups, -1, geom.L)
+
+
+def conv_backward_cols(
+    x: Tensor, w: Tensor, geom: ConvGeom, zs_all: Tensor, ss_all: Tensor, g_lpm: Tensor | None,
+    g_last: Tensor | None, eps: float, need_x: bool, need_w: bool, fixed: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Backward of :func:`conv_forward_cols` (``g_lpm``, ``g_last`` (B, L, C_out)); ``fixed`` (straight-through):
+    ``zs_all`` / ``ss_all`` hold z⁽ᴷ⁻¹⁾ and the last normaliser only."""
+    B, G, L = x.shape[0], geom.groups, geom.L
+    wg = w.reshape(G, w.shape[0] // G, -1)
+    og, D = wg.shape[1], wg.shape[2]
+    lp = zs_all.shape[-1]
+    gx = torch.zeros_like(x) if need_x else None
+    gw = torch.zeros_like(wg) if need_w else None
+    g_lpm_t = None if g_lpm is None else g_lpm.transpose(1, 2)
+    g_last_t = None if g_last is None else g_last.transpose(1, 2)
+    bb = _conv_batch_block(x, geom)
+    for b0 in range(0, B, bb):
+        cols = _unfold(x[b0 : b0 + bb], geom)
+        nb = cols.shape[0]
+        gcols = x.new_empty((nb, G, D, L)) if need_x else None
+        for g in range(G):
+            c = _padded(cols[:, g], lp)
+            wgg = wg[g].contiguous()
+            sl = slice(g * og, (g + 1) * og)
+            zs = zs_all[:, b0 : b0 + nb, sl].contiguous()
+            ss = ss_all[:, b0 : b0 + nb, sl].contiguous()
+            gla = _padded(g_last_t[b0 : b0 + nb, sl], lp) if g_last_t is not None else torch.zeros_like(zs[0])
+            gc = torch.zeros_like(c) if need_x else None
+            gwc = torch.zeros_like(wgg) if need_w else None
+            if fixed:
+                cc = gla * D / ss[0]
+                nrpm_compiled.backward_fixed_cols_compiled(c, wgg, zs[0] / D, cc, eps, gc, gwc)
+                g_total = None
+            else:
+                g_total = nrpm_compiled.backward_cols_compiled(c, wgg, zs, ss, gla, eps, gc, gwc)
+            if g_lpm_t is not None:
+                glp = _padded(g_lpm_t[b0 : b0 + nb, sl], lp)
+                g_total = glp if g_total is None else g_total.add_(glp)
+            if g_total is not None:  # the direct terms of z_LPM and of ḡ_0 (z⁽⁰⁾ = W·c)
+                if gc is not None:
+                    gc += torch.matmul(wgg.T, g_total)
+                if gwc is not None:
+                    gwc += torch.matmul(g_total, c.transpose(1, 2)).sum(0)
+            if gcols is not None and gc is not None:
+                gcols[:, g] = gc[..., :L]
+            if gw is not None and gwc is not None:
+                gw[g] += gwc
+        if gx is not None and gcols is not None:
+            gx[b0 : b0 + nb] = F.fold(gcols.view(nb, G * D, L), geom.size, geom.kernel,
+                                      dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
+    return gx, gw.view_as(w) if gw is not None else None
+
+
 def conv_forward(
     x: Tensor, w: Tensor, geom: ConvGeom, K: int, eps: float, backend: str, keep: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``z_LPM``, ``z⁽ᴷ⁾`` (B, L, C_out) and, if ``keep``, all iterates (K+1, B, L, C_out) and normalisers
-    (K, B, L, C_out). Works on batch blocks so the unfolded patches never exist for the whole batch."""
+    (K, B, L, C_out). Works on batch blocks so the unfolded patches never exist for the whole batch. Narrow
+    compiled convolutions run in the column layout (:func:`conv_forward_cols`; iterates (K+1, B, C_out, Lp))."""
+    if uses_cols(backend, w, geom):
+        return conv_forward_cols(x, w, geom, K, eps, keep)
     B = x.shape[0]
     G = geom.groups
     wg = w.reshape(G, w.shape[0] // G, -1)
@@ -206,6 +324,7 @@ class NRPMConvCore(torch.autograd.Function):
             zs, ss = zs[K - 1 : K].clone(), ss[K - 1 : K].clone()
         ctx.save_for_backward(x, w, zs, ss)
         ctx.geom, ctx.eps, ctx.backend, ctx.fixed = geom, eps, backend, fixed
+        ctx.cols = uses_cols(backend, w, geom)
         return z0, zk
 
     @staticmethod
@@ -214,6 +333,10 @@ class NRPMConvCore(torch.autograd.Function):
         x, w, zs_all, ss_all = ctx.saved_tensors
         geom: ConvGeom = ctx.geom
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if ctx.cols:
+            gx_c, gw_c = conv_backward_cols(x, w, geom, zs_all, ss_all, g_lpm, g_last, ctx.eps, need_x, need_w,
+                                            ctx.fixed)
+            return gx_c, gw_c, None, None, None, None, None
         B = x.shape[0]
         G = geom.groups
         wg = w.reshape(G, w.shape[0] // G, -1)
