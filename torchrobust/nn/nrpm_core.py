@@ -162,6 +162,50 @@ def conv_rows(x: Tensor, geom: ConvGeom, g: int) -> Tensor:
     return cols.view(b, geom.groups, D, geom.L)[:, g].transpose(1, 2).reshape(b * geom.L, D).contiguous()
 
 
+def _out_hw(geom: ConvGeom) -> tuple[int, int]:
+    (H, W), (kh, kw), (sh, sw) = geom.size, geom.kernel, geom.stride
+    (ph, pw), (dh, dw) = geom.padding, geom.dilation
+    return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def _patches(xb: Tensor, geom: ConvGeom, g: int) -> Tensor:
+    """Patches of group ``g`` as a strided view (b, C/G, kh, kw, Ho, Wo) of the zero-padded input, the order of
+    ``F.unfold``; copying it to rows or columns measured 1.3–9× faster than ``F.unfold`` (im2col) plus a copy."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = geom.kernel, geom.stride, geom.dilation, geom.padding
+    xp = F.pad(xb, (pw, pw, ph, ph)) if ph or pw else xb
+    cg = xb.shape[1] // geom.groups
+    v = xp[:, g * cg : (g + 1) * cg].unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    return v[..., ::dh, ::dw].permute(0, 1, 4, 5, 2, 3)
+
+
+def _fold_add(gxp: Tensor, gp: Tensor, geom: ConvGeom, g: int) -> None:
+    """Adjoint of :func:`_patches`: adds patch gradients ``gp`` (b, C/G, kh, kw, Ho, Wo) of group ``g`` into the
+    padded input gradient ``gxp`` (b, C, H + 2ph, W + 2pw), one strided add per kernel tap (replaces ``F.fold``)."""
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    cg, ho, wo = gp.shape[1], gp.shape[4], gp.shape[5]
+    dst = gxp[:, g * cg : (g + 1) * cg]
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh), slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            dst[:, :, rows, cols] += gp[:, :, i, j]
+
+
+def _padded_input_grad(x: Tensor, geom: ConvGeom) -> Tensor:
+    (ph, pw), (H, W) = geom.padding, geom.size
+    return x.new_zeros((x.shape[0], x.shape[1], H + 2 * ph, W + 2 * pw))
+
+
+def _crop(gxp: Tensor, geom: ConvGeom) -> Tensor:
+    (ph, pw), (H, W) = geom.padding, geom.size
+    return gxp[:, :, ph : ph + H, pw : pw + W]
+
+
+def _rows(xb: Tensor, geom: ConvGeom, g: int) -> Tensor:
+    """:func:`conv_rows` from :func:`_patches` (one copy, no im2col)."""
+    p = _patches(xb, geom, g)
+    return p.permute(0, 4, 5, 1, 2, 3).reshape(xb.shape[0] * geom.L, -1).contiguous()
+
+
 def uses_cols(backend: str, w: Tensor, geom: ConvGeom) -> bool:
     """Whether a convolution runs in the column layout (compiled backend, < ``_COLS_MAX_OUT`` outputs per group)."""
     return backend == "compiled" and w.shape[0] // geom.groups < _COLS_MAX_OUT
@@ -199,11 +243,12 @@ def conv_forward_cols(
     zs_all = x.new_empty((K + 1, B, w.shape[0], lp)) if keep else x.new_empty(0)
     ss_all = x.new_empty((K, B, w.shape[0], lp)) if keep else x.new_empty(0)
     bb = _conv_batch_block(x, geom)
+    ho, wo = _out_hw(geom)
     for b0 in range(0, B, bb):
-        cols = _unfold(x[b0 : b0 + bb], geom)
-        nb = cols.shape[0]
+        xb = x[b0 : b0 + bb]
+        nb = xb.shape[0]
         for g in range(G):
-            c = _padded(cols[:, g], lp)
+            c = _cols(xb, geom, g, lp, ho, wo)
             wgg = wg[g].contiguous()
             z0 = torch.matmul(wgg, c)
             zs, ss = nrpm_compiled.forward_compiled(c, wgg, z0, K, eps, keep, cols=True)
@@ -216,10 +261,13 @@ def conv_forward_cols(
     return z0_all.transpose(1, 2), zk_all.transpose(1, 2), zs_all, ss_all
 
 
-def _unfold(xb: Tensor, geom: ConvGeom) -> Tensor:
-    """Patches of a batch block as (b, G, D, L)."""
-    cols = F.unfold(xb, geom.kernel, dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
-    return cols.view(xb.shape[0], geom.groups, -1, geom.L)
+def _cols(xb: Tensor, geom: ConvGeom, g: int, lp: int, ho: int, wo: int) -> Tensor:
+    """Patches of group ``g`` as columns (b, D, lp), zero beyond ``L``."""
+    p = _patches(xb, geom, g)
+    out = xb.new_empty((xb.shape[0], p.shape[1] * p.shape[2] * p.shape[3], lp))
+    out[..., : geom.L].view(p.shape).copy_(p)
+    out[..., geom.L :] = 0
+    return out
 
 
 def conv_backward_cols(
@@ -237,12 +285,13 @@ def conv_backward_cols(
     g_lpm_t = None if g_lpm is None else g_lpm.transpose(1, 2)
     g_last_t = None if g_last is None else g_last.transpose(1, 2)
     bb = _conv_batch_block(x, geom)
+    ho, wo = _out_hw(geom)
     for b0 in range(0, B, bb):
-        cols = _unfold(x[b0 : b0 + bb], geom)
-        nb = cols.shape[0]
-        gcols = x.new_empty((nb, G, D, L)) if need_x else None
+        xb = x[b0 : b0 + bb]
+        nb = xb.shape[0]
+        gxp = _padded_input_grad(xb, geom) if need_x else None
         for g in range(G):
-            c = _padded(cols[:, g], lp)
+            c = _cols(xb, geom, g, lp, ho, wo)
             wgg = wg[g].contiguous()
             sl = slice(g * og, (g + 1) * og)
             zs = zs_all[:, b0 : b0 + nb, sl].contiguous()
@@ -264,13 +313,12 @@ def conv_backward_cols(
                     gc += torch.matmul(wgg.T, g_total)
                 if gwc is not None:
                     gwc += torch.matmul(g_total, c.transpose(1, 2)).sum(0)
-            if gcols is not None and gc is not None:
-                gcols[:, g] = gc[..., :L]
+            if gxp is not None and gc is not None:
+                _fold_add(gxp, gc[..., :L].view(nb, -1, *geom.kernel, ho, wo), geom, g)
             if gw is not None and gwc is not None:
                 gw[g] += gwc
-        if gx is not None and gcols is not None:
-            gx[b0 : b0 + nb] = F.fold(gcols.view(nb, G * D, L), geom.size, geom.kernel,
-                                      dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
+        if gx is not None and gxp is not None:
+            gx[b0 : b0 + nb] = _crop(gxp, geom)
     return gx, gw.view_as(w) if gw is not None else None
 
 
@@ -296,7 +344,7 @@ def conv_forward(
         xb = x[b0 : b0 + bb]
         nb = xb.shape[0]
         for g in range(G):
-            rows = conv_rows(xb, geom, g)
+            rows = _rows(xb, geom, g)
             wgg = wg[g].contiguous()
             z0 = rows @ wgg.T
             zs, ss = forward_all(rows, wgg, z0, K, eps, backend, keep=keep)
@@ -340,17 +388,18 @@ class NRPMConvCore(torch.autograd.Function):
         B = x.shape[0]
         G = geom.groups
         wg = w.reshape(G, w.shape[0] // G, -1)
-        og, D = wg.shape[1], wg.shape[2]
+        og = wg.shape[1]
         K, nz = ss_all.shape[0], zs_all.shape[0]
         gx = torch.zeros_like(x) if need_x else None
         gw = torch.zeros_like(wg) if need_w else None
         bb = _conv_batch_block(x, geom)
+        ho, wo = _out_hw(geom)
         for b0 in range(0, B, bb):
             xb = x[b0 : b0 + bb]
             nb = xb.shape[0]
-            gcols = x.new_zeros((nb, G, D, geom.L)) if need_x else None
+            gxp = _padded_input_grad(xb, geom) if need_x else None
             for g in range(G):
-                rows = conv_rows(xb, geom, g)
+                rows = _rows(xb, geom, g)
                 sl = slice(g * og, (g + 1) * og)
                 zs = zs_all[:, b0 : b0 + nb, :, sl].reshape(nz, nb * geom.L, og)
                 ss = ss_all[:, b0 : b0 + nb, :, sl].reshape(K, nb * geom.L, og)
@@ -358,11 +407,11 @@ class NRPMConvCore(torch.autograd.Function):
                 gla = None if g_last is None else g_last[b0 : b0 + nb, :, sl].reshape(nb * geom.L, og)
                 gxg, gwg = core_backward(rows, wg[g].contiguous(), zs, ss, glp, gla, ctx.eps, ctx.backend,
                                          need_x, need_w, ctx.fixed)
-                if gcols is not None and gxg is not None:
-                    gcols[:, g] = gxg.view(nb, geom.L, D).transpose(1, 2)
+                if gxp is not None and gxg is not None:
+                    gp = gxg.view(nb, ho, wo, -1, *geom.kernel)
+                    _fold_add(gxp, gp.permute(0, 3, 4, 5, 1, 2), geom, g)
                 if gw is not None and gwg is not None:
                     gw[g] += gwg
-            if gx is not None and gcols is not None:
-                gx[b0 : b0 + nb] = F.fold(gcols.view(nb, G * D, geom.L), geom.size, geom.kernel,
-                                          dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
+            if gx is not None and gxp is not None:
+                gx[b0 : b0 + nb] = _crop(gxp, geom)
         return gx, gw.view_as(w) if gw is not None else None, None, None, None, None, None
