@@ -206,6 +206,9 @@ def test_option_errors_name_the_fix(cifar: Path, tmp_path: Path, capsys: pytest.
     _cli_error(capsys, ["cifar10", "reprogram", *base, "--weights", str(tmp_path / "none.pt")], "drop it")
     _cli_error(capsys, ["cifar10", "reprogram", *base, "--backbones", "standard,pgdd"], "pgdd", "valid:")
     _cli_error(capsys, ["cifar10", "reprogram", *base, "--lam-grid", "0.5,1.5"], "[0, 1]")
+    _cli_error(capsys, ["cifar10", "reprogram", *base, "--irls-eps", "0"], "irls_eps must be a finite number > 0")
+    _cli_error(capsys, ["cifar10", "forge", *base, "--weights", str(cifar / "cifar-10-batches-py" / "test_batch"),
+                        "--grid", "0,2**-7"], "c_r grid needs values > 0")
     _cli_error(capsys, ["cifar10", "reprogram", *base, "--precision", "fp8"], "invalid choice")
     _cli_error(capsys, ["train", "--model", "lenet", "--out", str(tmp_path / "m.safetensors"), "--precision", "fp16",
                         "--max-batches", "1"], "fp16 needs a CUDA device")

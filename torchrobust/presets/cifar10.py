@@ -45,6 +45,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -157,6 +158,12 @@ class Cifar10Config:
             raise TorchRobustError(f"unknown backbone training mode(s) {bad or '(none)'}; valid: {', '.join(MODES)}")
         if not all(0.0 <= lam <= 1.0 for lam in self.lam_grid):
             raise TorchRobustError(f"lam_grid values must lie in [0, 1], got {list(self.lam_grid)}")
+        for name, fix in (("lr", "e.g. 0.1"), ("irls_eps", "the paper code uses 1e-3")):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise TorchRobustError(f"{name} must be a finite number > 0, got {v!r}; {fix}")
+        if not self.grid or not all(math.isfinite(c) and c > 0 for c in self.grid):
+            raise TorchRobustError(f"the c_r grid needs values > 0, got {list(self.grid)}; e.g. --grid 2**-8,2**-6")
         if preset == "forge":
             if self.weights is None:
                 raise TorchRobustError("the forge preset needs a RobustBench checkpoint: pass --weights PATH (e.g. a "
@@ -465,6 +472,7 @@ def run(preset: str, out_dir: str | os.PathLike[str], config: Cifar10Config | No
     r.write(out / f"{preset}_table.json", table.to_json())
     r.write(out / f"{preset}.md", table.to_markdown())
     r.write(out / f"{preset}.json", json.dumps(result, indent=1, default=str) + "\n")
+    D.cleanup()  # the process group torchrun asked for (a no-op otherwise)
     return result
 
 
