@@ -86,6 +86,22 @@ def test_stem_stride_and_resize_change_the_feature_map():
         lw.build("mobilenetv3_small_100", stem_stride=0)
 
 
+def test_top_class_share_flags_a_constant_classifier():
+    x = torch.rand(10, 1, 2, 2)
+    constant = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    assert lw.top_class_share(constant, x) == 1.0
+    # 10 inputs, predictions by the sign of the first pixel: shares 6/10 with 6 positive
+    x[:, 0, 0, 0] = torch.tensor([1.0, 1, 1, 1, 1, 1, -1, -1, -1, -1])
+    sign = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        sign[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
+        sign[1].bias.zero_()
+    assert lw.top_class_share(sign, x, batch_size=3) == 0.6
+
+
 def test_stem_conv_needs_a_conv_reading_the_image():
     with pytest.raises(TorchRobustError, match="no Conv2d"):
         stem_conv(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), 1)
@@ -128,7 +144,7 @@ def test_tiny_end_to_end_run_writes_the_table(tiny_run):
     row = rows["MNV3-S"]
     assert row["params"] == 1_527_818 and row["n"] == 8 and 0 <= row["union"] <= row["clean"] <= 1
     assert row["saving_vs_psat64"] == pytest.approx(1 - 1_527_818 / lw.hyper_resnet_parameters(64, 1))
-    assert row["train_cpu_s"] > 0
+    assert row["train_cpu_s"] > 0 and row["top_class_share"] >= 1 / 8  # 8 test inputs, 10 classes
     meta = checkpoint.load_metadata(paths[0])["metadata"]
     assert meta["strategy"] == "stochastic" and meta["steps"] == {"Linf": 1, "L2": 1, "L1": 1}
     assert "Saving vs PSAT-128" in (folder / "table5.md").read_text()

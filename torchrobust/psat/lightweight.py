@@ -54,11 +54,12 @@ from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, TrainingAdversa
 from torchrobust.psat.metrics import NORMS, MultiNormRow
 from torchrobust.psat.metrics import table as multinorm_table
 from torchrobust.psat.multinorm import ramp_objective
-from torchrobust.psat.train import Data, PSATTrainConfig, train_model
+from torchrobust.psat.train import Data, PSATTrainConfig, load_member, train_model
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["PAPER_TABLE5", "PAPER_PSAT", "TABLE5_BACKBONES", "TABLE5_STRATEGIES", "RandomNormAdversary",
-           "check_table5", "hyper_resnet_parameters", "build", "train_lightweight", "lightweight_table", "run_table5"]
+           "check_table5", "hyper_resnet_parameters", "top_class_share",
+           "build", "train_lightweight", "lightweight_table", "run_table5"]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,15 @@ def train_lightweight(out_dir: str | os.PathLike[str], data: Data, backbones: Se
     return out
 
 
+def top_class_share(model: nn.Module, x: Tensor, batch_size: int = 250) -> float:
+    """Share of the inputs ``x`` that ``model`` (eval mode) assigns to its most frequent predicted class: 1.0 for
+    a collapsed, constant classifier, about 0.1 for a working 10-class MNIST one."""
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return float(torch.bincount(pred).max()) / len(pred)
+
+
 def _fmt_params(p: int) -> str:
     return f"{p / 1e6:.3f}M"
 
@@ -180,7 +190,8 @@ def _fmt_saving(s: float) -> str:
 
 def lightweight_table(rows: Mapping[str, MultiNormRow], in_chans: int = 1,
                       train_cpu_seconds: Mapping[str, float] | None = None,
-                      z_dims: Sequence[int] = (64, 128), digits: int = 2) -> Table:
+                      top_class: Mapping[str, float] | None = None, z_dims: Sequence[int] = (64, 128),
+                      digits: int = 2) -> Table:
     """The Table 5 analogue: one row per trained network (``rows``: timm name → its evaluated row) with the
     accuracies of PSAT Table 1, its parameters (at ``in_chans`` and at 3 channels), the saving against the
     three-member hyper ResNet-50 at each ``z_dims`` and the paper's numbers; then one parameter-only row per
@@ -196,6 +207,7 @@ def lightweight_table(rows: Mapping[str, MultiNormRow], in_chans: int = 1,
                      formatter=_fmt_saving) for z in z_dims),
             Column("paper_trade_off", ColumnKind.PERCENT, digits=digits, label="paper trade-off", missing="–"),
             Column("paper_params", ColumnKind.INT, label="paper # Params", **p),
+            Column("top_class_share", ColumnKind.PERCENT, digits=1, label="top-class share", missing="–"),
             Column("train_cpu_s", ColumnKind.SECONDS, digits=0, label="train CPU s", missing="–"),
             Column("n", ColumnKind.INT, missing="–")]
     data: list[dict[str, Any]] = []
@@ -207,7 +219,8 @@ def lightweight_table(rows: Mapping[str, MultiNormRow], in_chans: int = 1,
         data.append({**d, "network": paper[0] if paper else name, "timm": name, "params": params, "params_3ch": p3,
                      **{f"saving_vs_psat{z}": 1.0 - params / ref[z] for z in z_dims},
                      "paper_trade_off": paper[1] if paper else None, "paper_params": paper[2] if paper else None,
-                     "train_cpu_s": (train_cpu_seconds or {}).get(name)})
+                     "train_cpu_s": (train_cpu_seconds or {}).get(name),
+                     "top_class_share": (top_class or {}).get(name)})
     for z in z_dims:
         paper = PAPER_PSAT.get(z)
         data.append({"network": f"PSAT hyper ResNet-50, N_z {z}, 3 members (not trained here)",
@@ -237,6 +250,7 @@ def run_table5(out_dir: str | os.PathLike[str], train_data: Data, test_data: tup
     paths = train_lightweight(folder, train_data, backbones, strategy,
                               steps=dict.fromkeys(NORMS, train_steps), config=config, model_kw=kw)
     rows: dict[str, MultiNormRow] = {}
+    shares: dict[str, float] = {}
     digest = hashlib.sha256(test_data[0].contiguous().numpy().tobytes() + test_data[1].contiguous().numpy().tobytes())
     settings = {"test_data_sha256": digest.hexdigest(), "n_test": len(test_data[0]), "eval_steps": eval_steps,
                 "restarts": restarts, "autoattack": None if autoattack is None else list(autoattack)}
@@ -245,15 +259,18 @@ def run_table5(out_dir: str | os.PathLike[str], train_data: Data, test_data: tup
         doc = json.loads(cached.read_text()) if cached.is_file() else {}
         if doc.get("settings") == settings and doc.get("checkpoint_mtime_ns") == pth.stat().st_mtime_ns:
             log.info("reusing the evaluation of %s (%s)", b, cached)
-            rows[b] = MultiNormRow(**doc["row"])
-            continue
-        (row,) = evaluate({b: pth}, data=test_data, n_test=len(test_data[0]),
-                          steps=dict.fromkeys(NORMS, eval_steps), alpha={}, restarts=restarts, autoattack=autoattack)
-        rows[b] = row
-        doc = {"settings": settings, "checkpoint_mtime_ns": pth.stat().st_mtime_ns, "row": asdict(row)}
-        write_texts(folder, f"{b}.eval", {"json": json.dumps(doc, indent=1) + "\n"})
+        else:
+            (row,) = evaluate({b: pth}, data=test_data, n_test=len(test_data[0]),
+                              steps=dict.fromkeys(NORMS, eval_steps), alpha={}, restarts=restarts,
+                              autoattack=autoattack)
+            doc = {"settings": settings, "checkpoint_mtime_ns": pth.stat().st_mtime_ns, "row": asdict(row)}
+        if "top_class_share" not in doc:
+            doc["top_class_share"] = top_class_share(load_member(pth), test_data[0])
+            write_texts(folder, f"{b}.eval", {"json": json.dumps(doc, indent=1) + "\n"})
+        rows[b] = MultiNormRow(**doc["row"])
+        shares[b] = float(doc["top_class_share"])
     cpu = {b: checkpoint.load_metadata(p)["metadata"].get("train_cpu_seconds") for b, p in paths.items()}
-    table = lightweight_table(rows, in_chans, cpu)
+    table = lightweight_table(rows, in_chans, cpu, shares)
     written = table.write(folder, _STEM)
     log.info("Table 5 analogue\n%s", table.markdown_grid())
     return [*paths.values(), *written.values()]
