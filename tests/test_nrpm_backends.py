@@ -111,6 +111,24 @@ def test_straight_through_narrow_and_wide_equal_reference(backend: str) -> None:
             assert _rel(got, ref) <= 1e-6
 
 
+@pytest.mark.skipif("compiled" not in BACKENDS, reason="torch.compile (inductor) is not usable on this machine")
+def test_transposed_x_kernels_equal_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transposed ∂x kernels (picked from 48 outputs on where inductor emits 256-bit vector code) are run and
+    checked on every machine, exact and straight-through."""
+    monkeypatch.setitem(nrpm_compiled._WIDE_SIMD, "cpu", False)
+    g = torch.Generator().manual_seed(11)
+    args = _linear_args(57, g)
+    for straight_through in (False, True):
+        res = {}
+        for be in ("compiled", "reference"):
+            a = [t.clone().requires_grad_(True) for t in args]
+            y = nrpm_linear(a[0], a[1], a[2], 0.3, 3, 1e-3, backend=be, straight_through=straight_through)
+            res[be] = (y, *torch.autograd.grad(y.square().sum(), a))
+        for got, ref in zip(res["compiled"], res["reference"], strict=True):
+            assert _rel(got, ref) <= 1e-6
+    assert {"bwd_x_t", "st_x_t"} <= {key[0] for key in nrpm_compiled._COMPILED}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_conv_straight_through_narrow_and_wide_equal_reference(backend: str) -> None:
     """The straight-through backward of a strided, padded, grouped conv in both compiled layouts."""
