@@ -26,7 +26,12 @@ the K reweighting steps with normalised weights, and autograd through the loop (
 Usage::
 
     python benchmarks/nrpm.py [--device cpu|cuda] [--backend auto|compiled|eager] [--K 3] [--reps 5]
-                              [--only NAME ...] [--check]
+                              [--only NAME ...] [--check] [--probe]
+
+``--probe`` times single forward IRLS steps as compiled kernels (G products/s, best of ``--reps``), for the MLP
+shape and one batch block of the narrow conv: the step as the library runs it, a pairwise-reciprocal variant
+(``1/a = b·1/(ab)``: one division per two products), a timing-only variant without any division (wrong values:
+the ceiling a faster reciprocal could reach), and the column layout with and without row padding.
 """
 
 from __future__ import annotations
@@ -232,6 +237,60 @@ def check(device: torch.device, K_values: tuple[int, ...] = (0, 1, 2, 3, 4)) -> 
     return fails
 
 
+def _step_rows(x: torch.Tensor, w: torch.Tensor, m: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    r = x[:, None, :] * w - m[..., None]
+    u = 1 / (r.abs() + eps)
+    return u.sum(-1), (u * r).sum(-1)
+
+
+def _step_pairwise(x: torch.Tensor, w: torch.Tensor, m: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    h = x.shape[1] // 2  # (even fan-in here) products d and d + h share one division
+    ra = x[:, None, :h] * w[:, :h] - m[..., None]
+    rb = x[:, None, h : 2 * h] * w[:, h : 2 * h] - m[..., None]
+    a, b = ra.abs() + eps, rb.abs() + eps
+    q = 1 / (a * b)
+    return (q * (a + b)).sum(-1), (q * (b * ra + a * rb)).sum(-1)
+
+
+def _step_no_division(x: torch.Tensor, w: torch.Tensor, m: torch.Tensor, eps: torch.Tensor
+                      ) -> tuple[torch.Tensor, ...]:
+    r = x[:, None, :] * w - m[..., None]
+    u = (r.abs() + eps) * eps  # timing probe only: a multiply where the step divides
+    return u.sum(-1), (u * r).sum(-1)
+
+
+def _step_cols(c: torch.Tensor, w: torch.Tensor, m: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    r = c[:, None] * w[:, :, None] - m[:, :, None]
+    u = 1 / (r.abs() + eps)
+    return u.sum(2), (u * r).sum(2)
+
+
+def probe(reps: int) -> None:
+    """Forward-step kernel variants in G products/s (see the module docstring)."""
+    g = torch.Generator().manual_seed(0)
+    eps = torch.tensor(1e-3)
+    comp = {f.__name__: torch.compile(f, dynamic=True, fullgraph=True)
+            for f in (_step_rows, _step_pairwise, _step_no_division, _step_cols)}
+    dev = torch.device("cpu")
+    for name, (n, d, o) in (("mlp 128x784 -> 256", (128, 784, 256)), ("narrow conv block 7x1024 rows, D=72 -> 8",
+                                                                      (7 * 1024, 72, 8))):
+        x, w = torch.randn(n, d, generator=g), torch.randn(o, d, generator=g) / d**0.5
+        m = x @ w.T / d
+        args = (x, w, m, eps)
+        res = [f"{k[6:]} {n * d * o / _best_time(lambda f=f, a=args: f(*a), reps, dev) / 1e9:.1f}"
+               for k, f in comp.items() if k != "_step_cols"]
+        if d == 72:  # the same block as columns (b, D, L) = (7, 72, 1024), rows of 1024 and of 1040 floats
+            for lp in (1024, 1040):
+                c = torch.zeros(7, d, lp)
+                c[..., :1024] = x.view(7, 1024, d).transpose(1, 2)
+                mc = torch.zeros(7, o, lp)
+                mc[..., :1024] = m.view(7, 1024, o).transpose(1, 2)
+                cargs = (c, w, mc, eps)
+                t = _best_time(lambda a=cargs: comp["_step_cols"](*a), reps, dev)
+                res.append(f"cols(L={lp}) {n * d * o / t / 1e9:.1f}")
+        print(f"{name}: G products/s: " + ", ".join(res), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (any torch device)")
@@ -244,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paper-max-elems", type=float, default=5e7,
                     help="time the paper's algorithm only where its product tensor has at most this many elements")
     ap.add_argument("--check", action="store_true", help="only run the correctness check against float64")
+    ap.add_argument("--probe", action="store_true", help="only time forward-step kernel variants (CPU)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device)
@@ -254,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     if args.check:
         return 1 if check(device) else 0
+    if args.probe:
+        probe(args.reps)
+        return 0
 
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} thread(s), fp32, K={args.K}, "
           f"lam={args.lam}, backend={args.backend}, best of {args.reps}")
