@@ -256,3 +256,41 @@ def test_reprogram_preset_under_torchrun(cifar: Path, tmp_path: Path) -> None:
     result = json.loads((out / "reprogram.json").read_text())
     assert result["world_size"] == 2 and len(result["rows"]) == 4
     assert (out / "models" / "standard_p3.safetensors").is_file() and not list(out.rglob("*.resume"))
+
+
+def test_fp16_loss_scaler_state_resumes_bit_for_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fp16 path (autocast + GradScaler) on CPU, with the CUDA-only check lifted: the scaler's state (scale,
+    growth tracker) is part of the resume state, so a run killed after its third state write and resumed ends with
+    the uninterrupted run's weights and scaler state."""
+    import torchrobust.train.precision as P
+    from torchrobust.train import TrainConfig, fit, resume
+
+    monkeypatch.setattr(P, "check_precision", lambda precision, device: str(precision))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 3, 32, 32, generator=g), torch.randint(0, 10, (24,), generator=g)
+    cfg = TrainConfig(epochs=2, batch_size=8, mode="pgd", eps=8 / 255, steps=1, precision="fp16", checkpoint_every=1,
+                      lr=0.05)
+
+    def train(folder: str, resume_from: bool = False) -> torch.nn.Module:
+        torch.manual_seed(0)
+        m = models.create("resnet18", width=2)
+        fit(m, (x, y), cfg, checkpoint_dir=tmp_path / folder, resume_from=tmp_path / folder if resume_from else None)
+        return m
+
+    a = train("a")
+    real_write, writes = resume.write_state, []
+
+    def crash(*args, **kwargs):
+        writes.append(1)
+        if len(writes) > 3:
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(resume, "write_state", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train("b")
+    monkeypatch.setattr(resume, "write_state", real_write)
+    b = train("b", resume_from=True)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    scaler = {f: resume.read_state(resume.state_path(tmp_path / f))[0]["progress"]["scaler"] for f in ("a", "b")}
+    assert scaler["a"] == scaler["b"] and scaler["a"]["_growth_tracker"] > 0 and scaler["a"]["scale"] > 0
