@@ -21,6 +21,12 @@ from ..errors import TorchRobustError
 __all__ = ["timm_model", "torchvision_model"]
 
 
+#: what the libraries' constructors raise for arguments they reject: an unknown keyword (TypeError), an assert
+#: (torchvision vit_b_16 image_size=15, timm ViT global_pool="bogus"), a ValueError (timm ConvNeXt global_pool) or
+#: an IndexError (timm ConvNeXt depths=(1,))
+_BAD_ARGUMENTS = (TypeError, ValueError, AssertionError, IndexError)
+
+
 def _first(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
@@ -49,7 +55,7 @@ def timm_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
         raise _unknown("timm", str(name), list(timm.list_models()))
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except TypeError as exc:
+    except _BAD_ARGUMENTS as exc:
         raise TorchRobustError(f"timm model {name!r} rejects the arguments {sorted(kwargs)} ({_first(exc)})") from None
     return model.eval()
 
@@ -70,7 +76,7 @@ def torchvision_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.M
         raise _unknown("torchvision", str(name), valid)
     try:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    except (TypeError, ValueError) as exc:
+    except _BAD_ARGUMENTS as exc:
         raise TorchRobustError(f"torchvision model {name!r} rejects the arguments {sorted(kwargs)} "
                                f"({_first(exc)})") from None
     return model.eval()
