@@ -289,6 +289,37 @@ def probe(reps: int) -> None:
                 t = _best_time(lambda a=cargs: comp["_step_cols"](*a), reps, dev)
                 res.append(f"cols(L={lp}) {n * d * o / t / 1e9:.1f}")
         print(f"{name}: G products/s: " + ", ".join(res), flush=True)
+    _probe_library(reps)
+
+
+def _probe_library(reps: int) -> None:
+    """The library's compiled forward and reverse kernels (``nrpm_compiled``) in G products/s."""
+    g = torch.Generator().manual_seed(1)
+    eps = torch.tensor(1e-3)
+    dev = torch.device("cpu")
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    for name, (n, d, o) in (("mlp 128x784 -> 256", (128, 784, 256)),
+                            ("full-width conv block 1024 rows, D=576 -> 64", (1024, 576, 64))):
+        x, w = rnd(n, d), rnd(o, d) / d**0.5
+        m, a, b, z = x @ w.T / d, rnd(n, o), rnd(n, o), rnd(n, o)
+        t = [m.T.contiguous(), a.T.contiguous(), b.T.contiguous(), z.T.contiguous()]
+        kernels = {"fwd": (x, w, m, eps), "bwd_z": (x, w, m, a, b, eps), "bwd_x": (x, w, m, a, b, z, eps),
+                   "bwd_x_t": (x, w.T.contiguous(), m, a, b, z, eps), "bwd_w_t": (w, x.T.contiguous(), *t, eps)}
+        res = [f"{k} {n * d * o / _best_time(lambda k=k, v=v: nrpm_compiled._call(k, *v), reps, dev) / 1e9:.1f}"
+               for k, v in kernels.items()]
+        print(f"library kernels, {name}: G products/s: " + ", ".join(res), flush=True)
+    nb, d, lp, o = 7, 72, 1040, 8
+    c, w = rnd(nb, d, lp), rnd(o, d) / d**0.5
+    m, a, b, z = torch.matmul(w, c) / d, rnd(nb, o, lp), rnd(nb, o, lp), rnd(nb, o, lp)
+    kernels = {"fwd_c": (c, w, m, eps), "bwd_z_c": (c, w, m, a, b, eps), "bwd_x_c": (c, w, m, a, b, z, eps),
+               "bwd_w_c": (c, w, m, a, b, z, eps)}
+    res = [f"{k} {nb * d * lp * o / _best_time(lambda k=k, v=v: nrpm_compiled._call(k, *v), reps, dev) / 1e9:.1f}"
+           for k, v in kernels.items()]
+    print("library kernels, narrow conv block as columns (7, 72, 1040) -> 8: G products/s: " + ", ".join(res),
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
