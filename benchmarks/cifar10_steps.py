@@ -18,7 +18,8 @@ Steps are timed at ``--batch`` images (128 for the width-8 models; ``--nrpm-batc
 flat in the batch size at these sizes, an assumption); FLOPs are counted at batches 2 and 4 and extrapolated
 linearly to 128 (a step) or 500 (an evaluation batch, per image); operator counts are taken at batch 2. Times are
 CPU seconds of this process (``time.process_time``), which a busy machine disturbs less than wall time. Prints one
-JSON line per kind (and writes them all with ``--out``).
+JSON line per kind (and writes them all with ``--out``; with ``--only`` an existing ``--out`` file keeps its other
+kinds).
 
 ``--project JSON`` turns such a JSON into the projected GPU hours per preset (:data:`PLAN`, :func:`project`).
 
@@ -266,12 +267,16 @@ def main() -> None:
         ("pass r18w64", lambda: attack_pass("pass r18w64", plain64, args.big_batch, 2)),
     ]
     out: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": []}
+    if args.out and Path(args.out).is_file():  # --only updates those kinds in an earlier file, keeps the others
+        kept = json.loads(Path(args.out).read_text())["rows"]
+        out["rows"] = [r for r in kept if not only or r["name"] not in only]
     for name, job in jobs:
         if only and name not in only:
             continue
         t0 = time.perf_counter()
         row = job()
         row["wall_s"] = round(time.perf_counter() - t0, 1)
+        row["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
         if args.out:
