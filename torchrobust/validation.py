@@ -166,6 +166,28 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Switch off ``requires_grad`` of ``model``'s parameters inside the context; every flag is restored on exit.
+
+    An attack differentiates with respect to its input only. ``torch.autograd.grad(loss, x)`` already skips the
+    parameter gradients of built-in layers, but a custom autograd Function (NRPM, :mod:`torchrobust.nn`) decides
+    from ``ctx.needs_input_grad``, which follows ``requires_grad`` alone: with the flags on, every attack step of a
+    reprogrammed model also ran the NRPM weight-gradient kernel and threw its result away. Shared parameters are
+    restored to their first recorded flag.
+    """
+    flags: dict[int, tuple[nn.Parameter, bool]] = {}
+    for p in model.parameters():
+        flags.setdefault(id(p), (p, p.requires_grad))
+    try:
+        for p, _ in flags.values():
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags.values():
+            p.requires_grad_(flag)
+
+
 def dtype_mismatch(model: nn.Module, x: torch.Tensor) -> str | None:
     """A one-line error naming the fix when ``x``'s floating dtype differs from the model's parameters' dtype
     (e.g. a float64 model given float32 images), or None when they agree (or the model has no parameters)."""

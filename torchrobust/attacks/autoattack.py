@@ -362,6 +362,8 @@ class AutoAttack(Attack):
     """The reference AutoAttack as a torchrobust :class:`~torchrobust.attacks.Attack` (returns ``x_adv``); see
     :func:`run_autoattack` for the arguments and the module docstring for the guarantees."""
 
+    freeze_parameters = False  # the reference differentiates on its own (``.backward()``): run it as it is
+
     def __init__(
         self,
         threat: str | ThreatModel = "Linf",

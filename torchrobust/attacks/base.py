@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import final
 
 import torch
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 
 from torchrobust.attacks.threat import ThreatModel, get_threat
 from torchrobust.errors import TorchRobustError, unknown_name
-from torchrobust.validation import check_images, check_labels, dtype_mismatch, eval_mode
+from torchrobust.validation import check_images, check_labels, dtype_mismatch, eval_mode, frozen_parameters
 
 __all__ = [
     "Attack",
@@ -86,8 +87,11 @@ def input_gradient(loss: Tensor, x_adv: Tensor) -> Tensor:
     """``d loss.sum() / d x_adv`` via ``torch.autograd.grad`` (no ``.grad`` accumulation in any parameter).
 
     ``loss`` holds independent per-example terms, so the gradient of the sum is the per-example gradient.
-    A model whose output does not depend on its input gives a zero gradient rather than an error.
+    A model whose output does not depend on its input gives a zero gradient rather than an error (attacks run with
+    the parameters' ``requires_grad`` off, so such a loss has no graph at all).
     """
+    if not loss.requires_grad:
+        return torch.zeros_like(x_adv)
     (grad,) = torch.autograd.grad(loss.sum(), x_adv, allow_unused=True)
     return torch.zeros_like(x_adv) if grad is None else grad
 
@@ -110,6 +114,9 @@ class Attack:
 
     threat: ThreatModel
     targeted: bool = False
+    #: switch off the parameters' ``requires_grad`` while attacking (:func:`torchrobust.validation.frozen_parameters`);
+    #: False for wrappers of external code that differentiate on their own (the reference AutoAttack)
+    freeze_parameters: bool = True
 
     def __init__(self, threat: str | ThreatModel, eps: float | None = None) -> None:
         self.threat = get_threat(threat, eps)
@@ -125,8 +132,8 @@ class Attack:
             y = _detached(check_labels(y, x.shape[0], dtype=torch.int64, device=x.device))
             handle = _register_label_check(model, y)
             try:
-                with eval_mode(model):
-                    x_adv = self.perturb(model, x, y)
+                with eval_mode(model), frozen_parameters(model) if self.freeze_parameters else nullcontext():
+                    x_adv = self.perturb(model, x, y)  # gradients for the input only
             except RuntimeError:
                 why = dtype_mismatch(model, x)  # e.g. float32 images into a float64 model: name the cast to make
                 if why is None:

@@ -109,6 +109,9 @@ class DeepFool(Attack):
             z = logits.gather(1, cls)  # (b, k)
             grads = []
             for j in range(k):
+                if not z.requires_grad:  # output independent of the input (parameters are frozen while attacking)
+                    grads.append(torch.zeros_like(xa).flatten(1))
+                    continue
                 (g,) = torch.autograd.grad(z[:, j].sum(), xa, retain_graph=j < k - 1)
                 grads.append(g.flatten(1))
             g = torch.stack(grads, 1)  # (b, k, n)
