@@ -233,6 +233,17 @@ def forward_compiled(x: Tensor, w: Tensor, z0: Tensor, K: int, eps: float, keep:
     return zs, ss
 
 
+def _reverse_terms(
+    gbar: Tensor, zs: Tensor, ss: Tensor, k: int, d: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Per-output terms of reverse IRLS step ``k`` (``nrpm_irls``): ``c = ḡ·D/s_k``, the mean ``m = z_k/D``, the
+    coefficients ``a±`` and the products ``(c·a+, c·a−, c·ε)`` the direct-term kernels take."""
+    c = gbar * d / ss[k]
+    m = zs[k] / d
+    a_pos, a_neg = reverse_coefficients(m, zs[k + 1], d, eps)
+    return c, m, a_pos, a_neg, (c * a_pos, c * a_neg, c * eps)
+
+
 def backward_compiled(
     x: Tensor, w: Tensor, zs: Tensor, ss: Tensor, g_last: Tensor, eps: float, gx: Tensor | None, gw: Tensor | None
 ) -> Tensor:
@@ -246,10 +257,7 @@ def backward_compiled(
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)
     gbar = g_last
     for k in range(ss.shape[0] - 1, -1, -1):
-        c = gbar * d / ss[k]
-        m = zs[k] / d
-        a_pos, a_neg = reverse_coefficients(m, zs[k + 1], d, eps)
-        ca_pos, ca_neg, ca_zero = c * a_pos, c * a_neg, c * eps
+        c, m, a_pos, a_neg, (ca_pos, ca_neg, ca_zero) = _reverse_terms(gbar, zs, ss, k, d, eps)
         if gx is not None:
             if wT is not None:
                 gx += _call("bwd_x_t", x, wT, m, ca_pos, ca_neg, ca_zero, eps_t)
@@ -301,10 +309,7 @@ def backward_cols_compiled(
     eps_t = torch.tensor(eps, dtype=c.dtype, device=c.device)
     gbar = g_last
     for k in range(ss.shape[0] - 1, -1, -1):
-        ck = gbar * d / ss[k]
-        m = zs[k] / d
-        a_pos, a_neg = reverse_coefficients(m, zs[k + 1], d, eps)
-        ca_pos, ca_neg, ca_zero = ck * a_pos, ck * a_neg, ck * eps
+        ck, m, a_pos, a_neg, (ca_pos, ca_neg, ca_zero) = _reverse_terms(gbar, zs, ss, k, d, eps)
         if gc is not None:
             gc += _call("bwd_x_c", c, w, m, ca_pos, ca_neg, ca_zero, eps_t)
         if gw is not None:

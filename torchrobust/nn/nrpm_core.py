@@ -10,6 +10,7 @@ again in the backward, so the unfolded input is never stored either.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,13 +271,25 @@ def _cols(xb: Tensor, geom: ConvGeom, g: int, lp: int, ho: int, wo: int) -> Tens
     return out
 
 
+def _backward_blocks(x: Tensor, geom: ConvGeom, gx: Tensor | None) -> Iterator[tuple[int, Tensor, Tensor | None]]:
+    """Batch blocks ``(b0, x block, padded input gradient of the block or None)`` of a conv backward; after the
+    caller has added a block's terms, the padded gradient is cropped into ``gx`` (when the input needs one)."""
+    bb = _conv_batch_block(x, geom)
+    for b0 in range(0, x.shape[0], bb):
+        xb = x[b0 : b0 + bb]
+        gxp = _padded_input_grad(xb, geom) if gx is not None else None
+        yield b0, xb, gxp
+        if gx is not None and gxp is not None:
+            gx[b0 : b0 + xb.shape[0]] = _crop(gxp, geom)
+
+
 def conv_backward_cols(
     x: Tensor, w: Tensor, geom: ConvGeom, zs_all: Tensor, ss_all: Tensor, g_lpm: Tensor | None,
     g_last: Tensor | None, eps: float, need_x: bool, need_w: bool, fixed: bool,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Backward of :func:`conv_forward_cols` (``g_lpm``, ``g_last`` (B, L, C_out)); ``fixed`` (straight-through):
     ``zs_all`` / ``ss_all`` hold z⁽ᴷ⁻¹⁾ and the last normaliser only."""
-    B, G, L = x.shape[0], geom.groups, geom.L
+    G, L = geom.groups, geom.L
     wg = w.reshape(G, w.shape[0] // G, -1)
     og, D = wg.shape[1], wg.shape[2]
     lp = zs_all.shape[-1]
@@ -284,12 +297,9 @@ def conv_backward_cols(
     gw = torch.zeros_like(wg) if need_w else None
     g_lpm_t = None if g_lpm is None else g_lpm.transpose(1, 2)
     g_last_t = None if g_last is None else g_last.transpose(1, 2)
-    bb = _conv_batch_block(x, geom)
     ho, wo = _out_hw(geom)
-    for b0 in range(0, B, bb):
-        xb = x[b0 : b0 + bb]
+    for b0, xb, gxp in _backward_blocks(x, geom, gx):
         nb = xb.shape[0]
-        gxp = _padded_input_grad(xb, geom) if need_x else None
         for g in range(G):
             c = _cols(xb, geom, g, lp, ho, wo)
             wgg = wg[g].contiguous()
@@ -317,8 +327,6 @@ def conv_backward_cols(
                 _fold_add(gxp, gc[..., :L].view(nb, -1, *geom.kernel, ho, wo), geom, g)
             if gw is not None and gwc is not None:
                 gw[g] += gwc
-        if gx is not None and gxp is not None:
-            gx[b0 : b0 + nb] = _crop(gxp, geom)
     return gx, gw.view_as(w) if gw is not None else None
 
 
@@ -385,19 +393,15 @@ class NRPMConvCore(torch.autograd.Function):
             gx_c, gw_c = conv_backward_cols(x, w, geom, zs_all, ss_all, g_lpm, g_last, ctx.eps, need_x, need_w,
                                             ctx.fixed)
             return gx_c, gw_c, None, None, None, None, None
-        B = x.shape[0]
         G = geom.groups
         wg = w.reshape(G, w.shape[0] // G, -1)
         og = wg.shape[1]
         K, nz = ss_all.shape[0], zs_all.shape[0]
         gx = torch.zeros_like(x) if need_x else None
         gw = torch.zeros_like(wg) if need_w else None
-        bb = _conv_batch_block(x, geom)
         ho, wo = _out_hw(geom)
-        for b0 in range(0, B, bb):
-            xb = x[b0 : b0 + bb]
+        for b0, xb, gxp in _backward_blocks(x, geom, gx):
             nb = xb.shape[0]
-            gxp = _padded_input_grad(xb, geom) if need_x else None
             for g in range(G):
                 rows = _rows(xb, geom, g)
                 sl = slice(g * og, (g + 1) * og)
@@ -412,6 +416,4 @@ class NRPMConvCore(torch.autograd.Function):
                     _fold_add(gxp, gp.permute(0, 3, 4, 5, 1, 2), geom, g)
                 if gw is not None and gwg is not None:
                     gw[g] += gwg
-            if gx is not None and gxp is not None:
-                gx[b0 : b0 + nb] = _crop(gxp, geom)
         return gx, gw.view_as(w) if gw is not None else None, None, None, None, None, None
