@@ -11,13 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TorchRobustError
-from . import cifar10, defences, demo, evaluate, experiments, info, report, train
+from . import cifar10, defences, demo, evaluate, experiments, forge_tables, info, report, train
 from .options import ERROR_PREFIX, Parser, check_device
 
 __all__ = ["build_parser", "main"]
 
 # the order of `torchrobust --help`
-_GROUPS = (info, train, evaluate, demo, report, defences, experiments, cifar10)
+_GROUPS = (info, train, evaluate, demo, report, defences, forge_tables, experiments, cifar10)
 
 
 def build_parser() -> argparse.ArgumentParser:
