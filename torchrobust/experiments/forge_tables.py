@@ -82,8 +82,9 @@ class ForgeTablesConfig:
             raise TorchRobustError("no eps given; pass at least one budget, e.g. 8/255")
         for e in self.eps:
             check_eps(e)
-            if e <= 0:
-                raise TorchRobustError(f"every eps must be > 0 (the clean column is always there), got {e!r}")
+            if not 0 < e <= 1:
+                raise TorchRobustError(f"every eps must be in (0, 1] for [0, 1] images (the clean column is always "
+                                       f"there), got {e!r}; e.g. 8/255 = 0.0314")
         if len(set(self.eps)) != len(self.eps):
             raise TorchRobustError(f"eps values repeat: {list(self.eps)}; give each budget once")
         return self
