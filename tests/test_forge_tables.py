@@ -96,3 +96,20 @@ def test_model_from_another_recipe_is_refused(tmp_path: Path, fake_mnist: None,
     assert main(["forge-tables", "--out", str(out), *ARGS, "--eps", "0.3"]) == 0
     assert main(["forge-tables", "--out", str(out), *ARGS, "--eps", "0.3", "--epochs", "2"]) == 2
     assert "another recipe" in capsys.readouterr().err
+
+
+def test_certify_writes_fig3_table(tmp_path: Path, fake_mnist: None) -> None:
+    out = tmp_path / "run"
+    assert main(["forge-tables", "--out", str(out), *ARGS, "--eps", "0.3", "--certify", "--n-smooth", "200"]) == 0
+    fig = json.loads((out / "fig3_certified_accuracy.json").read_text())
+    assert [c["name"] for c in fig["columns"]] == ["model", "c_r", *[f"r={r:g}" for r in F.RADII]]
+    assert [(r["model"], r["c_r"]) for r in fig["rows"]] == [("plain", "0"), ("forged", "2^-7")]
+    for r in fig["rows"]:  # certified accuracy can only fall as the radius grows
+        accs = [r[f"r={x:g}"] for x in F.RADII]
+        assert all(0 <= a <= 1 for a in accs) and accs == sorted(accs, reverse=True)
+    assert json.loads((out / "certify_forged" / "certify.json").read_text())["n"] == 200
+
+
+def test_bad_sigma_is_one_line_error(tmp_path: Path, fake_mnist: None, capsys: pytest.CaptureFixture) -> None:
+    assert main(["forge-tables", "--out", str(tmp_path / "b"), *ARGS, "--certify", "--sigma", "0"]) == 2
+    assert "sigma must be a finite number > 0" in capsys.readouterr().err

@@ -15,7 +15,8 @@ def cmd_forge_tables(args: argparse.Namespace) -> int:
 
     res = run_forge_tables(args.out, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                            max_batches=args.max_batches, n_test=args.n_test, n_calib=args.n_calib, c_r=args.c_r,
-                           eps=args.eps or PAPER_EPS, seed=args.seed, root=args.data_root, progress=not args.quiet)
+                           eps=args.eps or PAPER_EPS, seed=args.seed, certify=args.certify, sigma=args.sigma,
+                           n_smooth=args.n_smooth, root=args.data_root, progress=not args.quiet)
     for table in res["tables"].values():
         sys.stdout.write(table.to_markdown() + "\n\n")
     sys.stdout.write(f"wrote {args.out}/\n")
@@ -33,6 +34,9 @@ def register(sub: Any) -> None:
     sp.add_argument("--n-calib", type=positive_int, default=59000, help="calibration images (training 0..N-1)")
     sp.add_argument("--c-r", type=finite_number, default=2.0**-7, help="threshold ratio c_r (default 2**-7)")
     sp.add_argument("--eps", type=float_list, default=None, help="ε grid (default the paper's 1,2,4,...,64/255)")
+    sp.add_argument("--certify", action="store_true", help="also Fig. 3: randomized-smoothing certified accuracy")
+    sp.add_argument("--sigma", type=finite_number, default=0.25, help="noise σ of --certify (default 0.25)")
+    sp.add_argument("--n-smooth", type=positive_int, default=10_000, help="noise samples per image of --certify")
     add_data_root(sp)
     add_seed(sp)
     add_common(sp)
