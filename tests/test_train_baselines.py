@@ -201,8 +201,9 @@ def _runs():
         "pgd-awp": (dict(mode="pgd-awp", awp_gamma=0.01, **eps), {}),
         "trades-awp": (dict(mode="trades-awp", awp_gamma=0.01, **eps), {}),
         "eat": ({}, {"adversary": TrainingAdversary("eat", steps={"Linf": 2, "L2": 2, "L1": 2})}),
+        # without gradient projection: a run with GP cannot be resumed (test_ramp_gp_two_epochs_...)
         "ramp": ({}, {"objective": ramp_objective(TrainingAdversary("ramp", steps={"Linf": 2, "L2": 2,
-                                                                                  "L1": 2}))}),
+                                                                                  "L1": 2}), gp=False)}),
     }
 
 
@@ -264,3 +265,67 @@ def test_cli_lists_the_new_modes_and_baselines(capsys, monkeypatch):
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert all(n in out for n in names), argv
+
+
+# ---- RAMP's gradient projection (GP) ---------------------------------------------------------------------------
+
+
+def test_gp_fuse_on_hand_checked_vectors():
+    from torchrobust.psat.ramp_gp import gp_fuse
+
+    old = {"w": torch.tensor([1.0, 1.0]), "v": torch.zeros(2), "n": torch.tensor(3)}
+    adv = {"w": torch.tensor([2.0, 1.0]), "v": torch.tensor([1.0, 0.0]), "n": torch.tensor(5)}
+    nat = {"w": torch.tensor([2.0, 2.0]), "v": torch.tensor([-1.0, 0.0]), "n": torch.tensor(9)}
+    out = gp_fuse(old, adv, nat, beta=0.5)
+    # w: δ_adv = (1, 0), δ_nat = (1, 1), cos = 1/√2 > 0 → old + ½·δ_adv + ½·(1/√2)·δ_nat
+    c = 0.5 / math.sqrt(2.0)
+    assert torch.allclose(out["w"], torch.tensor([1.0 + 0.5 + c, 1.0 + c]))
+    # v: δ_nat = −δ_adv, cos = −1 → the natural update is dropped, half the adversarial one is kept
+    assert torch.equal(out["v"], torch.tensor([0.5, 0.0]))
+    assert int(out["n"]) == 5  # scalar buffers (num_batches_tracked) take the adversarial model's value
+    assert torch.equal(gp_fuse(old, adv, nat, beta=0.0)["w"], adv["w"])  # β = 0: plain adversarial training
+
+
+def test_ramp_gp_epoch_is_the_fusion_of_the_no_gp_and_the_natural_runs(mnist64):
+    """One epoch with GP = gp_fuse(θ_0, θ after the epoch without GP, θ after the epoch of clean training with the
+    same optimiser, schedule and batches), for every parameter and BatchNorm statistic."""
+    from torchrobust.psat.ramp_gp import gp_fuse
+
+    adv = TrainingAdversary("ramp", steps={"Linf": 2, "L2": 2, "L1": 2})
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.1, seed=3, schedule="cosine")
+    start = Net().state_dict()
+    off, nat, on = Net(), Net(), Net()
+    fit(off, mnist64, cfg, objective=ramp_objective(adv, gp=False))
+    fit(nat, mnist64, cfg)  # mode "standard": clean cross-entropy
+    fit(on, mnist64, cfg, objective=ramp_objective(adv))
+    want = gp_fuse(start, off.state_dict(), nat.state_dict(), 0.5)
+    for k, t in on.state_dict().items():
+        assert torch.allclose(t, want[k], rtol=1e-5, atol=1e-6), k
+    moved = max(float((a - b).abs().max()) for a, b in zip(on.state_dict().values(), off.state_dict().values(),
+                                                           strict=True) if a.is_floating_point())
+    assert moved > 1e-3  # GP changed the result
+
+
+def test_ramp_gp_two_epochs_finite_and_resume_refused(tmp_path, mnist64):
+    obj = ramp_objective(TrainingAdversary("ramp", steps={"Linf": 1, "L2": 1, "L1": 1}))
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=4, checkpoint_every=1)
+    crashed = Net()
+    crashed.fuse = 3 * 3 + 1  # 3 train-mode forwards of the model per step: the 4th step (epoch 2, batch 2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashed, mnist64, cfg, objective=obj, checkpoint_dir=tmp_path)
+    with pytest.raises(TorchRobustError, match="cannot be resumed.*gp=False") as e:
+        fit(Net(), mnist64, cfg, objective=ramp_objective(TrainingAdversary("ramp")), resume_from=tmp_path)
+    assert "\n" not in str(e.value)
+    res = fit(Net(), mnist64, TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=4), objective=obj)
+    assert len(res.history) == 2 and all(math.isfinite(h["loss"]) for h in res.history)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(gp_beta=1.5), "gp_beta must be a number in \\[0, 1\\]"),
+    (dict(gp_beta=float("nan")), "gp_beta"),
+    (dict(gp="yes"), "gp must be True or False"),
+])
+def test_ramp_gp_bad_options_one_line(kw, match):
+    with pytest.raises(TorchRobustError, match=match) as e:
+        ramp_objective(TrainingAdversary("ramp"), **kw)
+    assert "\n" not in str(e.value)

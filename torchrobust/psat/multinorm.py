@@ -12,19 +12,21 @@ robustness against multiple and single lp-threat models via quick fine-tuning of
   ``L = CE(f(x'_max), y) + λ · (1/|S|) Σ_{i∈S} KL(p(x'_∞,i) ‖ p(x'_1,i))`` where ``x'_max`` is, per example,
   the ℓ∞ or ℓ1 adversarial example with the larger loss (the max strategy over the two), ``S`` the examples
   whose ℓ∞ example the model classifies correctly, and λ = 1.5 (the reference code's default ``--lbd``).
-  **Omitted**: RAMP's gradient projection (GP), which once per epoch trains a copy of the model for an epoch on
-  clean data and fuses its update into the adversarial update layer by layer; this is the paper's "RAMP w/o
-  GP" variant. The papers attack with APGD during training; here the library's PGD is used, as for the other
-  baselines.
+  With ``gp=True`` (the default, as in the authors' from-scratch runs) RAMP's gradient projection
+  (:mod:`torchrobust.psat.ramp_gp`) fuses, once per epoch, a natural-training copy's update into the
+  adversarial one layer by layer (β = 0.5); ``gp=False`` is the paper's "RAMP w/o GP" ablation. The papers
+  attack with APGD during training; here the library's PGD is used, as for the other baselines.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchrobust.errors import TorchRobustError
 from torchrobust.psat.adversary import (
     EXTREME_NORMS,
     ExtremeNormAdversary,
@@ -34,6 +36,7 @@ from torchrobust.psat.adversary import (
     max_loss_pick,
     pgd,
 )
+from torchrobust.psat.ramp_gp import GP_BETA, GradientProjection, check_beta
 
 __all__ = ["EXTREME_NORMS", "ExtremeNormAdversary", "RAMPObjective", "ramp_pairing_loss", "max_loss_pick",
            "ramp_objective"]
@@ -55,13 +58,37 @@ def ramp_pairing_loss(logits_source: Tensor, logits_target: Tensor, y: Tensor) -
 class RAMPObjective:
     """RAMP's training loss as a :func:`torchrobust.train.fit` ``objective(net, model, x, y) -> (loss,
     logits)``: ``CE(f(x'_max), y) + λ·ramp_pairing_loss(f(x'_∞), f(x'_1), y)`` (train-mode forward passes;
-    the logits returned for ``train_acc`` are those of ``x'_max``)."""
+    the logits returned for ``train_acc`` are those of ``x'_max``).
+
+    ``gp``: RAMP's gradient projection (:mod:`torchrobust.psat.ramp_gp`; Jiang & Singh 2024, GP): ``fit``
+    calls :meth:`begin_epoch` / :meth:`end_epoch` around every epoch, each call takes one natural-training step
+    of a model copy on the clean batch (it leaves the loss unchanged), and every epoch ends with the GP fusion
+    (``gp_beta`` = β). ``gp=False``: "RAMP w/o GP", each epoch is plain training on the loss above."""
 
     linf: PGDConfig
     l1: PGDConfig
     lam: float = 1.5
+    gp: bool = True
+    gp_beta: float = GP_BETA
+    _gp: GradientProjection | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gp, bool):
+            raise TorchRobustError(f"gp must be True or False (RAMP's gradient projection on/off), got {self.gp!r}")
+        self.gp_beta = check_beta(self.gp_beta)
+        self._gp = GradientProjection(self.gp_beta) if self.gp else None
+
+    def begin_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, first_batch: int) -> None:
+        if self._gp is not None:
+            self._gp.begin_epoch(model, optimizer, epoch, first_batch)
+
+    def end_epoch(self, model: nn.Module) -> None:
+        if self._gp is not None:
+            self._gp.end_epoch(model)
 
     def __call__(self, net: nn.Module, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if self._gp is not None:
+            self._gp.natural_step(x, y)
         x_inf = pgd(model, x, y, self.linf)
         x_one = pgd(model, x, y, self.l1)
         x_max = max_loss_pick(model, x_inf, x_one, y)
@@ -71,10 +98,12 @@ class RAMPObjective:
         return loss, out_max
 
 
-def ramp_objective(adversary: TrainingAdversary) -> RAMPObjective | None:
+def ramp_objective(adversary: TrainingAdversary, *, gp: bool = True, gp_beta: float = GP_BETA
+                   ) -> RAMPObjective | None:
     """RAMP's training objective for a ``strategy="ramp"`` :class:`TrainingAdversary` (its ℓ∞/ℓ1 PGD settings and
-    ``ramp_lambda``); ``None`` for the strategies trained on the mean cross-entropy of the adversary's inputs."""
+    ``ramp_lambda``), with gradient projection unless ``gp=False`` ("RAMP w/o GP"); ``None`` for the strategies
+    trained on the mean cross-entropy of the adversary's inputs."""
     if adversary.strategy != MultiNormStrategy.RAMP:
         return None
     cfgs = adversary.configs()
-    return RAMPObjective(cfgs["Linf"], cfgs["L1"], lam=float(adversary.ramp_lambda))
+    return RAMPObjective(cfgs["Linf"], cfgs["L1"], lam=float(adversary.ramp_lambda), gp=gp, gp_beta=gp_beta)

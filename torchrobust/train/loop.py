@@ -376,6 +376,8 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     or a list of them whose cross-entropies are averaged; ``train_acc`` then counts over all of them.
     ``objective(net, model, x, y) -> (loss, logits)`` replaces the mode's loss altogether (``mode`` must be
     ``"standard"`` and ``adversary`` unset; e.g. RAMP in :mod:`torchrobust.psat`; :mod:`.objectives`).
+    An objective with ``begin_epoch(model, optimizer, epoch, first_batch)`` / ``end_epoch(model)`` methods has
+    them called before / after every epoch's batches (RAMP's gradient projection, :mod:`torchrobust.psat.ramp_gp`).
     Seeded by ``config.seed`` (torch's global RNG is re-seeded at the start for the attacks' random starts).
 
     ``checkpoint_dir``: write a resume state there (:mod:`torchrobust.train.resume`) after every epoch and every
@@ -458,6 +460,8 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         if order is None or epoch != epoch0:
             order = epoch_order(n, cfg.seed, epoch)
         model.train()
+        if callable(getattr(objective, "begin_epoch", None)):  # e.g. RAMP's gradient projection
+            objective.begin_epoch(model, opt, epoch, first)  # type: ignore[union-attr]
         batches = iterate_batches(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
                                   device=dev, max_batches=cfg.max_batches, order=order, start=first)
         if cfg.progress and D.is_main():
@@ -501,6 +505,9 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
             if ckdir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 \
                     and b + 1 < steps_per_epoch:
                 checkpoint(epoch, b + 1, order, (tot_loss, tot_correct, tot_n), t0)
+        if callable(getattr(objective, "end_epoch", None)):  # RAMP's GP fuses the epoch's update
+            objective.end_epoch(model)  # type: ignore[union-attr]
+            last_good.take()
         rec: dict[str, float] = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
                                  "train_acc": tot_correct / max(tot_n, 1), "lr": opt.param_groups[0]["lr"],
                                  "seconds": time.perf_counter() - t0}
