@@ -49,7 +49,7 @@ MULTI_NORM = ("max", "avg", "msd", "eat", "ramp")
 PAPERS = {"standard": "—", "fgsm": "Goodfellow et al. 2015", "pgd": "Madry et al. 2018", "trades": "Zhang et al. 2019",
           "mart": "Wang et al. 2020", "pgd-awp": "Wu et al. 2020", "trades-awp": "Wu et al. 2020",
           "gaussian": "Cohen et al. 2019", "max": "Tramèr & Boneh 2019", "avg": "Tramèr & Boneh 2019",
-          "msd": "Maini et al. 2020", "eat": "Croce & Hein 2022", "ramp": "Jiang & Singh 2024 (no GP)"}
+          "msd": "Maini et al. 2020", "eat": "Croce & Hein 2022", "ramp": "Jiang & Singh 2024"}
 #: ``--model`` choices: zoo name, its keyword arguments, and the description printed above the table.
 MODELS: dict[str, tuple[str, dict[str, Any], str]] = {
     "mlp": ("mlp", {"widths": [256, 64], "activation": "relu"}, "MLP 784-256-64-10 (ReLU)"),
@@ -93,8 +93,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     return out
 
 
+def _ramp_gp() -> bool:
+    """Whether the library's RAMP objective uses gradient projection (GP)."""
+    return bool(getattr(ramp_objective(TrainingAdversary("ramp")), "gp", False))
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in ("model", "n_train", "epochs", "n_test", "train_steps", "seed")}
+    keys = ("model", "n_train", "epochs", "n_test", "train_steps", "seed")
+    return {**{k: getattr(args, k) for k in keys}, "ramp_gp": _ramp_gp()}
 
 
 def _load_results(path: Path | None, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -113,8 +119,15 @@ def _load_results(path: Path | None, settings: dict[str, Any]) -> dict[str, dict
     return dict(rows)
 
 
+def _paper(mode: str) -> str:
+    """The paper column; for ``ramp`` also whether its objective uses gradient projection (GP)."""
+    if mode != "ramp":
+        return PAPERS[mode]
+    return PAPERS[mode] + ("" if _ramp_gp() else " (no GP)")
+
+
 def _row(mode: str, r: dict[str, Any]) -> str:
-    return (f"| {mode} | {PAPERS[mode]} | " + " | ".join(f"{100 * r[k]:.1f}" for k in ACC_KEYS)
+    return (f"| {mode} | {_paper(mode)} | " + " | ".join(f"{100 * r[k]:.1f}" for k in ACC_KEYS)
             + f" | {r['train_loss']:.3f} / {100 * r['train_acc']:.1f} | {r['train_wall']:.0f} | "
             f"{r['train_cpu']:.0f} | {r['eval_cpu']:.0f} |")
 
