@@ -59,8 +59,19 @@ def _paper_adaptive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paper_figure(args: argparse.Namespace) -> int:
+    from ..experiments.reprogramming_figures import run_figure
+
+    res = run_figure(args.name, args.out, n_test=args.n_test or 1000, profile=args.profile, seed=args.seed,
+                     device=args.device, progress=not args.quiet, threads=args.threads)
+    sys.stdout.write((Path(args.out) / f"{args.name}.md").read_text())
+    sys.stdout.write(f"\nwrote {args.out}/ in {res['wall_seconds']:.0f} s\n")
+    return 0
+
+
 def cmd_paper(args: argparse.Namespace) -> int:
     from ..experiments.reprogramming import run
+    from ..experiments.reprogramming_figures import FIGURES
     from ..validation import check_output_dir
 
     if args.name == "adaptive":  # the full adaptive evaluation (torchrobust.experiments.adaptive_reprogramming)
@@ -73,10 +84,15 @@ def cmd_paper(args: argparse.Namespace) -> int:
         check_output_dir(args.out)  # paper runs resume their finished cells, so existing results are not refused
         return _paper_adaptive(args)
     given = [flag for flag, (dest, unset) in ADAPTIVE_ONLY.items() if getattr(args, dest) != unset]
+    if args.name in FIGURES and (args.weights is not None or args.n_pgd is not None):
+        raise TorchRobustError(f"`paper {args.name}` trains its own MLPs and evaluates --n-test images; drop "
+                               "--weights and --n-pgd")
     if given:
         raise TorchRobustError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for `paper adaptive` "
                                f"only; drop {'it' if len(given) == 1 else 'them'} for `paper {args.name}`")
     check_output_dir(args.out)
+    if args.name in FIGURES:
+        return _paper_figure(args)
     res = run(args.name, args.out, n_test=args.n_test, profile=args.profile, seed=args.seed, n_pgd=args.n_pgd,
               device=args.device, progress=not args.quiet, threads=args.threads, weights=args.weights)
     md = Path(args.out) / f"{args.name}.md"
@@ -142,11 +158,12 @@ def cmd_psat_experiment(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     from ..experiments.adaptive_reprogramming import ARCHS, BUDGETS
     from ..experiments.reprogramming import PRESETS, PROFILES
+    from ..experiments.reprogramming_figures import FIGURES
     from ..psat.experiment import STAGES
 
     sp = sub.add_parser("paper", help="reproduce a table/figure of the reprogramming paper on bundled MNIST")
-    sp.add_argument("name", choices=sorted([*PRESETS, "adaptive"]),
-                    help="; ".join(f"{k}: {v}" for k, v in PRESETS.items())
+    sp.add_argument("name", choices=sorted([*PRESETS, *FIGURES, "adaptive"]),
+                    help="; ".join(f"{k}: {v}" for k, v in {**PRESETS, **FIGURES}.items())
                     + "; adaptive: FGSM, PGD-20 and the adaptive suite on the MLP/LeNet paradigms 1-3 (resumable)")
     add_out(sp, "output folder (finished cells of an earlier run are reused)", default="paper-results")
     sp.add_argument("--profile", default="fast", choices=sorted(PROFILES))

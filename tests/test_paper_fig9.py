@@ -1,0 +1,103 @@
+"""`torchrobust paper fig9` (Robustness Reprogramming, App. C.3, Figure 9): ℓ∞/ℓ2/ℓ0 budgets, plain vs NRPM MLP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from torchrobust import attacks as A
+from torchrobust import checkpoint
+from torchrobust.cli import main
+from torchrobust.errors import TorchRobustError
+from torchrobust.experiments.reprogramming_figures import run_figure
+from torchrobust.tables import Table
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def fig9_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fig9")
+    rc = main(["paper", "fig9", "--profile", "quick", "--n-test", str(N), "--out", str(out), "--quiet"])
+    return rc, out
+
+
+def test_fig9_cli_writes_the_table(fig9_run):
+    rc, out = fig9_run
+    assert rc == 0
+    table = Table.from_json((out / "fig9_table.json").read_text())
+    assert table.names == ["model", "norm", "budget", "robust", "attacks", "strength"]
+    # quick profile: two budgets per norm (0 and one attacked), three norms, plain + NRPM paradigm 1
+    cells = {(r["model"], r["norm"], r["budget"]) for r in table.rows}
+    assert cells == {(m, n, b) for m in ("plain (LPM)", "NRPM P1")
+                     for n, bs in (("Linf", (0.0, 0.1)), ("L2", (0.0, 2.0)), ("L0", (0.0, 10.0))) for b in bs}
+    acc = {(r["model"], r["norm"], r["budget"]): r["robust"] for r in table.rows}
+    for m in ("plain (LPM)", "NRPM P1"):
+        clean = acc[(m, "Linf", 0.0)]
+        assert 0 < clean <= 1
+        assert acc[(m, "L2", 0.0)] == acc[(m, "L0", 0.0)] == clean  # budget 0 is clean accuracy, same images
+        for n, b in (("Linf", 0.1), ("L2", 2.0), ("L0", 10.0)):
+            assert acc[(m, n, b)] <= clean
+    # ℓ∞/ℓ2 through the default (strong) attack set; ℓ0 through the ℓ0 attack
+    attacks = {r["norm"]: r["attacks"] for r in table.rows}
+    assert attacks == {"Linf": "fgsm+apgd-ce+apgd-t", "L2": "fgsm+apgd-ce+apgd-t", "L0": "l0"}
+    doc = json.loads((out / "fig9.json").read_text())
+    assert doc["config"]["n_test"] == N and doc["wall_seconds"] > 0
+    assert "| NRPM P1 | L0 |" in (out / "fig9.md").read_text()
+
+
+def test_fig9_budgets_inside_their_balls(fig9_run):
+    """The attacks the table ran stay inside the budgets it reports, on the checkpointed NRPM model."""
+    _, out = fig9_run
+    model = checkpoint.load(out / "models" / "mlp-p1.safetensors").eval()
+    from torchrobust import data
+
+    x, y = data.as_tensors(data.load("mnist", "test"))
+    x, y = x[:N], y[:N]
+    for name, threat, eps in (("apgd-ce", "Linf", 0.1), ("apgd-ce", "L2", 2.0), ("l0", A.L0(1.0), 10.0)):
+        x_adv = A.create(name, threat=threat, eps=eps, steps=10)(model, x, y)
+        tm = A.get_threat(threat, eps) if isinstance(threat, str) else threat.with_eps(eps)
+        assert bool(tm.contains(x_adv, x).all())
+        assert float(tm.norm(x_adv - x).max()) <= eps * (1 + 1e-5)
+        assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+
+
+def test_fig9_reuses_checkpoints(fig9_run, tmp_path):
+    _, out = fig9_run
+    before = (out / "models" / "mlp-p0.safetensors").stat().st_mtime_ns
+    res = run_figure("fig9", out, n_test=2, profile="quick", budgets={"L0": [0, 5]})
+    assert (out / "models" / "mlp-p0.safetensors").stat().st_mtime_ns == before
+    assert res["timings"].get("train mlp-p0") is None  # loaded, not trained
+    assert {r["norm"] for r in res["rows"]} == {"L0"}
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"budgets": {"L3": [0.1]}}, "norm"),
+    ({"budgets": {"Linf": [-0.1]}}, ">= 0"),
+    ({"budgets": {"L2": [float("nan")]}}, "finite"),
+    ({"budgets": {"L0": [2.5]}}, "whole number"),
+    ({"budgets": {"Linf": [2.0]}}, "above 1"),
+    ({"n_test": 0}, "n_test"),
+    ({"paradigms": (4,)}, "paradigms"),
+])
+def test_fig9_bad_input_is_one_line_error_before_work(tmp_path, kw, match):
+    with pytest.raises(TorchRobustError, match=match) as ei:
+        run_figure("fig9", tmp_path / "o", profile="quick", **kw)
+    assert "\n" not in str(ei.value)
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_fig9_cli_bad_input(tmp_path, capsys):
+    assert main(["paper", "fig9", "--n-pgd", "10", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--n-pgd" in err and "Traceback" not in err
+    assert main(["paper", "fig10", "--out", str(tmp_path / "o")]) == 2
+    assert "invalid choice: 'fig10'" in capsys.readouterr().err
+
+
+def test_unknown_figure():
+    with pytest.raises(TorchRobustError, match="figure"):
+        run_figure("fig99", "unused")
+    assert torch.get_num_threads() >= 1
