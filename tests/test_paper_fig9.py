@@ -101,3 +101,18 @@ def test_unknown_figure():
     with pytest.raises(TorchRobustError, match="figure"):
         run_figure("fig99", "unused")
     assert torch.get_num_threads() >= 1
+
+
+def test_fig6_quick_certified_table(fig9_run):
+    """Figure 6 (randomized smoothing) on the same checkpointed models: certified accuracy falls with the radius."""
+    _, out = fig9_run
+    res = run_figure("fig6", out, n_test=3, profile="quick", sigmas=(0.25,), n_samples=100)
+    table = Table.from_json((out / "fig6_table.json").read_text())
+    assert table.names == ["model", "sigma", "radius", "certified"]
+    for m in ("plain (LPM)", "NRPM P1"):
+        curve = [r["certified"] for r in table.rows if r["model"] == m]
+        assert len(curve) == 7 and all(0 <= a <= 1 for a in curve)
+        assert curve == sorted(curve, reverse=True)
+    assert res["config"]["n"] == 100 and res["timings"].get("train mlp-p0") is None
+    with pytest.raises(TorchRobustError, match="sigma"):
+        run_figure("fig6", out, profile="quick", sigmas=(-1.0,))
