@@ -201,9 +201,9 @@ def _runs():
         "pgd-awp": (dict(mode="pgd-awp", awp_gamma=0.01, **eps), {}),
         "trades-awp": (dict(mode="trades-awp", awp_gamma=0.01, **eps), {}),
         "eat": ({}, {"adversary": TrainingAdversary("eat", steps={"Linf": 2, "L2": 2, "L1": 2})}),
-        # without gradient projection: a run with GP cannot be resumed (test_ramp_gp_two_epochs_...)
+        # with gradient projection (the default): its state is in the resume state
         "ramp": ({}, {"objective": ramp_objective(TrainingAdversary("ramp", steps={"Linf": 2, "L2": 2,
-                                                                                  "L1": 2}), gp=False)}),
+                                                                                  "L1": 2}))}),
     }
 
 
@@ -306,18 +306,54 @@ def test_ramp_gp_epoch_is_the_fusion_of_the_no_gp_and_the_natural_runs(mnist64):
     assert moved > 1e-3  # GP changed the result
 
 
-def test_ramp_gp_two_epochs_finite_and_resume_refused(tmp_path, mnist64):
-    obj = ramp_objective(TrainingAdversary("ramp", steps={"Linf": 1, "L2": 1, "L1": 1}))
+def _gp_objective(**kw):
+    return ramp_objective(TrainingAdversary("ramp", steps={"Linf": 1, "L2": 1, "L1": 1}), **kw)
+
+
+@pytest.mark.parametrize("crash_at", [7, 10])  # 3 train-mode forwards of the model per step: the 3rd step (epoch 2,
+# batch 1: the last state is epoch 1's end, GP fused) or the 4th (epoch 2, batch 2: the last state is mid-epoch)
+def test_ramp_gp_resumes_bitwise_mid_epoch_and_at_an_epoch_boundary(tmp_path, mnist64, crash_at):
+    from torchrobust.train import resume
+
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, seed=4, checkpoint_every=1, schedule="cosine")
+    ref = Net()
+    res = fit(ref, mnist64, cfg, objective=_gp_objective())
+    assert len(res.history) == 3 and all(math.isfinite(h["loss"]) for h in res.history)
+    crashed = Net()
+    crashed.fuse = crash_at
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashed, mnist64, cfg, objective=_gp_objective(), checkpoint_dir=tmp_path)
+    doc, tensors = resume.read_state(resume.state_path(tmp_path))
+    gp = doc["objective"]["projection"]
+    assert (doc["position"]["epoch"], doc["position"]["batch"]) == ((1, 0) if crash_at == 7 else (1, 1))
+    assert gp["active"] is (crash_at == 10) and gp["epoch"] == (0 if crash_at == 7 else 1)
+    assert any(k.startswith("objective.projection.natural_optimizer.") for k in tensors)  # momentum kept
+    resumed = Net(seed=7)  # other weights and a fresh objective: everything must come from the state
+    out = fit(resumed, mnist64, cfg, objective=_gp_objective(), checkpoint_dir=tmp_path, resume_from=tmp_path)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert [h["loss"] for h in out.history] == [h["loss"] for h in res.history]
+
+
+def test_ramp_gp_resume_state_binds_the_objective(tmp_path, mnist64):
+    """A GP run's state does not resume without GP, with another λ or β, nor a no-GP state with GP; one line each;
+    a GP epoch begun at batch 2 without a loaded state is refused."""
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=4, checkpoint_every=1)
     crashed = Net()
-    crashed.fuse = 3 * 3 + 1  # 3 train-mode forwards of the model per step: the 4th step (epoch 2, batch 2)
+    crashed.fuse = 10
     with pytest.raises(KeyboardInterrupt):
-        fit(crashed, mnist64, cfg, objective=obj, checkpoint_dir=tmp_path)
-    with pytest.raises(TorchRobustError, match="cannot be resumed.*gp=False") as e:
-        fit(Net(), mnist64, cfg, objective=ramp_objective(TrainingAdversary("ramp")), resume_from=tmp_path)
-    assert "\n" not in str(e.value)
-    res = fit(Net(), mnist64, TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=4), objective=obj)
-    assert len(res.history) == 2 and all(math.isfinite(h["loss"]) for h in res.history)
+        fit(crashed, mnist64, cfg, objective=_gp_objective(), checkpoint_dir=tmp_path)
+    other_lambda = ramp_objective(TrainingAdversary("ramp", steps={"Linf": 1, "L2": 1, "L1": 1}, ramp_lambda=5.0))
+    for obj, match in ((_gp_objective(gp=False), r"\(lambda, gp\) = \(1.5, True\)"),
+                       (other_lambda, r"\(lambda, gp\) = \(1.5, True\)"),
+                       (_gp_objective(gp_beta=0.4), "gp_beta 0.5"),
+                       (None, "holds a training objective's state")):
+        with pytest.raises(TorchRobustError, match=match) as e:
+            fit(Net(), mnist64, cfg, objective=obj, checkpoint_dir=tmp_path, resume_from=tmp_path)
+        assert "\n" not in str(e.value)
+    model = Net()
+    with pytest.raises(TorchRobustError, match="no state for this epoch.*resume_from"):
+        _gp_objective()._gp.begin_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), 1, 1)
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -21,6 +21,7 @@ robustness against multiple and single lp-threat models via quick fine-tuning of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,19 @@ class RAMPObjective:
     def end_epoch(self, model: nn.Module) -> None:
         if self._gp is not None:
             self._gp.end_epoch(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resume state holds of this objective (``fit`` saves it): λ, ``gp`` and GP's state."""
+        return {"lam": self.lam, "gp": self.gp, "projection": self._gp.state_dict() if self._gp else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a :meth:`state_dict` back (``fit`` on resume); a state of other options is refused."""
+        if not isinstance(state, dict) or (state.get("lam"), state.get("gp")) != (self.lam, self.gp):
+            got = (state.get("lam"), state.get("gp")) if isinstance(state, dict) else None
+            raise TorchRobustError(f"the resume state is from a RAMP run with (lambda, gp) = {got!r}, this run has "
+                                   f"{(self.lam, self.gp)!r}; rerun with the original options")
+        if self._gp is not None:
+            self._gp.load_state_dict(state["projection"])
 
     def __call__(self, net: nn.Module, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if self._gp is not None:

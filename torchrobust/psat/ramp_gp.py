@@ -35,9 +35,11 @@ scripts do not (λ = 1.5). Without GP the method is the paper's "RAMP w/o GP" ab
   parameters ``fit`` trains are updated).
 * Under DDP the natural step's gradients are averaged over the processes, so every process fuses the same
   ``θ_nat``.
-* GP's state (``θ_old``, the natural copy and its optimiser) is not part of :mod:`torchrobust.train.resume`'s
-  states, so a run with GP cannot be resumed: ``begin_epoch`` refuses, in one line, any epoch that does not follow
-  the previous one from its first batch.
+* GP's state (``θ_old`` of the epoch in progress, the natural copy's state and its optimiser's, the epoch and
+  whether one is in progress) is part of :mod:`torchrobust.train.resume`'s states
+  (:meth:`GradientProjection.state_dict` / :meth:`~GradientProjection.load_state_dict`, which ``fit`` calls), so
+  a GP run resumes bit for bit mid-epoch and at an epoch boundary. ``begin_epoch`` refuses, in one line, an epoch
+  that neither starts a run, follows the previous one from its first batch, nor continues the loaded state.
 * A natural step draws no random numbers for models without dropout-like layers, so the adversarial trajectory
   within an epoch is the same with GP on and off; with such layers it would shift torch's global RNG.
 """
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +61,8 @@ __all__ = ["GP_BETA", "GradientProjection", "check_beta", "gp_fuse"]
 
 #: The reference code's (hard-coded) β.
 GP_BETA = 0.5
+#: version of :meth:`GradientProjection.state_dict`'s layout
+_STATE_FORMAT = 1
 
 
 def check_beta(beta: object) -> float:
@@ -117,19 +122,70 @@ class GradientProjection:
         self._main_opt: torch.optim.Optimizer | None = None
         self._old: dict[str, Tensor] | None = None
         self._epoch: int | None = None  # the epoch in progress, or the last one fused
+        self._loaded: dict[str, Any] | None = None  # a resume state's GP state, put in place by begin_epoch
 
     @property
     def active(self) -> bool:
         return self._old is not None
 
+    def state_dict(self) -> dict[str, Any]:
+        """GP's state as tensors and JSON-able values (for :mod:`torchrobust.train.resume`): β, the epoch in
+        progress or last fused, whether one is in progress, its ``θ_old``, the natural copy's state and its
+        optimiser's (momentum)."""
+        if self._loaded is not None:  # loaded but not yet put in place: unchanged
+            return self._loaded
+        return {"format": _STATE_FORMAT, "beta": self.beta, "epoch": self._epoch, "active": self.active,
+                "old": self._old,
+                "natural": self._nat.state_dict() if self._nat is not None else None,
+                "natural_optimizer": self._nat_opt.state_dict() if self._nat_opt is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a :meth:`state_dict`; the next :meth:`begin_epoch` (with the model and optimiser, already
+        resumed) rebuilds the natural copy and its optimiser from it."""
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise TorchRobustError("the resume state's gradient-projection state is missing or of another format; "
+                                   "finish that run with the torchrobust that wrote it, or start over")
+        if state.get("beta") != self.beta:
+            raise TorchRobustError(f"the resume state is from a run with gp_beta {state.get('beta')!r}, this run "
+                                   f"has {self.beta!r}; rerun with the original options")
+        self._loaded = state
+
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, first_batch: int) -> bool:
+        """Put the loaded state in place for ``epoch`` from ``first_batch``; True when it was mid-epoch (the
+        epoch then goes on from the loaded ``θ_old`` and natural copy)."""
+        s, self._loaded = self._loaded, None
+        assert s is not None
+        mid = bool(s["active"])
+        if s["natural"] is None or s["natural_optimizer"] is None \
+                or (s["epoch"], mid) != ((epoch, True) if first_batch else (epoch - 1, False)):
+            raise TorchRobustError(f"the resume state's gradient-projection state (epoch {s['epoch']}, "
+                                   f"{'mid-epoch' if mid else 'fused'}) does not match the position it resumes "
+                                   f"(epoch {epoch + 1}, batch {first_batch + 1}); delete the folder to start over")
+        self._nat = copy.deepcopy(model)
+        self._nat.load_state_dict(s["natural"])
+        self._nat_opt = _mirror_optimizer(optimizer, model, self._nat)
+        self._nat_opt.load_state_dict(s["natural_optimizer"])
+        self._epoch = int(s["epoch"])
+        if mid:
+            live = model.state_dict()
+            if s["old"] is None or s["old"].keys() != live.keys():
+                raise TorchRobustError("the resume state's gradient-projection state does not fit the model; "
+                                       "delete the folder to start over")
+            self._old = {k: v.to(device=live[k].device, dtype=live[k].dtype) for k, v in s["old"].items()}
+            self._main_opt = optimizer
+        return mid
+
     def begin_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, first_batch: int) -> None:
         if epoch == 0 and first_batch == 0:  # a new run (also when the objective is reused)
+            self._loaded = None
             self._nat = copy.deepcopy(model)
             self._nat_opt = _mirror_optimizer(optimizer, model, self._nat)
+        elif self._loaded is not None:  # resumed: fit loaded a resume state's GP state
+            if self._restore(model, optimizer, epoch, first_batch):
+                return
         elif first_batch != 0 or self._nat is None or self._epoch != epoch - 1 or self.active:
-            raise TorchRobustError("RAMP's gradient projection keeps a natural-training copy of the model that "
-                                   "resume states do not hold, so a run with it cannot be resumed; restart it "
-                                   "or train RAMP without GP (ramp_objective(..., gp=False))")
+            raise TorchRobustError("RAMP's gradient projection has no state for this epoch: resume a GP run "
+                                   "through fit(resume_from=...) (CLI: --resume), whose resume states hold it")
         assert self._nat is not None
         self._nat.load_state_dict(model.state_dict())
         self._main_opt = optimizer

@@ -377,7 +377,9 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     ``objective(net, model, x, y) -> (loss, logits)`` replaces the mode's loss altogether (``mode`` must be
     ``"standard"`` and ``adversary`` unset; e.g. RAMP in :mod:`torchrobust.psat`; :mod:`.objectives`).
     An objective with ``begin_epoch(model, optimizer, epoch, first_batch)`` / ``end_epoch(model)`` methods has
-    them called before / after every epoch's batches (RAMP's gradient projection, :mod:`torchrobust.psat.ramp_gp`).
+    them called before / after every epoch's batches (RAMP's gradient projection, :mod:`torchrobust.psat.ramp_gp`);
+    one that keeps state across batches has ``state_dict()`` (tensors and JSON-able values) / ``load_state_dict``:
+    that state goes into every resume state and is loaded back, before ``begin_epoch``, on resume.
     Seeded by ``config.seed`` (torch's global RNG is re-seeded at the start for the attacks' random starts).
 
     ``checkpoint_dir``: write a resume state there (:mod:`torchrobust.train.resume`) after every epoch and every
@@ -430,9 +432,11 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     fp = resume.fingerprint(cfg.to_dict(), model, plist, train_set, dev) if ckdir is not None else {}
     done: dict[str, Any] = {"history": [], "loss": 0.0, "correct": 0, "n": 0, "epoch_seconds": 0.0, "seconds": 0.0}
     epoch0, batch0, order = 0, 0, None
+    stateful = objective if callable(getattr(objective, "state_dict", None)) \
+        and callable(getattr(objective, "load_state_dict", None)) else None  # e.g. RAMP's gradient projection
     if resume_from is not None:  # last: it restores the RNG states the loop continues from
         pos, done, order = resume.load_state(resume_from, model=model, optimizer=opt, scheduler=sched, fp=fp,
-                                             device=dev)
+                                             device=dev, objective=stateful)
         epoch0, batch0 = int(pos["epoch"]), int(pos["batch"])
         if scaler is not None and done.get("scaler"):
             scaler.load_state_dict(done["scaler"])
@@ -448,6 +452,7 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         now = time.perf_counter()
         resume.write_state(ckdir, model=model, optimizer=opt, scheduler=sched, fp=fp, device=dev,  # type: ignore
                            position={"epoch": epoch, "batch": batch, "step": step}, order=order,
+                           objective=stateful.state_dict() if stateful is not None else None,  # type: ignore
                            progress={"history": history, "loss": sums[0], "correct": sums[1], "n": sums[2],
                                      "epoch_seconds": now - t0, "seconds": now - t_start,
                                      "scaler": scaler.state_dict() if scaler is not None else None})

@@ -3,16 +3,16 @@
 A resume state is one safetensors file per process, ``<dir>/state.rank<R>.safetensors``, written atomically
 (:func:`torchrobust.io.atomic_write_bytes`) after every epoch and every ``checkpoint_every`` optimiser
 steps. Its tensors are the model's ``state_dict`` (``model.*``), the optimiser's and the LR scheduler's tensors
-(``optimizer.*``, ``scheduler.*``), the RNG states (``rng.*``: torch CPU, the training CUDA device, numpy) and the
-epoch's data permutation (``data.order``); its safetensors header holds one JSON document (key
-``torchrobust-resume``) with the rest: the position (epoch, batches done in it, optimiser steps), the history so
-far and the epoch's running sums, the optimiser/scheduler state dicts with every tensor replaced by a reference
-(non-string keys, tuples and ``Counter``\\ s are tagged so they come back as they were), Python ``random``'s
-state, and a *fingerprint* of the run (training configuration, model structure, data, optimised parameters,
-world size, device type). :func:`load_state` refuses a state whose fingerprint differs from the run asking for it.
-
-Under ``torchrun`` each rank keeps its previous state too (``state.rank<R>.prev.safetensors``), so a run killed
-between two ranks' writes resumes from the newest step every rank has.
+(``optimizer.*``, ``scheduler.*``), those of a training objective that keeps state across batches
+(``objective.*``: RAMP's gradient projection, :mod:`torchrobust.psat.ramp_gp`), the RNG states (``rng.*``: torch
+CPU, the training CUDA device, numpy) and the epoch's data permutation (``data.order``); its safetensors header
+holds one JSON document (key ``torchrobust-resume``) with the rest: the position (epoch, batches done in it,
+optimiser steps), the history so far and the epoch's running sums, the optimiser/scheduler/objective state dicts
+with every tensor replaced by a reference (non-string keys, tuples and ``Counter``\\ s are tagged so they come
+back as they were), Python ``random``'s state, and a *fingerprint* of the run (training configuration, model
+structure, data, optimised parameters, world size, device type). :func:`load_state` refuses a state whose
+fingerprint differs from the run asking for it, and one that holds an objective's state when the run's objective
+keeps none (or the reverse).
 """
 
 from __future__ import annotations
@@ -193,8 +193,10 @@ def has_state(directory: str | os.PathLike[str]) -> bool:
 
 def write_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: Any, fp: dict[str, Any], position: dict[str, int], progress: dict[str, Any],
-                order: torch.Tensor, device: torch.device | None = None) -> Path:
-    """Write this process's resume state atomically (the previous one survives any interruption)."""
+                order: torch.Tensor, device: torch.device | None = None, objective: Any = None) -> Path:
+    """Write this process's resume state atomically (the previous one survives any interruption).
+    ``objective``: the training objective's ``state_dict()`` (tensors and JSON-able values), or None when it keeps
+    no state."""
     from safetensors.torch import save as st_save
 
     tensors: dict[str, torch.Tensor] = {}
@@ -204,6 +206,7 @@ def write_state(directory: str | os.PathLike[str], *, model: nn.Module, optimize
     doc = {"format": FORMAT_VERSION, "torch": torch.__version__, "fingerprint": fp, "position": position,
            "progress": progress, "optimizer": encode(optimizer.state_dict(), "optimizer", tensors),
            "scheduler": encode(scheduler.state_dict(), "scheduler", tensors) if scheduler is not None else None,
+           "objective": encode(objective, "objective", tensors) if objective is not None else None,
            "rng": capture_rng(tensors, device)}
     blob = st_save(tensors, metadata={_META_KEY: json.dumps(doc)})
     path = state_path(directory)
@@ -251,9 +254,11 @@ def _choose(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def load_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, fp: dict[str, Any],
-               device: torch.device | None = None) -> tuple[dict[str, int], dict[str, Any], torch.Tensor]:
-    """Load this rank's resume state into ``model``/``optimizer``/``scheduler`` and the RNGs.
+               scheduler: Any, fp: dict[str, Any], device: torch.device | None = None,
+               objective: Any = None) -> tuple[dict[str, int], dict[str, Any], torch.Tensor]:
+    """Load this rank's resume state into ``model``/``optimizer``/``scheduler``, ``objective`` (one with
+    ``load_state_dict``, e.g. RAMP with gradient projection; None for an objective that keeps no state) and the
+    RNGs.
 
     Returns ``(position, progress, order)``. Raises :class:`TorchRobustError` when no state is there or it
     belongs to a different run (configuration, model structure, data, parameters or process count differ).
@@ -267,6 +272,13 @@ def load_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer
     if diff:
         raise TorchRobustError(f"resume state in {directory} is from a different run ({'; '.join(diff)}); rerun "
                                "with the original options, or delete that folder to start over")
+    saved_objective = doc.get("objective")
+    if (saved_objective is None) != (objective is None):
+        has = "holds" if saved_objective is not None else "lacks"
+        raise TorchRobustError(f"resume state in {directory} is from a different run (it {has} a training "
+                               "objective's state, e.g. RAMP's gradient projection, this run's objective "
+                               f"{'keeps none' if objective is None else 'needs one'}); rerun with the original "
+                               "options, or delete that folder to start over")
     if doc.get("torch") != torch.__version__:
         log.warning("resume state written by torch %s, running %s: results may differ in the last bits",
                     doc.get("torch"), torch.__version__)
@@ -275,6 +287,8 @@ def load_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer
     optimizer.load_state_dict(decode(doc["optimizer"], tensors))
     if scheduler is not None:
         scheduler.load_state_dict(decode(doc["scheduler"], tensors))
+    if objective is not None:
+        objective.load_state_dict(decode(saved_objective, tensors))
     restore_rng(doc["rng"], tensors, device)
     log.info("resumed from %s at epoch %d, batch %d", directory, doc["position"]["epoch"] + 1,
              doc["position"]["batch"])
