@@ -365,3 +365,21 @@ def test_ramp_gp_bad_options_one_line(kw, match):
     with pytest.raises(TorchRobustError, match=match) as e:
         ramp_objective(TrainingAdversary("ramp"), **kw)
     assert "\n" not in str(e.value)
+
+
+def test_cli_ramp_gp_switch_reaches_the_objective_and_the_metadata(tmp_path, capsys):
+    """``psat train --baselines ramp`` trains RAMP with GP; ``--no-ramp-gp`` without (RAMP w/o GP): the switch
+    reaches the objective (the weights differ) and AT_ramp's metadata records it."""
+    from torchrobust import checkpoint
+    from torchrobust.cli import main
+
+    states = {}
+    for flag, gp in (("--ramp-gp", True), ("--no-ramp-gp", False)):
+        out = tmp_path / flag
+        assert main(["psat", "train", "--out", str(out), "--members", "", "--baselines", "ramp", "--n-train", "32",
+                     "--epochs", "2", "--steps", "1", "--quiet", flag]) == 0  # 1 step per epoch; the first has lr 0
+        meta = checkpoint.load_metadata(out / "AT_ramp.safetensors")["metadata"]
+        assert meta["ramp_gp"] is gp and meta["ramp_lambda"] == TrainingAdversary("ramp").ramp_lambda
+        states[gp] = psat.load_member(out / "AT_ramp.safetensors").state_dict()
+    assert any(not torch.equal(a, states[False][k]) for k, a in states[True].items() if a.is_floating_point())
+    assert "saved AT_ramp" in capsys.readouterr().out

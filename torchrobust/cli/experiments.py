@@ -16,6 +16,7 @@ from .options import (
     add_device,
     add_out,
     add_overwrite,
+    add_ramp_gp,
     add_seed,
     finite_number,
     float_list,
@@ -119,7 +120,8 @@ def cmd_psat_train(args: argparse.Namespace) -> int:
     # train_to_dir refuses an empty selection and existing checkpoints in --out before any work
     paths = train_to_dir(args.out, members=args.members or [], baselines=args.baselines or [], arch=args.arch,
                          dataset=args.data, root=args.data_root, n_train=args.n_train, epochs=args.epochs,
-                         steps=args.steps, lr=args.lr, seed=args.seed, overwrite=args.overwrite)
+                         steps=args.steps, lr=args.lr, seed=args.seed, overwrite=args.overwrite,
+                         ramp_gp=args.ramp_gp)
     for name, p in paths.items():
         sys.stdout.write(f"saved {name}: {p}\n")
     return 0
@@ -205,6 +207,7 @@ def register(sub: Any) -> None:
     tp.add_argument("--epochs", type=positive_int, default=1)
     tp.add_argument("--steps", type=positive_int, default=10, help="PGD steps of the training adversaries")
     tp.add_argument("--lr", type=finite_number, default=1e-3)
+    add_ramp_gp(tp)
     add_seed(tp)
     add_common(tp)
     tp.set_defaults(fn=cmd_psat_train)

@@ -170,6 +170,14 @@ def add_batch_size(sp: argparse.ArgumentParser, default: int | None) -> None:
     sp.add_argument("--batch-size", type=positive_int, default=default)
 
 
+def add_ramp_gp(sp: argparse.ArgumentParser) -> None:
+    """``--ramp-gp/--no-ramp-gp``: RAMP's gradient projection (Jiang & Singh 2024; :mod:`torchrobust.psat.ramp_gp`)
+    on the RAMP baseline; ``--no-ramp-gp`` is the paper's "RAMP w/o GP" ablation."""
+    sp.add_argument("--ramp-gp", action=argparse.BooleanOptionalAction, default=True,
+                    help="RAMP baseline with its gradient projection (default) or, with --no-ramp-gp, without it "
+                         "(the paper's 'RAMP w/o GP')")
+
+
 def add_precision(sp: argparse.ArgumentParser) -> None:
     """``--precision`` (training autocast: fp32, bf16, fp16 with loss scaling on CUDA) and ``--channels-last``
     (:mod:`torchrobust.train.precision`; evaluation always runs in fp32)."""

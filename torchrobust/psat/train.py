@@ -8,7 +8,8 @@
   example, Eq. 5), ``"avg"`` (AT_avg, Tramèr & Boneh 2019, mean loss over norms, Eq. 6 — one optimiser step on
   the averaged loss; robust_union's ``triple_adv`` instead takes three optimiser steps per batch), ``"msd"``
   (AT_msd, Maini et al. 2020, Eq. 7), ``"eat"`` (E-AT, Croce & Hein 2022: ℓ∞ or ℓ1 at random per batch),
-  ``"ramp"`` (RAMP without its gradient projection, Jiang & Singh 2024; :mod:`~torchrobust.psat.multinorm`), and
+  ``"ramp"`` (RAMP, Jiang & Singh 2024, with its gradient projection unless ``ramp_gp=False``;
+  :mod:`~torchrobust.psat.multinorm`, :mod:`~torchrobust.psat.ramp_gp`), and
   the single-norm ``"Linf"``/``"L2"``/``"L1"`` (AT_p).
 
 Members and baselines go through the same loop — the library's :func:`torchrobust.train.fit`, with the PSAT
@@ -141,7 +142,7 @@ class _RunSpec:
 
 def _train_named(out_dir: str | os.PathLike[str], data: Data, names: Sequence[tuple[str, str]], run: _RunSpec,
                  config: PSATTrainConfig, device: str | torch.device | None, msd_alpha: Mapping[str, float],
-                 msd_steps: int | None, role: str) -> dict[str, Path]:
+                 msd_steps: int | None, role: str, ramp_gp: bool = True) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for name, strategy in names:
         torch.manual_seed(config.seed)
@@ -149,12 +150,14 @@ def _train_named(out_dir: str | os.PathLike[str], data: Data, names: Sequence[tu
         adv = TrainingAdversary(strategy, eps=run.eps, steps=run.steps, alpha=run.alpha, msd_alpha=msd_alpha,
                                 msd_steps=msd_steps)
         t0, c0 = time.perf_counter(), time.process_time()
-        history = train_model(model, data, adv, config, device, objective=ramp_objective(adv))
+        objective = ramp_objective(adv, gp=ramp_gp)
+        extra = {} if objective is None else {"ramp_gp": objective.gp, "ramp_lambda": objective.lam}
+        history = train_model(model, data, adv, config, device, objective=objective)
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         path = checkpoint.save(model.cpu(), member_path(out_dir, name), role=role, strategy=strategy,
                                eps=run.eps, steps=run.steps, alpha=run.alpha, train_config=asdict(config),
                                train_seconds=seconds, train_cpu_seconds=cpu_seconds, history=history,
-                               parameters=psat_models.count_parameters(model))
+                               parameters=psat_models.count_parameters(model), **extra)
         log.info("trained %s %s in %.1fs -> %s", role, name, seconds, path)
         out[name] = path
     return out
@@ -182,9 +185,11 @@ def train_baselines(out_dir: str | os.PathLike[str], data: Data, strategies: Seq
                     eps: Mapping[str, float] | None = None, steps: Mapping[str, int] | None = None,
                     alpha: Mapping[str, float] | None = None, msd_alpha: Mapping[str, float] | None = None,
                     msd_steps: int | None = None, config: PSATTrainConfig | None = None,
-                    device: str | torch.device | None = None, **config_kw: Any) -> dict[str, Path]:
+                    device: str | torch.device | None = None, ramp_gp: bool = True,
+                    **config_kw: Any) -> dict[str, Path]:
     """Train the multi-norm baselines AT_max / AT_avg / AT_msd / AT_eat / AT_ramp (and single-norm AT_p with
-    ``"Linf"`` etc.) on the plain backbone ``arch``; saved as ``out_dir/AT_<strategy>.safetensors``."""
+    ``"Linf"`` etc.) on the plain backbone ``arch``; saved as ``out_dir/AT_<strategy>.safetensors``. ``ramp_gp``:
+    RAMP with its gradient projection (default) or without ("RAMP w/o GP"); recorded in AT_ramp's metadata."""
     for s in strategies:
         if s not in STRATEGIES:
             raise TorchRobustError(f"unknown baseline {s!r}; valid: {', '.join(STRATEGIES)}")
@@ -192,16 +197,18 @@ def train_baselines(out_dir: str | os.PathLike[str], data: Data, strategies: Seq
     run = _RunSpec(arch, dict(arch_kwargs or {}), dict(eps or MNIST_BUDGETS),
                    dict(steps or {"Linf": 10, "L2": 10, "L1": 10}), dict(alpha or {}))
     return _train_named(out_dir, data, [(f"AT_{s}", s) for s in strategies], run, cfg, device,
-                        dict(msd_alpha or {}), msd_steps, "baseline")
+                        dict(msd_alpha or {}), msd_steps, "baseline", ramp_gp)
 
 
 def train_to_dir(out_dir: str | os.PathLike[str], members: Sequence[str] = THREAT_NAMES,
                  baselines: Sequence[str] = (), arch: str = "hyper_msd_cnn", dataset: str = "mnist",
                  root: str | os.PathLike[str] | None = None, n_train: int | None = None, epochs: int = 1,
-                 steps: int = 10, lr: float = 1e-3, seed: int = 0, overwrite: bool = False) -> dict[str, Path]:
+                 steps: int = 10, lr: float = 1e-3, seed: int = 0, overwrite: bool = False,
+                 ramp_gp: bool = True) -> dict[str, Path]:
     """``torchrobust psat train``: PSAT members (:func:`train_members`, one per threat model in ``members``) and
     multi-norm baselines (:func:`train_baselines`, ``AT_<strategy>`` for each of ``baselines``) trained on the first
-    ``n_train`` (all when ``None``) training examples of ``dataset``, every adversary with ``steps`` PGD steps.
+    ``n_train`` (all when ``None``) training examples of ``dataset``, every adversary with ``steps`` PGD steps;
+    ``ramp_gp``: the RAMP baseline with gradient projection (default) or without.
 
     Checks before any work that there is something to train and that ``out_dir`` holds none of the checkpoints
     (unless ``overwrite``); seeds torch with ``seed``. Returns name -> written checkpoint path, members first.
@@ -220,7 +227,8 @@ def train_to_dir(out_dir: str | os.PathLike[str], members: Sequence[str] = THREA
     paths = train_members(out_dir, (x, y), threats=members, arch=arch, steps=steps_per_threat, **kw) \
         if members else {}
     if baselines:
-        paths.update(train_baselines(out_dir, (x, y), strategies=baselines, steps=steps_per_threat, **kw))
+        paths.update(train_baselines(out_dir, (x, y), strategies=baselines, steps=steps_per_threat,
+                                     ramp_gp=ramp_gp, **kw))
     return paths
 
 
