@@ -343,9 +343,9 @@ def test_ramp_gp_resume_state_binds_the_objective(tmp_path, mnist64):
     crashed.fuse = 10
     with pytest.raises(KeyboardInterrupt):
         fit(crashed, mnist64, cfg, objective=_gp_objective(), checkpoint_dir=tmp_path)
-    other_lambda = ramp_objective(TrainingAdversary("ramp", steps={"Linf": 1, "L2": 1, "L1": 1}, ramp_lambda=5.0))
-    for obj, match in ((_gp_objective(gp=False), r"\(lambda, gp\) = \(1.5, True\)"),
-                       (other_lambda, r"\(lambda, gp\) = \(1.5, True\)"),
+    other_lambda = ramp_objective(TrainingAdversary("ramp", steps={"Linf": 1, "L2": 1, "L1": 1}, ramp_lambda=1.5))
+    for obj, match in ((_gp_objective(gp=False), r"\(lambda, gp\) = \(5.0, True\)"),
+                       (other_lambda, r"\(lambda, gp\) = \(5.0, True\)"),
                        (_gp_objective(gp_beta=0.4), "gp_beta 0.5"),
                        (None, "holds a training objective's state")):
         with pytest.raises(TorchRobustError, match=match) as e:

@@ -32,12 +32,15 @@ from torchrobust.validation import eval_mode
 
 __all__ = ["pgd", "worst_of", "msd", "PGDConfig", "MultiAdversary", "TrainingAdversary", "STRATEGIES",
            "MultiNormStrategy", "MNIST_BUDGETS", "CIFAR10_BUDGETS", "EXTREME_NORMS", "ExtremeNormAdversary",
-           "max_loss_pick"]
+           "max_loss_pick", "RAMP_LAMBDA"]
 
 #: Budgets (ε) per threat model: MNIST (Maini et al. 2020) and CIFAR-10 (robust_union);
 #: docs/paper-code-facts.md#standard-budgets.
 MNIST_BUDGETS: dict[str, float] = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 CIFAR10_BUDGETS: dict[str, float] = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
+#: RAMP's λ (logit-pairing weight) by default: the authors' from-scratch-with-GP value for ResNet-18 (Jiang & Singh
+#: 2024; github.com/uiuc-focal-lab/RAMP scripts/cifar10/RAMP_scratch_cifar10.sh); TrainingAdversary says why.
+RAMP_LAMBDA = 5.0
 #: Training strategies: single-norm (one member / AT_p) and the multi-norm baselines.
 
 
@@ -200,7 +203,13 @@ class TrainingAdversary:
         steps, alpha: per threat model; ``alpha`` missing → the threat's default for ``steps``.
         msd_steps: iterations of MSD (default: max of ``steps``).
         msd_alpha: step sizes per norm inside MSD (robust_union MNIST: ℓ∞ 0.01, ℓ2 0.1, ℓ1 1.0; default: ``alpha``).
-        ramp_lambda: weight λ of RAMP's logit-pairing term (reference code default 1.5).
+        ramp_lambda: weight λ of RAMP's logit-pairing term (:data:`RAMP_LAMBDA` = 5). The authors' code
+            (github.com/uiuc-focal-lab/RAMP, ``RAMP.py --lbd``) defaults to 1.5, the value of its robust
+            *fine-tuning* scripts, which run without gradient projection; its *from-scratch* scripts, which use
+            GP, pass ``--lbd 5`` (PreAct ResNet-18) or ``--lbd 2`` (WideResNet). Here RAMP trains from scratch
+            with GP by default (:func:`~torchrobust.psat.multinorm.ramp_objective`; ``psat train``, the CIFAR-10
+            ResNet-18 preset), so the from-scratch ResNet-18 value is the default; pass 1.5 to fine-tune as
+            the authors do. No MNIST value exists in the reference.
 
     ``"eat"`` and ``"ramp"`` use the extreme norms ℓ∞ and ℓ1 only. RAMP's loss is not a mean of cross-entropies:
     train it with :func:`torchrobust.psat.multinorm.ramp_objective` as :func:`torchrobust.train.fit`'s
@@ -215,7 +224,7 @@ class TrainingAdversary:
     msd_steps: int | None = None
     msd_alpha: Mapping[str, float] = field(default_factory=dict)
     norms: Sequence[str] = THREAT_NAMES
-    ramp_lambda: float = 1.5
+    ramp_lambda: float = RAMP_LAMBDA
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torchrobust.errors import TorchRobustError
 from torchrobust.psat.adversary import (
     EXTREME_NORMS,
+    RAMP_LAMBDA,
     ExtremeNormAdversary,
     MultiNormStrategy,
     PGDConfig,
@@ -68,7 +69,7 @@ class RAMPObjective:
 
     linf: PGDConfig
     l1: PGDConfig
-    lam: float = 1.5
+    lam: float = RAMP_LAMBDA
     gp: bool = True
     gp_beta: float = GP_BETA
     _gp: GradientProjection | None = field(default=None, init=False, repr=False, compare=False)
