@@ -28,7 +28,7 @@ def test_fig9_cli_writes_the_table(fig9_run):
     rc, out = fig9_run
     assert rc == 0
     table = Table.from_json((out / "fig9_table.json").read_text())
-    assert table.names == ["model", "norm", "budget", "robust", "attacks", "strength"]
+    assert table.names == ["model", "norm", "budget", "robust", "one_step", "attacks", "strength"]
     # quick profile: two budgets per norm (0 and one attacked), three norms, plain + NRPM paradigm 1
     cells = {(r["model"], r["norm"], r["budget"]) for r in table.rows}
     assert cells == {(m, n, b) for m in ("plain (LPM)", "NRPM P1")
@@ -40,6 +40,8 @@ def test_fig9_cli_writes_the_table(fig9_run):
         assert acc[(m, "L2", 0.0)] == acc[(m, "L0", 0.0)] == clean  # budget 0 is clean accuracy, same images
         for n, b in (("Linf", 0.1), ("L2", 2.0), ("L0", 10.0)):
             assert acc[(m, n, b)] <= clean
+    # the strong worst case is never above the one-step attack alone
+    assert all(r["robust"] <= r["one_step"] for r in table.rows)
     # ℓ∞/ℓ2 through the default (strong) attack set; ℓ0 through the ℓ0 attack
     attacks = {r["norm"]: r["attacks"] for r in table.rows}
     assert attacks == {"Linf": "fgsm+apgd-ce+apgd-t", "L2": "fgsm+apgd-ce+apgd-t", "L0": "l0"}
