@@ -336,21 +336,26 @@ def test_ramp_gp_resumes_bitwise_mid_epoch_and_at_an_epoch_boundary(tmp_path, mn
 
 
 def test_ramp_gp_resume_state_binds_the_objective(tmp_path, mnist64):
-    """A GP run's state does not resume without GP, with another λ or β, nor a no-GP state with GP; one line each;
-    a GP epoch begun at batch 2 without a loaded state is refused."""
+    """A GP run's state does not resume without GP, with another λ, PGD setting or β, nor without an objective; one
+    line each; a GP epoch begun at batch 2 without a loaded state is refused."""
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=4, checkpoint_every=1)
     crashed = Net()
     crashed.fuse = 10
     with pytest.raises(KeyboardInterrupt):
         fit(crashed, mnist64, cfg, objective=_gp_objective(), checkpoint_dir=tmp_path)
     other_lambda = ramp_objective(TrainingAdversary("ramp", steps={"Linf": 1, "L2": 1, "L1": 1}, ramp_lambda=1.5))
-    for obj, match in ((_gp_objective(gp=False), r"\(lambda, gp\) = \(5.0, True\)"),
-                       (other_lambda, r"\(lambda, gp\) = \(5.0, True\)"),
+    other_steps = ramp_objective(TrainingAdversary("ramp", steps={"Linf": 2, "L2": 1, "L1": 1}))
+    for obj, match in ((_gp_objective(gp=False), r"other options \(gp True -> False\)"),
+                       (other_lambda, r"other options \(lam 5.0 -> 1.5\)"),
+                       (other_steps, r"other options \(linf .*'steps': 1.* -> .*'steps': 2"),
                        (_gp_objective(gp_beta=0.4), "gp_beta 0.5"),
                        (None, "holds a training objective's state")):
+        model = Net()
+        before = copy.deepcopy(model.state_dict())
         with pytest.raises(TorchRobustError, match=match) as e:
-            fit(Net(), mnist64, cfg, objective=obj, checkpoint_dir=tmp_path, resume_from=tmp_path)
+            fit(model, mnist64, cfg, objective=obj, checkpoint_dir=tmp_path, resume_from=tmp_path)
         assert "\n" not in str(e.value)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # refused before loading
     model = Net()
     with pytest.raises(TorchRobustError, match="no state for this epoch.*resume_from"):
         _gp_objective()._gp.begin_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), 1, 1)

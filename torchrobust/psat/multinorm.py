@@ -20,7 +20,7 @@ robustness against multiple and single lp-threat models via quick fine-tuning of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -88,16 +88,21 @@ class RAMPObjective:
         if self._gp is not None:
             self._gp.end_epoch(model)
 
+    def _options(self) -> dict[str, Any]:
+        return {"lam": self.lam, "gp": self.gp, "linf": asdict(self.linf), "l1": asdict(self.l1)}
+
     def state_dict(self) -> dict[str, Any]:
-        """What a resume state holds of this objective (``fit`` saves it): λ, ``gp`` and GP's state."""
-        return {"lam": self.lam, "gp": self.gp, "projection": self._gp.state_dict() if self._gp else None}
+        """What a resume state holds of this objective (``fit`` saves it): λ, ``gp``, the two PGD settings and
+        GP's state."""
+        return {**self._options(), "projection": self._gp.state_dict() if self._gp else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take a :meth:`state_dict` back (``fit`` on resume); a state of other options is refused."""
-        if not isinstance(state, dict) or (state.get("lam"), state.get("gp")) != (self.lam, self.gp):
-            got = (state.get("lam"), state.get("gp")) if isinstance(state, dict) else None
-            raise TorchRobustError(f"the resume state is from a RAMP run with (lambda, gp) = {got!r}, this run has "
-                                   f"{(self.lam, self.gp)!r}; rerun with the original options")
+        state = state if isinstance(state, dict) else {}
+        diff = [f"{k} {state.get(k)!r} -> {v!r}" for k, v in self._options().items() if state.get(k) != v]
+        if diff:
+            raise TorchRobustError(f"the resume state is from a RAMP run with other options ({'; '.join(diff)}); "
+                                   "rerun with the original options, or delete that folder to start over")
         if self._gp is not None:
             self._gp.load_state_dict(state["projection"])
 

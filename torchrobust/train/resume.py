@@ -282,13 +282,13 @@ def load_state(directory: str | os.PathLike[str], *, model: nn.Module, optimizer
     if doc.get("torch") != torch.__version__:
         log.warning("resume state written by torch %s, running %s: results may differ in the last bits",
                     doc.get("torch"), torch.__version__)
+    if objective is not None:  # first: it refuses a state of other objective options before anything changes
+        objective.load_state_dict(decode(saved_objective, tensors))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
                           strict=True)
     optimizer.load_state_dict(decode(doc["optimizer"], tensors))
     if scheduler is not None:
         scheduler.load_state_dict(decode(doc["scheduler"], tensors))
-    if objective is not None:
-        objective.load_state_dict(decode(saved_objective, tensors))
     restore_rng(doc["rng"], tensors, device)
     log.info("resumed from %s at epoch %d, batch %d", directory, doc["position"]["epoch"] + 1,
              doc["position"]["batch"])
