@@ -388,3 +388,60 @@ def test_cli_ramp_gp_switch_reaches_the_objective_and_the_metadata(tmp_path, cap
         states[gp] = psat.load_member(out / "AT_ramp.safetensors").state_dict()
     assert any(not torch.equal(a, states[False][k]) for k, a in states[True].items() if a.is_floating_point())
     assert "saved AT_ramp" in capsys.readouterr().out
+
+
+_KILLED_GP_RUN = """
+import sys, torch
+from torch import nn
+from torchrobust import data
+from torchrobust.psat.adversary import TrainingAdversary
+from torchrobust.psat.multinorm import ramp_objective
+from torchrobust.train import TrainConfig, fit
+torch.manual_seed(0)
+model = nn.Sequential(nn.Flatten(), nn.Linear(784, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 10))
+fit(model, data.as_tensors(data.load("mnist", "train"), 512),
+    TrainConfig(epochs=2, batch_size=16, lr=0.05, seed=4, checkpoint_every=1),
+    objective=ramp_objective(TrainingAdversary("ramp", steps={"Linf": 1, "L2": 1, "L1": 1})),
+    checkpoint_dir=sys.argv[1])
+"""
+
+
+@pytest.mark.slow  # 20-30 s at load 5 on 2 cores (a second Python process, three runs)
+def test_ramp_gp_run_killed_with_sigkill_resumes_bitwise(tmp_path):
+    """A real ``kill -9`` of a RAMP+GP run (another process, killed as soon as a resume state is on disk), then
+    ``fit(resume_from=...)`` here: the same weights as the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from torchrobust import data
+    from torchrobust.train import resume
+
+    state = resume.state_path(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_GP_RUN, str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 300
+        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        err = proc.communicate()[1].decode()
+    assert proc.returncode == -signal.SIGKILL, err  # killed, not finished
+    doc = resume.read_state(state)[0]
+    assert 1 <= doc["position"]["step"] < 64 and doc["objective"]["projection"]["natural"] is not None
+
+    def run(**kw: object) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 10))
+        fit(model, data.as_tensors(data.load("mnist", "train"), 512),
+            TrainConfig(epochs=2, batch_size=16, lr=0.05, seed=4, checkpoint_every=1), objective=_gp_objective(),
+            **kw)
+        return model
+
+    resumed, ref = run(checkpoint_dir=tmp_path, resume_from=tmp_path), run()
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
