@@ -171,7 +171,8 @@ class GradientProjection:
             if s["old"] is None or s["old"].keys() != live.keys():
                 raise TorchRobustError("the resume state's gradient-projection state does not fit the model; "
                                        "delete the folder to start over")
-            self._old = {k: v.to(device=live[k].device, dtype=live[k].dtype) for k, v in s["old"].items()}
+            # the live entries' device, dtype and memory layout (channels_last), as begin_epoch's clones have
+            self._old = {k: torch.empty_like(live[k]).copy_(v) for k, v in s["old"].items()}
             self._main_opt = optimizer
         return mid
 
