@@ -3,6 +3,7 @@ against the three-member hyper ResNet-50 (torchrobust.psat.lightweight, torchrob
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -163,6 +164,38 @@ def test_tiny_run_reuses_its_checkpoint_and_refuses_other_settings(tiny_run):
     with pytest.raises(TorchRobustError, match="other settings"):
         lw.train_lightweight(out / "table5", train, ["mobilenetv3_small_100"], strategy="max",
                              steps=dict.fromkeys(("Linf", "L2", "L1"), 1), config=cfg, model_kw={"in_chans": 1})
+
+
+_ONE = dict.fromkeys(("Linf", "L2", "L1"), 1)
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"data": "fewer"}, "n_train"),  # 20 of the 40 training images
+    ({"data": "relabelled"}, "train_data_sha256"),  # same 40 images, other labels
+    ({"data": "other_images"}, "train_data_sha256"),
+    ({"strategy": "max"}, "strategy"),
+    ({"steps": dict.fromkeys(("Linf", "L2", "L1"), 2)}, "steps"),
+    ({"config": {"epochs": 2}}, "train_config"),
+    ({"config": {"lr": 2e-3}}, "train_config"),
+    ({"config": {"seed": 1}}, "train_config"),
+    ({"config": {"schedule": "cosine"}}, "train_config"),
+    ({"config": {"max_batches": 1}}, "train_config"),
+    ({"model_kw": {"in_chans": 1, "stem_stride": 1}}, "model_kw"),
+    ({"model_kw": {"in_chans": 1, "input_size": 32}}, "model_kw"),
+])
+def test_any_training_difference_is_refused_and_the_checkpoint_kept(tiny_run, change, key):
+    out, (x, y), _, cfg, paths = tiny_run
+    before = (paths[0].stat().st_mtime_ns, paths[0].read_bytes())
+    data = {"fewer": (x[:20], y[:20]), "relabelled": (x, (y + 1) % 10), "other_images": (x.flip(-1), y),
+            None: (x, y)}[change.get("data")]
+    kw = {"strategy": change.get("strategy", "stochastic"), "steps": change.get("steps", _ONE),
+          "config": PSATTrainConfig(**{**dataclasses.asdict(cfg), **change.get("config", {})}),
+          "model_kw": change.get("model_kw", {"in_chans": 1})}
+    with pytest.raises(TorchRobustError, match=f"other settings \\([^)]*{key}"):
+        lw.train_lightweight(out / "table5", data, ["mobilenetv3_small_100"], **kw)
+    assert (paths[0].stat().st_mtime_ns, paths[0].read_bytes()) == before
+    meta = checkpoint.load_metadata(paths[0])["metadata"]
+    assert meta["n_train"] == 40 and len(meta["train_data_sha256"]) == 64
 
 
 @pytest.mark.parametrize("extra, match", [

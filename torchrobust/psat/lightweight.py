@@ -54,7 +54,7 @@ from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, TrainingAdversa
 from torchrobust.psat.metrics import NORMS, MultiNormRow
 from torchrobust.psat.metrics import table as multinorm_table
 from torchrobust.psat.multinorm import ramp_objective
-from torchrobust.psat.train import Data, PSATTrainConfig, load_member, train_model
+from torchrobust.psat.train import Data, PSATTrainConfig, data_tensors, load_member, train_model
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["PAPER_TABLE5", "PAPER_PSAT", "TABLE5_BACKBONES", "TABLE5_STRATEGIES", "RandomNormAdversary",
@@ -130,6 +130,14 @@ def check_table5(backbones: Sequence[str], strategy: str) -> None:
             build(b)  # unknown timm name: one-line error with close matches, before any training
 
 
+def _data_settings(data: Data) -> dict[str, Any]:
+    """Number of training images and SHA-256 of their bytes and labels (part of a checkpoint's settings)."""
+    x, y = data_tensors(data)
+    h = hashlib.sha256(x.contiguous().cpu().numpy().tobytes())
+    h.update(y.contiguous().cpu().numpy().tobytes())
+    return {"n_train": len(x), "train_data_sha256": h.hexdigest()}
+
+
 def train_lightweight(out_dir: str | os.PathLike[str], data: Data, backbones: Sequence[str] = TABLE5_BACKBONES,
                       strategy: str = "stochastic", eps: Mapping[str, float] | None = None,
                       steps: Mapping[str, int] | None = None, config: PSATTrainConfig | None = None,
@@ -139,21 +147,26 @@ def train_lightweight(out_dir: str | os.PathLike[str], data: Data, backbones: Se
     :func:`~torchrobust.psat.train.train_model` (``torchrobust.train.fit``) and save it as
     ``out_dir/<backbone>.safetensors`` (metadata: strategy, ε, steps, config, wall/CPU seconds, parameters).
 
-    A checkpoint already there with the same settings is reused (not retrained); one with other settings is
-    refused."""
+    A checkpoint already there is reused (not retrained) only if every setting that changes the training matches:
+    strategy, ε, attack steps, the whole :class:`~torchrobust.psat.train.PSATTrainConfig` (epochs, batch, lr,
+    schedule, seed, ``max_batches``), ``model_kw`` (channels, ``stem_stride``, ``input_size``) and the training
+    data (number of images and SHA-256 of images and labels); any difference is refused (one-line error)."""
     _check_strategy(strategy)
     eps = dict(eps or MNIST_BUDGETS)
     steps = dict(steps or dict.fromkeys(NORMS, 10))
     cfg = (config or PSATTrainConfig()).validate()
     settings = {"strategy": strategy, "eps": eps, "steps": steps, "train_config": asdict(cfg),
-                "model_kw": dict(model_kw or {})}
+                "model_kw": dict(model_kw or {}), **_data_settings(data)}
     out: dict[str, Path] = {}
     for b in backbones:
         path = Path(out_dir) / f"{b}.safetensors"
         if path.is_file():
             meta = checkpoint.load_metadata(path)["metadata"]
-            if json.loads(json.dumps(settings)) != {k: meta.get(k) for k in settings}:
-                raise TorchRobustError(f"{path} was trained with other settings; use another --out or delete it")
+            saved = {k: meta.get(k) for k in settings}
+            if json.loads(json.dumps(settings)) != saved:
+                diff = ", ".join(k for k in settings if json.loads(json.dumps(settings[k])) != saved[k])
+                raise TorchRobustError(f"{path} was trained with other settings ({diff}); use another --out or "
+                                       "delete it")
             log.info("reusing %s", path)
             out[b] = path
             continue
