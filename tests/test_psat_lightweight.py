@@ -207,3 +207,25 @@ def test_cli_bad_backbone_or_strategy_is_a_one_line_error(extra, match, tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith("torchrobust: error:") and match in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []  # refused before any work: nothing written
+
+
+@pytest.mark.parametrize("argv, expected", [([], 1), (["--stem-stride", "timm"], None), (["--stem-stride", "2"], 2)])
+def test_cli_stem_stride_defaults_to_the_small_image_stride(argv, expected):
+    from torchrobust.cli import build_parser
+    from torchrobust.models.lightweight import SMALL_IMAGE_STEM_STRIDE
+
+    args = build_parser().parse_args(["psat", "experiment", "lightweight", "--out", "o", *argv])
+    assert SMALL_IMAGE_STEM_STRIDE == 1 and args.stem_stride == expected and args.input_size is None
+
+
+def test_cli_lightweight_run_trains_with_the_given_stem_and_size(tmp_path):
+    out = tmp_path / "run"
+    assert main(["psat", "experiment", "lightweight", "--out", str(out), "--quiet", "--only", "mobilenetv3_small_100",
+                 "--n-train", "20", "--n-test", "4", "--train-steps", "1", "--steps", "1", "--stem-stride", "timm",
+                 "--input-size", "32"]) == 0
+    meta = checkpoint.load_metadata(out / "table5" / "mobilenetv3_small_100.safetensors")["metadata"]
+    assert meta["model_kw"] == {"in_chans": 1, "stem_stride": None, "input_size": 32} and meta["n_train"] == 20
+    with pytest.raises(TorchRobustError, match=r"other settings \(model_kw\)"):  # the default stem stride 1 differs
+        from torchrobust.psat.experiment import run_stage
+        run_stage("lightweight", out, only=["mobilenetv3_small_100"], n_train=20, n_test=4, train_steps=1, steps=1,
+                  input_size=32)

@@ -10,10 +10,12 @@ from typing import Any
 
 from ..attacks.threat import ThreatName
 from ..errors import TorchRobustError
+from ..models.lightweight import SMALL_IMAGE_STEM_STRIDE
 from .options import (
     add_common,
     add_data,
     add_device,
+    add_lightweight,
     add_out,
     add_overwrite,
     add_ramp_gp,
@@ -151,7 +153,8 @@ def cmd_psat_experiment(args: argparse.Namespace) -> int:
     written = run_stage(args.stage, args.out, only=args.only, n_train=args.n_train, epochs=args.epochs,
                         train_steps=args.train_steps, lr=args.lr, z_dim=args.z_dim, unit=args.unit,
                         n_test=args.n_test, start=args.start, steps=args.steps, restarts=args.restarts,
-                        autoattack=autoattack, seed=args.seed, strategy=args.strategy)
+                        autoattack=autoattack, seed=args.seed, strategy=args.strategy,
+                        stem_stride=args.stem_stride, input_size=args.input_size)
     sys.stdout.write(f"{args.stage}: wrote {', '.join(str(p) for p in written) or 'nothing'}\n")
     return 0
 
@@ -240,6 +243,7 @@ def register(sub: Any) -> None:
     xp.add_argument("--strategy", default="stochastic",
                     help="lightweight: multi-norm training, stochastic (one random norm per batch, PSAT Table 5) "
                          "or max, avg, msd, eat, ramp")
+    add_lightweight(xp, SMALL_IMAGE_STEM_STRIDE)
     xp.add_argument("--n-train", type=positive_int, default=10000, help="random training images (default 10000)")
     xp.add_argument("--epochs", type=positive_int, default=1)
     xp.add_argument("--train-steps", type=positive_int, default=5, help="PGD steps of the training adversaries")

@@ -178,6 +178,28 @@ def add_ramp_gp(sp: argparse.ArgumentParser) -> None:
                          "(the paper's 'RAMP w/o GP')")
 
 
+def stem_stride_arg(s: str) -> int | None:
+    """``--stem-stride``: a positive integer, or ``timm`` (keep timm's own stem stride: ``None``)."""
+    if s.strip().lower() == "timm":
+        return None
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'timm', got {s!r}")
+    return v
+
+
+def add_lightweight(sp: argparse.ArgumentParser, stem_stride: int | None) -> None:
+    """``--stem-stride`` / ``--input-size`` of PSAT Table 5's timm networks (:mod:`torchrobust.models.lightweight`;
+    default stem stride ``stem_stride``: :data:`torchrobust.psat.lightweight.TABLE5_STEM_STRIDE`)."""
+    sp.add_argument("--stem-stride", type=stem_stride_arg, default=stem_stride,
+                    help=f"lightweight: stride of the stem conv (default {stem_stride}; 'timm' keeps timm's)")
+    sp.add_argument("--input-size", type=int_at_least(8), default=None,
+                    help="lightweight: resize the input to this square size inside the model (default: keep 28)")
+
+
 def add_precision(sp: argparse.ArgumentParser) -> None:
     """``--precision`` (training autocast: fp32, bf16, fp16 with loss scaling on CUDA) and ``--channels-last``
     (:mod:`torchrobust.train.precision`; evaluation always runs in fp32)."""

@@ -28,6 +28,7 @@ import torch
 from torchrobust import checkpoint
 from torchrobust.attacks.threat import ThreatName
 from torchrobust.errors import unknown_name
+from torchrobust.models.lightweight import SMALL_IMAGE_STEM_STRIDE
 from torchrobust.psat.adversary import MNIST_BUDGETS
 from torchrobust.psat.evaluation import evaluate, read_table_json, write_tables
 from torchrobust.psat.metrics import MultiNormRow, format_table
@@ -54,7 +55,8 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
               n_train: int = 10000, epochs: int = 1, train_steps: int = 5, lr: float = 1e-3, z_dim: int = 32,
               unit: int = 32, n_test: int = 1000, start: int = 0, steps: int = 10, restarts: int = 1,
               autoattack: Sequence[str] | None = None, seed: int = 0,
-              strategy: str = "stochastic") -> list[Path]:
+              strategy: str = "stochastic", stem_stride: int | None = SMALL_IMAGE_STEM_STRIDE,
+              input_size: int | None = None) -> list[Path]:
     """Run one stage of the experiment in the run folder ``out_dir`` (see the module docstring); returns the paths
     of the files it wrote.
 
@@ -65,7 +67,8 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
     PSAT Table 5 (:func:`torchrobust.psat.lightweight.run_table5`): train the timm networks ``only`` (default
     MobileNetV1, MobileNetV3-S/-L, GhostNet) with the multi-norm ``strategy`` and the training settings above,
     evaluate them like ``evaluate`` and write ``table5/table5.{md,csv,json}`` with parameter savings against
-    the hyper ResNet-50.
+    the hyper ResNet-50; ``stem_stride`` / ``input_size``: the networks' stem stride (``None``: timm's) and
+    input resize (:mod:`torchrobust.models.lightweight`).
     """
     if stage not in STAGES:
         raise unknown_name("stage", stage, STAGES)
@@ -82,7 +85,8 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
         check_table5(parts or TABLE5_BACKBONES, strategy)
         xt, yt = data.load("mnist", "test").tensors
         written += run_table5(out, _train_set(n_train, seed), (xt[start:start + n_test], yt[start:start + n_test]),
-                              parts or TABLE5_BACKBONES, strategy, cfg, train_steps, steps, restarts, aa)
+                              parts or TABLE5_BACKBONES, strategy, cfg, train_steps, steps, restarts, aa,
+                              model_kw={"stem_stride": stem_stride, "input_size": input_size})
     elif stage == "members":
         written += train_members(out, _train_set(n_train, seed), threats=parts or NORMS,
                                  arch="hyper_msd_cnn", arch_kwargs={"z_dim": z_dim, "unit": unit}, steps=train_budget,

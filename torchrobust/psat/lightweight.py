@@ -10,7 +10,10 @@ How the paper builds Table 5, and what we do where it is silent:
 * **Not hypernetwork-generated, one model each.** Each lightweight network is an ordinary, directly
   parameterised single model trained against all three norms; PSAT's rows are the three-member hyper
   ResNet-50 (N_z = 64 / 128). Here: :func:`torchrobust.models.lightweight.timm_member` (timm, random weights,
-  ``in_chans=1`` on MNIST), one checkpoint per network.
+  ``in_chans=1`` on MNIST), one checkpoint per network. The runs (``psat experiment lightweight``) set the
+  stem conv's stride to :data:`~torchrobust.models.lightweight.SMALL_IMAGE_STEM_STRIDE` (1) by default, as
+  CIFAR-adapted MobileNets do: with timm's strides a 28×28 digit reaches the head as 1×1 and the networks
+  learned far slower (see there); ``--stem-stride timm`` keeps timm's.
 * **"# of Paras"** is the whole network's parameter count at 10 classes: timm's counts at 3 input channels,
   3,217,226 / 1,528,106 / 4,214,842 / 3,914,318 for MNV1 / MNV3-S / MNV3-L / GN, match the printed 3.20M (the
   only one off, by 0.5 %) / 1.53M / 4.21M / 3.91M, and the three-member hyper ResNet-50 gives 1,764,510 and
