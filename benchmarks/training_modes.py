@@ -19,8 +19,8 @@ with the same settings skips the modes already in it, so a killed run loses at m
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/training_modes.py --n-train 10000 --epochs 1 --n-test 500 \\
-        --out docs/training_modes.md --results runs/training_modes.json
+    OMP_NUM_THREADS=1 python benchmarks/training_modes.py --n-train 60000 --epochs 3 --n-test 500 \\
+        --out table.md --results runs/training_modes.json      # docs/training.md's table
     python benchmarks/training_modes.py --modes pgd,mart,eat --n-train 2000 --n-test 200   # a subset
 """
 
