@@ -7,7 +7,7 @@ presets, on the MNIST 3-layer linear MLP (784-256-64-10, no activation; Table 1'
   per-example worst case); ℓ0 uses :class:`torchrobust.attacks.L0Attack` (iterative PGD₀ started from the paper
   code's one-step top-k attack) through the same sweep/engine. The budget is a number of changed pixels for ℓ0.
 * ``fig6`` — Section 5, Figure 6: certified accuracy of the Gaussian-smoothed classifier (Cohen et al. 2019,
-  :mod:`torchrobust.evaluate.certify`) at several σ, NRPM vs plain. The paper draws Figure 6 for its CIFAR-10
+  :mod:`torchrobust.evaluate.certify`) at several σ, NRPM vs plain. The paper text places Figure 6 with its CIFAR-10
   ResNets; here it is run on the MNIST MLP (a CPU-sized stand-in, stated in docs/reprogramming.md).
 
 Models: the standard-trained backbone (paradigm 0) and its reprogrammed versions, built with the presets' recipes
