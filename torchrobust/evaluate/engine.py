@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed as D
-from ..attacks.threat import get_threat
+from ..attacks.threat import ThreatModel, get_threat
 from ..errors import TorchRobustError
 from ..validation import check_eps, check_images, check_labels, eval_mode, model_device, probe_logits
 
@@ -79,7 +79,8 @@ class Job:
     Args:
         attack: a registered attack name (built with :func:`torchrobust.attacks.create` and ``kwargs``) or an attack
             object ``attack(model, x, y) -> x_adv`` (its ``repr`` enters the state fingerprint).
-        threat: ``"Linf"``, ``"L2"``, ``"L1"`` (``"L0"`` for the ℓ0 attack).
+        threat: ``"Linf"``, ``"L2"``, ``"L1"``, or a threat-model object (the ℓ0 attack takes
+            ``torchrobust.attacks.l0.L0(k)``: ℓ0 has no name in :func:`~torchrobust.attacks.threat.get_threat`).
         eps: the budget (ε = 0 is not attacked: its result is the clean one).
         kwargs: keyword arguments of the attack (for a named attack).
         name: the column label (default: the attack name).
@@ -92,7 +93,7 @@ class Job:
     """
 
     attack: str | AttackLike
-    threat: str
+    threat: str | ThreatModel
     eps: float
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     name: str | None = None
