@@ -61,7 +61,7 @@ from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.resume import fingerprint_model, fingerprint_tensors
 from torchrobust.tables import Column, ColumnKind, Table
 
-__all__ = ["run", "AttackBudget", "BUDGETS", "ARCHS", "PARADIGM_NAMES", "paper_fgsm"]
+__all__ = ["run", "get_model", "AttackBudget", "BUDGETS", "ARCHS", "PARADIGM_NAMES", "paper_fgsm"]
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def _resolve_budget(budget: str | AttackBudget | Mapping[str, AttackBudget],
     return {a: budget[a] for a in models}
 
 
-def _get_model(arch: str, paradigm: int, models_dir: Path, backbone: nn.Module | None,
+def get_model(arch: str, paradigm: int, models_dir: Path, backbone: nn.Module | None,
                train_data: tuple[torch.Tensor, torch.Tensor], *, profile: str, seed: int, device: str | None,
                progress: bool, timings: dict[str, float]) -> nn.Module:
     """Load ``models_dir/<arch>-p<k>.safetensors`` if it was trained with this profile/seed, else train it."""
@@ -485,7 +485,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
                     if report_only and not (models_dir / f"{arch}-p{p}.safetensors").is_file():
                         return None
                     bb = model_for(0) if p > 0 and not report_only else None
-                    loaded[p] = _get_model(arch, p, models_dir, bb, (x_tr, y_tr), profile=profile, seed=seed,
+                    loaded[p] = get_model(arch, p, models_dir, bb, (x_tr, y_tr), profile=profile, seed=seed,
                                            device=device, progress=progress, timings=timings)
                 return loaded[p]
 

@@ -86,11 +86,11 @@ def _check_budgets(budgets: Mapping[str, Sequence[float]]) -> dict[str, list[flo
 def _models(out: Path, paradigms: Sequence[int], x_tr: torch.Tensor, y_tr: torch.Tensor, *, profile: str,
             seed: int, device: str | None, progress: bool, timings: dict[str, float]) -> dict[int, nn.Module]:
     """The backbone and its reprogrammed versions, trained once and checkpointed under ``out/models``."""
-    from torchrobust.experiments.adaptive_reprogramming import _get_model
+    from torchrobust.experiments.adaptive_reprogramming import get_model
 
     models: dict[int, nn.Module] = {}
     for p in (0, *paradigms):
-        models[p] = _get_model("mlp", p, out / "models", models.get(0), (x_tr, y_tr), profile=profile, seed=seed,
+        models[p] = get_model("mlp", p, out / "models", models.get(0), (x_tr, y_tr), profile=profile, seed=seed,
                                device=device, progress=progress, timings=timings)
     return models
 
