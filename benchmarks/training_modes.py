@@ -3,10 +3,11 @@ evaluation, their union, and the training time (docs/training.md).
 
 Modes: the single-threat modes of :func:`torchrobust.train.fit` (``standard``, ``fgsm``, ``pgd``, ``trades``,
 ``mart``, ``pgd-awp``, ``trades-awp``, ``gaussian``; ℓ∞, ε = 0.3) and the multi-norm baselines of
-:mod:`torchrobust.psat` (``max``, ``avg``, ``msd``, ``eat``, ``ramp``; ε = 0.3 / 2 / 10), all on the same model
-(``--model``: the MLP 784-256-64-10 with ReLU, or the zoo's LeNet), the same data order and the same optimiser
-and schedule (Adam, lr 1e-3, triangular, batch 100; PSAT's MNIST recipe), PGD with ``--train-steps`` steps inside
-training.
+:mod:`torchrobust.psat` (``max``, ``avg``, ``msd``, ``eat``, ``ramp``; ε = 0.3 / 2 / 10; ``ramp`` is the library's
+RAMP (gradient projection, λ = 5), ``ramp-nogp`` the authors' "RAMP w/o GP" at their code's default λ = 1.5),
+all on the same model (``--model``: the MLP 784-256-64-10 with ReLU, or the zoo's LeNet), the same data order and
+the same optimiser and schedule (Adam, lr 1e-3, triangular, batch 100; PSAT's MNIST recipe), PGD with
+``--train-steps`` steps inside training.
 
 Evaluation: per norm, :func:`torchrobust.evaluate.sweep` with its default attacks (FGSM, APGD-CE, then APGD-T on
 APGD-CE's survivors; the per-example worst case) at the MNIST budgets ℓ∞ 0.3, ℓ2 2, ℓ1 10; ``union`` counts the
@@ -45,11 +46,14 @@ from torchrobust.psat.adversary import MNIST_BUDGETS, TrainingAdversary
 from torchrobust.psat.multinorm import ramp_objective
 from torchrobust.train import MODES, TrainConfig, fit
 
-MULTI_NORM = ("max", "avg", "msd", "eat", "ramp")
+MULTI_NORM = ("max", "avg", "msd", "eat", "ramp", "ramp-nogp")
+#: "RAMP w/o GP" (Jiang & Singh 2024) at the authors' code default λ (their fine-tuning runs, no GP)
+RAMP_NOGP_LAMBDA = 1.5
 PAPERS = {"standard": "—", "fgsm": "Goodfellow et al. 2015", "pgd": "Madry et al. 2018", "trades": "Zhang et al. 2019",
           "mart": "Wang et al. 2020", "pgd-awp": "Wu et al. 2020", "trades-awp": "Wu et al. 2020",
           "gaussian": "Cohen et al. 2019", "max": "Tramèr & Boneh 2019", "avg": "Tramèr & Boneh 2019",
-          "msd": "Maini et al. 2020", "eat": "Croce & Hein 2022", "ramp": "Jiang & Singh 2024"}
+          "msd": "Maini et al. 2020", "eat": "Croce & Hein 2022", "ramp": "Jiang & Singh 2024 (GP, λ 5)",
+          "ramp-nogp": "Jiang & Singh 2024 (w/o GP, λ 1.5)"}
 #: ``--model`` choices: zoo name, its keyword arguments, and the description printed above the table.
 MODELS: dict[str, tuple[str, dict[str, Any], str]] = {
     "mlp": ("mlp", {"widths": [256, 64], "activation": "relu"}, "MLP 784-256-64-10 (ReLU)"),
@@ -72,8 +76,12 @@ def train(mode: str, x: torch.Tensor, y: torch.Tensor,
     steps = {k: args.train_steps for k in MNIST_BUDGETS}
     t0, c0 = time.perf_counter(), time.process_time()
     if mode in MULTI_NORM:
-        adv = TrainingAdversary(mode, steps=steps)
-        objective = ramp_objective(adv)
+        if mode == "ramp-nogp":
+            adv = TrainingAdversary("ramp", steps=steps, ramp_lambda=RAMP_NOGP_LAMBDA)
+            objective = ramp_objective(adv, gp=False)
+        else:
+            adv = TrainingAdversary(mode, steps=steps)
+            objective = ramp_objective(adv)
         res = fit(model, (x, y), TrainConfig(**common), adversary=None if objective else adv, objective=objective)
     else:
         res = fit(model, (x, y), TrainConfig(mode=mode, threat="Linf", eps=MNIST_BUDGETS["Linf"],
@@ -93,14 +101,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     return out
 
 
-def _ramp_gp() -> bool:
-    """Whether the library's RAMP objective uses gradient projection (GP)."""
-    return bool(getattr(ramp_objective(TrainingAdversary("ramp")), "gp", False))
+def _ramp_recipe() -> dict[str, Any]:
+    """The library's default RAMP recipe (gradient projection on or off, λ): part of the results' settings, so a
+    results file written with another default is refused rather than mixed."""
+    adv = TrainingAdversary("ramp")
+    return {"gp": bool(getattr(ramp_objective(adv), "gp", False)), "lambda": float(adv.ramp_lambda)}
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "n_train", "epochs", "n_test", "train_steps", "seed")
-    return {**{k: getattr(args, k) for k in keys}, "ramp_gp": _ramp_gp()}
+    return {**{k: getattr(args, k) for k in keys}, "ramp": _ramp_recipe()}
 
 
 def _load_results(path: Path | None, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -120,10 +130,7 @@ def _load_results(path: Path | None, settings: dict[str, Any]) -> dict[str, dict
 
 
 def _paper(mode: str) -> str:
-    """The paper column; for ``ramp`` also whether its objective uses gradient projection (GP)."""
-    if mode != "ramp":
-        return PAPERS[mode]
-    return PAPERS[mode] + ("" if _ramp_gp() else " (no GP)")
+    return PAPERS[mode]
 
 
 def _row(mode: str, r: dict[str, Any]) -> str:
