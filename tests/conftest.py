@@ -75,3 +75,25 @@ def fit(model: nn.Module, x: Tensor, y: Tensor, steps: int = 200, lr: float = 1e
     for p in model.parameters():
         p.grad = None
     return model
+
+
+def kill_9_when(cmd: list[str], ready, timeout: float = 300.0, env: dict[str, str] | None = None) -> str:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true (or it ends, or ``timeout`` passes); assert it was
+    killed rather than finished and return its stderr."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        err = proc.communicate()[1].decode()
+    assert proc.returncode == -signal.SIGKILL, err  # killed, not finished
+    return err

@@ -410,27 +410,15 @@ fit(model, data.as_tensors(data.load("mnist", "train"), 512),
 def test_ramp_gp_run_killed_with_sigkill_resumes_bitwise(tmp_path):
     """A real ``kill -9`` of a RAMP+GP run (another process, killed as soon as a resume state is on disk), then
     ``fit(resume_from=...)`` here: the same weights as the uninterrupted run."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from conftest import kill_9_when
 
     from torchrobust import data
     from torchrobust.train import resume
 
     state = resume.state_path(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_GP_RUN, str(tmp_path)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        deadline = time.monotonic() + 300
-        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        err = proc.communicate()[1].decode()
-    assert proc.returncode == -signal.SIGKILL, err  # killed, not finished
+    kill_9_when([sys.executable, "-c", _KILLED_GP_RUN, str(tmp_path)], state.exists)
     doc = resume.read_state(state)[0]
     assert 1 <= doc["position"]["step"] < 64 and doc["objective"]["projection"]["natural"] is not None
 

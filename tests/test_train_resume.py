@@ -10,15 +10,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import kill_9_when
 from safetensors.torch import load_file
 from torch import nn
 
@@ -215,18 +212,7 @@ def test_cli_kill_9_then_resume_is_bitwise_identical(tmp_path, capsys):
             "--epochs", "2", "--lr", "0.05", "--checkpoint-every", "2", "--no-val", "--quiet", "--threads", "1"]
     killed = tmp_path / "killed.safetensors"
     state = resume.state_path(tmp_path / "killed.safetensors.resume")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "torchrobust.cli", *args, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        err = proc.communicate()[1].decode()
-    assert proc.returncode == -signal.SIGKILL, err  # killed, not finished
+    kill_9_when([sys.executable, "-m", "torchrobust.cli", *args, "--out", str(killed)], state.exists)
     assert not killed.exists()
     step = int(resume.read_state(state)[0]["position"]["step"])
     assert 2 <= step < 128  # a state mid-run survived the kill
