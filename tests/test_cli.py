@@ -304,7 +304,8 @@ def test_psat_run_stage_refuses_an_unknown_stage(tmp_path):
     from torchrobust.errors import TorchRobustError
     from torchrobust.psat.experiment import run_stage
 
-    with pytest.raises(TorchRobustError, match="unknown stage 'train'; valid: baselines, evaluate, lightweight, members"):
+    with pytest.raises(TorchRobustError,
+                       match="unknown stage 'train'; valid: baselines, evaluate, lightweight, members"):
         run_stage("train", tmp_path)
     assert list(tmp_path.iterdir()) == []
 
