@@ -19,8 +19,11 @@ Both NRPM models use the paper's MLP setting of the IRLS damping, ε = 5e-5 in `
 the same machine and software give the same table on every run. The NRPM kernels are ``backend="auto"``: the
 compiled (inductor) kernels where a C++ compiler works, else the eager ones, which are about 6× slower on CPU
 and differ from the compiled ones by up to ~1e-4 in the logits - enough to move the paradigm-3 fine-tuning and
-so the table. ``results.json`` records which kernels ran (``nrpm.kernels``); the README's table is for the
-compiled kernels and says how far the eager ones moved it.
+so the table. The CPU's vector width changes the compiled kernels' summation order (inductor emits AVX2 or AVX-512
+code, and the NRPM ∂x kernel picks its loop layout by vector width) and so, through the fine-tuning, the table as
+well. ``results.json`` records which kernels ran (``nrpm.kernels``) and the CPU capability torch dispatched to
+(``machine.cpu_capability``, :func:`torch.backends.cpu.get_cpu_capability`); the README's table is for compiled
+kernels on an AVX2 CPU and says how far other kernels and CPUs moved it.
 
 The defaults (200 images, 7 ε) keep the job near 8 minutes of CPU on one thread: APGD-T through NRPM costs 900
 forward/backward passes per robust point, and with the paper's IRLS ε many points survive APGD-CE at ε ≤ 0.1,
@@ -40,7 +43,7 @@ from ..errors import TorchRobustError
 from ..evaluate import SweepResult, plot_accuracy_vs_eps, sweep, write_table_files
 from ..evaluate.sweeps import WEAK_NOTE, accuracy_table
 
-__all__ = ["run_demo", "comparison_rows"]
+__all__ = ["run_demo", "comparison_rows", "machine_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,18 @@ def comparison_rows(results: dict[str, SweepResult]) -> list[dict[str, Any]]:
             row[f"{label} worst"] = res.accuracy()[j]
         rows.append(row)
     return rows
+
+
+def machine_fingerprint() -> dict[str, str]:
+    """What decides the demo's float rounding besides the seed: the CPU capability torch's kernels dispatch to
+    (``DEFAULT``/``AVX2``/``AVX512``, also the vector width inductor compiles for), torch's version and the CPU
+    architecture. The same values give the same table; the README says which values its table is for."""
+    import platform
+
+    import torch
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "arch": platform.machine()}
 
 
 def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = N_TEST, steps: int | None = None, seed: int = 0,
@@ -139,6 +154,7 @@ def run_demo(out_dir: str | Path, epochs: int = 3, n_test: int = N_TEST, steps: 
            "paradigm3": {"config": cfg3.to_dict(), "learned_lams": lams3, "seconds": tr3.seconds},
            "nrpm": {"K": K, "irls_eps": IRLS_EPS, "backend": BACKEND, "kernels": kernels, "p1_lam": lam,
                     "p3_lam_init": lam},
+           "machine": machine_fingerprint(),
            "models": {k: v.to_dict() for k, v in results.items()}}
     paths["png"] = plot_accuracy_vs_eps(results, out / "accuracy_vs_eps.png", title=title)
     # last: a results.json marks a finished demo
