@@ -118,3 +118,22 @@ def test_fig6_quick_certified_table(fig9_run):
     assert res["config"]["n"] == 100 and res["timings"].get("train mlp-p0") is None
     with pytest.raises(TorchRobustError, match="sigma"):
         run_figure("fig6", out, profile="quick", sigmas=(-1.0,))
+
+
+def test_fig9_cli_paradigms_adds_nrpm_rows(fig9_run, capsys):
+    """`--paradigms 3` puts the paradigm-3 model (fine-tuned, Table 1's recipe) beside the plain backbone, reusing
+    the backbone checkpoint; `--paradigms` is still refused for the presets that do not take it."""
+    _, out = fig9_run
+    before = (out / "models" / "mlp-p0.safetensors").stat().st_mtime_ns
+    assert main(["paper", "fig9", "--profile", "quick", "--n-test", "2", "--paradigms", "3", "--out", str(out),
+                 "--quiet"]) == 0
+    assert (out / "models" / "mlp-p0.safetensors").stat().st_mtime_ns == before
+    table = Table.from_json((out / "fig9_table.json").read_text())
+    assert {r["model"] for r in table.rows} == {"plain (LPM)", "NRPM P3"}
+    assert json.loads((out / "fig9.json").read_text())["config"]["paradigms"] == [3]
+    capsys.readouterr()
+    assert main(["paper", "fig9", "--paradigms", "4", "--out", str(out / "bad")]) == 2
+    assert "paradigms" in capsys.readouterr().err and not (out / "bad").exists()
+    assert main(["paper", "table1", "--paradigms", "3", "--out", str(out / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "--paradigms" in err and "paper adaptive" in err and err.count("\n") == 1

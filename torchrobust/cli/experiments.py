@@ -66,7 +66,8 @@ def _paper_figure(args: argparse.Namespace) -> int:
     from ..experiments.reprogramming_figures import run_figure
 
     res = run_figure(args.name, args.out, n_test=args.n_test or 1000, profile=args.profile, seed=args.seed,
-                     device=args.device, progress=not args.quiet, threads=args.threads)
+                     paradigms=tuple(args.paradigms or (1,)), device=args.device, progress=not args.quiet,
+                     threads=args.threads)
     sys.stdout.write((Path(args.out) / f"{args.name}.md").read_text())
     sys.stdout.write(f"\nwrote {args.out}/ in {res['wall_seconds']:.0f} s\n")
     return 0
@@ -86,7 +87,8 @@ def cmd_paper(args: argparse.Namespace) -> int:
                                    "on its --n-test images; drop --n-pgd")
         check_output_dir(args.out)  # paper runs resume their finished cells, so existing results are not refused
         return _paper_adaptive(args)
-    given = [flag for flag, (dest, unset) in ADAPTIVE_ONLY.items() if getattr(args, dest) != unset]
+    given = [flag for flag, (dest, unset) in ADAPTIVE_ONLY.items() if getattr(args, dest) != unset
+             and not (flag == "--paradigms" and args.name in FIGURES)]
     if args.name in FIGURES and (args.weights is not None or args.n_pgd is not None):
         raise TorchRobustError(f"`paper {args.name}` trains its own MLPs and evaluates --n-test images; drop "
                                "--weights and --n-pgd")
@@ -184,7 +186,8 @@ def register(sub: Any) -> None:
     ad = sp.add_argument_group("paper adaptive only (docs/adaptive-evaluation.md)")
     ad.add_argument("--eps", type=float_list, default=None, help="ℓ∞ budgets in (0, 1] (default 0.1,0.2,0.3)")
     ad.add_argument("--models", type=name_list, default=None, help=f"subset of {','.join(ARCHS)} (default: both)")
-    ad.add_argument("--paradigms", type=int_list, default=None, help="subset of 1,2,3 (default: all)")
+    ad.add_argument("--paradigms", type=int_list, default=None,
+                    help="subset of 1,2,3 (default: all; fig9/fig6 take it too, default 1)")
     ad.add_argument("--no-baseline", action="store_true", help="skip the undefended backbone rows")
     ad.add_argument("--state-dir", default=None, help="finished cells + attack state (default OUT/state)")
     ad.add_argument("--budget", default=None, choices=sorted(BUDGETS), help="attack budgets (default: default)")
