@@ -23,7 +23,9 @@ table3     Table 3 + Figure 5: per-layer embedding difference (ℓ1, ℓ2, squar
            FGSM (ε = 0.3) inputs for LPM- and NRPM-LeNet, and the hidden-embedding figure of one example.
 =========  =================================================================================================
 
-The protocol (FGSM and PGD-20 rows, what counts as robust) and the budgets of the profiles (``profile=``:
+The protocol (the FGSM column; the robust evaluation: by default the library's strong evaluation, the worst case over
+FGSM, APGD-CE and APGD-T, or with ``robust_eval="pgd20"`` the earlier PGD-20 column; what counts as robust) and
+the budgets of the profiles (``profile=``:
 ``"fast"``, ``"full"``, ``"quick"``) and how they deviate from the paper are described in
 :mod:`torchrobust.experiments.reprogramming_protocol`, which holds them.
 """
@@ -44,22 +46,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchrobust.errors import TorchRobustError, unknown_name
+from torchrobust.evaluate.sweeps import DEFAULT_ATTACKS
 from torchrobust.experiments.paper_numbers import EPS_GRID, PAPER
 from torchrobust.experiments.reprogramming_protocol import (
     PROFILES,
+    ROBUST_EVALS,
     PresetContext,
     Profile,
+    check_robust_eval,
     fgsm_sweep,
     learned_lams_list,
     lenet,
     linear_mlp,
     load_mnist,
+    strong_title,
 )
 from torchrobust.reprogramming import reprogram, set_K, set_lam, set_paradigm
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["run", "PRESETS", "Profile", "PROFILES", "PAPER", "fgsm_sweep", "linear_mlp", "load_mnist", "EPS_GRID",
-           "train_paper_model", "PARADIGM1", "BACKBONE_SPECS", "report_tables"]
+           "train_paper_model", "PARADIGM1", "BACKBONE_SPECS", "report_tables", "ROBUST_EVALS"]
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +342,7 @@ def train_paper_model(arch: str, paradigm: int, *, backbone: nn.Module | None = 
 
 
 PRESETS: dict[str, str] = {
-    "table1": "Table 1: three paradigms on the 3-layer linear MLP (FGSM; PGD-20 on selected rows)",
+    "table1": "Table 1: three paradigms on the 3-layer linear MLP (FGSM; robust evaluation on selected rows)",
     "table2": "Table 2: λ learned (Paradigm 2) under FGSM training at ε_train = 0 … 0.3",
     "table3": "Table 3 + Figure 5: embedding differences, LPM- vs NRPM-LeNet",
     "table7": "Table 7: 1/2/3-layer linear MLPs, LPM vs fine-tuned NRPM",
@@ -346,12 +352,20 @@ PRESETS: dict[str, str] = {
 
 
 # ------------------------------------------------------------------------------------------------ output
+#: the label of the PGD-20 table (``robust_eval="pgd20"``): a weak-only robust number says so
+PGD_WEAK_NOTE = ("**Strength: weak** — PGD with one restart and < 50 steps overstates robustness; the default "
+                 "robust evaluation (`--robust strong`) is the worst case over FGSM, APGD-CE and APGD-T.")
+
 def _markdown(name: str, result: dict[str, Any]) -> str:
     lines = [f"# {PRESETS[name]}", ""]
     cfg = result["config"]
+    strong_rows = [r for r in result["rows"] if "strong" in r]
+    robust = (f"PGD-{cfg['pgd_steps']} (ℓ∞, random start)" if cfg.get("robust_eval", "pgd20") == "pgd20" else
+              f"the default strong evaluation (ℓ∞, per-example worst case over "
+              f"{', '.join(a.upper() for a in cfg.get('robust_attacks') or ())})")
     lines.append(
         f"Profile `{cfg['profile']}`, seed {cfg['seed']}; FGSM on the first {cfg['n_test']} MNIST test images, "
-        f"PGD-{cfg['pgd_steps']} (ℓ∞, random start) on the first {cfg['n_pgd']}. Accuracy in %; an example counts "
+        f"{robust} on the first {cfg['n_pgd']}. Accuracy in %; an example counts "
         f"only if it is also correct on the clean input. Wall time {result['wall_seconds']:.0f} s."
     )
     lines.append("")
@@ -376,7 +390,16 @@ def _markdown(name: str, result: dict[str, Any]) -> str:
                                                        for k in keys)],
                     [{**r["pgd20"], "row": r["row"]} for r in pgd_rows])
         lines += ["", f"## PGD-{cfg['pgd_steps']} (ours only; the paper reports no PGD numbers on MNIST)", "",
-                  pgd.markdown_grid().rstrip("\n")]
+                  PGD_WEAK_NOTE, "", pgd.markdown_grid().rstrip("\n")]
+    if strong_rows:
+        keys = list(strong_rows[0]["strong"].keys())
+        strong = Table([Column("row", ColumnKind.TEXT), *(Column(k, acc, unit="%", digits=1,
+                                                                 label="clean" if k == "clean" else f"ε={k}")
+                                                          for k in keys)],
+                       [{**r["strong"], "row": r["row"]} for r in strong_rows])
+        lines += ["", f"## {strong_title(cfg['robust_attacks'])} (ours only; the paper reports FGSM only on MNIST)",
+                  "", "An example counts only if it is correct clean and after every attack; each attack's own "
+                  "accuracy is in the JSON (`strong_attacks`).", "", strong.markdown_grid().rstrip("\n")]
     emb = result.get("embedding_differences")
     if emb:
         heads = {"l1": "ℓ1", "l2": "ℓ2", "l2_sq": "ℓ2²", "linf": "ℓ∞", "paper_l1": "paper ℓ1",
@@ -395,7 +418,8 @@ def _markdown(name: str, result: dict[str, Any]) -> str:
 
 def report_tables(result: dict[str, Any]) -> dict[str, Table]:
     """The flat, typed tables of a preset result for ``torchrobust report``: ``"table"`` (FGSM, ours and paper
-    rows) and, when rows carry PGD numbers, ``"pgd_table"``. Accuracies are ``PERCENT`` columns holding fractions
+    rows) and, when rows carry them, ``"strong_table"`` (the default strong evaluation's worst case) or
+    ``"pgd_table"`` (PGD-20, ``robust_eval="pgd20"``). Accuracies are ``PERCENT`` columns holding fractions
     (the nested result stores them in %)."""
     title = str(result.get("title") or result.get("preset") or "")
 
@@ -423,15 +447,24 @@ def report_tables(result: dict[str, Any]) -> dict[str, Table]:
         out["pgd_table"] = Table([Column("row", ColumnKind.TEXT),
                                   *(pct(k, "clean" if k == "clean" else f"ε={k}") for k in keys)],
                                  [{"row": r["row"], **{k: r["pgd20"][k] / 100 for k in keys}} for r in pgd_rows],
-                                 title=f"{title} — PGD-{result['config']['pgd_steps']}")
+                                 title=f"{title} — PGD-{result['config']['pgd_steps']}", notes=(PGD_WEAK_NOTE,))
+    strong_rows = [r for r in result["rows"] if "strong" in r]
+    if strong_rows:
+        keys = list(strong_rows[0]["strong"].keys())
+        out["strong_table"] = Table([Column("row", ColumnKind.TEXT),
+                                     *(pct(k, "clean" if k == "clean" else f"ε={k}") for k in keys)],
+                                    [{"row": r["row"], **{k: r["strong"][k] / 100 for k in keys}} for r in strong_rows],
+                                    title=f"{title} — {strong_title(result['config']['robust_attacks'])}")
     return out
 
 
 def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool = False, *,
         profile: str | None = None, seed: int = 0, n_pgd: int | None = None, device: str | None = None,
-        progress: bool = False, threads: int | None = 1, weights: str | Path | None = None) -> dict[str, Any]:
+        progress: bool = False, threads: int | None = 1, weights: str | Path | None = None,
+        robust_eval: str = "strong") -> dict[str, Any]:
     """Run one preset and write ``<name>.json`` and ``<name>.md`` (plus figures) into ``out_dir``, and the flat
-    :func:`report_tables` as ``<name>_table.json`` (and ``<name>_pgd_table.json``) for ``torchrobust report``.
+    :func:`report_tables` as ``<name>_table.json`` (and ``<name>_strong_table.json``, or with
+    ``robust_eval="pgd20"`` ``<name>_pgd_table.json``) for ``torchrobust report``.
 
     Args:
         name: a key of :data:`PRESETS` (``table1``, ``table2``, ``table3``, ``table7``, ``table8``, ``lenet``).
@@ -440,8 +473,9 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         quick: shorthand for ``profile="quick"`` (a smoke test on tiny subsets).
         profile: ``"fast"`` (default; Table 1 in ≤ 15 min on 2 CPU cores), ``"full"`` (paper scale) or
             ``"quick"``.
-        seed: seeds model initialisation, training order, subsets and PGD's random start.
-        n_pgd: PGD-20 evaluation set size (default from the profile).
+        seed: seeds model initialisation, training order, subsets and the attacks' randomness.
+        n_pgd: size of the robust evaluation set, strong or PGD-20 (the first n_pgd test images; default from the
+            profile; the name is kept for compatibility).
         device: e.g. ``"cuda"``; default CPU.
         progress: tqdm bars for training.
         threads: ``torch.set_num_threads`` for the run (restored afterwards); None leaves it alone.
@@ -449,18 +483,24 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
             (its depth)/``table8``, ``lenet_mnist_model.pth`` for ``lenet``/``table3``; read safely by
             :func:`torchrobust.experiments.paper_weights.load_paper_weights`) used as the standard-trained
             backbone instead of training one; recorded in ``config.weights``.
+        robust_eval: the robust evaluation of the selected rows on the first ``n_pgd`` images at the profile's
+            ``pgd_eps`` (a key of :data:`ROBUST_EVALS`): ``"strong"`` (default) - the per-example worst case over
+            :func:`torchrobust.evaluate.sweep`'s default attacks (FGSM, APGD-CE, APGD-T), the library's default
+            evaluation; ``"pgd20"`` - the earlier PGD-20 column (weak; reproduces the numbers in the docs).
 
     Returns:
-        The result dict that is also written as JSON: ``config``, ``rows`` (per row: ``fgsm`` accuracies at
-        ε = 0, .05, …, .3, ``paper_fgsm``, optional ``pgd20``, ``lams``, ``K``), ``timings``, ``wall_seconds``,
-        ``files``.
+        The result dict that is also written as JSON: ``config`` (with ``robust_eval`` and, for ``"strong"``,
+        ``robust_attacks``), ``rows`` (per row: ``fgsm`` accuracies at ε = 0, .05, …, .3, ``paper_fgsm``,
+        optional ``strong`` (worst case, in %, keyed ``clean`` and ε) with ``strong_attacks`` (each attack's own
+        accuracy) or ``pgd20``, ``lams``, ``K``), ``timings``, ``wall_seconds``, ``files``.
     """
+    check_robust_eval(robust_eval)
     if name not in PRESETS:
         raise unknown_name("reprogramming preset", name, PRESETS)
     pname = "quick" if quick else (profile or "fast")
     if pname not in PROFILES:
         raise unknown_name("profile", pname, PROFILES)
-    prof = PROFILES[pname]
+    prof = replace(PROFILES[pname], robust_eval=robust_eval)
     pw = None
     if weights is not None:  # validated before any work: a wrong file fails in a second, not after training
         from torchrobust.experiments.paper_weights import load_paper_weights
@@ -500,7 +540,8 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         "title": PRESETS[name],
         "config": {"profile": pname, "seed": seed, **asdict(prof), "eps_fgsm": list(EPS_GRID),
                    "torch": torch.__version__, "device": str(dev), "threads": threads,
-                   "weights": pw.describe() if pw is not None else None},
+                   "weights": pw.describe() if pw is not None else None,
+                   **({"robust_attacks": list(DEFAULT_ATTACKS)} if robust_eval == "strong" else {})},
         "rows": ctx.rows,
         "timings": {k: round(v, 2) for k, v in ctx.timings.items()},
         "wall_seconds": round(wall, 1),
