@@ -251,10 +251,30 @@ def test_paper_adaptive_takes_the_experiments_options(tmp_path, monkeypatch, cap
     assert capsys.readouterr().out.startswith("# cells\n")
 
 
+def test_paper_preset_robust_option_reaches_run(tmp_path, monkeypatch, capsys):
+    """`--robust` is passed to the preset as robust_eval (default strong)."""
+    from torchrobust.experiments import reprogramming as R
+
+    seen: list = []
+
+    def fake_run(name, out_dir, **kw):
+        seen.append(kw["robust_eval"])
+        return {"wall_seconds": 1.0}
+
+    monkeypatch.setattr(R, "run", fake_run)
+    assert main(["paper", "table1", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["paper", "lenet", "--robust", "pgd20", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert seen == ["strong", "pgd20"]
+
+
 @pytest.mark.parametrize("argv,match", [
     (["paper", "table1", "--models", "mlp"], "--models is for `paper adaptive` only"),
     (["paper", "lenet", "--eps", "0.1", "--report-only"], "--eps, --report-only are for `paper adaptive` only"),
     (["paper", "adaptive", "--n-pgd", "10"], "--n-pgd"),
+    (["paper", "table1", "--robust", "pgd50"], "invalid choice: 'pgd50'"),
+    (["paper", "adaptive", "--robust", "pgd20"], "drop --robust"),
+    (["paper", "fig9", "--robust", "strong"], "drop --robust"),
+    (["paper", "fig6", "--n-pgd", "5", "--robust", "pgd20"], "drop --n-pgd, --robust"),
     (["paper", "adaptive", "--paradigms", "1,x"], "expected comma-separated integers"),
     (["paper", "adaptive", "--steps", "0"], "--steps"),
     (["psat", "experiment", "members"], "--out"),

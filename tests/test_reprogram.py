@@ -330,9 +330,11 @@ def test_fgsm_sweep_matches_per_eps_attack() -> None:
 
 
 def test_quick_preset_writes_files(tmp_path) -> None:
+    """Default robust evaluation: strong (worst case over sweep's default attacks) on the selected rows; FGSM and
+    the strong evaluation on the same 16 images here, so the strong worst case is at most the FGSM cell."""
     from torchrobust.experiments.reprogramming import PAPER, run
 
-    res = run("table1", tmp_path, quick=True, n_test=50, n_pgd=8)
+    res = run("table1", tmp_path, quick=True, n_test=16, n_pgd=16)
     assert (tmp_path / "table1.json").exists() and (tmp_path / "table1.md").exists()
     saved = json.loads((tmp_path / "table1.json").read_text())
     rows = {r["row"]: r for r in saved["rows"]}
@@ -343,17 +345,57 @@ def test_quick_preset_writes_files(tmp_path) -> None:
         assert all(v <= r["fgsm"][0] for v in r["fgsm"])  # robust counts only clean-correct examples
     # λ = 1 is the normal-trained model itself
     assert rows["P1 λ=1.0"]["fgsm"] == rows["Normal-train"]["fgsm"]
-    assert "pgd20" in rows["Paradigm 2"] and len(rows["Paradigm 2"]["lams"]) == 3
-    assert res["config"]["n_test"] == 50
+    assert "strong" in rows["Paradigm 2"] and len(rows["Paradigm 2"]["lams"]) == 3
+    assert res["config"]["n_test"] == 16 and res["config"]["robust_eval"] == "strong"
+    attacks = ["fgsm", "apgd-ce", "apgd-t"]
+    assert res["config"]["robust_attacks"] == attacks
+    strong = [r for r in saved["rows"] if "strong" in r]
+    assert {r["row"] for r in strong} == {"Normal-train", "Adv-train", "P1 λ=0.5", "Paradigm 2", "Paradigm 3"}
+    for r in strong:
+        assert "pgd20" not in r and list(r["strong_attacks"]) == attacks and list(r["strong"]) == ["clean", "0.3"]
+        assert r["strong"]["clean"] == r["fgsm"][0]  # the same images, the same clean accuracy
+        assert r["strong_attacks"]["fgsm"]["0.3"] == r["fgsm"][-1]  # sweep's FGSM = the FGSM column at ε = 0.3
+        for k, v in r["strong"].items():  # the worst case is at most every attack's own accuracy
+            assert v <= min(a[k] for a in r["strong_attacks"].values())
+        assert r["strong"]["0.3"] <= r["fgsm"][-1]
     md = (tmp_path / "table1.md").read_text()
     assert "| Paradigm 3 | ours |" in md and "| | paper | 86.1 | 81.7" in md
     flat = json.loads((tmp_path / "table1_table.json").read_text())  # the Table JSON torchrobust report reads
     assert {c["name"]: c["kind"] for c in flat["columns"]}["ε=0.3"] == "percent"
     ours = next(r for r in flat["rows"] if r["row"] == "Paradigm 3" and r["source"] == "ours")
     assert ours["ε=0.3"] == pytest.approx(rows["Paradigm 3"]["fgsm"][-1] / 100)
-    assert "table1_table.json" in saved["files"] and (tmp_path / "table1_pgd_table.json").is_file()
+    assert "table1_table.json" in saved["files"] and (tmp_path / "table1_strong_table.json").is_file()
+    assert not (tmp_path / "table1_pgd_table.json").exists() and "## PGD" not in md
+    assert "## Default strong evaluation: worst case over FGSM, APGD-CE, APGD-T (100 iterations)" in md
+    flat = json.loads((tmp_path / "table1_strong_table.json").read_text())
+    assert "FGSM, APGD-CE, APGD-T" in flat["title"]
+    p3 = next(r for r in flat["rows"] if r["row"] == "Paradigm 3")
+    assert p3["0.3"] == pytest.approx(rows["Paradigm 3"]["strong"]["0.3"] / 100)
     with pytest.raises(TorchRobustError, match="unknown reprogramming preset"):
         run("table99", tmp_path)
+
+
+def test_quick_preset_pgd20_keeps_the_earlier_column(tmp_path) -> None:
+    """robust_eval="pgd20": the earlier keys and files (pgd20 rows, <name>_pgd_table.json), labelled weak."""
+    from torchrobust.experiments.reprogramming import run
+
+    res = run("table2", tmp_path, quick=True, n_test=16, n_pgd=8, robust_eval="pgd20")
+    pgd = [r for r in res["rows"] if "pgd20" in r]
+    assert [r["row"] for r in pgd] == ["Adv-train (ε=0)", "Adv-train (ε=0.3)"]
+    assert all(list(r["pgd20"]) == ["clean", "0.3"] and "strong" not in r for r in res["rows"])
+    assert res["config"]["robust_eval"] == "pgd20" and "robust_attacks" not in res["config"]
+    assert sorted(res["files"]) == ["table2.json", "table2.md", "table2_pgd_table.json", "table2_table.json"]
+    md = (tmp_path / "table2.md").read_text()
+    assert "PGD-5 (ℓ∞, random start) on the first 8" in md and "## PGD-5 (ours only" in md
+    assert "**Strength: weak**" in md and "strong" not in json.loads((tmp_path / "table2.json").read_text())["rows"][0]
+
+
+def test_preset_robust_eval_is_checked_before_work(tmp_path) -> None:
+    from torchrobust.experiments.reprogramming import run
+
+    with pytest.raises(TorchRobustError, match="strong, pgd20") as ei:
+        run("table1", tmp_path / "o", quick=True, robust_eval="pgd50")
+    assert "\n" not in str(ei.value) and not (tmp_path / "o").exists()
 
 
 def test_checkpoint_replays_reprogramming(tmp_path) -> None:
