@@ -138,3 +138,22 @@ def test_report_reads_psat_and_preset_tables_with_their_kinds(tmp_path):
     assert "40.2" in md["preset_table1_table.md"] and "paper" in md["preset_table1_table.md"]
     assert "77.5" in md["preset_table1_pgd_table.md"]
     assert "87.50" in paths["html"].read_text()
+
+
+def test_report_reads_a_preset_strong_table(tmp_path):
+    """A preset run with the default strong evaluation: <name>_strong_table.json, its title naming the attacks."""
+    from torchrobust.evaluate.report import _collect
+    from torchrobust.experiments.reprogramming import report_tables
+
+    result = {"preset": "table1", "title": "Table 1", "config": {"pgd_steps": 20, "robust_eval": "strong",
+                                                                "robust_attacks": ["fgsm", "apgd-ce", "apgd-t"]},
+              "rows": [{"row": "NRPM", "fgsm": [98.5, 90.0, 80.0, 70.0, 60.0, 50.0, 40.25], "paper_fgsm": None,
+                        "strong": {"clean": 98.5, "0.1": 12.5},
+                        "strong_attacks": {"fgsm": {"clean": 98.5, "0.1": 90.0}}}]}
+    tabs = report_tables(result)
+    assert set(tabs) == {"table", "strong_table"}
+    assert "worst case over FGSM, APGD-CE, APGD-T (100 iterations)" in (tabs["strong_table"].title or "")
+    for key, tab in tabs.items():
+        (tmp_path / f"table1_{key}.json").write_text(tab.to_json())
+    tables = {t.source: t for t in _collect(tmp_path)[0]}
+    assert tables["table1_strong_table.json"].table.rows[0]["0.1"] == 0.125
