@@ -66,8 +66,9 @@ def _cli_error(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: st
 # ----------------------------------------------------------------------------------------------- reprogram
 def test_reprogram_preset_end_to_end(cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rp"
+    # width 8: at width 2 the ResNet's strided 1x1 shortcut is too narrow for channels_last on CPU (refused below)
     assert main(["cifar10", "reprogram", "--out", str(out), "--data-root", str(cifar), *TINY,
-                 "--precision", "bf16", "--channels-last"]) == 0
+                 "--precision", "bf16", "--channels-last", "--width", "8"]) == 0
     printed = capsys.readouterr().out
     assert "| standard P3 |" in printed and "PGD-2" in printed
     result = json.loads((out / "reprogram.json").read_text())
@@ -227,7 +228,7 @@ def test_bf16_autocast_runs_the_model_in_bf16_and_keeps_fp32_weights_and_inputs(
     for precision in ("fp32", "bf16"):
         seen: dict[str, set] = {"conv": set(), "input": set()}
         torch.manual_seed(0)
-        net = models.create("resnet18", width=2)
+        net = models.create("resnet18", width=8)
         hooks = [net.conv1.register_forward_hook(lambda m, i, o, s=seen: s["conv"].add(o.dtype)),
                  net.register_forward_pre_hook(lambda m, i, s=seen: s["input"].add(i[0].dtype))]
         fit(net, (x, y), TrainConfig(epochs=1, batch_size=8, mode="pgd", eps=8 / 255, steps=2, precision=precision,
@@ -294,3 +295,21 @@ def test_fp16_loss_scaler_state_resumes_bit_for_bit(tmp_path: Path, monkeypatch:
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     scaler = {f: resume.read_state(resume.state_path(tmp_path / f))[0]["progress"]["scaler"] for f in ("a", "b")}
     assert scaler["a"] == scaler["b"] and scaler["a"]["_growth_tracker"] > 0 and scaler["a"]["scale"] > 0
+
+
+def test_channels_last_refuses_a_conv_onednn_aborts_on(cifar: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """channels_last on CPU with a strided 1x1 conv of < 8 input channels (the width-2 ResNet's shortcut) would abort
+    the process in oneDNN's weight backward (torch 2.14.1, AVX2): refused in one line before any training."""
+    from torchrobust.train import TrainConfig, fit
+
+    net = models.create("resnet18", width=2)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with pytest.raises(TorchRobustError, match="layer2.0.shortcut") as ei:
+        fit(net, (x, y), TrainConfig(epochs=1, batch_size=8, channels_last=True, max_batches=1))
+    assert "\n" not in str(ei.value) and "--channels-last" in str(ei.value)
+    assert net.conv1.weight.is_contiguous()  # untouched
+    fit(net, (x, y), TrainConfig(epochs=1, batch_size=8, max_batches=1))  # the same model trains without it
+    out = tmp_path / "cl"
+    _cli_error(capsys, ["cifar10", "reprogram", "--out", str(out), "--data-root", str(cifar), *TINY,
+                        "--channels-last"], "channels_last", "shortcut")

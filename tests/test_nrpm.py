@@ -16,6 +16,7 @@ from torch import nn
 
 from torchrobust.errors import TorchRobustError
 from torchrobust.nn import NRPMConv2d, NRPMLinear, nrpm_conv2d, nrpm_core, nrpm_eager, nrpm_linear
+from torchrobust.nn.nrpm_compiled import compiler_available
 
 ROOT = Path(__file__).resolve().parents[1]
 D64 = torch.float64
@@ -102,6 +103,26 @@ def test_conv_matches_loop_reference(backend: str, stride: int, padding: int, di
     got = nrpm_conv2d(x, W, b, 0.4, 2, 1e-3, stride, padding, dilation, groups, backend=backend)
     ref = loop_reference_conv(x, W, b, 0.4, 2, 1e-3, stride, padding, dilation, groups)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["eager", "compiled", "reference"])
+def test_conv_output_keeps_the_input_memory_format(backend: str) -> None:
+    """As F.conv2d: NCHW in, NCHW-contiguous out; channels_last in, channels_last out (same values). A
+    channels-last-strided output for an NCHW input once sent a gradient to a plain strided 1x1 conv that made
+    oneDNN corrupt the heap (torch 2.14.1)."""
+    if backend == "compiled" and not compiler_available("cpu"):
+        pytest.skip("no C++ compiler for the compiled backend")
+    x = torch.rand(3, 4, 9, 8)
+    W = torch.randn(6, 4, 3, 3)
+    y = nrpm_conv2d(x, W, torch.randn(6), 0.5, 2, 1e-3, 1, 1, 1, 1, backend=backend)
+    assert y.is_contiguous()
+    xl = x.contiguous(memory_format=torch.channels_last)
+    yl = nrpm_conv2d(xl, W, None, 0.5, 2, 1e-3, 1, 1, 1, 1, backend=backend)
+    assert yl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(yl, nrpm_conv2d(x, W, None, 0.5, 2, 1e-3, 1, 1, 1, 1, backend=backend))
+    xg = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(nrpm_conv2d(xg, W, None, 0.5, 2, 1e-3, 2, 1, 1, 1, backend=backend).square().sum(), xg)
+    assert gx.shape == x.shape and bool(torch.isfinite(gx).all())
 
 
 def test_conv_equals_linear_over_unfolded_patches() -> None:

@@ -173,6 +173,13 @@ def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """``channels_last`` for a channels-last input (that is not also plain contiguous), else contiguous."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def nrpm_conv2d(
     x: Tensor,
     weight: Tensor,
@@ -228,6 +235,10 @@ def nrpm_conv2d(
     else:
         z0, zk = NRPMConvCore.apply(x, weight, geom, K, float(eps), backend, bool(straight_through))
     out = _mix(z0, zk, lam_t).transpose(1, 2).reshape(B, Cout, Ho, Wo)
+    # The output in the input's memory format, as F.conv2d returns it. The rows layout would otherwise hand NCHW
+    # callers a channels-last-strided tensor; the gradient that then reaches a plain conv before this layer made
+    # oneDNN's weight backward (torch 2.14.1, AVX2 CPU, 3->2 channel stem) corrupt the heap and abort the process.
+    out = out.contiguous(memory_format=_memory_format(x))
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out

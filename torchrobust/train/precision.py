@@ -106,6 +106,29 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
     return torch.amp.GradScaler(device.type) if precision == Precision.FP16 else None
 
 
+#: channels_last convs that oneDNN's CPU weight backward mishandles (torch 2.14.1, seen on an AVX2 CPU): a 1x1
+#: kernel with stride > 1 and fewer input channels per group than this corrupts the heap and aborts the process
+#: (a ResNet shortcut at width 2-4). Reproducer: ``Conv2d(2, 4, 1, stride=2)`` in channels_last, 20 backward passes.
+_CL_MIN_CHANNELS = 8
+
+
+def _check_channels_last_cpu(model: nn.Module) -> None:
+    """Refuse channels_last on CPU for a conv that would abort the process in oneDNN (:data:`_CL_MIN_CHANNELS`)."""
+    for name, mod in model.named_modules():
+        if (isinstance(mod, nn.Conv2d) and mod.weight.device.type == "cpu" and tuple(mod.kernel_size) == (1, 1)
+                and tuple(mod.stride) != (1, 1) and mod.in_channels // mod.groups < _CL_MIN_CHANNELS):
+            raise TorchRobustError(
+                f"channels_last on CPU: conv {name!r} (1x1, stride {tuple(mod.stride)}, {mod.in_channels} input "
+                f"channels) makes oneDNN's weight backward corrupt memory and abort (torch {torch.__version__}, "
+                f"fewer than {_CL_MIN_CHANNELS} input channels); drop --channels-last or use a wider model")
+
+
 def to_memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
-    """``model`` with its 4-D parameters and buffers in ``channels_last`` (when asked; a no-op otherwise)."""
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    """``model`` with its 4-D parameters and buffers in ``channels_last`` (when asked; a no-op otherwise).
+
+    On CPU a model with a narrow strided 1x1 conv is refused (:func:`_check_channels_last_cpu`): oneDNN aborts
+    the process in its backward there, so nothing would be saved."""
+    if not channels_last:
+        return model
+    _check_channels_last_cpu(model)
+    return model.to(memory_format=torch.channels_last)
