@@ -57,7 +57,8 @@ from torchrobust.psat.adversary import MNIST_BUDGETS, PGDConfig, TrainingAdversa
 from torchrobust.psat.metrics import NORMS, MultiNormRow
 from torchrobust.psat.metrics import table as multinorm_table
 from torchrobust.psat.multinorm import ramp_objective
-from torchrobust.psat.train import Data, PSATTrainConfig, data_tensors, load_member, train_model
+from torchrobust.psat.train import Data, PSATTrainConfig, load_member, train_model
+from torchrobust.psat.train import data_settings as _data_settings
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["PAPER_TABLE5", "PAPER_PSAT", "TABLE5_BACKBONES", "TABLE5_STRATEGIES", "RandomNormAdversary",
@@ -131,14 +132,6 @@ def check_table5(backbones: Sequence[str], strategy: str) -> None:
     for b in backbones:
         with torch.device("meta"):
             build(b)  # unknown timm name: one-line error with close matches, before any training
-
-
-def _data_settings(data: Data) -> dict[str, Any]:
-    """Number of training images and SHA-256 of their bytes and labels (part of a checkpoint's settings)."""
-    x, y = data_tensors(data)
-    h = hashlib.sha256(x.contiguous().cpu().numpy().tobytes())
-    h.update(y.contiguous().cpu().numpy().tobytes())
-    return {"n_train": len(x), "train_data_sha256": h.hexdigest()}
 
 
 def train_lightweight(out_dir: str | os.PathLike[str], data: Data, backbones: Sequence[str] = TABLE5_BACKBONES,

@@ -21,6 +21,7 @@ unavailable supplementary material (docs/paper-code-facts.md#psat-training-setti
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -46,8 +47,8 @@ from torchrobust.train.loop import OptimizerName, ScheduleName
 if TYPE_CHECKING:
     from torchrobust.train.objectives import Objective
 
-__all__ = ["PSATTrainConfig", "train_model", "train_members", "train_baselines", "train_to_dir", "load_member",
-           "load_ensemble", "member_path"]
+__all__ = ["PSATTrainConfig", "data_settings", "train_model", "train_members", "train_baselines", "train_to_dir",
+           "load_member", "load_ensemble", "member_path"]
 
 log = logging.getLogger(__name__)
 Data = Dataset | tuple[Tensor, Tensor]
@@ -126,6 +127,15 @@ def train_model(model: nn.Module, data: Data, adversary: MultiAdversary, config:
                objective=objective).history
 
 
+def data_settings(data: Data) -> dict[str, Any]:
+    """Number of training images and SHA-256 of their bytes and labels (recorded in every checkpoint's metadata, so
+    a rerun can tell whether a checkpoint was trained on the same data)."""
+    x, y = data_tensors(data)
+    h = hashlib.sha256(x.contiguous().cpu().numpy().tobytes())
+    h.update(y.contiguous().cpu().numpy().tobytes())
+    return {"n_train": len(x), "train_data_sha256": h.hexdigest()}
+
+
 def member_path(out_dir: str | os.PathLike[str], name: str) -> Path:
     """Checkpoint path of member / baseline ``name`` in ``out_dir``."""
     return Path(out_dir) / f"{name}.safetensors"
@@ -144,6 +154,7 @@ def _train_named(out_dir: str | os.PathLike[str], data: Data, names: Sequence[tu
                  config: PSATTrainConfig, device: str | torch.device | None, msd_alpha: Mapping[str, float],
                  msd_steps: int | None, role: str, ramp_gp: bool = True) -> dict[str, Path]:
     out: dict[str, Path] = {}
+    recorded = data_settings(data)
     for name, strategy in names:
         torch.manual_seed(config.seed)
         model = psat_models.create(run.arch, **run.arch_kwargs)
@@ -157,7 +168,7 @@ def _train_named(out_dir: str | os.PathLike[str], data: Data, names: Sequence[tu
         path = checkpoint.save(model.cpu(), member_path(out_dir, name), role=role, strategy=strategy,
                                eps=run.eps, steps=run.steps, alpha=run.alpha, train_config=asdict(config),
                                train_seconds=seconds, train_cpu_seconds=cpu_seconds, history=history,
-                               parameters=psat_models.count_parameters(model), **extra)
+                               parameters=psat_models.count_parameters(model), **recorded, **extra)
         log.info("trained %s %s in %.1fs -> %s", role, name, seconds, path)
         out[name] = path
     return out
