@@ -153,14 +153,15 @@ def cmd_psat_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_psat_experiment(args: argparse.Namespace) -> int:
-    from ..psat.experiment import run_stage
+    from ..psat.experiment import STAGE_DEFAULTS, run_stage
     from ..validation import check_output_dir
 
     autoattack = _check_autoattack(args.autoattack)
     check_output_dir(args.out)  # stages add to one run folder; each refuses nothing already there
-    written = run_stage(args.stage, args.out, only=args.only, n_train=args.n_train, epochs=args.epochs,
-                        train_steps=args.train_steps, lr=args.lr, z_dim=args.z_dim, unit=args.unit,
-                        n_test=args.n_test, start=args.start, steps=args.steps, restarts=args.restarts,
+    budget = {k: v if (v := getattr(args, k)) is not None else default
+              for k, default in STAGE_DEFAULTS[args.stage].items()}
+    written = run_stage(args.stage, args.out, only=args.only, lr=args.lr, z_dim=args.z_dim, unit=args.unit,
+                        n_test=args.n_test, start=args.start, **budget,
                         autoattack=autoattack, seed=args.seed, strategy=args.strategy,
                         stem_stride=args.stem_stride, input_size=args.input_size)
     sys.stdout.write(f"{args.stage}: wrote {', '.join(str(p) for p in written) or 'nothing'}\n")
@@ -246,27 +247,32 @@ def register(sub: Any) -> None:
     ep.set_defaults(fn=cmd_psat_evaluate)
 
     xp = psub.add_parser("experiment", help="one stage of the staged PSAT MNIST experiment (docs/psat.md): members, "
-                                            "baselines, evaluate, routing, table")
+                                            "baselines, evaluate, routing, table; lightweight (Table 5); tables "
+                                            "(Tables 3, 4 and 6)")
     xp.add_argument("stage", choices=STAGES)
     add_out(xp, "run folder shared by the stages", required=True)
     xp.add_argument("--only", type=name_list, default=None,
                     help="members: Linf,L2,L1; baselines: max,avg,msd; evaluate: psat, members, AT_max, ... "
                          "(writes part_*.json for the table stage); lightweight: timm names (default "
-                         "mobilenetv1_100,mobilenetv3_small_100,mobilenetv3_large_100,ghostnet_100)")
+                         "mobilenetv1_100,mobilenetv3_small_100,mobilenetv3_large_100,ghostnet_100); tables: "
+                         "table3,table4,table6 (default all)")
     xp.add_argument("--strategy", default="stochastic",
                     help="lightweight: multi-norm training, stochastic (one random norm per batch, PSAT Table 5) "
                          "or max, avg, msd, eat, ramp")
     add_lightweight(xp, SMALL_IMAGE_STEM_STRIDE)
-    xp.add_argument("--n-train", type=positive_int, default=10000, help="random training images (default 10000)")
-    xp.add_argument("--epochs", type=positive_int, default=1)
-    xp.add_argument("--train-steps", type=positive_int, default=5, help="PGD steps of the training adversaries")
+    xp.add_argument("--n-train", type=positive_int, default=None,
+                    help="random training images (default 10000; tables: 60000)")
+    xp.add_argument("--epochs", type=positive_int, default=None, help="default 1; tables: 5")
+    xp.add_argument("--train-steps", type=positive_int, default=None,
+                    help="PGD steps of the training adversaries (default 5; tables: 10)")
     xp.add_argument("--lr", type=finite_number, default=1e-3)
     xp.add_argument("--z-dim", type=positive_int, default=32, help="members' hypernetwork latent size")
     xp.add_argument("--unit", type=positive_int, default=32, help="members' hypernetwork unit size")
     xp.add_argument("--n-test", type=positive_int, default=1000, help="test images from --start (default 1000)")
     xp.add_argument("--start", type=nonnegative_int, default=0, help="first test index (split the evaluation)")
-    xp.add_argument("--steps", type=positive_int, default=10, help="PGD steps per norm of evaluate/routing")
-    xp.add_argument("--restarts", type=positive_int, default=1)
+    xp.add_argument("--steps", type=positive_int, default=None,
+                    help="PGD steps per norm of evaluate/routing/tables (default 10; tables: 50)")
+    xp.add_argument("--restarts", type=positive_int, default=None, help="PGD restarts (default 1; tables: 3)")
     xp.add_argument("--autoattack", type=name_list, default=None, metavar="SUBATTACKS", help=autoattack_help)
     add_seed(xp)
     add_common(xp)

@@ -13,7 +13,10 @@ every stage takes ``only`` (``--only NAME,...``; members: ``Linf L2 L1``; baseli
 processes; ``evaluate`` with ``only`` writes ``part_X_<start>.json`` and the ``table`` stage merges all parts into
 ``psat_table.*``. ``autoattack=["apgd-ce", "apgd-t"]`` adds the reference AutoAttack per norm on the examples PGD
 did not fool (``[]``: its full standard version). ``routing`` writes ``routing.{md,json}``: where the entropy gate
-sends clean inputs and each member's own PGD examples.
+sends clean inputs and each member's own PGD examples. ``tables`` (:mod:`torchrobust.psat.analysis`) reproduces PSAT
+Tables 3, 4 and 6 in one command (``--only table3`` etc. for one of them)::
+
+    torchrobust psat experiment tables --out runs/psat_mnist   # 60,000 images, 5 epochs, 10-step attacks
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 
 from torchrobust import checkpoint
 from torchrobust.attacks.threat import ThreatName
-from torchrobust.errors import unknown_name
+from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.models.lightweight import SMALL_IMAGE_STEM_STRIDE
 from torchrobust.psat.adversary import MNIST_BUDGETS
 from torchrobust.psat.evaluation import evaluate, read_table_json, write_tables
@@ -48,12 +51,19 @@ def _train_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[idx], y[idx]
 
 
-STAGES = ("members", "baselines", "evaluate", "routing", "table", "lightweight")
+STAGES = ("members", "baselines", "evaluate", "routing", "table", "lightweight", "tables")
+#: Budgets of each stage when not given: ``tables`` (PSAT Tables 3, 4 and 6) takes the issue's budget (all training
+#: images, 5 epochs, 10-step training attacks; 50-step PGD with 3 restarts), the others the Table 1 run's first
+#: settings.
+STAGE_DEFAULTS: dict[str, dict[str, int]] = {
+    s: ({"n_train": 60000, "epochs": 5, "train_steps": 10, "steps": 50, "restarts": 3} if s == "tables" else
+        {"n_train": 10000, "epochs": 1, "train_steps": 5, "steps": 10, "restarts": 1}) for s in STAGES}
 
 
 def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str] | None = None,
-              n_train: int = 10000, epochs: int = 1, train_steps: int = 5, lr: float = 1e-3, z_dim: int = 32,
-              unit: int = 32, n_test: int = 1000, start: int = 0, steps: int = 10, restarts: int = 1,
+              n_train: int | None = None, epochs: int | None = None, train_steps: int | None = None,
+              lr: float = 1e-3, z_dim: int = 32, unit: int = 32, n_test: int = 1000, start: int = 0,
+              steps: int | None = None, restarts: int | None = None,
               autoattack: Sequence[str] | None = None, seed: int = 0,
               strategy: str = "stochastic", stem_stride: int | None = SMALL_IMAGE_STEM_STRIDE,
               input_size: int | None = None) -> list[Path]:
@@ -68,17 +78,39 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
     MobileNetV1, MobileNetV3-S/-L, GhostNet) with the multi-norm ``strategy`` and the training settings above,
     evaluate them like ``evaluate`` and write ``table5/table5.{md,csv,json}`` with parameter savings against
     the hyper ResNet-50; ``stem_stride`` / ``input_size``: the networks' stem stride (``None``: timm's) and
-    input resize (:mod:`torchrobust.models.lightweight`).
+    input resize (:mod:`torchrobust.models.lightweight`). ``tables``: PSAT Tables 3, 4 and 6
+    (:func:`torchrobust.psat.analysis.run_tables`; ``only``: any of ``table3``, ``table4``, ``table6``): train
+    the H_NAT member and the plain per-norm models (reusing checkpoints already in ``out_dir``), evaluate every
+    row like ``evaluate`` and write ``psat_table3/4/6.{md,csv,json}``. Budgets left ``None`` take
+    :data:`STAGE_DEFAULTS`.
     """
     if stage not in STAGES:
         raise unknown_name("stage", stage, STAGES)
+    d = STAGE_DEFAULTS[stage]
+    n_train = d["n_train"] if n_train is None else n_train
+    epochs = d["epochs"] if epochs is None else epochs
+    train_steps = d["train_steps"] if train_steps is None else train_steps
+    steps = d["steps"] if steps is None else steps
+    restarts = d["restarts"] if restarts is None else restarts
     parts = list(only) if only else None
     aa = None if autoattack is None else list(autoattack)
     written: list[Path] = []
     train_budget = {k: train_steps for k in MNIST_BUDGETS}
     cfg = PSATTrainConfig(epochs=epochs, batch_size=100, lr=lr, seed=seed)
     out = Path(out_dir)
-    if stage == "lightweight":
+    if stage == "tables":
+        from torchrobust import data
+        from torchrobust.psat.analysis import check_tables, run_tables
+
+        tables = check_tables(parts or ())
+        n_pool = len(data.load("mnist", "train"))
+        xt, yt = data.load("mnist", "test").tensors
+        if n_train > n_pool or start + n_test > len(xt):
+            raise TorchRobustError(f"MNIST has {n_pool} training and {len(xt)} test images; got --n-train {n_train} "
+                                   f"and test images {start}..{start + n_test}: lower --n-train/--n-test/--start")
+        written += run_tables(out, _train_set(n_train, seed), (xt[start:start + n_test], yt[start:start + n_test]),
+                              tables, cfg, train_steps, steps, restarts, aa, {"z_dim": z_dim, "unit": unit})
+    elif stage == "lightweight":
         from torchrobust import data
         from torchrobust.psat.lightweight import TABLE5_BACKBONES, check_table5, run_table5
 
