@@ -50,6 +50,21 @@ def test_fig9_cli_writes_the_table(fig9_run):
     assert "| NRPM P1 | L0 |" in (out / "fig9.md").read_text()
 
 
+def test_fig9_state_resumes_to_the_same_table(fig9_run, tmp_path):
+    """Each sweep keeps its engine state under OUT/state; a rerun into a copy of the folder reuses it (no attack
+    runs again) and writes the same table."""
+    import shutil
+
+    _, out = fig9_run
+    assert sorted(p.name for p in (out / "state").glob("p1-*.json")), "no sweep state kept"
+    copy_dir = tmp_path / "again"
+    shutil.copytree(out, copy_dir)
+    before = Table.from_json((out / "fig9_table.json").read_text()).rows
+    res = run_figure("fig9", copy_dir, n_test=N, profile="quick")
+    assert Table.from_json((copy_dir / "fig9_table.json").read_text()).rows == before
+    assert sum(v for k, v in res["timings"].items() if k.startswith("eval")) < 5.0  # nothing re-attacked
+
+
 def test_fig9_budgets_inside_their_balls(fig9_run):
     """The attacks the table ran stay inside the budgets it reports, on the checkpointed NRPM model."""
     _, out = fig9_run

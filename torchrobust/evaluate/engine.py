@@ -117,7 +117,8 @@ class Job:
     def config(self) -> dict[str, Any]:
         """JSON description of the job (part of the state fingerprint)."""
         attack = self.attack if isinstance(self.attack, str) else repr(self.attack)
-        out = {"attack": attack, "threat": self.threat, "eps": float(self.eps),
+        threat = self.threat if isinstance(self.threat, str) else repr(self.threat)  # e.g. L0(eps=1)
+        out = {"attack": attack, "threat": threat, "eps": float(self.eps),
                "kwargs": {k: _jsonable(v) for k, v in sorted(self.kwargs.items())}, "name": self.label,
                "survivors_only": self.survivors_only, "role": self.role, "source": self.source}
         for k in ("keep_adv", "all_points"):  # only when set: states written before these options stay valid

@@ -18,7 +18,9 @@ the paper code's IRLS ε = 5e-5; the paper does not state λ/K for its Figure 9.
 under FGSM training, as Table 1) can be added with ``paradigms=(1, 3)``.
 
 The evaluation set is the first ``n_test`` MNIST test images, in order. Output: ``<name>.json`` (config, rows,
-timings) and ``<name>_table.json`` / ``<name>.md`` (a :class:`torchrobust.tables.Table`).
+timings) and ``<name>_table.json`` / ``<name>.md`` (a :class:`torchrobust.tables.Table`). Figure 9 keeps each
+sweep's per-batch evaluation state (fingerprinted by the engine) under ``OUT/state``: the same command rerun after
+an interruption (kill -9 included) resumes where it stopped and gives the same table.
 """
 
 from __future__ import annotations
@@ -95,9 +97,15 @@ def _models(out: Path, paradigms: Sequence[int], x_tr: torch.Tensor, y_tr: torch
     return models
 
 
+def _state(state_dir: Path | None, paradigm: int, what: str) -> Path | None:
+    """The resumable state of one sweep (the engine's fingerprinted per-batch state; None: not kept)."""
+    return None if state_dir is None else state_dir / f"p{paradigm}-{what}"
+
+
 def _fig9_rows(models: Mapping[int, nn.Module], x: torch.Tensor, y: torch.Tensor,
                budgets: Mapping[str, Sequence[float]], seed: int, timings: dict[str, float],
-               attack_kwargs: Mapping[str, Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+               attack_kwargs: Mapping[str, Mapping[str, Any]] | None,
+               state_dir: Path | None = None) -> list[dict[str, Any]]:
     from torchrobust.attacks import L0
     from torchrobust.evaluate import sweep
 
@@ -109,14 +117,15 @@ def _fig9_rows(models: Mapping[int, nn.Module], x: torch.Tensor, y: torch.Tensor
                 # get_threat resolves names of Linf/L2/L1 only; an L0 threat object passes through it. The paper
                 # code's one-step top-k attack is the cheap first sweep; the iterative PGD0 attack the strong one.
                 one = sweep(model, x, y, attacks=["l0"], eps=bs, threat=L0(1.0), seed=seed,  # type: ignore[arg-type]
-                            attack_kwargs={"l0": {"method": "one_step"}})
+                            attack_kwargs={"l0": {"method": "one_step"}}, state=_state(state_dir, p, "L0-one-step"))
                 res = sweep(model, x, y, attacks=["l0"], eps=bs, threat=L0(1.0), seed=seed,  # type: ignore[arg-type]
-                            attack_kwargs=attack_kwargs)
+                            attack_kwargs=attack_kwargs, state=_state(state_dir, p, "L0"))
                 worst_t = res.worst & one.worst
                 one_step = one.worst.float().mean(1).tolist()
             else:
                 # the default (strong) attacks; their FGSM column is the one-step attack of the paper's code
-                res = sweep(model, x, y, eps=bs, threat=norm, seed=seed, attack_kwargs=attack_kwargs)
+                res = sweep(model, x, y, eps=bs, threat=norm, seed=seed, attack_kwargs=attack_kwargs,
+                            state=_state(state_dir, p, norm))
                 worst_t = res.worst
                 one_step = res.robust["fgsm"].float().mean(1).tolist()
             timings[f"eval {_ROW_NAMES[p]} {norm}"] = round(time.perf_counter() - t0, 1)
@@ -221,7 +230,8 @@ def run_figure(name: str, out_dir: str | Path, *, n_test: int = 1000, profile: s
         if device:
             x, y = x.to(device), y.to(device)
         if name == "fig9":
-            rows = _fig9_rows(models, x, y, checked, seed, timings, _QUICK_ATTACKS if quick else None)
+            rows = _fig9_rows(models, x, y, checked, seed, timings, _QUICK_ATTACKS if quick else None,
+                              out / "state")
             table = _fig9_table(rows, n_test)
         else:
             rows = _fig6_rows(models, x, y, list(sigmas), n0, n_cert, seed, progress, timings)
