@@ -223,7 +223,7 @@ def _accuracy_table(table: str, rows: Mapping[str, MultiNormRow], timing: Mappin
     for (label, r, key), d in zip(spec, base.rows, strict=True):
         data.append({**d, "source": _SOURCE_OURS, **timing[r]})
         p = ref[key]
-        data.append({"method": label, "source": _SOURCE_PAPER, **{k: v / 100 for k, v in p.items()}})
+        data.append({"method": label, "source": _SOURCE_PAPER, **{k: round(v / 100, 6) for k, v in p.items()}})
     return Table(cols, data, title=_TITLES[table])
 
 
@@ -243,7 +243,7 @@ def _table6(rows: Mapping[str, MultiNormRow], timing: Mapping[str, dict[str, flo
         data.append({"model": model, "method": method, "source": _SOURCE_OURS, "trade_off": row.trade_off,
                      "union": row.union, "params": row.params, "saving": row.saving, "n": row.n, **timing[r]})
     for model, method, trade, params, saving in paper.TABLE6:
-        data.append({"model": model, "method": method, "source": _SOURCE_PAPER, "trade_off": trade / 100,
+        data.append({"model": model, "method": method, "source": _SOURCE_PAPER, "trade_off": round(trade / 100, 6),
                      "params": params, "saving": saving})
     return Table(cols, data, title=_TITLES["table6"])
 
