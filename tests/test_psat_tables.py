@@ -199,3 +199,15 @@ def test_cli_tables_defaults_are_the_issues_budget(tmp_path, monkeypatch):
     assert seen["epochs"] == 7 and seen["only"] == ["table4"] and seen["autoattack"] == []
     assert main(["psat", "experiment", "members", "--out", str(tmp_path), "--quiet"]) == 0
     assert (seen["epochs"], seen["train_steps"], seen["n_train"]) == (1, 5, 10000)  # other stages unchanged
+
+
+def test_an_unreadable_row_cache_is_re_evaluated_to_the_same_seeded_row(tiny, tmp_path):
+    out, train, test, _ = tiny
+    run = tmp_path / "run"
+    shutil.copytree(out, run)  # copy2 keeps the checkpoints' mtimes, so the other caches stay valid
+    (run / "tables" / "PSAT_average.eval.json").write_text("{not json")
+    analysis.run_tables(run, train, test, tables=["table4"], **TINY)
+    assert "rows evaluated now: 1 of 2" in _doc(run, "table4")["notes"][0]
+    fresh = json.loads((run / "tables" / "PSAT_average.eval.json").read_text())
+    old = json.loads((out / "tables" / "PSAT_average.eval.json").read_text())
+    assert fresh["row"] == old["row"] and fresh["settings"]["seed"] == 0

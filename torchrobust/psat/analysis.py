@@ -186,12 +186,17 @@ def _cached_rows(folder: Path, names: Sequence[str], paths: Mapping[str, Path], 
         stamps = {s: paths[s].stat().st_mtime_ns for s in spec.models}
         slug = name.replace(" + ", "_plus_").replace(" ", "_").replace("(", "").replace(")", "")
         cached = folder / f"{slug}.eval.json"
-        doc = json.loads(cached.read_text()) if cached.is_file() else {}
+        try:
+            doc = json.loads(cached.read_text()) if cached.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            log.warning("re-evaluating %s: %s is unreadable", name, cached)
+            doc = {}
         if doc.get("settings") == settings and doc.get("checkpoints_mtime_ns") == stamps:
             log.info("reusing the evaluation of %s (%s)", name, cached)
         else:
             log.info("evaluating %s", name)
             t0 = time.perf_counter()
+            torch.manual_seed(int(settings["seed"]))  # PGD's random starts: the same for every row and rerun
             row = _evaluate_row(name, spec, paths, test, eval_kw)
             doc = {"settings": dict(settings), "checkpoints_mtime_ns": stamps, "eval_seconds": time.perf_counter() - t0,
                    "row": asdict(row)}
@@ -262,12 +267,12 @@ def _timing(names: Sequence[str], docs: Mapping[str, Mapping[str, Any]], paths: 
 def run_tables(out_dir: str | os.PathLike[str], train_data: tuple[Tensor, Tensor], test_data: tuple[Tensor, Tensor],
                tables: Sequence[str] = TABLES, config: PSATTrainConfig | None = None, train_steps: int = 10,
                eval_steps: int = 50, restarts: int = 3, autoattack: Sequence[str] | None = None,
-               arch_kwargs: Mapping[str, Any] | None = None) -> list[Path]:
+               arch_kwargs: Mapping[str, Any] | None = None, seed: int = 0) -> list[Path]:
     """Train what ``tables`` need (:func:`ensure_models`), evaluate their rows (PGD with ``eval_steps`` steps and
     ``restarts`` per norm, MNIST budgets, the adaptive attack on aggregates; ``autoattack``: also the reference
-    AutoAttack, ``[]`` its full standard version) and write ``psat_<table>.{md,csv,json}`` into ``out_dir``.
-    Tables, AutoAttack names and existing checkpoints are checked before any work. Returns the written paths
-    (checkpoints trained or reused first)."""
+    AutoAttack, ``[]`` its full standard version; torch seeded with ``seed`` before each row) and write
+    ``psat_<table>.{md,csv,json}`` into ``out_dir``. Tables, AutoAttack names and existing checkpoints are checked
+    before any work. Returns the written paths (checkpoints trained or reused first)."""
     t0 = time.perf_counter()
     tables = check_tables(tables)
     if autoattack is not None:
@@ -282,7 +287,7 @@ def run_tables(out_dir: str | os.PathLike[str], train_data: tuple[Tensor, Tensor
     names = list(dict.fromkeys(r for t in tables for _, r, _ in TABLE_ROWS[t]))
     digest = hashlib.sha256(test_data[0].contiguous().numpy().tobytes() + test_data[1].contiguous().numpy().tobytes())
     settings = json.loads(json.dumps({"test_data_sha256": digest.hexdigest(), "n_test": len(test_data[0]),
-                                      "eval_steps": eval_steps, "restarts": restarts,
+                                      "eval_steps": eval_steps, "restarts": restarts, "seed": seed,
                                       "autoattack": None if autoattack is None else list(autoattack)}))
     eval_kw = {"steps": dict.fromkeys(NORMS, eval_steps), "alpha": {}, "restarts": restarts,
                "autoattack": None if autoattack is None else list(autoattack)}

@@ -109,7 +109,7 @@ def run_stage(stage: str, out_dir: str | os.PathLike[str], *, only: Sequence[str
             raise TorchRobustError(f"MNIST has {n_pool} training and {len(xt)} test images; got --n-train {n_train} "
                                    f"and test images {start}..{start + n_test}: lower --n-train/--n-test/--start")
         written += run_tables(out, _train_set(n_train, seed), (xt[start:start + n_test], yt[start:start + n_test]),
-                              tables, cfg, train_steps, steps, restarts, aa, {"z_dim": z_dim, "unit": unit})
+                              tables, cfg, train_steps, steps, restarts, aa, {"z_dim": z_dim, "unit": unit}, seed)
     elif stage == "lightweight":
         from torchrobust import data
         from torchrobust.psat.lightweight import TABLE5_BACKBONES, check_table5, run_table5
