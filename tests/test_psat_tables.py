@@ -211,3 +211,19 @@ def test_an_unreadable_row_cache_is_re_evaluated_to_the_same_seeded_row(tiny, tm
     fresh = json.loads((run / "tables" / "PSAT_average.eval.json").read_text())
     old = json.loads((out / "tables" / "PSAT_average.eval.json").read_text())
     assert fresh["row"] == old["row"] and fresh["settings"]["seed"] == 0
+
+
+def test_rows_with_several_attacks_get_the_per_attack_table(tiny, tmp_path):
+    out, train, test, _ = tiny
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    assert not list(run.glob("*_attacks.md"))  # PGD only: no breakdown
+    for slug in ("PSAT", "PSAT_average"):  # as an --autoattack evaluation records them
+        cache = run / "tables" / f"{slug}.eval.json"
+        doc = json.loads(cache.read_text())
+        doc["row"]["extra"] = {f"{k}/{a}": 0.5 for k in ("Linf", "L2", "L1") for a in ("pgd", "autoattack")}
+        cache.write_text(json.dumps(doc))
+    paths = analysis.run_tables(run, train, test, tables=["table4"], **TINY)
+    assert paths[-1].name == "psat_table4_attacks.md"
+    md = paths[-1].read_text()
+    assert "| Entropy |" in md and "| Average |" in md and "ℓ∞ autoattack" in md

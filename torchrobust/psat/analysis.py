@@ -21,7 +21,8 @@ restarts per norm, the adaptive attack on aggregates, optionally the reference A
 ``tables/<row>.eval.json`` (reused while the test data, the attack settings and the checkpoints are unchanged), so
 rows shared by tables are computed once. The tables (``psat_table3/4/6.{md,csv,json}`` in the run folder) put the
 paper's CIFAR-10 ResNet-50 numbers (:mod:`torchrobust.psat.paper_numbers`) beside ours and give each row's training
-and evaluation wall seconds and the command's wall time.
+and evaluation wall seconds and the command's wall time; with AutoAttack, ``psat_<table>_attacks.md`` gives each
+attack's own accuracy per norm beside the worst case.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from torchrobust.io import write_texts
 from torchrobust.psat import models as psat_models
 from torchrobust.psat import paper_numbers as paper
 from torchrobust.psat.adversary import MNIST_BUDGETS
-from torchrobust.psat.metrics import NORMS, MultiNormRow
+from torchrobust.psat.metrics import NORMS, MultiNormRow, format_attack_breakdown
 from torchrobust.psat.metrics import table as multinorm_table
 from torchrobust.psat.train import PSATTrainConfig, data_settings, member_path, train_baselines, train_members
 from torchrobust.tables import Column, ColumnKind, Table
@@ -312,5 +313,8 @@ def run_tables(out_dir: str | os.PathLike[str], train_data: tuple[Tensor, Tensor
                  "train_steps": train_steps, "trained_now": trained, "rows_evaluated_now": fresh}
         texts = {"md": table.to_markdown(), "csv": table.to_csv(), "json": table.to_json(extra=extra)}
         written += write_texts(out, f"psat_{t}", texts).values()
+        breakdown = format_attack_breakdown([replace(rows[r], name=label) for label, r, _ in TABLE_ROWS[t]])
+        if breakdown:  # with --autoattack: each attack's own accuracy beside the worst case (as psat_table_attacks)
+            written += write_texts(out, f"psat_{t}_attacks", {"md": breakdown}).values()
         log.info("%s\n%s", t, table.markdown_grid())
     return written
