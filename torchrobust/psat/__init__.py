@@ -9,6 +9,8 @@
 * :mod:`~torchrobust.psat.evaluation` — :func:`evaluate` a run directory, :func:`write_tables`,
   :func:`evaluate_to_dir` (both: ``torchrobust psat evaluate``); :func:`~torchrobust.psat.train.train_to_dir` is
   ``torchrobust psat train``.
+* :mod:`~torchrobust.psat.analysis` — PSAT Tables 3, 4 and 6 on MNIST (``torchrobust psat experiment tables``), with
+  the paper's numbers from :mod:`~torchrobust.psat.paper_numbers`.
 
 >>> from torchrobust import psat
 >>> paths = psat.train_members("runs/psat", train_set, threats=["Linf", "L2", "L1"], epochs=1)
