@@ -37,7 +37,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -357,10 +357,21 @@ PRESETS: dict[str, str] = {
 PGD_WEAK_NOTE = ("**Strength: weak** — PGD with one restart and < 50 steps overstates robustness; the default "
                  "robust evaluation (`--robust strong`) is the worst case over FGSM, APGD-CE and APGD-T.")
 
+def _robust_table(result: dict[str, Any], key: str, column: Callable[[str, str], Column], scale: float,
+                  **table_kw: Any) -> Table | None:
+    """The rows carrying ``key`` (``"pgd20"`` or ``"strong"``, stored in %) as one table: clean then each ε, the
+    values times ``scale``; None when no row has it."""
+    rows = [r for r in result["rows"] if key in r]
+    if not rows:
+        return None
+    keys = list(rows[0][key].keys())
+    return Table([Column("row", ColumnKind.TEXT), *(column(k, "clean" if k == "clean" else f"ε={k}") for k in keys)],
+                 [{"row": r["row"], **{k: r[key][k] * scale for k in keys}} for r in rows], **table_kw)
+
+
 def _markdown(name: str, result: dict[str, Any]) -> str:
     lines = [f"# {PRESETS[name]}", ""]
     cfg = result["config"]
-    strong_rows = [r for r in result["rows"] if "strong" in r]
     robust = (f"PGD-{cfg['pgd_steps']} (ℓ∞, random start)" if cfg.get("robust_eval", "pgd20") == "pgd20" else
               f"the default strong evaluation (ℓ∞, per-example worst case over "
               f"{', '.join(a.upper() for a in cfg.get('robust_attacks') or ())})")
@@ -383,21 +394,12 @@ def _markdown(name: str, result: dict[str, Any]) -> str:
         if r.get("paper_fgsm") is not None:
             fgsm.rows.append({"row": "", "source": "paper", **eps_cells(r["paper_fgsm"]), "λ": r.get("paper_lams")})
     lines += ["## FGSM (ours vs paper)", "", fgsm.markdown_grid().rstrip("\n")]
-    pgd_rows = [r for r in result["rows"] if "pgd20" in r]
-    if pgd_rows:
-        keys = list(pgd_rows[0]["pgd20"].keys())
-        pgd = Table([Column("row", ColumnKind.TEXT), *(Column(k, acc, unit="%", digits=1,
-                                                              label="clean" if k == "clean" else f"ε={k}")
-                                                       for k in keys)],
-                    [{**r["pgd20"], "row": r["row"]} for r in pgd_rows])
+    pgd = _robust_table(result, "pgd20", lambda k, label: Column(k, acc, unit="%", digits=1, label=label), 1.0)
+    if pgd is not None:
         lines += ["", f"## PGD-{cfg['pgd_steps']} (ours only; the paper reports no PGD numbers on MNIST)", "",
                   PGD_WEAK_NOTE, "", pgd.markdown_grid().rstrip("\n")]
-    if strong_rows:
-        keys = list(strong_rows[0]["strong"].keys())
-        strong = Table([Column("row", ColumnKind.TEXT), *(Column(k, acc, unit="%", digits=1,
-                                                                 label="clean" if k == "clean" else f"ε={k}")
-                                                          for k in keys)],
-                       [{**r["strong"], "row": r["row"]} for r in strong_rows])
+    strong = _robust_table(result, "strong", lambda k, label: Column(k, acc, unit="%", digits=1, label=label), 1.0)
+    if strong is not None:
         lines += ["", f"## {strong_title(cfg['robust_attacks'])} (ours only; the paper reports FGSM only on MNIST)",
                   "", "An example counts only if it is correct clean and after every attack; each attack's own "
                   "accuracy is in the JSON (`strong_attacks`).", "", strong.markdown_grid().rstrip("\n")]
@@ -442,20 +444,14 @@ def report_tables(result: dict[str, Any]) -> dict[str, Table]:
             fgsm.rows.append({"row": r["row"], "source": "paper", **frac(r["paper_fgsm"]),
                               "λ": lams(r.get("paper_lams"))})
     out = {"table": fgsm}
-    pgd_rows = [r for r in result["rows"] if "pgd20" in r]
-    if pgd_rows:
-        keys = list(pgd_rows[0]["pgd20"].keys())
-        out["pgd_table"] = Table([Column("row", ColumnKind.TEXT),
-                                  *(pct(k, "clean" if k == "clean" else f"ε={k}") for k in keys)],
-                                 [{"row": r["row"], **{k: r["pgd20"][k] / 100 for k in keys}} for r in pgd_rows],
-                                 title=f"{title} — PGD-{result['config']['pgd_steps']}", notes=(PGD_WEAK_NOTE,))
-    strong_rows = [r for r in result["rows"] if "strong" in r]
-    if strong_rows:
-        keys = list(strong_rows[0]["strong"].keys())
-        out["strong_table"] = Table([Column("row", ColumnKind.TEXT),
-                                     *(pct(k, "clean" if k == "clean" else f"ε={k}") for k in keys)],
-                                    [{"row": r["row"], **{k: r["strong"][k] / 100 for k in keys}} for r in strong_rows],
-                                    title=f"{title} — {strong_title(result['config']['robust_attacks'])}")
+    pgd = _robust_table(result, "pgd20", pct, 0.01, title=f"{title} — PGD-{result['config']['pgd_steps']}",
+                        notes=(PGD_WEAK_NOTE,))
+    if pgd is not None:
+        out["pgd_table"] = pgd
+    strong = _robust_table(result, "strong", pct, 0.01,
+                           title=f"{title} — {strong_title(result['config'].get('robust_attacks') or ())}")
+    if strong is not None:
+        out["strong_table"] = strong
     return out
 
 
