@@ -97,3 +97,16 @@ def kill_9_when(cmd: list[str], ready, timeout: float = 300.0, env: dict[str, st
         err = proc.communicate()[1].decode()
     assert proc.returncode == -signal.SIGKILL, err  # killed, not finished
     return err
+
+
+def cli_one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    """Run the CLI on ``argv``; assert exit 2 and a one-line ``torchrobust: error:`` on stderr holding every needle
+    and no traceback. Returns the error line."""
+    from torchrobust.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("torchrobust: error: ") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err

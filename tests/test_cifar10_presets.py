@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_one_line_error as _cli_error
 
 from torchrobust import checkpoint, models
 from torchrobust.cli import main
@@ -52,15 +53,6 @@ TINY = ["--width", "2", "--epochs", "1", "--finetune-epochs", "1", "--n-test", "
 
 def _rows(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "eval_seconds"} for r in json.loads(path.read_text())["rows"]]
-
-
-def _cli_error(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("torchrobust: error: ") and "\n" not in err and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
 
 
 # ----------------------------------------------------------------------------------------------- reprogram

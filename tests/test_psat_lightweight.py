@@ -12,6 +12,8 @@ from torch import nn
 
 pytest.importorskip("timm")
 
+from conftest import cli_one_line_error  # noqa: E402
+
 from torchrobust import checkpoint  # noqa: E402
 from torchrobust.cli import main  # noqa: E402
 from torchrobust.errors import TorchRobustError  # noqa: E402
@@ -203,9 +205,8 @@ def test_any_training_difference_is_refused_and_the_checkpoint_kept(tiny_run, ch
     (["--strategy", "sometimes"], "unknown Table 5 training strategy"),
 ])
 def test_cli_bad_backbone_or_strategy_is_a_one_line_error(extra, match, tmp_path, capsys):
-    assert main(["psat", "experiment", "lightweight", "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("torchrobust: error:") and match in err and "\n" not in err
+    cli_one_line_error(capsys, ["psat", "experiment", "lightweight", "--out", str(tmp_path / "o"), "--quiet", *extra],
+                       match)
     assert list(tmp_path.iterdir()) == []  # refused before any work: nothing written
 
 

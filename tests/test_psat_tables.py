@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import cli_one_line_error
 
 from torchrobust import checkpoint
 from torchrobust.cli import main
@@ -173,9 +174,7 @@ def test_paper_numbers_are_consistent_as_transcribed():
     (["--autoattack", "apgd-x"], "unknown AutoAttack sub-attack"),
 ])
 def test_cli_bad_input_is_a_one_line_error_before_any_work(extra, match, tmp_path, capsys):
-    assert main(["psat", "experiment", "tables", "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("torchrobust: error:") and match in err and "\n" not in err
+    cli_one_line_error(capsys, ["psat", "experiment", "tables", "--out", str(tmp_path / "o"), "--quiet", *extra], match)
     assert list(tmp_path.iterdir()) == []
 
 
