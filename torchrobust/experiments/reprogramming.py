@@ -357,6 +357,7 @@ PRESETS: dict[str, str] = {
 PGD_WEAK_NOTE = ("**Strength: weak** — PGD with one restart and < 50 steps overstates robustness; the default "
                  "robust evaluation (`--robust strong`) is the worst case over FGSM, APGD-CE and APGD-T.")
 
+
 def _robust_table(result: dict[str, Any], key: str, column: Callable[[str, str], Column], scale: float,
                   **table_kw: Any) -> Table | None:
     """The rows carrying ``key`` (``"pgd20"`` or ``"strong"``, stored in %) as one table: clean then each ε, the
@@ -394,11 +395,14 @@ def _markdown(name: str, result: dict[str, Any]) -> str:
         if r.get("paper_fgsm") is not None:
             fgsm.rows.append({"row": "", "source": "paper", **eps_cells(r["paper_fgsm"]), "λ": r.get("paper_lams")})
     lines += ["## FGSM (ours vs paper)", "", fgsm.markdown_grid().rstrip("\n")]
-    pgd = _robust_table(result, "pgd20", lambda k, label: Column(k, acc, unit="%", digits=1, label=label), 1.0)
+    def in_percent(k: str, label: str) -> Column:
+        return Column(k, acc, unit="%", digits=1, label=label)
+
+    pgd = _robust_table(result, "pgd20", in_percent, 1.0)
     if pgd is not None:
         lines += ["", f"## PGD-{cfg['pgd_steps']} (ours only; the paper reports no PGD numbers on MNIST)", "",
                   PGD_WEAK_NOTE, "", pgd.markdown_grid().rstrip("\n")]
-    strong = _robust_table(result, "strong", lambda k, label: Column(k, acc, unit="%", digits=1, label=label), 1.0)
+    strong = _robust_table(result, "strong", in_percent, 1.0)
     if strong is not None:
         lines += ["", f"## {strong_title(cfg['robust_attacks'])} (ours only; the paper reports FGSM only on MNIST)",
                   "", "An example counts only if it is correct clean and after every attack; each attack's own "
