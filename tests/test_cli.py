@@ -267,6 +267,41 @@ def test_paper_preset_robust_option_reaches_run(tmp_path, monkeypatch, capsys):
     assert seen == ["strong", "pgd20"]
 
 
+def test_paper_robust_eps_and_rows_reach_the_preset(tmp_path, monkeypatch):
+    """`--robust-eps` / `--robust-rows` are passed to the preset (None: the profile's)."""
+    from torchrobust.experiments import reprogramming as R
+
+    seen: list = []
+
+    def fake_run(name, out_dir, **kw):
+        seen.append((kw["profile"], kw["robust_eps"], kw["robust_rows"]))
+        return {"wall_seconds": 1.0}
+
+    monkeypatch.setattr(R, "run", fake_run)
+    assert main(["paper", "table1", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["paper", "table1", "--profile", "full", "--robust-eps", "0.1,0.3", "--robust-rows", "selected",
+                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert seen == [("fast", None, None), ("full", [0.1, 0.3], "selected")]
+
+
+def test_preset_robust_eps_and_rows_set_the_evaluation(tmp_path):
+    """run(robust_eps=, robust_rows=) replace the profile's ε and rows of the robust evaluation: the quick profile
+    evaluates one row at one ε by default; with rows="all" and two ε every row carries both ε."""
+    from torchrobust.errors import TorchRobustError
+    from torchrobust.experiments.reprogramming import run
+
+    res = run("table8", tmp_path / "q", quick=True, robust_eval="pgd20", robust_eps=[0.1, 0.2], robust_rows="all",
+              progress=False)
+    assert list(res["config"]["pgd_eps"]) == [0.1, 0.2] and res["config"]["pgd_all_rows"] is True
+    assert res["rows"] and all(list(r["pgd20"]) == ["clean", "0.1", "0.2"] for r in res["rows"])
+    for bad in ([0.0], [1.5], [float("nan")], []):
+        with pytest.raises(TorchRobustError, match="robust_eps"):
+            run("table8", tmp_path / "bad", quick=True, robust_eps=bad, progress=False)
+    with pytest.raises(TorchRobustError, match="unknown robust_rows 'some'"):
+        run("table8", tmp_path / "bad", quick=True, robust_rows="some", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("argv,match", [
     (["paper", "table1", "--models", "mlp"], "--models is for `paper adaptive` only"),
     (["paper", "lenet", "--eps", "0.1", "--report-only"], "--eps, --report-only are for `paper adaptive` only"),
@@ -274,6 +309,10 @@ def test_paper_preset_robust_option_reaches_run(tmp_path, monkeypatch, capsys):
     (["paper", "table1", "--robust", "pgd50"], "invalid choice: 'pgd50'"),
     (["paper", "adaptive", "--robust", "pgd20"], "drop --robust"),
     (["paper", "fig9", "--robust", "strong"], "drop --robust"),
+    (["paper", "adaptive", "--robust-eps", "0.1"], "drop --robust-eps"),
+    (["paper", "fig9", "--robust-rows", "all"], "drop --robust-rows"),
+    (["paper", "table1", "--robust-rows", "some"], "invalid choice: 'some'"),
+    (["paper", "table1", "--robust-eps", "x"], "--robust-eps"),
     (["paper", "fig6", "--n-pgd", "5", "--robust", "pgd20"], "drop --n-pgd, --robust"),
     (["paper", "adaptive", "--paradigms", "1,x"], "expected comma-separated integers"),
     (["paper", "adaptive", "--steps", "0"], "--steps"),

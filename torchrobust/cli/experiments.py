@@ -85,14 +85,18 @@ def cmd_paper(args: argparse.Namespace) -> int:
         if args.n_pgd is not None:
             raise TorchRobustError("--n-pgd sizes the robust evaluation of the other presets; `paper adaptive` runs "
                                    "PGD-20 on its --n-test images; drop --n-pgd")
-        if args.robust is not None:
-            raise TorchRobustError("--robust applies to the paper presets (table1, table2, table3, table7, table8, "
-                                   "lenet); `paper adaptive` runs FGSM, PGD-20 and its adaptive suite; drop --robust")
+        robust = [f for f, v in (("--robust", args.robust), ("--robust-eps", args.robust_eps),
+                                 ("--robust-rows", args.robust_rows)) if v is not None]
+        if robust:
+            raise TorchRobustError(f"{', '.join(robust)} apply to the paper presets (table1, table2, table3, table7, "
+                                   "table8, lenet); `paper adaptive` runs FGSM, PGD-20 and its adaptive suite (its "
+                                   f"budgets: --eps); drop {', '.join(robust)}")
         check_output_dir(args.out)  # paper runs resume their finished cells, so existing results are not refused
         return _paper_adaptive(args)
     given = [flag for flag, (dest, unset) in ADAPTIVE_ONLY.items() if getattr(args, dest) != unset
              and not (flag == "--paradigms" and args.name in FIGURES)]
-    preset_only = [f for f, v in (("--weights", args.weights), ("--n-pgd", args.n_pgd), ("--robust", args.robust))
+    preset_only = [f for f, v in (("--weights", args.weights), ("--n-pgd", args.n_pgd), ("--robust", args.robust),
+                                  ("--robust-eps", args.robust_eps), ("--robust-rows", args.robust_rows))
                    if v is not None]
     if args.name in FIGURES and preset_only:
         raise TorchRobustError(f"`paper {args.name}` trains its own MLPs and evaluates --n-test images; drop "
@@ -105,7 +109,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
         return _paper_figure(args)
     res = run(args.name, args.out, n_test=args.n_test, profile=args.profile, seed=args.seed, n_pgd=args.n_pgd,
               device=args.device, progress=not args.quiet, threads=args.threads, weights=args.weights,
-              robust_eval=args.robust or "strong")
+              robust_eval=args.robust or "strong", robust_eps=args.robust_eps, robust_rows=args.robust_rows)
     md = Path(args.out) / f"{args.name}.md"
     if md.is_file():
         sys.stdout.write(md.read_text())
@@ -171,7 +175,7 @@ def cmd_psat_experiment(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- parsers
 def register(sub: Any) -> None:
     from ..experiments.adaptive_reprogramming import ARCHS, BUDGETS
-    from ..experiments.reprogramming import PRESETS, PROFILES, ROBUST_EVALS
+    from ..experiments.reprogramming import PRESETS, PROFILES, ROBUST_EVALS, ROBUST_ROWS
     from ..experiments.reprogramming_figures import FIGURES
     from ..psat.experiment import STAGES
 
@@ -189,6 +193,12 @@ def register(sub: Any) -> None:
                     help="robust evaluation of the selected rows on the first --n-pgd images: strong (default: "
                     "per-example worst case over FGSM, APGD-CE, APGD-T) or pgd20 (the earlier PGD-20 column, weak; "
                     "reproduces the numbers in the docs); presets only")
+    sp.add_argument("--robust-eps", type=float_list, default=None, metavar="EPS",
+                    help="ℓ∞ budgets of --robust, in (0, 1] (default: profile's; fast .1,.2,.3, full all six); presets "
+                    "only")
+    sp.add_argument("--robust-rows", default=None, choices=list(ROBUST_ROWS),
+                    help="rows that get --robust: selected (each preset's list) or all (default: profile's; fast "
+                    "selected, full all); presets only")
     add_seed(sp)
     add_device(sp)
     sp.add_argument("--weights", default=None, metavar="PATH",

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -342,6 +343,10 @@ def train_paper_model(arch: str, paradigm: int, *, backbone: nn.Module | None = 
     return model.eval()
 
 
+#: ``robust_rows=`` (CLI ``--robust-rows``): which rows of a preset get the robust evaluation
+ROBUST_ROWS: dict[str, str] = {"selected": "the rows each preset lists (fast profile's default)",
+                               "all": "every row (full profile's default)"}
+
 PRESETS: dict[str, str] = {
     "table1": "Table 1: three paradigms on the 3-layer linear MLP (FGSM; robust evaluation on selected rows)",
     "table2": "Table 2: λ learned (Paradigm 2) under FGSM training at ε_train = 0 … 0.3",
@@ -462,7 +467,8 @@ def report_tables(result: dict[str, Any]) -> dict[str, Table]:
 def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool = False, *,
         profile: str | None = None, seed: int = 0, n_pgd: int | None = None, device: str | None = None,
         progress: bool = False, threads: int | None = 1, weights: str | Path | None = None,
-        robust_eval: str = "strong") -> dict[str, Any]:
+        robust_eval: str = "strong", robust_eps: Sequence[float] | None = None,
+        robust_rows: str | None = None) -> dict[str, Any]:
     """Run one preset and write ``<name>.json`` and ``<name>.md`` (plus figures) into ``out_dir``, and the flat
     :func:`report_tables` as ``<name>_table.json`` (and ``<name>_strong_table.json``, or with
     ``robust_eval="pgd20"`` ``<name>_pgd_table.json``) for ``torchrobust report``.
@@ -489,6 +495,10 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
             ``pgd_eps`` (a key of :data:`ROBUST_EVALS`): ``"strong"`` (default) - the per-example worst case over
             :func:`torchrobust.evaluate.sweep`'s default attacks (FGSM, APGD-CE, APGD-T), the library's default
             evaluation; ``"pgd20"`` - the earlier PGD-20 column (weak; reproduces the numbers in the docs).
+        robust_eps: ℓ∞ budgets of the robust evaluation, each in (0, 1] (default: the profile's ``pgd_eps``).
+            Lets the paper's training budget (``profile="full"``) be evaluated at the fast profile's cost.
+        robust_rows: ``"selected"`` (each preset's listed rows: the baselines, Paradigm 1 λ = 0.5, Paradigms 2/3
+            in Table 1) or ``"all"`` (every row); default: the profile's (``full``: all).
 
     Returns:
         The result dict that is also written as JSON: ``config`` (with ``robust_eval`` and, for ``"strong"``,
@@ -503,6 +513,15 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
     if pname not in PROFILES:
         raise unknown_name("profile", pname, PROFILES)
     prof = replace(PROFILES[pname], robust_eval=robust_eval)
+    if robust_eps is not None:
+        bad = [e for e in robust_eps if not (isinstance(e, (int, float)) and math.isfinite(e) and 0 < e <= 1)]
+        if bad or not robust_eps:
+            raise TorchRobustError(f"robust_eps={list(robust_eps)!r}: pass ℓ∞ budgets in (0, 1], at least one")
+        prof = replace(prof, pgd_eps=tuple(float(e) for e in robust_eps))
+    if robust_rows is not None:
+        if robust_rows not in ROBUST_ROWS:
+            raise unknown_name("robust_rows", robust_rows, ROBUST_ROWS)
+        prof = replace(prof, pgd_all_rows=robust_rows == "all")
     pw = None
     if weights is not None:  # validated before any work: a wrong file fails in a second, not after training
         from torchrobust.experiments.paper_weights import load_paper_weights
