@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+from conftest import cli_one_line_error
 
 from torchrobust import attacks as A
 from torchrobust import checkpoint
 from torchrobust.cli import main
 from torchrobust.errors import TorchRobustError
+from torchrobust.experiments.reprogramming import PROFILES, load_mnist, train_paper_model
 from torchrobust.experiments.reprogramming_figures import run_figure
+from torchrobust.reprogramming import nrpm_layers
 from torchrobust.tables import Table
+from torchrobust.train import TrainConfig, fit
 
 N = 6
 
@@ -98,6 +103,8 @@ def test_fig9_reuses_checkpoints(fig9_run, tmp_path):
     ({"budgets": {"Linf": [2.0]}}, "above 1"),
     ({"n_test": 0}, "n_test"),
     ({"paradigms": (4,)}, "paradigms"),
+    ({"paradigms": ("plain",)}, "plain-adv"),
+    ({"paradigms": ("plain-adv", "plain-adv")}, "distinct"),
 ])
 def test_fig9_bad_input_is_one_line_error_before_work(tmp_path, kw, match):
     with pytest.raises(TorchRobustError, match=match) as ei:
@@ -152,3 +159,48 @@ def test_fig9_cli_paradigms_adds_nrpm_rows(fig9_run, capsys):
     assert main(["paper", "table1", "--paradigms", "3", "--out", str(out / "bad")]) == 2
     err = capsys.readouterr().err
     assert "--paradigms" in err and "paper adaptive" in err and err.count("\n") == 1
+
+
+def test_fig9_plain_adv_row_is_paradigm3_recipe_without_nrpm(fig9_run, capsys):
+    """`--paradigms 3,plain-adv`: the plain control of NRPM P3 — the backbone fine-tuned exactly as paradigm 3 (Adam
+    lr 2e-3, FGSM ε = 0.3, mixed loss, same steps and data order) but never reprogrammed; checkpointed under
+    OUT/models, its sweeps' state under OUT/state, reused on a rerun."""
+    _, out = fig9_run
+    assert main(["paper", "fig9", "--profile", "quick", "--n-test", "2", "--paradigms", "3,plain-adv", "--out",
+                 str(out), "--quiet"]) == 0
+    table = Table.from_json((out / "fig9_table.json").read_text())
+    assert [r["model"] for r in table.rows if r["budget"] == 0 and r["norm"] == "Linf"] == [
+        "plain (LPM)", "NRPM P3", "plain FGSM-FT (P3 recipe)"]
+    assert json.loads((out / "fig9.json").read_text())["config"]["paradigms"] == [3, "plain-adv"]
+    assert sorted(p.name for p in (out / "state").glob("plain-adv-*.json"))
+    path = out / "models" / "mlp-p3-plain.safetensors"
+    assert checkpoint.load_metadata(path)["metadata"]["nrpm"] is False
+    model = checkpoint.load(path).eval()
+    backbone = checkpoint.load(out / "models" / "mlp-p0.safetensors").eval()
+    assert not nrpm_layers(model) and nrpm_layers(checkpoint.load(out / "models" / "mlp-p3.safetensors"))
+    got, start = model.state_dict(), backbone.state_dict()
+    assert got.keys() == start.keys() and all(not torch.equal(got[k], start[k]) for k in got)  # every weight moved
+    # the recipe, written out: paradigm 3's TrainConfig on a copy of the backbone, without reprogramming
+    prof = PROFILES["quick"]
+    x_tr, y_tr, *_ = load_mnist(prof, 0)
+    want = copy.deepcopy(backbone)
+    fit(want, (x_tr, y_tr), TrainConfig(epochs=prof.reprogram_epochs, batch_size=prof.batch_size, optimizer="adam",
+                                        lr=2e-3, mode="fgsm", eps=0.3, mixed=True, seed=0,
+                                        max_batches=prof.reprogram_steps))
+    for k, v in want.state_dict().items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+    # reused on a rerun: not trained again, nothing re-attacked
+    before = path.stat().st_mtime_ns
+    res = run_figure("fig9", out, n_test=2, profile="quick", paradigms=("plain-adv",))
+    assert path.stat().st_mtime_ns == before and res["timings"].get("train mlp-p3-plain") is None
+    assert sum(v for k, v in res["timings"].items() if k.startswith("eval")) < 5.0
+    capsys.readouterr()
+    cli_one_line_error(capsys, ["paper", "fig9", "--paradigms", "1,plain", "--out", str(out / "bad")],
+                       "--paradigms", "plain-adv")
+    cli_one_line_error(capsys, ["paper", "fig9", "--paradigms", "plain-adv,plain-adv", "--out", str(out / "bad")],
+                       "distinct")
+    cli_one_line_error(capsys, ["paper", "adaptive", "--paradigms", "plain-adv", "--out", str(out / "bad")],
+                       "paradigms")
+    assert not (out / "bad").exists()
+    with pytest.raises(TorchRobustError, match="paradigm=3"):
+        train_paper_model("mlp", 2, backbone=backbone, nrpm=False, profile="quick")

@@ -35,12 +35,16 @@ ADAPTIVE_ONLY = {"--eps": ("eps", None), "--models": ("models", None), "--paradi
                  "--square-queries": ("square_queries", None), "--report-only": ("report_only", False)}
 
 
-def int_list(s: str) -> list[int]:
-    """Comma-separated integers (``1,2,3``)."""
+def paradigm_list(s: str) -> list[int | str]:
+    """``--paradigms``: comma-separated integers (``1,2,3``); fig9/fig6 also take ``plain-adv`` (paradigm 3's
+    adversarial fine-tuning without NRPM)."""
+    from ..experiments.reprogramming_figures import PLAIN_ADV
+
     try:
-        return [int(v) for v in name_list(s)]
+        return [v if v == PLAIN_ADV else int(v) for v in name_list(s)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,2,3; got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,2,3 (fig9/fig6 also take "
+                                         f"{PLAIN_ADV}); got {s!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------- paper
@@ -207,8 +211,9 @@ def register(sub: Any) -> None:
     ad = sp.add_argument_group("paper adaptive only (docs/adaptive-evaluation.md)")
     ad.add_argument("--eps", type=float_list, default=None, help="ℓ∞ budgets in (0, 1] (default 0.1,0.2,0.3)")
     ad.add_argument("--models", type=name_list, default=None, help=f"subset of {','.join(ARCHS)} (default: both)")
-    ad.add_argument("--paradigms", type=int_list, default=None,
-                    help="subset of 1,2,3 (default: all; fig9/fig6 take it too, default 1)")
+    ad.add_argument("--paradigms", type=paradigm_list, default=None,
+                    help="subset of 1,2,3 (default: all; fig9/fig6 take it too, default 1, and also plain-adv: the "
+                    "backbone fine-tuned with paradigm 3's recipe without NRPM)")
     ad.add_argument("--no-baseline", action="store_true", help="skip the undefended backbone rows")
     ad.add_argument("--state-dir", default=None, help="finished cells + attack state (default OUT/state)")
     ad.add_argument("--budget", default=None, choices=sorted(BUDGETS), help="attack budgets (default: default)")

@@ -271,13 +271,15 @@ def _resolve_budget(budget: str | AttackBudget | Mapping[str, AttackBudget],
 
 def get_model(arch: str, paradigm: int, models_dir: Path, backbone: nn.Module | None,
                train_data: tuple[torch.Tensor, torch.Tensor], *, profile: str, seed: int, device: str | None,
-               progress: bool, timings: dict[str, float]) -> nn.Module:
-    """Load ``models_dir/<arch>-p<k>.safetensors`` if it was trained with this profile/seed, else train it."""
+               progress: bool, timings: dict[str, float], nrpm: bool = True) -> nn.Module:
+    """Load ``models_dir/<arch>-p<k>.safetensors`` if it was trained with this profile/seed, else train it.
+    ``nrpm=False`` (paradigm 3): paradigm 3's fine-tuning without NRPM, kept as ``<arch>-p3-plain.safetensors``."""
     from torchrobust import checkpoint
     from torchrobust.experiments.reprogramming import train_paper_model
 
-    path = models_dir / f"{arch}-p{paradigm}.safetensors"
-    want = {"experiment": _RESULT_NAME, "arch": arch, "paradigm": paradigm, "profile": profile, "seed": seed}
+    path = models_dir / f"{arch}-p{paradigm}{'' if nrpm else '-plain'}.safetensors"
+    want = {"experiment": _RESULT_NAME, "arch": arch, "paradigm": paradigm, "profile": profile, "seed": seed,
+            **({} if nrpm else {"nrpm": False})}
     if path.is_file():
         meta = checkpoint.load_metadata(path).get("metadata") or {}
         if {k: meta.get(k) for k in want} != want:
@@ -287,8 +289,8 @@ def get_model(arch: str, paradigm: int, models_dir: Path, backbone: nn.Module | 
         return checkpoint.load(path, map_location=device or "cpu").eval()
     t0 = time.perf_counter()
     model = train_paper_model(arch, paradigm, backbone=backbone, train_data=train_data, profile=profile, seed=seed,
-                              device=device, progress=progress)
-    timings[f"train {arch}-p{paradigm}"] = round(time.perf_counter() - t0, 1)
+                              device=device, progress=progress, nrpm=nrpm)
+    timings[f"train {path.name.removesuffix('.safetensors')}"] = round(time.perf_counter() - t0, 1)
     checkpoint.save(model, path, **want, lams=_lams(model))
     return model.eval()
 

@@ -90,20 +90,25 @@ def _backbones(ctx: PresetContext, n_layers: int = 3, adv: bool = True) -> tuple
 
 
 def _learn(ctx: PresetContext, backbone: nn.Module, paradigm: int, eps_train: float, K: int, lam0: float = 0.5,
-           tag: str = "", nrpm_eps: float | None = None) -> nn.Module:
+           tag: str = "", nrpm_eps: float | None = None, nrpm: bool = True) -> nn.Module:
     """Paradigm 2 or 3 on an independent copy of ``backbone`` (FGSM training at ``eps_train``, mixed loss).
 
     Adam, lr 0.02 for Paradigm 2 (λ only) and 2e-3 for Paradigm 3 (weights and λ share one optimiser in
     :func:`torchrobust.train.fit`); λ stays in [0, 1] through the layers' ``project_()`` after every step.
-    ``nrpm_eps`` is the IRLS ε (default: the profile's MLP value).
+    ``nrpm_eps`` is the IRLS ε (default: the profile's MLP value). ``nrpm=False`` (Paradigm 3 only): the same
+    fine-tuning of the copy without reprogramming it — every weight trains, nothing else changes (the plain control).
     """
     from torchrobust.train import TrainConfig, fit
 
     p = ctx.profile
-    model = reprogram(copy.deepcopy(backbone), lam=lam0, K=K, learn_lam=True, inplace=True,
-                      irls_eps=ctx.profile.nrpm_eps_mlp if nrpm_eps is None else nrpm_eps,
-                      backend=ctx.profile.backend)
-    params = set_paradigm(model, paradigm)
+    model = copy.deepcopy(backbone)
+    if nrpm:
+        model = reprogram(model, lam=lam0, K=K, learn_lam=True, inplace=True,
+                          irls_eps=ctx.profile.nrpm_eps_mlp if nrpm_eps is None else nrpm_eps,
+                          backend=ctx.profile.backend)
+        params = set_paradigm(model, paradigm)
+    else:
+        params = [w.requires_grad_(True) for w in model.parameters()]
     cfg = TrainConfig(epochs=p.reprogram_epochs, batch_size=p.batch_size, optimizer="adam",
                       lr=0.02 if paradigm == 2 else 2e-3, mode="fgsm" if eps_train > 0 else "standard",
                       eps=eps_train, mixed=eps_train > 0, seed=ctx.seed, max_batches=p.reprogram_steps,
@@ -303,14 +308,16 @@ BACKBONE_SPECS: dict[str, dict[str, Any]] = {
 def train_paper_model(arch: str, paradigm: int, *, backbone: nn.Module | None = None,
                       train_data: tuple[torch.Tensor, torch.Tensor] | None = None, profile: str = "fast",
                       seed: int = 0, device: str | None = None, progress: bool = False,
-                      lam: float | None = None, K: int | None = None) -> nn.Module:
+                      lam: float | None = None, K: int | None = None, nrpm: bool = True) -> nn.Module:
     """One model of the presets' recipes, in eval mode, with ``torchrobust_spec`` set (checkpointable).
 
     ``arch``: ``"mlp"`` (784-256-64-10, no activation) or ``"lenet"``. ``paradigm`` 0: the standard-trained
     backbone (as ``table1``/``lenet``). 1: ``backbone`` reprogrammed with fixed ``lam``/``K`` (default
     :data:`PARADIGM1`). 2 / 3: λ (2) or all parameters (3) learned from λ = 0.5, K = 1, under FGSM training at
     ε = 0.3 with the mixed loss (as Table 1's Paradigm 2/3 rows). The IRLS ε is the profile's per-architecture
-    value. ``train_data`` defaults to the profile's MNIST training set.
+    value. ``train_data`` defaults to the profile's MNIST training set. ``nrpm=False`` (paradigm 3 only): the
+    backbone fine-tuned with paradigm 3's recipe (same steps, optimiser, lr, FGSM ε, mixed loss, data order) but not
+    reprogrammed — adversarial fine-tuning without NRPM.
     """
     if arch not in BACKBONE_SPECS:
         raise unknown_name("architecture", arch, BACKBONE_SPECS)
@@ -318,6 +325,8 @@ def train_paper_model(arch: str, paradigm: int, *, backbone: nn.Module | None = 
         raise TorchRobustError(f"paradigm={paradigm!r} is not one of 0 (backbone), 1, 2, 3; pass one of them")
     if paradigm > 0 and backbone is None:
         raise TorchRobustError(f"paradigm {paradigm} reprograms a trained backbone; pass backbone=")
+    if not nrpm and paradigm != 3:
+        raise TorchRobustError(f"nrpm=False is paradigm 3's fine-tuning without NRPM; pass paradigm=3, not {paradigm}")
     prof = PROFILES[profile] if profile in PROFILES else None
     if prof is None:
         raise unknown_name("profile", profile, PROFILES)
@@ -339,7 +348,8 @@ def train_paper_model(arch: str, paradigm: int, *, backbone: nn.Module | None = 
                           inplace=True, irls_eps=nrpm_eps, backend=prof.backend)
     else:
         model = _learn(ctx, backbone, paradigm, eps_train=0.3, K=1 if K is None else K,
-                       tag=f"{arch} paradigm {paradigm}", nrpm_eps=nrpm_eps)
+                       tag=f"{arch} paradigm {paradigm}{'' if nrpm else ' without NRPM'}", nrpm_eps=nrpm_eps,
+                       nrpm=nrpm)
     return model.eval()
 
 

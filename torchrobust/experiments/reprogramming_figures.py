@@ -15,7 +15,10 @@ Models: the standard-trained backbone (paradigm 0) and its reprogrammed versions
 on a rerun, like ``torchrobust paper adaptive``). Paradigm 1 uses the library's fixed (λ, K) for the MLP,
 :data:`torchrobust.experiments.reprogramming.PARADIGM1` (λ = 0.8, K = 4: a best row of the paper's Table 8), with
 the paper code's IRLS ε = 5e-5; the paper does not state λ/K for its Figure 9. Paradigm 3 (weights and λ learned
-under FGSM training, as Table 1) can be added with ``paradigms=(1, 3)``.
+under FGSM training, as Table 1) can be added with ``paradigms=(1, 3)``, and its control :data:`PLAIN_ADV`
+(``"plain-adv"``: the backbone fine-tuned with paradigm 3's recipe, same steps, optimiser, lr, FGSM ε = 0.3, mixed
+loss and data order, but not reprogrammed — the only difference from "NRPM P3" is NRPM) with
+``paradigms=(3, "plain-adv")``.
 
 The evaluation set is the first ``n_test`` MNIST test images, in order. Output: ``<name>.json`` (config, rows,
 timings) and ``<name>_table.json`` / ``<name>.md`` (a :class:`torchrobust.tables.Table`). Figure 9 keeps each
@@ -39,7 +42,7 @@ from torch import nn
 from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.tables import Column, ColumnKind, Table
 
-__all__ = ["run_figure", "FIGURES", "FIG9_BUDGETS", "FIG6_SIGMAS"]
+__all__ = ["run_figure", "FIGURES", "FIG9_BUDGETS", "FIG6_SIGMAS", "PLAIN_ADV"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,11 @@ _QUICK_ATTACKS: dict[str, dict[str, Any]] = {"apgd-ce": {"steps": 10}, "apgd-t":
 #: σ of the Gaussian noise for Figure 6, and the ℓ2 radii at which certified accuracy is tabulated
 FIG6_SIGMAS: tuple[float, ...] = (0.12, 0.25, 0.5)
 FIG6_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-_ROW_NAMES = {0: "plain (LPM)", 1: "NRPM P1", 2: "NRPM P2", 3: "NRPM P3"}
+#: the ``paradigms`` key of the plain control of paradigm 3: the backbone fine-tuned with paradigm 3's recipe
+#: (FGSM ε = 0.3, mixed loss, Adam 2e-3, same steps and data order) without NRPM
+PLAIN_ADV = "plain-adv"
+_ROW_NAMES: dict[int | str, str] = {0: "plain (LPM)", 1: "NRPM P1", 2: "NRPM P2", 3: "NRPM P3",
+                                    PLAIN_ADV: "plain FGSM-FT (P3 recipe)"}
 
 
 def _check_budgets(budgets: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
@@ -85,24 +92,27 @@ def _check_budgets(budgets: Mapping[str, Sequence[float]]) -> dict[str, list[flo
     return out
 
 
-def _models(out: Path, paradigms: Sequence[int], x_tr: torch.Tensor, y_tr: torch.Tensor, *, profile: str,
-            seed: int, device: str | None, progress: bool, timings: dict[str, float]) -> dict[int, nn.Module]:
-    """The backbone and its reprogrammed versions, trained once and checkpointed under ``out/models``."""
+def _models(out: Path, paradigms: Sequence[int | str], x_tr: torch.Tensor, y_tr: torch.Tensor, *, profile: str,
+            seed: int, device: str | None, progress: bool,
+            timings: dict[str, float]) -> dict[int | str, nn.Module]:
+    """The backbone, its reprogrammed versions and :data:`PLAIN_ADV` (paradigm 3's fine-tuning without NRPM),
+    trained once and checkpointed under ``out/models``."""
     from torchrobust.experiments.adaptive_reprogramming import get_model
 
-    models: dict[int, nn.Module] = {}
+    models: dict[int | str, nn.Module] = {}
     for p in (0, *paradigms):
-        models[p] = get_model("mlp", p, out / "models", models.get(0), (x_tr, y_tr), profile=profile, seed=seed,
-                               device=device, progress=progress, timings=timings)
+        models[p] = get_model("mlp", 3 if p == PLAIN_ADV else int(p), out / "models", models.get(0), (x_tr, y_tr),
+                              profile=profile, seed=seed, device=device, progress=progress, timings=timings,
+                              nrpm=p != PLAIN_ADV)
     return models
 
 
-def _state(state_dir: Path | None, paradigm: int, what: str) -> Path | None:
+def _state(state_dir: Path | None, paradigm: int | str, what: str) -> Path | None:
     """The resumable state of one sweep (the engine's fingerprinted per-batch state; None: not kept)."""
-    return None if state_dir is None else state_dir / f"p{paradigm}-{what}"
+    return None if state_dir is None else state_dir / f"{paradigm if paradigm == PLAIN_ADV else f'p{paradigm}'}-{what}"
 
 
-def _fig9_rows(models: Mapping[int, nn.Module], x: torch.Tensor, y: torch.Tensor,
+def _fig9_rows(models: Mapping[int | str, nn.Module], x: torch.Tensor, y: torch.Tensor,
                budgets: Mapping[str, Sequence[float]], seed: int, timings: dict[str, float],
                attack_kwargs: Mapping[str, Mapping[str, Any]] | None,
                state_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -137,7 +147,7 @@ def _fig9_rows(models: Mapping[int, nn.Module], x: torch.Tensor, y: torch.Tensor
     return rows
 
 
-def _fig6_rows(models: Mapping[int, nn.Module], x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float],
+def _fig6_rows(models: Mapping[int | str, nn.Module], x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float],
                n0: int, n: int, seed: int, progress: bool, timings: dict[str, float]) -> list[dict[str, Any]]:
     from torchrobust.evaluate.certify import Smooth, certified_accuracy_curve, certify_dataset
 
@@ -177,7 +187,7 @@ def _fig6_table(rows: Sequence[Mapping[str, Any]], n_test: int, n0: int, n: int)
 
 
 def run_figure(name: str, out_dir: str | Path, *, n_test: int = 1000, profile: str = "fast", seed: int = 0,
-               paradigms: Sequence[int] = (1,), budgets: Mapping[str, Sequence[float]] | None = None,
+               paradigms: Sequence[int | str] = (1,), budgets: Mapping[str, Sequence[float]] | None = None,
                sigmas: Sequence[float] = FIG6_SIGMAS, n0: int = 100, n_samples: int | None = None,
                device: str | None = None, progress: bool = False, threads: int | None = 1) -> dict[str, Any]:
     """Run one figure (``"fig9"`` or ``"fig6"``) and write ``<name>.json``, ``<name>.md`` and ``<name>_table.json``
@@ -191,7 +201,8 @@ def run_figure(name: str, out_dir: str | Path, *, n_test: int = 1000, profile: s
             shrinks the budget grids to two points per norm, the attacks to 10 steps (APGD-T: 2 target classes)
             and the certification to n = 200 samples.
         seed: model initialisation, training order, attacks' randomness and the noise of CERTIFY.
-        paradigms: NRPM rows beside the plain backbone (subset of 1, 2, 3).
+        paradigms: rows beside the plain backbone, in this order: NRPM paradigms (1, 2, 3) and/or
+            :data:`PLAIN_ADV` (``"plain-adv"``, paradigm 3's adversarial fine-tuning without NRPM).
         budgets: ``{norm: budgets}`` for fig9 (norms ``Linf``, ``L2``, ``L0``; default :data:`FIG9_BUDGETS`).
         sigmas: noise levels σ for fig6.
         n0, n_samples: CERTIFY's selection and estimation sample counts (fig6; default n = 10,000).
@@ -206,9 +217,9 @@ def run_figure(name: str, out_dir: str | Path, *, n_test: int = 1000, profile: s
         raise unknown_name("profile", profile, PROFILES)
     if isinstance(n_test, bool) or not isinstance(n_test, int) or not 1 <= n_test <= 10000:
         raise TorchRobustError(f"n_test={n_test!r} must be in 1..10000 (the MNIST test set)")
-    bad = [p for p in paradigms if p not in (1, 2, 3)]
+    bad = [p for p in paradigms if isinstance(p, bool) or p not in (1, 2, 3, PLAIN_ADV)]
     if bad or len(set(paradigms)) != len(paradigms):
-        raise TorchRobustError(f"paradigms={list(paradigms)} must be distinct values of 1, 2, 3")
+        raise TorchRobustError(f"paradigms={list(paradigms)} must be distinct values of 1, 2, 3, {PLAIN_ADV}")
     quick = profile == "quick"
     checked = _check_budgets(budgets if budgets is not None else (_QUICK_BUDGETS if quick else FIG9_BUDGETS))
     for s in sigmas:
