@@ -93,7 +93,8 @@ def _learn(ctx: PresetContext, backbone: nn.Module, paradigm: int, eps_train: fl
            tag: str = "", nrpm_eps: float | None = None, nrpm: bool = True) -> nn.Module:
     """Paradigm 2 or 3 on an independent copy of ``backbone`` (FGSM training at ``eps_train``, mixed loss).
 
-    Adam, lr 0.02 for Paradigm 2 (λ only) and 2e-3 for Paradigm 3 (weights and λ share one optimiser in
+    The profile's optimiser and learning rates (fast: Adam, lr 0.02 for Paradigm 2 (λ only) and 2e-3 for
+    Paradigm 3; full: the paper code's SGD, lr 1e-3, momentum 0.9; weights and λ share one optimiser in
     :func:`torchrobust.train.fit`); λ stays in [0, 1] through the layers' ``project_()`` after every step.
     ``nrpm_eps`` is the IRLS ε (default: the profile's MLP value). ``nrpm=False`` (Paradigm 3 only): the same
     fine-tuning of the copy without reprogramming it — every weight trains, nothing else changes (the plain control).
@@ -109,8 +110,9 @@ def _learn(ctx: PresetContext, backbone: nn.Module, paradigm: int, eps_train: fl
         params = set_paradigm(model, paradigm)
     else:
         params = [w.requires_grad_(True) for w in model.parameters()]
-    cfg = TrainConfig(epochs=p.reprogram_epochs, batch_size=p.batch_size, optimizer="adam",
-                      lr=0.02 if paradigm == 2 else 2e-3, mode="fgsm" if eps_train > 0 else "standard",
+    cfg = TrainConfig(epochs=p.reprogram_epochs, batch_size=p.batch_size, optimizer=p.reprogram_optimizer,
+                      lr=p.reprogram_lr_p2 if paradigm == 2 else p.reprogram_lr_p3,
+                      mode="fgsm" if eps_train > 0 else "standard",
                       eps=eps_train, mixed=eps_train > 0, seed=ctx.seed, max_batches=p.reprogram_steps,
                       progress=ctx.progress)
     t0 = time.perf_counter()
