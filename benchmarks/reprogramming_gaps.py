@@ -5,8 +5,8 @@ Paradigm 1 trains nothing beyond the standard-trained 784-256-64-10 MLP backbone
 
 * the NRPM layer itself (``--impl``: our eager and compiled kernels against the paper code's computation written
   out literally below, :class:`PaperLiteralMLP`, on the same weights and images);
-* the backbone: its training budget (``--epochs``: snapshots of one run, taken after those epochs) and its seed
-  (``--seeds``);
+* the backbone: its training budget (``--epochs``: snapshots of one run, taken after those epochs), its
+  learning rate (``--lr``: the presets' 0.01, or the paper code's 1e-3) and its seed (``--seeds``);
 * ε of the IRLS weights (``--irls-eps``; the paper's MLP script uses 5e-5, its Algorithm 2 1e-3);
 * the evaluation subset: every cell is stored on the first 1000 test images (the paper code's set) and on all
   ``--n-test`` images.
@@ -106,28 +106,35 @@ class PaperLiteralMLP(nn.Module):
 # ------------------------------------------------------------------------------------------------ backbones
 @dataclass(frozen=True)
 class Setting:
-    """One factor setting: the backbone (seed, epochs), the IRLS ε and the NRPM implementation."""
+    """One factor setting: the backbone (seed, epochs, learning rate), the IRLS ε and the NRPM implementation."""
 
     seed: int
     epochs: int
     irls_eps: float
     impl: str
+    lr: float = 0.01
 
     @property
     def label(self) -> str:
-        return f"seed {self.seed}, {self.epochs} ep, ε_IRLS {self.irls_eps:g}, {self.impl}"
+        return f"seed {self.seed}, lr {self.lr:g}, {self.epochs} ep, ε_IRLS {self.irls_eps:g}, {self.impl}"
+
+    @property
+    def stem(self) -> str:
+        """The backbone's part of a file name (the presets' lr 0.01 is left out)."""
+        return f"s{self.seed}-e{self.epochs}" + ("" if self.lr == 0.01 else f"-lr{self.lr:g}")
 
 
-def backbone_path(out: Path, seed: int, epochs: int) -> Path:
-    return out / "models" / f"mlp-s{seed}-e{epochs}.safetensors"
+def backbone_path(out: Path, seed: int, epochs: int, lr: float) -> Path:
+    return out / "models" / f"mlp-{Setting(seed, epochs, 0.0, '', lr).stem}.safetensors"
 
 
-def backbones(out: Path, ctx: PresetContext, seed: int, epochs: Sequence[int], n_train: int) -> dict[int, Path]:
-    """Standard-trained MLP backbones of ``seed`` after each of ``epochs`` (the presets' recipe: SGD lr 0.01,
-    momentum 0.9, batch 64, no schedule), snapshots of one run to ``max(epochs)``; existing ones are reused (a
+def backbones(out: Path, ctx: PresetContext, seed: int, epochs: Sequence[int], n_train: int,
+              lr: float = 0.01) -> dict[int, Path]:
+    """Standard-trained MLP backbones of ``seed`` after each of ``epochs`` (the presets' recipe: SGD, momentum
+    0.9, batch 64, no schedule, at ``lr``), snapshots of one run to ``max(epochs)``; existing ones are reused (a
     checkpoint trained with another recipe is refused)."""
-    want = {"experiment": "reprogramming_gaps", "seed": seed, "n_train": n_train, "lr": 0.01, "batch_size": 64}
-    paths = {e: backbone_path(out, seed, e) for e in epochs}
+    want = {"experiment": "reprogramming_gaps", "seed": seed, "n_train": n_train, "lr": lr, "batch_size": 64}
+    paths = {e: backbone_path(out, seed, e, lr) for e in epochs}
     for e, p in paths.items():
         if p.is_file():
             meta = checkpoint.load_metadata(p).get("metadata") or {}
@@ -146,14 +153,14 @@ def backbones(out: Path, ctx: PresetContext, seed: int, epochs: Sequence[int], n
                             train_acc=round(rec["train_acc"], 5))
 
     t0 = time.perf_counter()
-    ctx.train(model, epochs=last, lr=0.01, on_epoch=snapshot, tag=f"seed {seed}")
+    ctx.train(model, epochs=last, lr=lr, on_epoch=snapshot, tag=f"seed {seed}")
     logger.info("seed %d: trained %d epochs in %.0f s", seed, last, time.perf_counter() - t0)
     return paths
 
 
 # ------------------------------------------------------------------------------------------------ cells
 def cell_path(out: Path, s: Setting, lam: float, K: int, n: int) -> Path:
-    return out / "cells" / f"{s.impl}-s{s.seed}-e{s.epochs}-eps{s.irls_eps:g}-lam{lam:g}-K{K}-n{n}.json"
+    return out / "cells" / f"{s.impl}-{s.stem}-eps{s.irls_eps:g}-lam{lam:g}-K{K}-n{n}.json"
 
 
 def model_of(backbone: nn.Module, s: Setting, lam: float, K: int) -> nn.Module:
@@ -184,9 +191,9 @@ def run_cell(out: Path, backbone: nn.Module, s: Setting, lam: float, K: int, x: 
 def run(out: Path, *, seeds: Sequence[int], epochs: Sequence[int], irls_eps: Sequence[float],
         impls: Sequence[str] = ("compiled",), groups: Sequence[str] = ("lpm", "p1", "t8"),
         cells: Sequence[tuple[float, int]] | None = None, n_test: int = 10000, n_train: int | None = None,
-        threads: int = 1) -> list[dict[str, Any]]:
-    """Train/load the backbones and evaluate every cell of ``seeds × epochs × irls_eps × impls × (groups' cells or
-    cells)`` not yet in ``out``; returns the records of all cells in ``out/cells``."""
+        lr: float = 0.01, threads: int = 1) -> list[dict[str, Any]]:
+    """Train/load the backbones (at ``lr``) and evaluate every cell of ``seeds × epochs × irls_eps × impls ×
+    (groups' cells or cells)`` not yet in ``out``; returns the records of all cells in ``out/cells``."""
     bad = [i for i in impls if i not in IMPLS]
     if bad:
         raise TorchRobustError(f"--impl {bad[0]!r} is not one of {', '.join(IMPLS)}; pass one of them")
@@ -198,13 +205,13 @@ def run(out: Path, *, seeds: Sequence[int], epochs: Sequence[int], irls_eps: Seq
     for seed in seeds:
         ctx = PresetContext(profile=prof, seed=seed, progress=False, x_train=x_tr, y_train=y_tr, x_test=x_te,
                             y_test=y_te, device=torch.device("cpu"))
-        paths = backbones(out, ctx, seed, epochs, len(x_tr))
+        paths = backbones(out, ctx, seed, epochs, len(x_tr), lr)
         for e in epochs:
             net = checkpoint.load(paths[e]).eval()
             for eps in irls_eps:
                 for impl in impls:
                     for lam, K in todo:
-                        run_cell(out, net, Setting(seed, e, eps, impl), lam, K, x, y)
+                        run_cell(out, net, Setting(seed, e, eps, impl, lr), lam, K, x, y)
     return load_cells(out)
 
 
@@ -214,7 +221,11 @@ def load_cells(out: Path) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ report
 def _setting(rec: dict[str, Any]) -> Setting:
-    return Setting(rec["seed"], rec["epochs"], rec["irls_eps"], rec["impl"])
+    return Setting(rec["seed"], rec["epochs"], rec["irls_eps"], rec["impl"], rec.get("lr", 0.01))
+
+
+def _order(s: Setting) -> tuple[Any, ...]:
+    return s.impl != "compiled", s.impl, s.lr != 0.01, s.lr, s.seed, s.epochs, s.irls_eps
 
 
 def _diffs(recs: Sequence[dict[str, Any]], key: str) -> list[float]:
@@ -223,11 +234,10 @@ def _diffs(recs: Sequence[dict[str, Any]], key: str) -> list[float]:
 
 
 def summary_table(records: Sequence[dict[str, Any]]) -> Table:
-    """One row per setting: the backbone's clean and ε = .05 FGSM accuracy, and per gap group the mean (ours −
-    paper) over its cells and ε > 0 on the first 1000 and on all images, and the largest |ours − paper| (first
-    1000)."""
-    settings = sorted({_setting(r) for r in records}, key=lambda s: (s.impl != "compiled", s.impl, s.seed,
-                                                                      s.epochs, s.irls_eps))
+    """One row per setting and evaluation-set size: the backbone's clean and ε = .05 FGSM accuracy, and per gap
+    group the mean (ours − paper) over its cells and ε > 0 on the first 1000 and on all images, and the largest
+    |ours − paper| (first 1000)."""
+    settings = sorted({(_setting(r), r["n"]) for r in records}, key=lambda sn: (*_order(sn[0]), sn[1]))
     cols = [Column("setting", ColumnKind.TEXT), Column("n", ColumnKind.INT, label="images (all)"),
             Column("lpm_clean", digits=1, label="LPM clean", missing="–"),
             Column("lpm_05", digits=1, label="LPM ε=.05 (paper 31.8)", missing="–")]
@@ -236,10 +246,10 @@ def summary_table(records: Sequence[dict[str, Any]]) -> Table:
                  Column(f"{g}_meanall", digits=1, label=f"{g}: mean Δ, all", missing="–"),
                  Column(f"{g}_max1k", digits=1, label=f"{g}: max abs Δ, 1000", missing="–")]
     rows = []
-    for s in settings:
-        mine = [r for r in records if _setting(r) == s]
-        row: dict[str, Any] = {"setting": s.label, "n": max(r["n"] for r in mine)}
-        lpm = [r for r in records if r["K"] == 0 and (r["seed"], r["epochs"]) == (s.seed, s.epochs)]
+    for s, n in settings:
+        mine = [r for r in records if _setting(r) == s and r["n"] == n]
+        row: dict[str, Any] = {"setting": s.label, "n": n}
+        lpm = [r for r in records if r["K"] == 0 and _setting(r).stem == s.stem]
         if lpm:
             row["lpm_clean"], row["lpm_05"] = lpm[0]["acc_first1000"][0], lpm[0]["acc_first1000"][1]
         for g in ("p1", "t8"):
@@ -261,8 +271,9 @@ def cells_table(records: Sequence[dict[str, Any]], group: str) -> Table:
     cols = [Column("cell", ColumnKind.TEXT), Column("setting", ColumnKind.TEXT), *eps_cols]
     rows = []
     for lam, K in GROUPS[group]:
-        recs = sorted((r for r in records if (r["lam"], r["K"]) == (lam, K)),
-                      key=lambda r: (r["impl"] != "compiled", r["impl"], r["seed"], r["epochs"], r["irls_eps"]))
+        # one row per setting: its first-1000 accuracies are the same whatever the evaluated set's size
+        by_setting = {_setting(r): r for r in records if (r["lam"], r["K"]) == (lam, K)}
+        recs = [by_setting[s] for s in sorted(by_setting, key=_order)]
         if not recs:
             continue
         cell = f"λ={lam:g} K={K}"
@@ -287,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output folder (cells and backbones are reused)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="backbone seeds (init and data order)")
     ap.add_argument("--epochs", type=int, nargs="+", default=[5], help="backbone snapshots after these epochs")
+    ap.add_argument("--lr", type=float, default=0.01, help="the backbones' SGD learning rate (paper code: 1e-3)")
     ap.add_argument("--irls-eps", type=float, nargs="+", default=[5e-5], help="ε of the IRLS weights")
     ap.add_argument("--impl", nargs="+", default=["compiled"], choices=IMPLS,
                     help="NRPM implementation: the library's compiled or eager backend, or the paper code's "
@@ -312,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = load_cells(a.out)
     else:
         records = run(a.out, seeds=a.seeds, epochs=a.epochs, irls_eps=a.irls_eps, impls=a.impl, groups=a.groups,
-                      cells=cells, n_test=a.n_test, n_train=a.n_train, threads=a.threads)
+                      cells=cells, n_test=a.n_test, n_train=a.n_train, lr=a.lr, threads=a.threads)
     print(report(a.out, records))
     logger.info("done in %.0f s; wrote %s", time.perf_counter() - t0, a.out / "gaps.md")
     return 0

@@ -64,7 +64,7 @@ def test_tiny_run_writes_table_and_a_rerun_recomputes_nothing(gaps, tmp_path: Pa
     # the summary: a header, one row per setting (eager, literal), the paper's LPM number in a header
     lines = [ln for ln in summary.splitlines() if ln.startswith("| ")]
     assert len(lines) == 3 and "paper 31.8" in lines[0]
-    assert lines[1].startswith("| seed 0, 1 ep, ε_IRLS 5e-05, eager | 120 |")
+    assert lines[1].startswith("| seed 0, lr 0.01, 1 ep, ε_IRLS 5e-05, eager | 120 |")
     md = (out / "gaps.md").read_text()
     assert "| λ=0.9 K=2 | **paper** | 90.7 | 76.1 | 44.0 | 26.8 | 18.0 | 13.4 | 9.3 |" in md
     assert "| λ=0.1 K=1 | **paper** | 40.7 | 38.3 |" in md
