@@ -194,6 +194,10 @@ def test_fig9_plain_adv_row_is_paradigm3_recipe_without_nrpm(fig9_run, capsys):
     res = run_figure("fig9", out, n_test=2, profile="quick", paradigms=("plain-adv",))
     assert path.stat().st_mtime_ns == before and res["timings"].get("train mlp-p3-plain") is None
     assert sum(v for k, v in res["timings"].items() if k.startswith("eval")) < 5.0
+    # fig6 shares the model list: the same checkpoint, certified beside the backbone
+    res = run_figure("fig6", out, n_test=2, profile="quick", sigmas=(0.25,), n_samples=50, paradigms=("plain-adv",))
+    assert {r["model"] for r in res["rows"]} == {"plain (LPM)", "plain FGSM-FT (P3 recipe)"}
+    assert path.stat().st_mtime_ns == before and not any(k.startswith("train") for k in res["timings"])
     capsys.readouterr()
     cli_one_line_error(capsys, ["paper", "fig9", "--paradigms", "1,plain", "--out", str(out / "bad")],
                        "--paradigms", "plain-adv")
