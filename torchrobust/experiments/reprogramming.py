@@ -79,12 +79,12 @@ def _backbones(ctx: PresetContext, n_layers: int = 3, adv: bool = True) -> tuple
         normal = copy.deepcopy(ctx.weights.model)  # --weights: the paper's released backbone, not trained here
     else:
         normal = linear_mlp(n_layers, ctx.seed)
-        ctx.train(normal, epochs=p.backbone_epochs, lr=0.01, max_batches=p.backbone_max_batches,
+        ctx.train(normal, epochs=p.backbone_epochs, lr=p.mlp_backbone_lr, max_batches=p.backbone_max_batches,
                   tag=f"normal {n_layers}-layer")
     advm = None
     if adv:
         advm = linear_mlp(n_layers, ctx.seed)
-        ctx.train(advm, mode="fgsm", eps=0.3, epochs=p.backbone_epochs, lr=0.01,
+        ctx.train(advm, mode="fgsm", eps=0.3, epochs=p.backbone_epochs, lr=p.mlp_backbone_lr,
                   max_batches=p.backbone_max_batches, tag=f"adv {n_layers}-layer")
     return normal, advm
 
@@ -122,6 +122,20 @@ def _learn(ctx: PresetContext, backbone: nn.Module, paradigm: int, eps_train: fl
     return model
 
 
+def _add_learned(ctx: PresetContext, label: str, backbone: nn.Module, paradigm: int, eps_train: float,
+                 paper: list[float] | None, *, pgd: bool, **extra: Any) -> None:
+    """Train Paradigm 2/3 from ``backbone`` (:func:`_learn`) and add its row; a training run that diverges
+    (the training loop's NaN/Inf guard) becomes a row marked ``diverged`` instead of ending the whole preset."""
+    try:
+        m = _learn(ctx, backbone, paradigm, eps_train=eps_train, K=1, tag=label)
+    except TorchRobustError as err:
+        if "training diverged" not in str(err):
+            raise
+        ctx.add_diverged(label, paper, str(err), K=1, **extra)
+        return
+    ctx.add(label, m, paper, pgd=pgd, lams=learned_lams_list(m), K=1, **extra)
+
+
 def _table1(ctx: PresetContext) -> dict[str, Any]:
     p = ctx.profile
     paper = PAPER["table1"]
@@ -135,19 +149,17 @@ def _table1(ctx: PresetContext) -> dict[str, Any]:
         set_lam(p1, lam)
         ctx.add(f"P1 λ={lam:.1f}", p1, paper.get(f"P1 λ={lam:.1f}"), pgd=lam == 0.5, lams=[lam] * 3, K=1)
     for par in (2, 3):
-        m = _learn(ctx, normal, par, eps_train=0.3, K=1, tag=f"paradigm {par}")
-        ctx.add(f"Paradigm {par}", m, paper[f"Paradigm {par}"], pgd=True, lams=learned_lams_list(m), K=1,
-                paper_lams=PAPER["table1_lams"][f"Paradigm {par}"])
+        _add_learned(ctx, f"Paradigm {par}", normal, par, 0.3, paper[f"Paradigm {par}"], pgd=True,
+                     paper_lams=PAPER["table1_lams"][f"Paradigm {par}"])
     return {}
 
 
 def _table2(ctx: PresetContext) -> dict[str, Any]:
     normal, _ = _backbones(ctx, 3, adv=False)
     for e in ctx.profile.train_eps_grid:
-        m = _learn(ctx, normal, 2, eps_train=e, K=1, tag=f"P2 eps={e:g}")
         pa = PAPER["table2"].get(e)
-        ctx.add(f"Adv-train (ε={e:g})", m, pa[0] if pa else None, pgd=e in (0.0, 0.3), lams=learned_lams_list(m), K=1,
-                paper_lams=pa[1] if pa else None)
+        _add_learned(ctx, f"Adv-train (ε={e:g})", normal, 2, e, pa[0] if pa else None, pgd=e in (0.0, 0.3),
+                     paper_lams=pa[1] if pa else None)
     return {}
 
 
@@ -159,8 +171,7 @@ def _table7(ctx: PresetContext) -> dict[str, Any]:
         # NRPM: our reading of App. C.2 ("fine-tuning results for ... the NRPM model"): Paradigm 3 (weights and
         # λ, λ init 0.5) with the code's defaults K = 1 and clean fine-tuning (its --adv_train defaults to
         # False). Pure NRPM (λ = 0) fine-tuned the same way stays near chance in our runs.
-        m = _learn(ctx, normal, 3, eps_train=0.0, K=1, tag=f"{label} NRPM fine-tune")
-        ctx.add(f"{label} NRPM", m, PAPER["table7"][f"{label} NRPM"], pgd=True, lams=learned_lams_list(m), K=1)
+        _add_learned(ctx, f"{label} NRPM", normal, 3, 0.0, PAPER["table7"][f"{label} NRPM"], pgd=True)
     return {}
 
 
@@ -412,6 +423,10 @@ def _markdown(name: str, result: dict[str, Any]) -> str:
         if r.get("paper_fgsm") is not None:
             fgsm.rows.append({"row": "", "source": "paper", **eps_cells(r["paper_fgsm"]), "λ": r.get("paper_lams")})
     lines += ["## FGSM (ours vs paper)", "", fgsm.markdown_grid().rstrip("\n")]
+    diverged = [r for r in result["rows"] if r.get("diverged")]
+    if diverged:
+        lines += ["", "**Training diverged** (no accuracies: the model does not exist; `–` in the tables):", ""]
+        lines += [f"* {r['row']}: {r['diverged']}" for r in diverged]
     def in_percent(k: str, label: str) -> Column:
         return Column(k, acc, unit="%", digits=1, label=label)
 
