@@ -1,0 +1,41 @@
+"""benchmarks/adv_train_gap.py on a tiny budget: every variant's cell and report, and a rerun recomputes nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def gap():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "adv_train_gap.py"
+    spec = importlib.util.spec_from_file_location("adv_train_gap", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["adv_train_gap"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_variants_report_and_resume(gap, tmp_path, monkeypatch):
+    cells = gap.run(tmp_path, ["scratch-5-lr0.01", "ft-5-lr1e-3"], n_test=200, n_train=640, backbone_epochs=1,
+                    epoch_scale=0.2)
+    assert set(cells) == {"scratch-5-lr0.01", "ft-5-lr1e-3"}
+    for cell in cells.values():
+        assert len(cell["fgsm_first1000"]) == len(cell["fgsm_all"]) == 7
+        assert cell["fgsm_first1000"] == cell["fgsm_all"]  # 200 < 1000: the same images
+        assert all(0 <= v <= 100 for v in cell["fgsm_all"]) and cell["fgsm_all"][0] > 20  # trained: above chance
+    ft = cells["ft-5-lr1e-3"]["config"]
+    assert ft["from_backbone"] and ft["epochs"] == 1 and (tmp_path / "models" / "standard.safetensors").is_file()
+    md = (tmp_path / "adv_train_gap.md").read_text()
+    assert "| paper Adv-train | first 1000 | 76.4 |" in md and "| ft-5-lr1e-3 | all 200 |" in md
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished variant was retrained")
+
+    monkeypatch.setattr(gap.PresetContext, "train", no_training)
+    again = gap.run(tmp_path, ["scratch-5-lr0.01", "ft-5-lr1e-3"], n_test=200, n_train=640, backbone_epochs=1,
+                    epoch_scale=0.2)
+    assert again == cells
