@@ -1,8 +1,9 @@
 """The experiment behind docs/reprogramming.md's Table 1 "Adv-train" gap: why our FGSM-trained 784-256-64-10 MLP is
 more robust under FGSM than the paper's (Hou et al., ICLR 2025, Table 1: 76.4 % clean, 57.6 % at ε = .1).
 
-The paper's text trains its backbones for 50 epochs; its code (``mnist_mlp.py``, ../shared/notes/paper-code-facts.md
-§5) never trains from scratch: every run starts from the released ``mlp3_mnist_model.pth`` and trains 10 epochs
+The paper's text trains its backbones for 50 epochs; its code (``mnist_mlp.py``,
+docs/paper-code-facts.md) never trains from scratch: every run starts from the released ``mlp3_mnist_model.pth`` and
+trains 10 epochs
 (SGD lr 1e-3, momentum 0.9, batch 64; with ``--adv_train`` on FGSM ε = 0.3 examples, clean + adversarial loss).
 Our presets train the adversarial baseline *from scratch*. The variants (all FGSM ε = 0.3, mixed loss, SGD momentum
 0.9, batch 64, seed 0, through the presets' own ``PresetContext.train``):
