@@ -110,3 +110,18 @@ def cli_one_line_error(capsys, argv: list[str], *needles: str) -> str:
     for needle in needles:
         assert needle in err, (needle, err)
     return err
+
+
+def load_benchmark(stem: str):
+    """The module of ``benchmarks/<stem>.py`` (benchmarks are scripts, not a package), registered in ``sys.modules``."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(stem, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[stem] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gap():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "adv_train_gap.py"
-    spec = importlib.util.spec_from_file_location("adv_train_gap", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["adv_train_gap"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("adv_train_gap")
 
 
 def test_variants_report_and_resume(gap, tmp_path, monkeypatch):

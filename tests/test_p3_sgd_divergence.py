@@ -3,13 +3,12 @@ whether (and at which batch) the NaN guard stopped them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from torchrobust import checkpoint
 from torchrobust.experiments.reprogramming import BACKBONE_SPECS, linear_mlp
@@ -17,12 +16,7 @@ from torchrobust.experiments.reprogramming import BACKBONE_SPECS, linear_mlp
 
 @pytest.fixture(scope="module")
 def mod():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "p3_sgd_divergence.py"
-    spec = importlib.util.spec_from_file_location("p3_sgd_divergence", path)
-    m = importlib.util.module_from_spec(spec)
-    sys.modules["p3_sgd_divergence"] = m
-    spec.loader.exec_module(m)
-    return m
+    return load_benchmark("p3_sgd_divergence")
 
 
 def _backbone(tmp_path: Path, scale: float) -> Path:
