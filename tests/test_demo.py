@@ -37,8 +37,8 @@ def test_readme_table_covers_the_demo_grid_and_clean_floor():
     clean = dict(zip(head[1:], (float(v) for v in body[0][1:]), strict=True))
     assert body[0][0] == "0"
     assert len(clean) == 6 and min(clean.values()) >= 100 * demo.MIN_CLEAN, clean
-    # the prose quotes the table: every "NN.N %" beside a model in the paragraph after the block is in the table
-    values = {v for r in body for v in r[1:]}
+    # the prose quotes the tables: every "NN.N %" in the text after the block is in a table the README records
+    values = {v for t in _recorded_tables().values() for r in t[1:] for v in r[1:]}
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     after = text[text.index("### What the main job shows"):]
     after = after[after.index("```", after.index("```") + 3) + 3:]
@@ -48,10 +48,21 @@ def test_readme_table_covers_the_demo_grid_and_clean_floor():
     assert set(quoted) <= values, sorted(set(quoted) - values)
 
 
-# How far a cell may move on a machine other than the README's (another CPU capability, or eager kernels): the
-# bound the README states. It is the test's bound, not a measured spread: on the one other machine seen (AVX-512)
-# the clean row differed in one cell by 1.0 point (its other rows were not recorded).
-OTHER_MACHINE_BOUND = 5.0
+#: on a machine class with no recorded table: each cell within this many points of the main (AVX2) table - above
+#: the 10.0 measured between the AVX2 and AVX-512 tables (paradigm 3's worst case at ε = 0.1)
+OTHER_MACHINE_BOUND = 12.0
+
+
+def _recorded_tables() -> dict[tuple[str, str], list[list[str]]]:
+    """Every table the README records, keyed by (kernels, CPU capability): the main block and each further one
+    introduced as "on `<kernels>` kernels with `cpu_capability` `<CAP>`" in the Determinism paragraph."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    main = _readme_machine()
+    tables = {(main["kernels"], main["cpu_capability"]): _table(_readme_block())}
+    for m in re.finditer(r"on\s+`(\w+)`\s+kernels\s+with\s+`cpu_capability`\s+`(\w+)`.*?```\n(.*?)```", text,
+                         flags=re.S | re.I):
+        tables[(m.group(1), m.group(2))] = _table(m.group(3))
+    return tables
 
 
 def _readme_machine() -> dict[str, str]:
@@ -80,6 +91,17 @@ def test_readme_names_the_machine_its_table_is_for():
     assert f"{OTHER_MACHINE_BOUND:g} points" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
+def test_every_recorded_table_has_the_demo_grid_and_lies_within_the_bound():
+    """The README's tables for other machine classes: same rows and columns as the main one, every model at the
+    clean floor, and within OTHER_MACHINE_BOUND of the main table (so the bound covers what was measured)."""
+    tables = _recorded_tables()
+    main = _table(_readme_block())
+    assert len(tables) >= 2 and ("compiled", "AVX512") in tables
+    for key, table in tables.items():
+        _compare(table, main, same_machine=False)
+        assert all(float(c) >= demo.MIN_CLEAN * 100 for c in table[1][1:]), key
+
+
 def test_machine_fingerprint_names_the_dispatch_capability():
     import torch
 
@@ -99,10 +121,9 @@ def test_readme_main_job_table_is_what_the_demo_writes(tmp_path, capsys):
     printed = capsys.readouterr().out
     written = (out / "results.md").read_text(encoding="utf-8")
     doc = json.loads((out / "results.json").read_text())
-    machine = _readme_machine()
-    same = (doc["nrpm"]["kernels"] == machine["kernels"]
-            and doc["machine"]["cpu_capability"] == machine["cpu_capability"])
-    _compare(_table(written), _table(_readme_block()), same)
+    recorded = _recorded_tables()
+    key = (doc["nrpm"]["kernels"], doc["machine"]["cpu_capability"])
+    _compare(_table(written), recorded.get(key, _table(_readme_block())), key in recorded)
     assert _table(printed) == _table(written)
     assert doc["strength"] == "strong"
     for label, res in doc["models"].items():
