@@ -24,7 +24,6 @@ import argparse
 import copy
 import importlib.util
 import json
-import re
 import sys
 import time
 from dataclasses import replace
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from torchrobust import checkpoint
-from torchrobust.errors import TorchRobustError
+from torchrobust.errors import TrainingDiverged
 from torchrobust.experiments.reprogramming import _learn
 from torchrobust.experiments.reprogramming_protocol import PROFILES, PresetContext, load_mnist
 from torchrobust.io import atomic_write_bytes
@@ -54,11 +53,8 @@ def _outcome(train) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         train()
-    except TorchRobustError as err:
-        m = re.search(r"training diverged at epoch (\d+), batch (\d+)", str(err))
-        if m is None:
-            raise
-        return {"diverged": True, "epoch": int(m[1]), "batch": int(m[2]), "seconds": round(time.perf_counter() - t0, 1)}
+    except TrainingDiverged as err:
+        return {"diverged": True, "epoch": err.epoch, "batch": err.batch, "seconds": round(time.perf_counter() - t0, 1)}
     return {"diverged": False, "seconds": round(time.perf_counter() - t0, 1)}
 
 

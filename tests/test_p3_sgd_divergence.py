@@ -37,10 +37,11 @@ def test_two_batches_train_without_divergence(mod, tmp_path):
 
 
 def test_a_diverging_run_reports_its_batch(mod, tmp_path, monkeypatch):
-    from torchrobust.errors import TorchRobustError
+    from torchrobust.errors import TorchRobustError, TrainingDiverged
 
     def boom():
-        raise TorchRobustError("training diverged at epoch 1, batch 7: the loss is nan (lr 0.001, ...)")
+        raise TrainingDiverged("training diverged at epoch 1, batch 7: the loss is nan (lr 0.001, ...)", epoch=1,
+                               batch=7)
 
     assert mod._outcome(boom)["batch"] == 7 and mod._outcome(boom)["diverged"] is True
 

@@ -61,14 +61,15 @@ def test_full_profile_trains_the_mlp_backbones_at_the_paper_codes_lr(monkeypatch
 def test_a_diverged_paradigm_is_a_marked_row_not_a_lost_table(tmp_path, monkeypatch):
     """When Paradigm 3's training diverges (the loop's NaN guard), the preset still writes every other row, the
     diverged row carries no accuracy and its reason, and the markdown says so; other errors still propagate."""
-    from torchrobust.errors import TorchRobustError
+    from torchrobust.errors import TorchRobustError, TrainingDiverged
     from torchrobust.experiments import reprogramming as R
 
     real_learn = R._learn
 
     def learn(ctx, backbone, paradigm, **kw):
         if paradigm == 3:
-            raise TorchRobustError("training diverged at epoch 1, batch 28: the loss is nan (lr 0.001, ...)")
+            raise TrainingDiverged("training diverged at epoch 1, batch 28: the loss is nan (lr 0.001, ...)",
+                                   epoch=1, batch=28)
         return real_learn(ctx, backbone, paradigm, **kw)
 
     monkeypatch.setattr(R, "_learn", learn)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from torchrobust.cli import main
-from torchrobust.errors import TorchRobustError
+from torchrobust.errors import TorchRobustError, TrainingDiverged
 from torchrobust.train import TrainConfig, fit, resume
 
 
@@ -120,6 +120,7 @@ def test_nan_loss_stops_keeps_last_state_and_last_finite_weights(tmp_path):
                                                r"rate .*resume state in .* is kept") as err:
         fit(m, data, cfg, checkpoint_dir=tmp_path)
     assert "\n" not in str(err.value)
+    assert isinstance(err.value, TrainingDiverged) and (err.value.epoch, err.value.batch) == (1, 5)
     state = load_file(str(resume.state_path(tmp_path)))  # the state after step 4 is intact
     for k, v in m.state_dict().items():
         assert torch.isfinite(v.float()).all(), k

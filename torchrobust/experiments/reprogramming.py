@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchrobust.errors import TorchRobustError, unknown_name
+from torchrobust.errors import TorchRobustError, TrainingDiverged, unknown_name
 from torchrobust.evaluate.sweeps import DEFAULT_ATTACKS
 from torchrobust.experiments.paper_numbers import EPS_GRID, PAPER
 from torchrobust.experiments.reprogramming_protocol import (
@@ -128,9 +128,7 @@ def _add_learned(ctx: PresetContext, label: str, backbone: nn.Module, paradigm: 
     (the training loop's NaN/Inf guard) becomes a row marked ``diverged`` instead of ending the whole preset."""
     try:
         m = _learn(ctx, backbone, paradigm, eps_train=eps_train, K=1, tag=label)
-    except TorchRobustError as err:
-        if "training diverged" not in str(err):
-            raise
+    except TrainingDiverged as err:
         ctx.add_diverged(label, paper, str(err), K=1, **extra)
         return
     ctx.add(label, m, paper, pgd=pgd, lams=learned_lams_list(m), K=1, **extra)

@@ -67,7 +67,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed as D
-from ..errors import TorchRobustError
+from ..errors import TorchRobustError, TrainingDiverged
 from ..validation import eval_mode, model_device
 from .objectives import Objective, batch_loss, mode_adversary
 from .tensors import dataset_tensors
@@ -498,10 +498,10 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
                 what = f"the loss is {loss_value}" if not math.isfinite(loss_value) else "the weights became NaN/inf"
                 kept = f"; the last resume state in {ckdir} is kept" if ckdir is not None and resume.has_state(
                     ckdir) else ""
-                raise TorchRobustError(f"training diverged at epoch {epoch + 1}, batch {b + 1}: {what} (lr "
+                raise TrainingDiverged(f"training diverged at epoch {epoch + 1}, batch {b + 1}: {what} (lr "
                                        f"{cfg.lr:g}, weight_decay {cfg.weight_decay:g}); lower the learning rate "
                                        "(--lr) or check the weight decay (--weight-decay); the model holds the "
-                                       f"weights before that step{kept}")
+                                       f"weights before that step{kept}", epoch=epoch + 1, batch=b + 1)
             last_good.take()
             k = len(logits) // len(y)
             tot_loss += loss_value * len(y) * k
