@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -53,6 +52,7 @@ from torchrobust.experiments.paper_numbers import EPS_GRID, PAPER
 from torchrobust.experiments.reprogramming_protocol import (
     PROFILES,
     ROBUST_EVALS,
+    ROBUST_ROWS,
     PresetContext,
     Profile,
     check_robust_eval,
@@ -65,9 +65,11 @@ from torchrobust.experiments.reprogramming_protocol import (
 )
 from torchrobust.reprogramming import reprogram, set_K, set_lam, set_paradigm
 from torchrobust.tables import Column, ColumnKind, Table
+from torchrobust.validation import check_eps
 
 __all__ = ["run", "PRESETS", "Profile", "PROFILES", "PAPER", "fgsm_sweep", "linear_mlp", "load_mnist", "EPS_GRID",
-           "train_paper_model", "PARADIGM1", "BACKBONE_SPECS", "report_tables", "ROBUST_EVALS"]
+           "train_paper_model", "PARADIGM1", "BACKBONE_SPECS", "report_tables", "ROBUST_EVALS",
+           "ROBUST_ROWS"]
 
 logger = logging.getLogger(__name__)
 
@@ -364,10 +366,6 @@ def train_paper_model(arch: str, paradigm: int, *, backbone: nn.Module | None = 
     return model.eval()
 
 
-#: ``robust_rows=`` (CLI ``--robust-rows``): which rows of a preset get the robust evaluation
-ROBUST_ROWS: dict[str, str] = {"selected": "the rows each preset lists (fast profile's default)",
-                               "all": "every row (full profile's default)"}
-
 PRESETS: dict[str, str] = {
     "table1": "Table 1: three paradigms on the 3-layer linear MLP (FGSM; robust evaluation on selected rows)",
     "table2": "Table 2: λ learned (Paradigm 2) under FGSM training at ε_train = 0 … 0.3",
@@ -539,8 +537,9 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         raise unknown_name("profile", pname, PROFILES)
     prof = replace(PROFILES[pname], robust_eval=robust_eval)
     if robust_eps is not None:
-        bad = [e for e in robust_eps if not (isinstance(e, (int, float)) and math.isfinite(e) and 0 < e <= 1)]
-        if bad or not robust_eps:
+        for e in robust_eps:
+            check_eps(e, "robust_eps")
+        if not robust_eps or not all(0 < e <= 1 for e in robust_eps):
             raise TorchRobustError(f"robust_eps={list(robust_eps)!r}: pass ℓ∞ budgets in (0, 1], at least one")
         prof = replace(prof, pgd_eps=tuple(float(e) for e in robust_eps))
     if robust_rows is not None:

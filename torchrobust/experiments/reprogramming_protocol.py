@@ -60,13 +60,17 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.experiments.paper_numbers import EPS_GRID
 from torchrobust.reprogramming import learned_lams
 
-__all__ = ["Profile", "PROFILES", "ROBUST_EVALS", "PresetContext", "fgsm_sweep", "linear_mlp", "lenet",
-           "load_mnist", "learned_lams_list", "check_robust_eval", "strong_title"]
+__all__ = ["Profile", "PROFILES", "ROBUST_EVALS", "ROBUST_ROWS", "PresetContext", "fgsm_sweep", "linear_mlp",
+           "lenet", "load_mnist", "learned_lams_list", "check_robust_eval", "strong_title"]
 
 logger = logging.getLogger("torchrobust.experiments.reprogramming")  # the presets' log, as before
 
 #: the robust evaluations of the presets (``robust_eval=``, CLI ``--robust``): the row key each one stores
 ROBUST_EVALS: dict[str, str] = {"strong": "strong", "pgd20": "pgd20"}
+
+#: ``robust_rows=`` (CLI ``--robust-rows``): which rows of a preset get the robust evaluation
+ROBUST_ROWS: dict[str, str] = {"selected": "the rows each preset lists (fast profile's default)",
+                               "all": "every row (full profile's default)"}
 
 
 def check_robust_eval(value: str) -> str:
