@@ -302,6 +302,20 @@ def test_preset_robust_eps_and_rows_set_the_evaluation(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_table8_selected_rows_are_the_k_trend_at_lambda_07(tmp_path, monkeypatch):
+    """Table 8's selected rows are λ = 0.7 at every K (the paper's claim is the K trend); other λ get FGSM only."""
+    from dataclasses import replace
+
+    from torchrobust.experiments import reprogramming_protocol as P
+    from torchrobust.experiments.reprogramming import run
+
+    monkeypatch.setitem(P.PROFILES, "quick", replace(P.PROFILES["quick"], lam_grid_k=(0.8, 0.7), K_grid=(0, 1, 2)))
+    res = run("table8", tmp_path / "q", quick=True, robust_eval="pgd20", progress=False)
+    robust = {r["row"] for r in res["rows"] if r.get("pgd20")}
+    assert robust == {"λ=0.7 K=0", "λ=0.7 K=1", "λ=0.7 K=2"}
+    assert {r["row"] for r in res["rows"]} >= {"λ=0.8 K=1", "λ=0.8 K=2"}
+
+
 @pytest.mark.parametrize("argv,match", [
     (["paper", "table1", "--models", "mlp"], "--models is for `paper adaptive` only"),
     (["paper", "lenet", "--eps", "0.1", "--report-only"], "--eps, --report-only are for `paper adaptive` only"),
