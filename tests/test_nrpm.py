@@ -382,10 +382,111 @@ def test_sigmoid_parametrization() -> None:
     assert r.lam == pytest.approx(0.8, abs=1e-6)
 
 
+def _push_lam_down(layer: nn.Module, x: torch.Tensor, to: float) -> None:
+    """One SGD step on λ alone whose size moves λ from its value to ``to`` (the loss is linear in λ)."""
+    y = layer(x).sum()
+    (g,) = torch.autograd.grad(y, layer.lam_parameter, retain_graph=True)
+    loss = y * g.sign()  # ∂loss/∂λ = |g| > 0: a descent step lowers λ
+    opt = torch.optim.SGD([layer.lam_parameter], lr=(layer.lam - to) / float(g.abs()))
+    loss.backward()
+    opt.step()
+
+
+def test_raw_parametrization_leaves_the_unit_interval_and_is_never_projected() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 6, dtype=D64)
+    base = nn.Linear(6, 3).double()
+    raw = NRPMLinear.from_module(base, lam=0.5, K=2, learn_lam=True, lam_parametrization="raw", backend="eager")
+    clamp = NRPMLinear.from_module(base, lam=0.5, K=2, learn_lam=True, backend="eager")
+    assert set(raw.state_dict()) == {"weight", "bias", "lam_unbounded"} and raw.lam_parameter is raw.lam_unbounded
+    for layer in (raw, clamp):
+        _push_lam_down(layer, x, -0.75)
+        layer.project_()  # what torchrobust's training loop calls after every step
+    assert raw.lam == pytest.approx(-0.75, abs=1e-12) and clamp.lam == 0.0
+    # the forward uses the raw λ as-is: an extrapolation beyond pure NRPM, equal to the loop reference at λ = -0.75
+    ref = loop_reference_linear(x, base.weight.detach(), base.bias.detach(), -0.75, 2, 1e-3)
+    torch.testing.assert_close(raw(x), ref, rtol=1e-10, atol=1e-10)
+    raw.learn_lam = False  # frozen λ outside [0, 1] (no float path, which would refuse it): same output
+    with torch.no_grad():
+        torch.testing.assert_close(raw(x), ref, rtol=1e-10, atol=1e-10)
+    assert "lam=-0.75" in repr(raw) and "lam_parametrization='raw'" in repr(raw)
+    raw.lam = 1.5  # the setter takes any finite λ for raw, [0, 1] otherwise
+    assert raw.lam == 1.5
+    with pytest.raises(TorchRobustError, match=r"^lam=nan is not a finite number; pass a finite λ$"):
+        raw.lam = float("nan")
+    with pytest.raises(TorchRobustError, match="outside"):
+        clamp.lam = 1.5
+
+
+def test_raw_parametrization_state_dict_round_trip() -> None:
+    conv = NRPMConv2d(2, 3, 3, padding=1, lam=-0.4, K=1, lam_parametrization="raw", backend="eager")
+    x = torch.randn(2, 2, 5, 5)
+    fresh = NRPMConv2d(2, 3, 3, padding=1, lam=0.5, K=1, lam_parametrization="raw", backend="eager")
+    fresh.load_state_dict(conv.state_dict())
+    assert fresh.lam == pytest.approx(-0.4) and torch.equal(fresh(x), conv(x))
+    # a raw λ never loads silently into another parametrisation (different Parameter names)
+    with pytest.raises(RuntimeError, match="lam_raw"):
+        NRPMConv2d(2, 3, 3, padding=1, K=1).load_state_dict(conv.state_dict())
+
+
+def test_reprogram_raw_lam_checkpoint_round_trip(tmp_path: Path) -> None:
+    """reprogram(..., lam_parametrization="raw") through training's projection, learned_lams, set_lam and a
+    checkpoint: the raw λ (outside [0, 1]) comes back as stored."""
+    from torchrobust import checkpoint
+    from torchrobust.models import create
+    from torchrobust.reprogramming import learned_lams, reprogram, set_lam, set_paradigm
+    from torchrobust.train import TrainConfig, fit
+
+    model = create("mlp", widths=[8])
+    r = reprogram(model, lam=-0.2, K=1, backend="eager", lam_parametrization="raw")
+    assert r.torchrobust_spec["transforms"][-1]["kwargs"]["lam_parametrization"] == "raw"
+    assert learned_lams(r) == pytest.approx({"fc1": -0.2, "fc2": -0.2})
+    set_lam(r, [1.25, -0.5])  # every layer is raw: any finite λ
+    # a few steps of the library's training loop (which calls project_() after each step) keep λ outside [0, 1]
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    fit(r, (x, y), TrainConfig(epochs=1, batch_size=16, lr=1e-3, optimizer="sgd"), params=set_paradigm(r, 2))
+    lams = learned_lams(r)
+    assert lams["fc1"] > 1.0 and lams["fc2"] < 0.0 and lams != pytest.approx({"fc1": 1.25, "fc2": -0.5})
+    checkpoint.save(r, tmp_path / "raw.safetensors")
+    back = checkpoint.load(tmp_path / "raw.safetensors")
+    assert learned_lams(back) == lams and back.fc1.lam_parametrization == "raw"
+    r.eval()
+    torch.testing.assert_close(back(x), r(x), rtol=0, atol=0)
+    with pytest.raises(TorchRobustError, match="outside"):  # the default parametrisation keeps [0, 1]
+        reprogram(model, lam=-0.2)
+    with pytest.raises(TorchRobustError, match=r"^unknown lam_parametrization 'tanh'; valid: clamp, sigmoid, raw$"):
+        reprogram(model, lam_parametrization="tanh")
+
+
+@pytest.mark.parametrize("lam", [-0.5, 1.5])
+@pytest.mark.parametrize("backend", ["eager", "reference", "compiled"])
+def test_gradcheck_raw_lam_outside_unit_interval(lam: float, backend: str) -> None:
+    """The layers' forward and backward through every backend at a raw λ outside [0, 1], in float64."""
+    if backend == "compiled" and not compiler_available():
+        pytest.skip("no working torch.compile on this machine")
+    torch.manual_seed(1)
+    layers = [
+        (NRPMLinear(6, 4, lam=lam, K=2, irls_eps=1e-2, learn_lam=True, lam_parametrization="raw", backend=backend,
+                    dtype=D64), torch.randn(3, 6, dtype=D64)),
+        (NRPMConv2d(2, 3, 3, padding=1, lam=lam, K=2, irls_eps=1e-2, learn_lam=True, lam_parametrization="raw",
+                    backend=backend, dtype=D64), torch.randn(2, 2, 4, 4, dtype=D64)),
+    ]
+    for layer, x in layers:
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in layer.named_parameters()}
+
+        def f(x, w, b, lam_t, layer=layer):
+            return torch.func.functional_call(layer, {"weight": w, "bias": b, "lam_unbounded": lam_t}, (x,))
+
+        args = (x.requires_grad_(True), params["weight"], params["bias"], params["lam_unbounded"])
+        assert float(args[3].detach()) == lam
+        assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"lam": 1.5}, {"lam": -0.1}, {"K": -1}, {"K": 2.0}, {"irls_eps": 0.0}, {"irls_eps": -1e-3}, {"backend": "cuda"},
-     {"lam_parametrization": "tanh"}],
+     {"lam_parametrization": "tanh"}, {"lam_parametrization": "RAW"}, {"lam_parametrization": None},
+     {"lam": float("nan"), "lam_parametrization": "raw"}, {"lam": float("inf"), "lam_parametrization": "raw"}],
 )
 def test_validation_errors(kwargs: dict) -> None:
     with pytest.raises(TorchRobustError):

@@ -244,7 +244,8 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- validation
-def _resolve_lams(lam: LamSpec, names: list[str]) -> dict[str, float]:
+def _resolve_lams(lam: LamSpec, names: list[str], bounded: bool = True) -> dict[str, float]:
+    """One λ per selected layer, each checked (in [0, 1]; any finite number when not ``bounded``: raw λ)."""
     if isinstance(lam, Mapping):
         unknown = [k for k in lam if k not in names]
         if unknown:
@@ -254,7 +255,7 @@ def _resolve_lams(lam: LamSpec, names: list[str]) -> dict[str, float]:
         missing = [n for n in names if n not in lam]
         if missing:
             raise TorchRobustError(f"lam gives no λ for selected layer(s) {_few(missing)}; add them to the dict")
-        return {n: check_lam(lam[n], f"lam[{n!r}]") for n in names}
+        return {n: check_lam(lam[n], f"lam[{n!r}]", bounded=bounded) for n in names}
     if isinstance(lam, torch.Tensor) and lam.dim() == 0:
         lam = float(lam)
     if isinstance(lam, (Sequence, torch.Tensor)) and not isinstance(lam, str):
@@ -264,8 +265,9 @@ def _resolve_lams(lam: LamSpec, names: list[str]) -> dict[str, float]:
                 f"lam has {len(values)} values but {len(names)} layers are selected ({_few(names)}); "
                 "give one λ per selected layer"
             )
-        return {n: check_lam(v, f"lam[{i}]") for i, (n, v) in enumerate(zip(names, values, strict=True))}
-    v = check_lam(lam)
+        return {n: check_lam(v, f"lam[{i}]", bounded=bounded)
+                for i, (n, v) in enumerate(zip(names, values, strict=True))}
+    v = check_lam(lam, bounded=bounded)
     return {n: v for n in names}
 
 
@@ -321,6 +323,7 @@ def reprogram(
     drop_bias: bool = False,
     backend: str = "auto",
     *,
+    lam_parametrization: str = "clamp",
     eps: float | None = None,
 ) -> nn.Module:
     """Replace the selected Linear/Conv2d layers of ``model`` by NRPM layers (paper Sec. 4, Algorithm 1).
@@ -342,6 +345,10 @@ def reprogram(
         drop_bias: ignore the layer bias, as the public code's ``RobustConv2d`` does (faithful-replication
             option; the default keeps the bias, which is what the original layer computes).
         backend: NRPM kernel choice passed to the layers (``"auto"`` lets them pick).
+        lam_parametrization: how the layers store λ (:class:`torchrobust.nn.LamParametrization`): ``"clamp"``
+            (default; λ projected into [0, 1] after each optimiser step), ``"sigmoid"``, or ``"raw"`` - λ used as-is
+            and never projected, so it can leave [0, 1] (the paper code's ``--paradigm 1``; then ``lam`` may be any
+            finite number). Not recommended; a faithful-replication option.
 
     Returns:
         The reprogrammed model (``model`` itself when ``inplace``). If the model has a ``torchrobust_spec``
@@ -350,12 +357,15 @@ def reprogram(
         ``reprogram(rebuilt, **kwargs)`` replays the surgery.
 
     Raises:
-        TorchRobustError: λ outside [0, 1], K < 0, irls_eps <= 0, nothing to replace, unknown layer names, or an
-            already reprogrammed model / layer.
+        TorchRobustError: λ outside [0, 1] (not finite, for "raw"), an unknown lam_parametrization, K < 0,
+            irls_eps <= 0, nothing to replace, unknown layer names, or an already reprogrammed model / layer.
     """
     irls_eps = renamed_argument("reprogram", "eps", "irls_eps", eps, irls_eps, IRLS_EPS)
     K = check_irls_steps(K)
     irls_eps = check_irls_eps(irls_eps)
+    from torchrobust.nn.nrpm_layers import check_lam_parametrization
+
+    lam_parametrization = check_lam_parametrization(lam_parametrization)
     if not isinstance(model, nn.Module):
         raise TorchRobustError(f"reprogram expects an nn.Module, got {type(model).__name__}")
     if is_reprogrammed(model):
@@ -365,7 +375,7 @@ def reprogram(
     if layers is None and isinstance(lam, Mapping):
         layers = list(lam)
     names = select_layers(model, layers)
-    lams = _resolve_lams(lam, names)
+    lams = _resolve_lams(lam, names, bounded=lam_parametrization != "raw")
     NRPMLinear, NRPMConv2d = _nrpm_classes()
 
     target = model if inplace else _structural_copy(model, {})
@@ -378,7 +388,7 @@ def reprogram(
         cls = NRPMLinear if isinstance(layer, nn.Linear) else NRPMConv2d
         new = cls.from_module(
             layer, lam=lams[name], K=K, irls_eps=irls_eps, learn_lam=learn_lam, drop_bias=drop_bias,
-            **_from_module_kwargs(cls, backend),
+            lam_parametrization=lam_parametrization, **_from_module_kwargs(cls, backend),
         )
         wrapped[id(layer)] = new
         # the structural copy holds a shallow copy of `layer` under the same names; replace all occurrences
@@ -391,20 +401,18 @@ def reprogram(
     spec = getattr(target, "torchrobust_spec", None)
     if isinstance(spec, dict):
         uniform = len(set(lams.values())) == 1
-        spec.setdefault("transforms", []).append(
-            {
-                "name": "reprogram",
-                "kwargs": {
-                    "lam": next(iter(lams.values())) if uniform else dict(lams),
-                    "K": K,
-                    "irls_eps": irls_eps,
-                    "layers": list(names),
-                    "learn_lam": bool(learn_lam),
-                    "drop_bias": bool(drop_bias),
-                    "backend": backend,
-                },
-            }
-        )
+        kwargs: dict[str, Any] = {
+            "lam": next(iter(lams.values())) if uniform else dict(lams),
+            "K": K,
+            "irls_eps": irls_eps,
+            "layers": list(names),
+            "learn_lam": bool(learn_lam),
+            "drop_bias": bool(drop_bias),
+            "backend": backend,
+        }
+        if lam_parametrization != "clamp":  # the default is left out: older checkpoints replay unchanged
+            kwargs["lam_parametrization"] = lam_parametrization
+        spec.setdefault("transforms", []).append({"name": "reprogram", "kwargs": kwargs})
     return target
 
 
@@ -464,9 +472,11 @@ def _write_lam(layer: nn.Module, value: float) -> None:
 
 
 def set_lam(model: nn.Module, lam: LamSpec) -> None:
-    """Set λ of the NRPM layers of a reprogrammed model: a scalar for all, a dict by name, or a sequence."""
+    """Set λ of the NRPM layers of a reprogrammed model: a scalar for all, a dict by name, or a sequence.
+    λ must be in [0, 1] unless every NRPM layer stores it raw (``lam_parametrization="raw"``)."""
     layers = _require_nrpm(model)
-    for name, v in _resolve_lams(lam, list(layers)).items():
+    all_raw = all(getattr(m, "lam_parametrization", "clamp") == "raw" for m in layers.values())
+    for name, v in _resolve_lams(lam, list(layers), bounded=not all_raw).items():
         _write_lam(layers[name], v)
 
 
@@ -478,7 +488,9 @@ def set_K(model: nn.Module, K: int) -> None:
 
 
 def learned_lams(model: nn.Module) -> dict[str, float]:
-    """λ of every NRPM layer by qualified name (the paper's learned ``[λ1, λ2, λ3]`` in Tables 1 and 2)."""
+    """λ of every NRPM layer by qualified name (the paper's learned ``[λ1, λ2, λ3]`` in Tables 1 and 2): the value the
+    layer uses (for ``lam_parametrization="raw"`` the raw λ, possibly outside [0, 1]; the paper code logs
+    ``sigmoid`` of it)."""
     return {name: float(layer.lam) for name, layer in _require_nrpm(model).items()}
 
 

@@ -92,14 +92,22 @@ def check_positive_int(value: Any, name: str, example: int | None = None) -> int
 
 # NRPM hyperparameters (Hou et al., ICLR 2025, Algorithm 1 / Appendix Algorithm 2): the one place that checks them
 # for reprogram(), set_lam/set_K and the NRPM layers.
-def check_lam(value: Any, name: str = "lam") -> float:
-    """λ, the weight of the linear (LPM) term in ``λ·z_LPM + (1−λ)·z_NRPM``: a number in [0, 1]."""
+def check_lam(value: Any, name: str = "lam", *, bounded: bool = True) -> float:
+    """λ, the weight of the linear (LPM) term in ``λ·z_LPM + (1−λ)·z_NRPM``: a number in [0, 1].
+
+    ``bounded=False`` (the NRPM layers' ``lam_parametrization="raw"``, the paper code's unconstrained λ): any finite
+    number."""
+    what = "a number in [0, 1]" if bounded else "a finite number"
     if isinstance(value, (str, bytes)):
-        raise TorchRobustError(f"{name} must be a number in [0, 1], got {value!r}")
+        raise TorchRobustError(f"{name} must be {what}, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError, RuntimeError):
-        raise TorchRobustError(f"{name} must be a number in [0, 1], got {value!r}") from None
+        raise TorchRobustError(f"{name} must be {what}, got {value!r}") from None
+    if not bounded:
+        if not math.isfinite(v):
+            raise TorchRobustError(f"{name}={v} is not a finite number; pass a finite λ")
+        return v
     if not (0.0 <= v <= 1.0):  # NaN fails too
         raise TorchRobustError(f"{name}={v} is outside [0, 1]; λ weighs the linear (LPM) term, pass a value in [0, 1]")
     return v

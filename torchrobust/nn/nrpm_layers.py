@@ -13,8 +13,14 @@ original module object, so reprogramming is reversible and costs no copy.
 * ``"sigmoid"``: the Parameter ``lam_logit`` is θ with λ = sigmoid(θ), as in the paper code's ``--paradigm 2``. λ is
   in (0, 1) by construction; λ = 0 or 1 are stored as θ = ∓inf (exact, but an optimiser with weight decay would
   turn them into NaN: prefer "clamp" for learning from the endpoints).
-
-The paper's code uses λ raw and unconstrained (no clamp) in most modes; that can leave [0, 1] and is not offered.
+* ``"raw"`` (faithful-replication option, **not recommended**): the Parameter ``lam_unbounded`` is λ, used as-is and
+  never projected (:meth:`project_` is a no-op), so training can move λ out of [0, 1]: λ < 0 extrapolates beyond
+  pure NRPM, λ > 1 beyond the plain layer. This reproduces a quirk of the paper's MLP code: its ``--paradigm 1``
+  (the paper's Paradigm 2, λ learned, weights frozen) uses ``lmbd`` raw, with no sigmoid and no clamp, while its
+  logs print ``sigmoid(lmbd)`` (docs/paper-code-facts.md, "Quirks to avoid reproducing by accident", item 1: kept
+  behind this explicit option). The constructor, ``from_module``, :func:`torchrobust.reprogramming.reprogram` and
+  the ``lam`` setter accept any finite λ for it; the functional :func:`~torchrobust.nn.nrpm.nrpm_linear` /
+  :func:`~torchrobust.nn.nrpm.nrpm_conv2d` check a *float* λ against [0, 1], so the layer always passes a tensor.
 ``learn_lam`` sets ``requires_grad`` of the λ Parameter (paradigms 2 and 3 of Sec. 4; paradigm 1 keeps it fixed).
 
 The conv bias is added (the paper's ``RobustConv2d`` silently drops it); ``drop_bias=True`` reproduces that.
@@ -43,7 +49,7 @@ from torchrobust.errors import TorchRobustError
 from torchrobust.nn.nrpm import BACKENDS, nrpm_conv2d, nrpm_linear
 from torchrobust.validation import check_irls_eps, check_irls_steps, check_lam, renamed_argument
 
-__all__ = ["NRPMLinear", "NRPMConv2d", "LamParametrization", "IRLS_EPS"]
+__all__ = ["NRPMLinear", "NRPMConv2d", "LamParametrization", "IRLS_EPS", "check_lam_parametrization"]
 
 
 class LamParametrization(str, Enum):
@@ -51,6 +57,7 @@ class LamParametrization(str, Enum):
 
     CLAMP = "clamp"  #: the Parameter is λ, projected back into [0, 1] after each optimiser step
     SIGMOID = "sigmoid"  #: the Parameter is θ with λ = sigmoid(θ)
+    RAW = "raw"  #: the Parameter is λ, never projected: it can leave [0, 1] (the paper code's quirk; not recommended)
 
     def __str__(self) -> str:
         return self.value
@@ -58,20 +65,28 @@ class LamParametrization(str, Enum):
 
 _PARAMETRIZATIONS = tuple(p.value for p in LamParametrization)
 
+#: the attribute that holds the λ Parameter of each parametrisation (distinct names: a state dict of one
+#: parametrisation does not load silently into another)
+_LAM_ATTR = {"clamp": "lam_raw", "sigmoid": "lam_logit", "raw": "lam_unbounded"}
+
 
 #: Default IRLS damping ε (the paper's Appendix Algorithm 2).
 IRLS_EPS = 1e-3
+
+
+def check_lam_parametrization(value: Any) -> str:
+    """``value`` as the name of a :class:`LamParametrization`, or a one-line :class:`TorchRobustError` naming them."""
+    if not isinstance(value, str) or value not in _PARAMETRIZATIONS:
+        raise TorchRobustError(f"unknown lam_parametrization {value!r}; valid: {', '.join(_PARAMETRIZATIONS)}")
+    return LamParametrization(value).value
 
 
 def _check(lam: float, K: int, irls_eps: float, lam_parametrization: str, backend: str) -> float:
     """λ, K and ε through the shared checks of :mod:`torchrobust.validation`, then the layer-only options."""
     check_irls_steps(K)
     check_irls_eps(irls_eps)
-    lam_f = check_lam(lam)
-    if lam_parametrization not in _PARAMETRIZATIONS:
-        raise TorchRobustError(
-            f"unknown lam_parametrization {lam_parametrization!r}; valid: {', '.join(_PARAMETRIZATIONS)}"
-        )
+    check_lam_parametrization(lam_parametrization)
+    lam_f = check_lam(lam, bounded=lam_parametrization != LamParametrization.RAW)
     if backend not in BACKENDS:
         raise TorchRobustError(f"unknown NRPM backend {backend!r}; valid: {', '.join(BACKENDS)}")
     return lam_f
@@ -129,11 +144,11 @@ class _NRPMMixin(nn.Module):
         self.straight_through = False
         dtype = self.weight.dtype if self.weight.is_floating_point() else torch.get_default_dtype()
         dev = self.weight.device if device is None else device
-        if lam_parametrization == LamParametrization.CLAMP:
-            self.lam_raw = nn.Parameter(torch.tensor(lam_f, dtype=dtype, device=dev), requires_grad=learn_lam)
-        else:
-            theta = torch.logit(torch.tensor(lam_f, dtype=torch.float64)).to(dtype)
-            self.lam_logit = nn.Parameter(theta.to(dev), requires_grad=learn_lam)
+        if lam_parametrization == LamParametrization.SIGMOID:
+            value = torch.logit(torch.tensor(lam_f, dtype=torch.float64)).to(dtype)
+        else:  # clamp and raw store λ itself
+            value = torch.tensor(lam_f, dtype=dtype)
+        setattr(self, _LAM_ATTR[self.lam_parametrization], nn.Parameter(value.to(dev), requires_grad=learn_lam))
 
     @property
     def eps(self) -> float:
@@ -151,14 +166,14 @@ class _NRPMMixin(nn.Module):
     # -- λ ------------------------------------------------------------------------------------------------
     @property
     def lam_parameter(self) -> nn.Parameter:
-        """The stored λ Parameter (λ itself for "clamp", its logit for "sigmoid")."""
-        return self.lam_raw if self.lam_parametrization == LamParametrization.CLAMP else self.lam_logit
+        """The stored λ Parameter (λ itself for "clamp" and "raw", its logit for "sigmoid")."""
+        return getattr(self, _LAM_ATTR[self.lam_parametrization])
 
     def lam_tensor(self) -> Tensor:
         """λ as a 0-d tensor, differentiable w.r.t. the stored Parameter."""
-        if self.lam_parametrization == LamParametrization.CLAMP:
-            return self.lam_raw
-        return torch.sigmoid(self.lam_logit)
+        if self.lam_parametrization == LamParametrization.SIGMOID:
+            return torch.sigmoid(self.lam_logit)
+        return self.lam_parameter
 
     @property
     def lam(self) -> float:
@@ -167,12 +182,12 @@ class _NRPMMixin(nn.Module):
 
     @lam.setter
     def lam(self, value: float) -> None:
-        lam_f = check_lam(value)
+        lam_f = check_lam(value, bounded=self.lam_parametrization != LamParametrization.RAW)
         with torch.no_grad():
-            if self.lam_parametrization == LamParametrization.CLAMP:
-                self.lam_raw.fill_(lam_f)
-            else:
+            if self.lam_parametrization == LamParametrization.SIGMOID:
                 self.lam_logit.fill_(float(torch.logit(torch.tensor(lam_f, dtype=torch.float64))))
+            else:
+                self.lam_parameter.fill_(lam_f)
 
     @property
     def learn_lam(self) -> bool:
@@ -185,12 +200,15 @@ class _NRPMMixin(nn.Module):
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Put λ back into [0, 1] (call after each optimiser step; a no-op for the sigmoid parametrisation)."""
+        """Put λ back into [0, 1] (call after each optimiser step). A no-op for "sigmoid" (λ is in (0, 1) anyway)
+        and for "raw" (λ is never projected: the paper code's unconstrained λ)."""
         if self.lam_parametrization == LamParametrization.CLAMP:
             self.lam_raw.clamp_(0.0, 1.0)
 
     def _lam_arg(self) -> Tensor | float:
         lam = self.lam_tensor()
+        if self.lam_parametrization == LamParametrization.RAW:
+            return lam.detach() if not lam.requires_grad else lam  # a float λ outside [0, 1] would be refused
         if not lam.requires_grad:
             return float(lam)
         return lam
@@ -247,12 +265,14 @@ class NRPMLinear(_NRPMMixin):
 
     Args:
         in_features, out_features, bias, device, dtype: as for :class:`torch.nn.Linear`.
-        lam: λ ∈ [0, 1], the weight of the linear part (1 = plain layer).
+        lam: λ ∈ [0, 1], the weight of the linear part (1 = plain layer); any finite value with
+            ``lam_parametrization="raw"``.
         K: IRLS steps (Algorithm 1; the paper's Algorithm 2 uses 3, its scripts 1). K = 0 is the plain layer.
         irls_eps: the damping ε > 0 in the IRLS weight ``1/(|a_d x_d − z/D| + ε)`` (Appendix Algorithm 2);
             ``eps`` is its deprecated old name (accepted with a ``DeprecationWarning`` for one release).
         learn_lam: make λ trainable.
-        lam_parametrization: ``"clamp"`` (default) or ``"sigmoid"``; see the module docstring.
+        lam_parametrization: ``"clamp"`` (default), ``"sigmoid"`` or ``"raw"`` (the paper code's unconstrained λ,
+            not recommended); see the module docstring.
         drop_bias: ignore the bias (reproduces the paper's conv code; for linear the paper adds it).
         backend: ``"auto"`` | ``"compiled"`` | ``"eager"`` | ``"reference"`` (see :mod:`torchrobust.nn.nrpm`).
     """
