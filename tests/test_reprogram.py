@@ -329,6 +329,46 @@ def test_fgsm_sweep_matches_per_eps_attack() -> None:
         assert torch.equal(got[j], want)
 
 
+def test_fgsm_sweep_is_bit_for_bit_the_engines_one_job_per_eps() -> None:
+    """One gradient per batch, every ε stepped from it, equals the evaluation engine running one FGSM job per ε on
+    an NRPM MLP (a nonlinear layer, so the gradient's batch composition would matter if it differed); the model's
+    train mode is restored."""
+    from torchrobust.evaluate.engine import Job, run_plan
+    from torchrobust.experiments.reprogramming import fgsm_sweep
+
+    torch.manual_seed(1)
+    model = reprogram(nn.Sequential(nn.Flatten(), nn.Linear(36, 12), nn.Linear(12, 4)), lam=0.5, K=2,
+                      irls_eps=5e-5).train()
+    x = torch.rand(45, 1, 6, 6)
+    y = torch.where(torch.rand(45) < 0.7, model.eval()(x).argmax(1), torch.randint(0, 4, (45,)))
+    model.train()
+    eps = (0.0, 0.05, 0.1, 0.3)
+    got = fgsm_sweep(model, x, y, eps, batch_size=8)
+    assert model.training
+    res = run_plan(model, x, y, [Job("fgsm", "Linf", e) for e in eps[1:]], batch_size=8)
+    assert torch.equal(got[0], res.clean)
+    for j, e in enumerate(eps[1:], start=1):
+        assert torch.equal(got[j], res.clean & res.correct[Job("fgsm", "Linf", e).key])
+    assert 0 < int(got[-1].sum()) < int(got[0].sum())  # the attack did something, and not everything
+
+
+@pytest.mark.parametrize("threat", ["Linf", "L2"])
+def test_fgsm_perturb_radii_equals_one_call_per_radius(threat: str) -> None:
+    from torchrobust.attacks import FGSM
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.rand(10, 1, 4, 4), torch.randint(0, 3, (10,))
+    radii = [0.05, 0.2, 1.0]
+    with torch.no_grad():  # attacks need autograd even inside no_grad
+        many = FGSM(threat, eps=0.5).perturb_radii(model, x, y, radii)
+    assert len(many) == 3
+    for r, got in zip(radii, many, strict=True):
+        assert torch.equal(got, FGSM(threat, eps=r)(model, x, y))
+        assert float((got - x).flatten(1).norm(p=float("inf") if threat == "Linf" else 2, dim=1).max()) <= r + 1e-6
+    assert FGSM(threat, eps=0.5).perturb_radii(model, x, y, []) == []
+
+
 def test_quick_preset_writes_files(tmp_path) -> None:
     """Default robust evaluation: strong (worst case over sweep's default attacks) on the selected rows; FGSM and
     the strong evaluation on the same 16 images here, so the strong worst case is at most the FGSM cell."""

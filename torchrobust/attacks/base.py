@@ -123,6 +123,14 @@ class Attack:
 
     @final
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self._run_contract(model, x, y, lambda m, xv, yv: [(self, self.perturb(m, xv, yv))])[0]
+
+    @final
+    def _run_contract(self, model: nn.Module, x: Tensor, y: Tensor,
+             produce: Callable[[nn.Module, Tensor, Tensor], list[tuple[Attack, Tensor]]]) -> list[Tensor]:
+        """The contract of :meth:`__call__` around ``produce(model, x, y)``, which returns ``(attack, x_adv)``
+        pairs; each ``x_adv`` is finalised (re-projected and budget-checked) by its own attack. One pair is an
+        ordinary call; several let an attack share work between budgets (:meth:`FGSM.perturb_radii`)."""
         if not isinstance(model, nn.Module):
             raise TorchRobustError(f"model must be a torch.nn.Module, got {type(model).__name__}; wrap your function")
         # Attacks need autograd even when called under torch.no_grad() or torch.inference_mode() (common in
@@ -133,7 +141,7 @@ class Attack:
             handle = _register_label_check(model, y)
             try:
                 with eval_mode(model), frozen_parameters(model) if self.freeze_parameters else nullcontext():
-                    x_adv = self.perturb(model, x, y)  # gradients for the input only
+                    pairs = produce(model, x, y)  # gradients for the input only
             except RuntimeError:
                 why = dtype_mismatch(model, x)  # e.g. float32 images into a float64 model: name the cast to make
                 if why is None:
@@ -142,7 +150,7 @@ class Attack:
             finally:
                 if handle is not None:
                     handle.remove()
-            return self._finalize(x_adv, x)
+            return [attack._finalize(x_adv, x) for attack, x_adv in pairs]
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Compute adversarial examples. ``model`` is already in eval mode, inputs are validated; return a tensor

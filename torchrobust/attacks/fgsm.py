@@ -27,6 +27,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from torchrobust.attacks.base import Attack, get_loss, input_gradient, register
@@ -53,11 +55,25 @@ class FGSM(Attack):
         self._loss_fn = get_loss(loss)
         self.targeted = bool(targeted)
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _gradient(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x_in = x.clone().requires_grad_(True)
-        loss = self._loss_fn(model(x_in), y, self.targeted)
-        grad = input_gradient(loss, x_in)
-        return self.threat.project(self.threat.step(x, grad, self.threat.eps), x)
+        return input_gradient(self._loss_fn(model(x_in), y, self.targeted), x_in)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self.threat.project(self.threat.step(x, self._gradient(model, x, y), self.threat.eps), x)
+
+    def perturb_radii(self, model: nn.Module, x: Tensor, y: Tensor, radii: Sequence[float]) -> list[Tensor]:
+        """One ``x_adv`` per radius in ``radii``, bit for bit ``FGSM(threat, eps=r, ...)(model, x, y)`` for each
+        ``r``, from one forward/backward pass: the gradient at ``x`` does not depend on the radius (an FGSM sweep
+        over the reprogramming paper's six ε costs one gradient instead of six). Same contract as a call (eval
+        mode, validated inputs, every result re-projected and budget-checked against its own radius)."""
+        attacks = [FGSM(self.threat, eps=float(r), loss=self.loss, targeted=self.targeted) for r in radii]
+
+        def produce(m: nn.Module, xv: Tensor, yv: Tensor) -> list[tuple[Attack, Tensor]]:
+            grad = self._gradient(m, xv, yv) if attacks else None
+            return [(a, a.threat.project(a.threat.step(xv, grad, a.threat.eps), xv)) for a in attacks]
+
+        return self._run_contract(model, x, y, produce)
 
 
 register("fgsm", FGSM)

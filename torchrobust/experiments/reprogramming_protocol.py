@@ -165,20 +165,33 @@ def fgsm_sweep(
     """Per-example correctness under one-step FGSM for every ε: a bool tensor ``(len(eps), N)``.
 
     ``x_adv = clip(x + ε·sign(∇ₓ CE(f(x), y)), 0, 1)`` (Goodfellow et al. 2015; the paper code's ``fgsm_attack``),
-    with the model in eval mode; an example counts as correct only if it is also correct on the clean input
-    (so the ε = 0 row is clean accuracy). Each ε is one job of the evaluation engine
-    (:func:`torchrobust.evaluate.engine.run_plan`).
+    with the model in eval mode (every submodule's mode restored); an example counts as correct only if it is also
+    correct on the clean input (so the ε = 0 row is clean accuracy). As in the evaluation engine
+    (:func:`torchrobust.evaluate.engine.run_plan`), only the clean-correct examples are attacked, in batches of
+    ``batch_size``; the gradient at the clean input does not depend on ε, so each batch's gradient is computed once
+    and every ε is stepped from it (:meth:`torchrobust.attacks.FGSM.perturb_radii`) - bit for bit the engine's
+    one-job-per-ε result (tested) at one forward/backward pass instead of one per ε.
     """
-    from torchrobust.evaluate.engine import Job, run_plan
+    from torchrobust.attacks.fgsm import FGSM
+    from torchrobust.evaluate.metrics import correct, predict
+    from torchrobust.validation import eval_mode, model_device
 
-    jobs = [Job("fgsm", "Linf", float(e)) for e in eps if float(e) > 0]
-    if not jobs:
-        from torchrobust.evaluate.metrics import correct
-
-        return correct(model, x, y, batch_size).cpu().unsqueeze(0).expand(len(eps), -1).clone()
-    res = run_plan(model, x, y, jobs, batch_size=batch_size)
-    return torch.stack([res.clean if float(e) == 0 else res.clean & res.correct[Job("fgsm", "Linf", float(e)).key]
-                        for e in eps])
+    clean = correct(model, x, y, batch_size).cpu()
+    out = clean.unsqueeze(0).repeat(len(eps), 1)
+    rows = [i for i, e in enumerate(eps) if float(e) > 0]
+    idx = clean.nonzero().squeeze(1)
+    if not rows or len(idx) == 0:
+        return out
+    attack = FGSM("Linf", eps=max(float(eps[i]) for i in rows))
+    dev = model_device(model, x.device)
+    with eval_mode(model):
+        for start in range(0, len(idx), batch_size):
+            sel = idx[start:start + batch_size]
+            xb, yb = x[sel].to(dev), y[sel].to(dev)
+            advs = attack.perturb_radii(model, xb, yb, [float(eps[i]) for i in rows])
+            for i, x_adv in zip(rows, advs, strict=True):
+                out[i, sel] = (predict(model, x_adv, len(sel)) == yb).cpu()
+    return out
 
 
 @dataclass
