@@ -302,6 +302,21 @@ def test_preset_robust_eps_and_rows_set_the_evaluation(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_lenet_selected_rows_include_the_fine_tuned_pure_nrpm(tmp_path, monkeypatch):
+    """The LeNet preset's robust evaluation covers P1 λ = 0.5, the weights-fine-tuned λ = 0 row (the sweep's most
+    FGSM-robust one) and both adversarially fine-tuned models; the other rows get FGSM only."""
+    from dataclasses import replace
+
+    from torchrobust.experiments import reprogramming_protocol as P
+    from torchrobust.experiments.reprogramming import run
+
+    monkeypatch.setitem(P.PROFILES, "quick", replace(P.PROFILES["quick"], lenet_finetune_lams=(0.5, 0.0)))
+    res = run("lenet", tmp_path / "q", quick=True, robust_eval="pgd20", progress=False)
+    robust = {r["row"] for r in res["rows"] if r.get("pgd20")}
+    assert robust == {"P1 λ=0.5", "weights fine-tuned, λ=0.0", "LPM adv. fine-tuned", "NRPM adv. fine-tuned"}
+    assert "weights fine-tuned, λ=0.5" in {r["row"] for r in res["rows"]}
+
+
 def test_table8_selected_rows_are_the_k_trend_at_lambda_07(tmp_path, monkeypatch):
     """Table 8's selected rows are λ = 0.7 at every K (the paper's claim is the K trend); other λ get FGSM only."""
     from dataclasses import replace

@@ -238,7 +238,8 @@ def _lenet_preset(ctx: PresetContext, out_dir: Path) -> dict[str, Any]:
                        backend=ctx.profile.backend)
         ctx.train(ft, epochs=p.lenet_finetune_epochs, lr=1e-3, optimizer="adam", max_batches=p.reprogram_steps,
                   tag=f"LeNet λ={lam:.1f} fine-tune")
-        ft_rows.append(ctx.add(f"weights fine-tuned, λ={lam:.1f}", ft, None, lams=[lam, lam], K=1))
+        # λ = 0 fine-tuned is the row with the largest FGSM robustness of the sweep: it gets the robust evaluation
+        ft_rows.append(ctx.add(f"weights fine-tuned, λ={lam:.1f}", ft, None, pgd=lam == 0.0, lams=[lam, lam], K=1))
     curves = {}
     for j, e in enumerate(EPS_GRID):
         curves[f"ε={e:g} (no tuning)"] = [r["fgsm"][j] for r in sweep_rows]
