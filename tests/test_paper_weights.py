@@ -87,6 +87,14 @@ def test_mlp_sigmoid_lambda_and_one_layer_variant(tmp_path):
     ref = _irls(_x().flatten(1), sd["fc1.weight"], lam, 2, 5e-5) + sd["fc1.bias"]
     with torch.no_grad():
         torch.testing.assert_close(robust(_x()), ref, rtol=1e-4, atol=1e-4)
+    # a --paradigm 1 checkpoint whose raw λ left [0, 1]: used as-is, as the code does (λ = 2 extrapolates past LPM)
+    unb = reprogram_paper(pw, K=2, irls_eps=5e-5, backend="eager", lam_transform="unbounded")
+    assert unb.fc1.lam == 2.0 and unb.fc1.lam_parametrization == "raw"
+    ref = _irls(_x().flatten(1), sd["fc1.weight"], 2.0, 2, 5e-5) + sd["fc1.bias"]
+    with torch.no_grad():
+        torch.testing.assert_close(unb(_x()), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TorchRobustError, match="unknown lam_transform 'logit'"):
+        reprogram_paper(pw, K=1, irls_eps=5e-5, lam_transform="logit")
 
 
 def test_lenet_layout_drops_conv_bias_like_the_paper_code(tmp_path):

@@ -204,14 +204,17 @@ def reprogram_paper(pw: PaperWeights, *, K: int, irls_eps: float, lam: float | d
     """The paper code's NRPM model from a loaded checkpoint: the NRPM layers of the paper's code (every MLP
     linear; LeNet's two convs) with λ from the file (``lam=None``) or given, on an independent copy.
 
-    ``lam_transform``: ``"raw"`` (λ as stored, the code's paradigm-1 evaluation) or ``"sigmoid"`` (``sigmoid(λ)``,
-    the code's ``--paradigm 2``); a raw λ outside [0, 1] is refused. ``K``, ``irls_eps``: the IRLS steps and ε of
-    paper Algorithm 2 (the code: K = 1; ε 5e-5 for the MLP, 1e-3 for LeNet).
+    ``lam_transform``: ``"raw"`` (λ as stored, the code's paradigm-1 evaluation; a stored λ outside [0, 1] is
+    refused, since it may be a ``--paradigm 2`` logit), ``"sigmoid"`` (``sigmoid(λ)``, the code's
+    ``--paradigm 2``) or ``"unbounded"`` (λ as stored even outside [0, 1], used as-is through the layers'
+    ``lam_parametrization="raw"``: what the code's ``--paradigm 1`` does with a λ it trained out of [0, 1]).
+    ``K``, ``irls_eps``: the IRLS steps and ε of paper Algorithm 2 (the code: K = 1; ε 5e-5 for the MLP, 1e-3 for
+    LeNet).
     """
     from torchrobust.reprogramming import reprogram
 
-    if lam_transform not in ("raw", "sigmoid"):
-        raise TorchRobustError(f"unknown lam_transform {lam_transform!r}; valid: raw, sigmoid")
+    if lam_transform not in ("raw", "sigmoid", "unbounded"):
+        raise TorchRobustError(f"unknown lam_transform {lam_transform!r}; valid: raw, sigmoid, unbounded")
     layers = ["conv1", "conv2"] if pw.arch == "lenet" else [n for n, m in pw.model.named_modules()
                                                            if isinstance(m, nn.Linear)]
     if lam is None:
@@ -224,11 +227,12 @@ def reprogram_paper(pw: PaperWeights, *, K: int, irls_eps: float, lam: float | d
         if lam_transform == "sigmoid":
             given = {k: 1.0 / (1.0 + math.exp(-v)) for k, v in given.items()}
         bad = {k: v for k, v in given.items() if not 0.0 <= v <= 1.0}
-        if bad:
+        if bad and lam_transform == "raw":
             raise TorchRobustError(f"{pw.path}: raw λ {bad} outside [0, 1]; pass lam_transform='sigmoid' (the "
-                                   "code's paradigm-2 checkpoints) or lam=")
+                                   "code's paradigm-2 checkpoints), 'unbounded' (paradigm 1: λ used as-is) or lam=")
         lam_spec: float | dict[str, float] = {n: given[n] for n in layers}
     else:
         lam_spec = {n: lam for n in layers} if isinstance(lam, (int, float)) else dict(lam)
+    param = "raw" if lam_transform == "unbounded" else "clamp"
     return reprogram(copy.deepcopy(pw.model), lam=lam_spec, K=K, irls_eps=irls_eps, inplace=True,
-                     backend=backend).eval()
+                     backend=backend, lam_parametrization=param).eval()
