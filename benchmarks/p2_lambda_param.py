@@ -47,9 +47,10 @@ from torch import nn
 from torchrobust import checkpoint
 from torchrobust.errors import TorchRobustError, TrainingDiverged
 from torchrobust.experiments.paper_numbers import EPS_GRID, PAPER
+from torchrobust.experiments.reprogramming import _learn
 from torchrobust.experiments.reprogramming_protocol import PROFILES, PresetContext, fgsm_sweep, load_mnist
 from torchrobust.io import atomic_write_bytes
-from torchrobust.reprogramming import nrpm_layers, reprogram, set_paradigm
+from torchrobust.reprogramming import nrpm_layers, reprogram
 
 logger = logging.getLogger("benchmarks.p2_lambda_param")
 
@@ -83,7 +84,7 @@ def _lams(model: nn.Module) -> dict[str, list[float]]:
     layers = list(nrpm_layers(model).values())
     stored = [float(m.lam_parameter.detach()) for m in layers]
     return {"parameter": [round(v, 6) for v in stored], "lam": [round(float(m.lam), 6) for m in layers],
-            "sigmoid_of_parameter": [round(1 / (1 + math.exp(-v)), 6) for v in stored]}
+            "sigmoid_of_parameter": [round(0.5 * (1 + math.tanh(v / 2)), 6) for v in stored]}  # no overflow
 
 
 def _fgsm(model: nn.Module, ctx: PresetContext, n_test: int) -> dict[str, list[float]]:
@@ -94,27 +95,23 @@ def _fgsm(model: nn.Module, ctx: PresetContext, n_test: int) -> dict[str, list[f
 
 def _run_cell(ctx: PresetContext, backbone: nn.Module, kind: str, eps_train: float, n_test: int) -> dict[str, Any]:
     p = ctx.profile
-    model = copy.deepcopy(backbone)
     if kind in EVAL_ONLY:
         logged = PAPER["table2"][eps_train][1]
         lam = logged if kind == "paper-direct" else [math.log(v / (1 - v)) for v in logged]
-        model = reprogram(model, lam=lam, K=1, inplace=True, irls_eps=p.nrpm_eps_mlp, backend=p.backend,
-                          lam_parametrization="raw")
+        model = reprogram(copy.deepcopy(backbone), lam=lam, K=1, inplace=True, irls_eps=p.nrpm_eps_mlp,
+                          backend=p.backend, lam_parametrization="raw")
         return {"diverged": False, **_lams(model), "epochs": [], **_fgsm(model.eval(), ctx, n_test)}
-    model = reprogram(model, lam=LAM0, K=1, learn_lam=True, inplace=True, irls_eps=p.nrpm_eps_mlp, backend=p.backend,
-                      lam_parametrization=kind)
     epochs: list[dict[str, Any]] = []
 
-    def on_epoch(rec: dict[str, float]) -> None:
+    def on_epoch(rec: dict[str, float], model: nn.Module) -> None:
         epochs.append({"epoch": int(rec["epoch"]), "loss": round(rec["loss"], 5), "seconds": round(rec["seconds"], 1),
                        **_lams(model)})
         logger.info("%s ε_train=%g epoch %d: loss %.4f, λ %s", kind, eps_train, rec["epoch"], rec["loss"],
                     epochs[-1]["lam"])
 
-    try:
-        ctx.train(model, mode="fgsm" if eps_train > 0 else "standard", eps=eps_train, epochs=p.reprogram_epochs,
-                  lr=p.reprogram_lr_p2, optimizer=p.reprogram_optimizer, max_batches=p.reprogram_steps,
-                  params=set_paradigm(model, 2), on_epoch=on_epoch, tag=cell_name(kind, eps_train))
+    try:  # the presets' Paradigm-2 training (Table 1/2's recipe), with this cell's λ parametrisation
+        model = _learn(ctx, backbone, 2, eps_train, K=1, lam0=LAM0, tag=cell_name(kind, eps_train),
+                       lam_parametrization=kind, on_epoch=on_epoch)
     except TrainingDiverged as err:
         return {"diverged": True, "reason": str(err), "epoch": err.epoch, "batch": err.batch, "epochs": epochs}
     return {"diverged": False, **_lams(model), "epochs": epochs, **_fgsm(model.eval(), ctx, n_test)}

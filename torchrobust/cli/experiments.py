@@ -30,7 +30,7 @@ from .options import (
 THREATS = tuple(t.value for t in ThreatName)
 # `paper adaptive` only (torchrobust.experiments.adaptive_reprogramming.run): option -> its value when not given
 ADAPTIVE_ONLY = {"--eps": ("eps", None), "--models": ("models", None), "--paradigms": ("paradigms", None),
-                 "--no-baseline": ("no_baseline", False), "--state-dir": ("state_dir", None),
+                 "--no-baseline": ("no_baseline", False),
                  "--budget": ("budget", None), "--steps": ("steps", None),
                  "--square-queries": ("square_queries", None), "--report-only": ("report_only", False)}
 
@@ -95,6 +95,9 @@ def cmd_paper(args: argparse.Namespace) -> int:
             raise TorchRobustError(f"{', '.join(robust)} apply to the paper presets (table1, table2, table3, table7, "
                                    "table8, lenet); `paper adaptive` runs FGSM, PGD-20 and its adaptive suite (its "
                                    f"budgets: --eps); drop {', '.join(robust)}")
+        if args.no_resume:
+            raise TorchRobustError("`paper adaptive` always keeps its finished cells (they are bound to the model "
+                                   "and data by fingerprint); drop --no-resume, or pass a new --state-dir")
         check_output_dir(args.out)  # paper runs resume their finished cells, so existing results are not refused
         return _paper_adaptive(args)
     given = [flag for flag, (dest, unset) in ADAPTIVE_ONLY.items() if getattr(args, dest) != unset
@@ -102,6 +105,8 @@ def cmd_paper(args: argparse.Namespace) -> int:
     preset_only = [f for f, v in (("--weights", args.weights), ("--n-pgd", args.n_pgd), ("--robust", args.robust),
                                   ("--robust-eps", args.robust_eps), ("--robust-rows", args.robust_rows))
                    if v is not None]
+    if args.name in FIGURES:
+        preset_only += [f for f, v in (("--state-dir", args.state_dir), ("--no-resume", args.no_resume)) if v]
     if args.name in FIGURES and preset_only:
         raise TorchRobustError(f"`paper {args.name}` trains its own MLPs and evaluates --n-test images; drop "
                                f"{', '.join(preset_only)}")
@@ -113,7 +118,8 @@ def cmd_paper(args: argparse.Namespace) -> int:
         return _paper_figure(args)
     res = run(args.name, args.out, n_test=args.n_test, profile=args.profile, seed=args.seed, n_pgd=args.n_pgd,
               device=args.device, progress=not args.quiet, threads=args.threads, weights=args.weights,
-              robust_eval=args.robust or "strong", robust_eps=args.robust_eps, robust_rows=args.robust_rows)
+              robust_eval=args.robust or "strong", robust_eps=args.robust_eps, robust_rows=args.robust_rows,
+              state_dir=args.state_dir, resume=not args.no_resume)
     md = Path(args.out) / f"{args.name}.md"
     if md.is_file():
         sys.stdout.write(md.read_text())
@@ -208,6 +214,11 @@ def register(sub: Any) -> None:
     sp.add_argument("--weights", default=None, metavar="PATH",
                     help="the paper code's released checkpoint (mlp3_mnist_model.pth or lenet_mnist_model.pth, "
                     "read with weights_only=True) as the backbone instead of training one")
+    sp.add_argument("--state-dir", default=None,
+                    help="where finished trainings and rows (presets) or cells (adaptive) are kept as they finish, so "
+                    "rerunning the same command after an interruption resumes it (default OUT/state)")
+    sp.add_argument("--no-resume", action="store_true",
+                    help="presets: read and write no state (recompute every training and row)")
     ad = sp.add_argument_group("paper adaptive only (docs/adaptive-evaluation.md)")
     ad.add_argument("--eps", type=float_list, default=None, help="ℓ∞ budgets in (0, 1] (default 0.1,0.2,0.3)")
     ad.add_argument("--models", type=name_list, default=None, help=f"subset of {','.join(ARCHS)} (default: both)")
@@ -215,7 +226,6 @@ def register(sub: Any) -> None:
                     help="subset of 1,2,3 (default: all; fig9/fig6 take it too, default 1, and also plain-adv: the "
                     "backbone fine-tuned with paradigm 3's recipe without NRPM)")
     ad.add_argument("--no-baseline", action="store_true", help="skip the undefended backbone rows")
-    ad.add_argument("--state-dir", default=None, help="finished cells + attack state (default OUT/state)")
     ad.add_argument("--budget", default=None, choices=sorted(BUDGETS), help="attack budgets (default: default)")
     ad.add_argument("--steps", type=positive_int, default=None, help="override the suite's PGD steps")
     ad.add_argument("--square-queries", type=positive_int, default=None, help="override Square's query budget")

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from torchrobust.errors import TorchRobustError, unknown_name
+from torchrobust.io import atomic_write_bytes
 from torchrobust.resume import fingerprint_model, fingerprint_tensors
 from torchrobust.tables import Column, ColumnKind, Table
 
@@ -145,8 +146,6 @@ def _cell_name(arch: str, paradigm: int, e: float) -> str:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    from torchrobust.io import atomic_write_bytes
-
     atomic_write_bytes(path, (json.dumps(doc, indent=1, default=str) + "\n").encode("utf-8"))
 
 
@@ -463,7 +462,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
             "missing_cells": missing,
             "files": [f"{_RESULT_NAME}.json", f"{_RESULT_NAME}.md"],
         }
-        (out / f"{_RESULT_NAME}.md").write_text(_markdown(result), encoding="utf-8")
+        atomic_write_bytes(out / f"{_RESULT_NAME}.md", _markdown(result).encode("utf-8"))
         _write_json(out / f"{_RESULT_NAME}.json", result)
         return result
 

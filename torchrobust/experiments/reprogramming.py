@@ -61,10 +61,9 @@ from torchrobust.experiments.reprogramming_protocol import (
     lenet,
     linear_mlp,
     load_mnist,
-    strong_title,
 )
+from torchrobust.experiments.reprogramming_report import markdown, report_tables
 from torchrobust.reprogramming import reprogram, set_K, set_lam, set_paradigm
-from torchrobust.tables import Column, ColumnKind, Table
 from torchrobust.validation import check_eps
 
 __all__ = ["run", "PRESETS", "Profile", "PROFILES", "PAPER", "fgsm_sweep", "linear_mlp", "load_mnist", "EPS_GRID",
@@ -92,34 +91,32 @@ def _backbones(ctx: PresetContext, n_layers: int = 3, adv: bool = True) -> tuple
 
 
 def _learn(ctx: PresetContext, backbone: nn.Module, paradigm: int, eps_train: float, K: int, lam0: float = 0.5,
-           tag: str = "", nrpm_eps: float | None = None, nrpm: bool = True) -> nn.Module:
+           tag: str = "", nrpm_eps: float | None = None, nrpm: bool = True, lam_parametrization: str = "clamp",
+           on_epoch: Callable[[dict[str, float], nn.Module], None] | None = None) -> nn.Module:
     """Paradigm 2 or 3 on an independent copy of ``backbone`` (FGSM training at ``eps_train``, mixed loss).
 
     The profile's optimiser and learning rates (fast: Adam, lr 0.02 for Paradigm 2 (λ only) and 2e-3 for
     Paradigm 3; full: the paper code's SGD, lr 1e-3, momentum 0.9; weights and λ share one optimiser in
-    :func:`torchrobust.train.fit`); λ stays in [0, 1] through the layers' ``project_()`` after every step.
-    ``nrpm_eps`` is the IRLS ε (default: the profile's MLP value). ``nrpm=False`` (Paradigm 3 only): the same
-    fine-tuning of the copy without reprogramming it — every weight trains, nothing else changes (the plain control).
+    :func:`torchrobust.train.fit`), through :meth:`PresetContext.train` (so a preset's training is resumable).
+    λ stays in [0, 1] through the layers' ``project_()`` after every step (``lam_parametrization="clamp"``; the
+    NRPM layers' other parametrisations, ``"sigmoid"`` and the paper code's unprojected ``"raw"``, are for
+    :mod:`benchmarks.p2_lambda_param`). ``nrpm_eps`` is the IRLS ε (default: the profile's MLP value).
+    ``nrpm=False`` (Paradigm 3 only): the same fine-tuning of the copy without reprogramming it — every weight
+    trains, nothing else changes (the plain control). ``on_epoch(record, model)`` is called after every epoch.
     """
-    from torchrobust.train import TrainConfig, fit
-
     p = ctx.profile
     model = copy.deepcopy(backbone)
     if nrpm:
         model = reprogram(model, lam=lam0, K=K, learn_lam=True, inplace=True,
                           irls_eps=ctx.profile.nrpm_eps_mlp if nrpm_eps is None else nrpm_eps,
-                          backend=ctx.profile.backend)
+                          backend=ctx.profile.backend, lam_parametrization=lam_parametrization)
         params = set_paradigm(model, paradigm)
     else:
         params = [w.requires_grad_(True) for w in model.parameters()]
-    cfg = TrainConfig(epochs=p.reprogram_epochs, batch_size=p.batch_size, optimizer=p.reprogram_optimizer,
-                      lr=p.reprogram_lr_p2 if paradigm == 2 else p.reprogram_lr_p3,
-                      mode="fgsm" if eps_train > 0 else "standard",
-                      eps=eps_train, mixed=eps_train > 0, seed=ctx.seed, max_batches=p.reprogram_steps,
-                      progress=ctx.progress)
-    t0 = time.perf_counter()
-    fit(model, (ctx.x_train, ctx.y_train), cfg, params=params, device=ctx.device)
-    ctx.timings[f"train {tag}"] = time.perf_counter() - t0
+    ctx.train(model, mode="fgsm" if eps_train > 0 else "standard", eps=eps_train, epochs=p.reprogram_epochs,
+              lr=p.reprogram_lr_p2 if paradigm == 2 else p.reprogram_lr_p3, optimizer=p.reprogram_optimizer,
+              max_batches=p.reprogram_steps, params=params, tag=tag,
+              on_epoch=None if on_epoch is None else lambda rec: on_epoch(rec, model))
     model.eval()
     return model
 
@@ -257,18 +254,15 @@ def _lenet_preset(ctx: PresetContext, out_dir: Path) -> dict[str, Any]:
         if arch == "NRPM":
             model = reprogram(model, lam=0.0, K=1, inplace=True, irls_eps=ctx.profile.nrpm_eps_lenet,
                               backend=ctx.profile.backend)
-        clean, robust = [], []
 
-        def on_epoch(_rec: dict[str, float], model: nn.Module = model, clean: list = clean,
-                     robust: list = robust) -> None:
-            acc = ctx.fgsm(model)
-            clean.append(acc[0])
-            robust.append(acc[-1])
+        def on_epoch(rec: dict[str, float], model: nn.Module = model) -> None:
+            acc = ctx.fgsm(model)  # kept in the epoch's record, so a resumed run has the curve too
+            rec["fgsm_clean"], rec["fgsm_0.3"] = acc[0], acc[-1]
 
-        ctx.train(model, mode="fgsm", eps=0.3, epochs=p.lenet_advft_epochs, lr=1e-3, optimizer="adam",
-                  max_batches=p.reprogram_steps, on_epoch=on_epoch, tag=f"LeNet {arch} adv fine-tune")
-        curves4[f"{arch} clean"] = clean
-        curves4[f"{arch} FGSM ε=0.3"] = robust
+        history = ctx.train(model, mode="fgsm", eps=0.3, epochs=p.lenet_advft_epochs, lr=1e-3, optimizer="adam",
+                            max_batches=p.reprogram_steps, on_epoch=on_epoch, tag=f"LeNet {arch} adv fine-tune")
+        curves4[f"{arch} clean"] = [h["fgsm_clean"] for h in history]
+        curves4[f"{arch} FGSM ε=0.3"] = [h["fgsm_0.3"] for h in history]
         ctx.add(f"{arch} adv. fine-tuned", model, None, pgd=True)
     _plot_curves(out_dir / "figure4_lenet_adv_finetune.png", curves4, range(1, p.lenet_advft_epochs + 1), "epoch",
                  "Adversarial fine-tuning of LeNet (FGSM ε=0.3)")
@@ -378,122 +372,12 @@ PRESETS: dict[str, str] = {
 }
 
 
-# ------------------------------------------------------------------------------------------------ output
-#: the label of the PGD-20 table (``robust_eval="pgd20"``): a weak-only robust number says so
-PGD_WEAK_NOTE = ("**Strength: weak** — PGD with one restart and < 50 steps overstates robustness; the default "
-                 "robust evaluation (`--robust strong`) is the worst case over FGSM, APGD-CE and APGD-T.")
-
-
-def _robust_table(result: dict[str, Any], key: str, column: Callable[[str, str], Column], scale: float,
-                  **table_kw: Any) -> Table | None:
-    """The rows carrying ``key`` (``"pgd20"`` or ``"strong"``, stored in %) as one table: clean then each ε, the
-    values times ``scale``; None when no row has it."""
-    rows = [r for r in result["rows"] if key in r]
-    if not rows:
-        return None
-    keys = list(rows[0][key].keys())
-    return Table([Column("row", ColumnKind.TEXT), *(column(k, "clean" if k == "clean" else f"ε={k}") for k in keys)],
-                 [{"row": r["row"], **{k: r[key][k] * scale for k in keys}} for r in rows], **table_kw)
-
-
-def _markdown(name: str, result: dict[str, Any]) -> str:
-    lines = [f"# {PRESETS[name]}", ""]
-    cfg = result["config"]
-    robust = (f"PGD-{cfg['pgd_steps']} (ℓ∞, random start)" if cfg.get("robust_eval", "pgd20") == "pgd20" else
-              f"the default strong evaluation (ℓ∞, per-example worst case over "
-              f"{', '.join(a.upper() for a in cfg.get('robust_attacks') or ())})")
-    lines.append(
-        f"Profile `{cfg['profile']}`, seed {cfg['seed']}; FGSM on the first {cfg['n_test']} MNIST test images, "
-        f"{robust} on the first {cfg['n_pgd']}. Accuracy in %; an example counts "
-        f"only if it is also correct on the clean input. Wall time {result['wall_seconds']:.0f} s."
-    )
-    lines.append("")
-    acc = ColumnKind.FLOAT  # these accuracies are stored in % already
-
-    def eps_cells(vals: Sequence[float] | None) -> dict[str, float]:
-        return {f"ε={e:g}": v for e, v in zip(EPS_GRID, vals, strict=True)} if vals else {}
-
-    fgsm = Table([Column("row", ColumnKind.TEXT), Column("source", ColumnKind.TEXT),
-                  *(Column(f"ε={e:g}", acc, unit="%", digits=1, missing="–") for e in EPS_GRID),
-                  Column("λ", ColumnKind.TEXT, missing="")], [])
-    for r in result["rows"]:
-        fgsm.rows.append({"row": r["row"], "source": "ours", **eps_cells(r["fgsm"]), "λ": r.get("lams")})
-        if r.get("paper_fgsm") is not None:
-            fgsm.rows.append({"row": "", "source": "paper", **eps_cells(r["paper_fgsm"]), "λ": r.get("paper_lams")})
-    lines += ["## FGSM (ours vs paper)", "", fgsm.markdown_grid().rstrip("\n")]
-    diverged = [r for r in result["rows"] if r.get("diverged")]
-    if diverged:
-        lines += ["", "**Training diverged** (no accuracies: the model does not exist; `–` in the tables):", ""]
-        lines += [f"* {r['row']}: {r['diverged']}" for r in diverged]
-    def in_percent(k: str, label: str) -> Column:
-        return Column(k, acc, unit="%", digits=1, label=label)
-
-    pgd = _robust_table(result, "pgd20", in_percent, 1.0)
-    if pgd is not None:
-        lines += ["", f"## PGD-{cfg['pgd_steps']} (ours only; the paper reports no PGD numbers on MNIST)", "",
-                  PGD_WEAK_NOTE, "", pgd.markdown_grid().rstrip("\n")]
-    strong = _robust_table(result, "strong", in_percent, 1.0)
-    if strong is not None:
-        lines += ["", f"## {strong_title(cfg['robust_attacks'])} (ours only; the paper reports FGSM only on MNIST)",
-                  "", "An example counts only if it is correct clean and after every attack; each attack's own "
-                  "accuracy is in the JSON (`strong_attacks`).", "", strong.markdown_grid().rstrip("\n")]
-    emb = result.get("embedding_differences")
-    if emb:
-        heads = {"l1": "ℓ1", "l2": "ℓ2", "l2_sq": "ℓ2²", "linf": "ℓ∞", "paper_l1": "paper ℓ1",
-                 "paper_l2_column": "paper ℓ2 (=ℓ2²)", "paper_linf": "paper ℓ∞"}
-        diffs = Table([Column("model", ColumnKind.TEXT), Column("emb", ColumnKind.TEXT, label="emb."),
-                       *(Column(k, ColumnKind.FLOAT, digits=2, label=h, missing="–") for k, h in heads.items())],
-                      [{**r, "model": label, "emb": f"{r['label']} ({r['layer']})"}
-                       for label, rows in emb.items() for r in rows])
-        lines += ["", "## Embedding differences (FGSM ε = 0.3)", "",
-                  "The paper's ℓ2 column is the squared ℓ2 norm (see torchrobust.evaluate.embeddings).", "",
-                  diffs.markdown_grid().rstrip("\n")]
-    for key, fname in (result.get("figures") or {}).items():
-        lines += ["", f"![{key}]({fname})"]
-    return "\n".join(lines) + "\n"
-
-
-def report_tables(result: dict[str, Any]) -> dict[str, Table]:
-    """The flat, typed tables of a preset result for ``torchrobust report``: ``"table"`` (FGSM, ours and paper
-    rows) and, when rows carry them, ``"strong_table"`` (the default strong evaluation's worst case) or
-    ``"pgd_table"`` (PGD-20, ``robust_eval="pgd20"``). Accuracies are ``PERCENT`` columns holding fractions
-    (the nested result stores them in %)."""
-    title = str(result.get("title") or result.get("preset") or "")
-
-    def pct(name: str, label: str | None = None) -> Column:
-        return Column(name, ColumnKind.PERCENT, digits=1, label=label, missing="–")
-
-    def frac(vals: Sequence[float] | None) -> dict[str, float]:
-        return {f"ε={e:g}": v / 100 for e, v in zip(EPS_GRID, vals, strict=True)} if vals else {}
-
-    def lams(v: Any) -> str | None:
-        return None if v is None else str(v)
-
-    fgsm = Table([Column("row", ColumnKind.TEXT), Column("source", ColumnKind.TEXT),
-                  *(pct(f"ε={e:g}") for e in EPS_GRID), Column("λ", ColumnKind.TEXT, missing="")], [],
-                 title=f"{title} — FGSM (ours vs paper)")
-    for r in result["rows"]:
-        fgsm.rows.append({"row": r["row"], "source": "ours", **frac(r["fgsm"]), "λ": lams(r.get("lams"))})
-        if r.get("paper_fgsm") is not None:
-            fgsm.rows.append({"row": r["row"], "source": "paper", **frac(r["paper_fgsm"]),
-                              "λ": lams(r.get("paper_lams"))})
-    out = {"table": fgsm}
-    pgd = _robust_table(result, "pgd20", pct, 0.01, title=f"{title} — PGD-{result['config']['pgd_steps']}",
-                        notes=(PGD_WEAK_NOTE,))
-    if pgd is not None:
-        out["pgd_table"] = pgd
-    strong = _robust_table(result, "strong", pct, 0.01,
-                           title=f"{title} — {strong_title(result['config'].get('robust_attacks') or ())}")
-    if strong is not None:
-        out["strong_table"] = strong
-    return out
-
-
 def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool = False, *,
         profile: str | None = None, seed: int = 0, n_pgd: int | None = None, device: str | None = None,
         progress: bool = False, threads: int | None = 1, weights: str | Path | None = None,
         robust_eval: str = "strong", robust_eps: Sequence[float] | None = None,
-        robust_rows: str | None = None) -> dict[str, Any]:
+        robust_rows: str | None = None, state_dir: str | Path | None = None,
+        resume: bool = True) -> dict[str, Any]:
     """Run one preset and write ``<name>.json`` and ``<name>.md`` (plus figures) into ``out_dir``, and the flat
     :func:`report_tables` as ``<name>_table.json`` (and ``<name>_strong_table.json``, or with
     ``robust_eval="pgd20"`` ``<name>_pgd_table.json``) for ``torchrobust report``.
@@ -524,6 +408,11 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
             Lets the paper's training budget (``profile="full"``) be evaluated at the fast profile's cost.
         robust_rows: ``"selected"`` (each preset's listed rows: the baselines, Paradigm 1 λ = 0.5, Paradigms 2/3
             in Table 1) or ``"all"`` (every row); default: the profile's (``full``: all).
+        state_dir: where finished trainings and rows are stored as they finish (default ``out_dir/state``;
+            :mod:`torchrobust.experiments.preset_cache`): rerunning the same command after an interruption reuses
+            them, bit for bit, and computes only the rest; anything that changes a result (configuration, data,
+            code) gives new keys, so a stored result is never reused for another computation.
+        resume: ``False``: no state is read or written (every training and row is computed).
 
     Returns:
         The result dict that is also written as JSON: ``config`` (with ``robust_eval`` and, for ``"strong"``,
@@ -563,6 +452,11 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         prof = replace(prof, n_pgd=n_pgd)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    sdir = Path(state_dir) if state_dir is not None else out / "state"
+    if resume:
+        from torchrobust.validation import check_output_dir
+
+        check_output_dir(sdir, flag="state folder")
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -570,8 +464,16 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
     try:
         x_tr, y_tr, x_te, y_te = load_mnist(prof, seed)
         dev = torch.device(device) if device else torch.device("cpu")
+        cache = None
+        if resume:
+            from torchrobust.experiments.preset_cache import PresetCache
+            from torchrobust.resume import fingerprint_tensors
+
+            common = {"seed": seed, "device": str(dev), "threads": threads, "torch": torch.__version__}
+            cache = PresetCache(sdir, common, {"preset": name, "profile": pname, "budgets": asdict(prof)},
+                                train_data=fingerprint_tensors(x_tr, y_tr), test_data=fingerprint_tensors(x_te, y_te))
         ctx = PresetContext(profile=prof, seed=seed, progress=progress, x_train=x_tr, y_train=y_tr, x_test=x_te,
-                   y_test=y_te, device=dev, weights=pw)
+                            y_test=y_te, device=dev, weights=pw, cache=cache)
         if name == "lenet":
             extra = _lenet_preset(ctx, out)
         elif name == "table3":
@@ -592,9 +494,10 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         "rows": ctx.rows,
         "timings": {k: round(v, 2) for k, v in ctx.timings.items()},
         "wall_seconds": round(wall, 1),
+        "resumed": list(cache.reused) if cache is not None else [],
         **extra,
     }
-    md = _markdown(name, result)
+    md = markdown(result)
     from torchrobust.io import atomic_write_bytes
 
     atomic_write_bytes(out / f"{name}.md", md.encode("utf-8"))

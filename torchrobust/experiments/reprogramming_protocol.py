@@ -210,11 +210,15 @@ class PresetContext:
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     weights: Any = None  # paper_weights.PaperWeights: the paper's released backbone replaces the trained one
+    cache: Any = None  # preset_cache.PresetCache: finished trainings and rows reused, new ones stored (resume)
 
     def train(self, model: nn.Module, *, mode: str = "standard", eps: float = 0.3, epochs: int = 1,
               lr: float = 0.01, optimizer: str = "sgd", max_batches: int | None = None,
               params: list[nn.Parameter] | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
               tag: str = "") -> list[dict[str, float]]:
+        """Train ``model`` in place (:func:`torchrobust.train.fit`) and return the per-epoch history. With a
+        :attr:`cache`, a training stored earlier is loaded instead (``on_epoch`` is then not called: what it adds
+        to an epoch's record is in the stored history), and an interrupted one continues from its resume state."""
         from torchrobust.train import TrainConfig, fit
 
         cfg = TrainConfig(
@@ -222,10 +226,28 @@ class PresetContext:
             mode=mode, threat="Linf", eps=eps, mixed=mode != "standard", seed=self.seed,
             max_batches=max_batches, progress=self.progress,
         )
+        data = (self.x_train, self.y_train)
         t0 = time.perf_counter()
-        res = fit(model, (self.x_train, self.y_train), cfg, params=params, device=self.device, on_epoch=on_epoch)
+        if self.cache is None:
+            history = fit(model, data, cfg, params=params, device=self.device, on_epoch=on_epoch).history
+        else:
+            from dataclasses import replace
+
+            from torchrobust.experiments.preset_cache import CHECKPOINT_EVERY
+
+            trained = params if params is not None else [w for w in model.parameters() if w.requires_grad]
+            names = [n for n, w in model.named_parameters() if any(w is t for t in trained)]
+            settings = {**{k: v for k, v in cfg.to_dict().items() if k != "progress"}, "params": names,
+                        "device": str(self.device)}
+
+            def run(fit_dir: Any, resume: bool) -> list[dict[str, Any]]:
+                where = {"resume_from": fit_dir} if resume else {"checkpoint_dir": fit_dir}
+                return fit(model, data, replace(cfg, checkpoint_every=CHECKPOINT_EVERY), params=params,
+                           device=self.device, on_epoch=on_epoch, **where).history
+
+            history = self.cache.train(model, tag, settings, run)
         self.timings[f"train {tag}"] = time.perf_counter() - t0
-        return res.history
+        return history
 
     def fgsm(self, model: nn.Module) -> list[float]:
         n = self.profile.n_test
@@ -272,15 +294,25 @@ class PresetContext:
             **extra: Any) -> dict[str, Any]:
         """Evaluate ``model`` and record its row: FGSM always; the robust evaluation (``profile.robust_eval``:
         ``"strong"`` or ``"pgd20"``) when ``pgd`` (or the profile's ``pgd_all_rows``) and ``n_pgd`` > 0."""
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {"row": label, "fgsm": self.fgsm(model), "paper_fgsm": paper}
-        if self.profile.n_pgd > 0 and (pgd or self.profile.pgd_all_rows):
-            if self.profile.robust_eval == "pgd20":
-                row["pgd20"] = self.pgd(model)
-            else:
-                row["strong"], row["strong_attacks"] = self.strong(model)
+        robust = self.profile.n_pgd > 0 and (pgd or self.profile.pgd_all_rows)
+
+        def measure() -> dict[str, Any]:
+            values: dict[str, Any] = {"fgsm": self.fgsm(model)}
+            if robust and self.profile.robust_eval == "pgd20":
+                values["pgd20"] = self.pgd(model)
+            elif robust:
+                values["strong"], values["strong_attacks"] = self.strong(model)
+            return values
+
+        if self.cache is None:
+            t0 = time.perf_counter()
+            values = measure()
+            seconds = time.perf_counter() - t0
+        else:
+            values, seconds = self.cache.row(label, model, {"robust": robust}, measure)
+        row: dict[str, Any] = {"row": label, "fgsm": values.pop("fgsm"), "paper_fgsm": paper, **values}
         row.update(extra)
-        self.timings[f"eval {label}"] = time.perf_counter() - t0
+        self.timings[f"eval {label}"] = seconds
         self.rows.append(row)
         robust = (f" PGD-20 {row['pgd20']}" if "pgd20" in row
                   else f" strong (worst case) {row['strong']}" if "strong" in row else "")

@@ -385,8 +385,9 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
     ``checkpoint_dir``: write a resume state there (:mod:`torchrobust.train.resume`) after every epoch and every
     ``config.checkpoint_every`` optimiser steps; a folder that already holds one is refused (resume it or delete
     it). ``resume_from``: continue the run whose state is in that folder (default ``checkpoint_dir``: the same
-    folder); the result is bitwise identical to the uninterrupted run. ``on_epoch`` is not called again for
-    epochs finished before the interruption.
+    folder); the result is bitwise identical to the uninterrupted run. ``on_epoch(record)`` is called after every
+    epoch, before that epoch's resume state is written: entries it adds to ``record`` are kept in the history and
+    in the state, and it is not called again for epochs finished before the interruption.
 
     Raises :class:`TorchRobustError` when a step makes the loss or the weights NaN/inf; the model then holds the
     weights before that step and the last resume state on disk is untouched.
@@ -524,10 +525,10 @@ def fit(model: nn.Module, train_set: Data, config: TrainConfig,
         history.append(rec)
         log.info("epoch %d/%d loss %.4f train_acc %.4f%s (%.1fs)", epoch + 1, cfg.epochs, rec["loss"],
                  rec["train_acc"], f" val_acc {rec['val_acc']:.4f}" if "val_acc" in rec else "", rec["seconds"])
+        if on_epoch is not None:  # before the epoch's resume state, so what it adds to ``rec`` is kept in it
+            on_epoch(rec)
         if ckdir is not None:
             checkpoint(epoch + 1, 0, epoch_order(n, cfg.seed, epoch + 1), (0.0, 0, 0), time.perf_counter())
-        if on_epoch is not None:
-            on_epoch(rec)
     model.eval()
     return TrainResult(history=history, seconds=time.perf_counter() - t_start)
 

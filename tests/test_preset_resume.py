@@ -1,0 +1,220 @@
+"""Resume of the reprogramming presets (torchrobust.experiments.preset_cache): a rerun of the same command reuses
+every finished training and row bit for bit, a run killed with SIGKILL and rerun gives the uninterrupted result,
+an interrupted training continues from its resume state, and nothing stored is reused for another computation or
+read when it is not a torchrobust state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from torchrobust.cli import main
+from torchrobust.errors import TorchRobustError, TrainingDiverged
+from torchrobust.experiments.preset_cache import PresetCache, code_fingerprint
+from torchrobust.experiments.reprogramming import run
+from torchrobust.resume import fingerprint_model, load_state, save_state
+from torchrobust.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows_text(result: dict) -> str:
+    return json.dumps(result["rows"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """table1 on the quick profile without any state (the uninterrupted result)."""
+    return run("table1", tmp_path_factory.mktemp("ref"), quick=True, resume=False)
+
+
+def test_rerun_reuses_every_training_and_row_bit_for_bit(reference, tmp_path):
+    first = run("table1", tmp_path, quick=True)
+    assert first["resumed"] == [] and rows_text(first) == rows_text(reference)
+    second = run("table1", tmp_path, quick=True)
+    trained = [t for t in second["resumed"] if t.startswith("train ")]
+    evaluated = [t for t in second["resumed"] if t.startswith("eval ")]
+    assert len(trained) == 4 and len(evaluated) == len(reference["rows"])  # 2 backbones, Paradigms 2 and 3
+    assert rows_text(second) == rows_text(reference)  # values and key order
+    assert "reused from an earlier run" in (tmp_path / "table1.md").read_text()
+    # the fine-tuning's mid-training resume folders are gone once its weights are stored
+    assert not list((tmp_path / "state").glob("fit-*"))
+
+
+def test_another_evaluation_budget_reuses_the_trainings_not_the_rows(tmp_path):
+    run("table1", tmp_path, quick=True)
+    again = run("table1", tmp_path, quick=True, n_pgd=8)
+    assert sorted(again["resumed"]) == ["train Paradigm 2", "train Paradigm 3", "train adv 3-layer",
+                                        "train normal 3-layer"]
+    assert again["config"]["n_pgd"] == 8
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(reference, tmp_path):
+    code = ("import sys; from torchrobust.experiments.reprogramming import run; "
+            f"run('table1', {str(tmp_path)!r}, quick=True)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = tmp_path / "state"
+    deadline = time.monotonic() + 300
+    try:
+        while not list(state.glob("row-P1_lam=0.5-*.safetensors")):  # killed after its 4th row, mid-preset
+            assert proc.poll() is None, "the preset ended before it could be killed"
+            assert time.monotonic() < deadline, "no row was stored within 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "table1.json").exists()
+    resumed = run("table1", tmp_path, quick=True)
+    assert rows_text(resumed) == rows_text(reference)
+    assert "eval Normal-train" in resumed["resumed"]
+    assert "eval Paradigm 3" not in resumed["resumed"]  # computed after the kill
+
+
+def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 4, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+
+def _cache(path: Path) -> PresetCache:
+    return PresetCache(path, {"seed": 0}, {"preset": "t"}, train_data="d", test_data="e")
+
+
+def _trainer(model: nn.Module, stop_at: int | None = None):
+    """``run`` for PresetCache.train: 3 epochs of 4 steps; its on_epoch adds an entry to the record and, with
+    ``stop_at``, raises after that epoch (an interruption after the previous epoch's resume state)."""
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.1, seed=0, checkpoint_every=2)
+
+    def on_epoch(rec: dict) -> None:
+        rec["extra"] = float(model[1].weight.detach().sum())
+        if stop_at is not None and rec["epoch"] == stop_at:
+            raise KeyboardInterrupt
+
+    def go(fit_dir: Path, resume: bool) -> list:
+        where = {"resume_from": fit_dir} if resume else {"checkpoint_dir": fit_dir}
+        return fit(model, _data(), cfg, on_epoch=on_epoch, **where).history
+
+    return go
+
+
+def test_an_interrupted_training_continues_from_its_resume_state(tmp_path):
+    ref = _net()
+    ref_hist = _cache(tmp_path / "a").train(ref, "t", {"x": 1}, _trainer(ref))
+    model = _net()
+    with pytest.raises(KeyboardInterrupt):
+        _cache(tmp_path / "b").train(model, "t", {"x": 1}, _trainer(model, stop_at=2))
+    assert list((tmp_path / "b").glob("fit-t-*"))  # epoch 1's resume state is there
+    again = _net()
+    seen: list = []
+
+    def spy(fit_dir: Path, resume: bool) -> list:
+        seen.append(resume)
+        return _trainer(again)(fit_dir, resume)
+
+    hist = _cache(tmp_path / "b").train(again, "t", {"x": 1}, spy)
+    assert seen == [True]
+    assert fingerprint_model(again) == fingerprint_model(ref)
+    assert hist[0]["extra"] == ref_hist[0]["extra"] and [h["extra"] for h in hist] == [h["extra"] for h in ref_hist]
+    # stored now: a third run loads it without training, history included
+    third = _net()
+    assert _cache(tmp_path / "b").train(third, "t", {"x": 1}, lambda *_: pytest.fail("trained again")) == hist
+    assert fingerprint_model(third) == fingerprint_model(ref)
+
+
+def test_a_stored_divergence_is_raised_again_without_training(tmp_path):
+    def diverge(fit_dir: Path, resume: bool) -> list:
+        raise TrainingDiverged("training diverged at epoch 1, batch 3: loss nan", epoch=1, batch=3)
+
+    with pytest.raises(TrainingDiverged):
+        _cache(tmp_path).train(_net(), "t", {}, diverge)
+    with pytest.raises(TrainingDiverged, match="batch 3") as err:
+        _cache(tmp_path).train(_net(), "t", {}, lambda *_: pytest.fail("trained again"))
+    assert (err.value.epoch, err.value.batch) == (1, 3)
+
+
+def test_other_settings_or_model_are_not_reused(tmp_path):
+    cache = _cache(tmp_path)
+    model = _net()
+    cache.train(model, "t", {"lr": 0.1}, _trainer(model))
+    calls: list = []
+
+    def count(m: nn.Module):
+        def go(fit_dir: Path, resume: bool) -> list:
+            calls.append(1)
+            return _trainer(m)(fit_dir, resume)
+        return go
+
+    other = _net()
+    cache.train(other, "t", {"lr": 0.2}, count(other))  # other settings
+    changed = _net()
+    with torch.no_grad():
+        changed[1].bias.add_(1.0)
+    cache.train(changed, "t", {"lr": 0.1}, count(changed))  # another starting model
+    assert len(calls) == 2
+    rows = cache.row("r", model, {"robust": True}, lambda: {"fgsm": [1.0]})
+    assert cache.row("r", model, {"robust": True}, lambda: pytest.fail("evaluated again"))[0] == rows[0]
+    assert cache.row("r", model, {"robust": False}, lambda: {"fgsm": [2.0]})[0] == {"fgsm": [2.0]}
+
+
+def test_code_fingerprint_follows_the_sources(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("ignored\n")
+    before = code_fingerprint(tmp_path)
+    (tmp_path / "notes.txt").write_text("changed\n")
+    assert code_fingerprint(tmp_path) == before
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_fingerprint(tmp_path) != before
+
+
+def test_a_planted_pickle_or_tampered_weights_are_refused(tmp_path):
+    run("table1", tmp_path, quick=True)
+    state = tmp_path / "state"
+    row = next(state.glob("row-Normal-train-*.safetensors"))
+    saved = row.read_bytes()
+    row.write_bytes(b"\x80\x04\x95" + b"cos\nsystem\n" * 4)  # pickle-like bytes under the state's name
+    with pytest.raises(TorchRobustError, match=r"not a usable torchrobust state") as err:
+        run("table1", tmp_path, quick=True)
+    assert "\n" not in str(err.value) and row.name in str(err.value)
+    row.write_bytes(saved)
+    trained = next(state.glob("train-normal_3-layer-*.safetensors"))
+    key = trained.name.rsplit("-", 1)[1].removesuffix(".safetensors")
+    tensors, meta = load_state(trained.with_suffix(""), {"key": key})
+    tensors = {k: v + 1.0 for k, v in tensors.items()}
+    save_state(trained.with_suffix(""), tensors, meta, {"key": key})
+    with pytest.raises(TorchRobustError, match="do not give the model fingerprint"):
+        run("table1", tmp_path, quick=True)
+
+
+def test_cli_state_options(tmp_path, monkeypatch, capsys):
+    from torchrobust.experiments import reprogramming as R
+
+    seen: list = []
+
+    def fake_run(name, out_dir, **kw):
+        seen.append((kw["state_dir"], kw["resume"]))
+        return {"wall_seconds": 1.0}
+
+    monkeypatch.setattr(R, "run", fake_run)
+    assert main(["paper", "table8", "--out", str(tmp_path / "a"), "--state-dir", str(tmp_path / "s"), "--quiet"]) == 0
+    assert main(["paper", "table8", "--out", str(tmp_path / "b"), "--no-resume", "--quiet"]) == 0
+    assert seen == [(str(tmp_path / "s"), True), (None, False)]
+    assert main(["paper", "adaptive", "--out", str(tmp_path / "c"), "--no-resume"]) == 2
+    assert main(["paper", "fig9", "--out", str(tmp_path / "d"), "--state-dir", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "drop --no-resume" in err and "--state-dir" in err and "Traceback" not in err
