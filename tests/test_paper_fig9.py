@@ -142,6 +142,35 @@ def test_fig6_quick_certified_table(fig9_run):
         run_figure("fig6", out, profile="quick", sigmas=(-1.0,))
 
 
+def test_fig6_resumes_finished_cells_and_recomputes_other_ones(fig9_run, tmp_path, monkeypatch):
+    """Each finished (model, σ) certification is stored in OUT/state: a rerun into a copy of the folder reuses
+    them (CERTIFY does not run) and writes the same table; another σ is certified afresh."""
+    import shutil
+
+    from torchrobust.evaluate import certify
+
+    _, out = fig9_run
+    first = run_figure("fig6", out, n_test=3, profile="quick", sigmas=(0.12, 0.5), n_samples=100)
+    assert first["resumed"] == []
+    copy_dir = tmp_path / "again"
+    shutil.copytree(out, copy_dir)
+    real = certify.certify_dataset
+    calls: list = []
+
+    def counting(*a, **kw):
+        calls.append(kw.get("n"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(certify, "certify_dataset", counting)
+    again = run_figure("fig6", copy_dir, n_test=3, profile="quick", sigmas=(0.12, 0.5), n_samples=100)
+    assert calls == [] and len(again["resumed"]) == 4
+    assert again["rows"] == first["rows"]
+    assert "4 cells reused" in (copy_dir / "fig6.md").read_text()
+    more = run_figure("fig6", copy_dir, n_test=3, profile="quick", sigmas=(0.12, 0.3), n_samples=100)
+    assert len(calls) == 2 and len(more["resumed"]) == 2  # σ = 0.3 for both models; σ = 0.12 reused
+    assert more["rows"][:7] == first["rows"][:7]
+
+
 def test_fig9_cli_paradigms_adds_nrpm_rows(fig9_run, capsys):
     """`--paradigms 3` puts the paradigm-3 model (fine-tuned, Table 1's recipe) beside the plain backbone, reusing
     the backbone checkpoint; `--paradigms` is still refused for the presets that do not take it."""

@@ -22,8 +22,10 @@ loss and data order, but not reprogrammed — the only difference from "NRPM P3"
 
 The evaluation set is the first ``n_test`` MNIST test images, in order. Output: ``<name>.json`` (config, rows,
 timings) and ``<name>_table.json`` / ``<name>.md`` (a :class:`torchrobust.tables.Table`). Figure 9 keeps each
-sweep's per-batch evaluation state (fingerprinted by the engine) under ``OUT/state``: the same command rerun after
-an interruption (kill -9 included) resumes where it stopped and gives the same table.
+sweep's per-batch evaluation state (fingerprinted by the engine) under ``OUT/state``, and Figure 6 each finished
+(model, σ) certification (:class:`torchrobust.experiments.preset_cache.PresetCache`, keyed by the model's
+fingerprint, the data, σ, the sample counts and the code): the same command rerun after an interruption (kill -9
+included) resumes where it stopped and gives the same table.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 from torch import nn
 
 from torchrobust.errors import TorchRobustError, unknown_name
+from torchrobust.experiments.preset_cache import PresetCache
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["run_figure", "FIGURES", "FIG9_BUDGETS", "FIG6_SIGMAS", "PLAIN_ADV"]
@@ -148,19 +151,30 @@ def _fig9_rows(models: Mapping[int | str, nn.Module], x: torch.Tensor, y: torch.
 
 
 def _fig6_rows(models: Mapping[int | str, nn.Module], x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float],
-               n0: int, n: int, seed: int, progress: bool, timings: dict[str, float]) -> list[dict[str, Any]]:
+               n0: int, n: int, seed: int, progress: bool, timings: dict[str, float],
+               cache: PresetCache | None = None) -> list[dict[str, Any]]:
+    """Certified accuracy of every (model, σ) cell at :data:`FIG6_RADII`; with a ``cache``, a cell certified
+    earlier for this model (fingerprint), data, σ and sample counts is reused (each cell seeds its own generator,
+    so a reused cell is the one a fresh run would compute)."""
     from torchrobust.evaluate.certify import Smooth, certified_accuracy_curve, certify_dataset
 
     rows = []
     for p, model in models.items():
         for s in sigmas:
-            t0 = time.perf_counter()
-            g = torch.Generator().manual_seed(seed)
-            res = certify_dataset(Smooth(model, 10, s), x, y, n0=n0, n=n, alpha=0.001, generator=g,
-                                  progress=progress)
-            timings[f"certify {_ROW_NAMES[p]} σ={s:g}"] = round(time.perf_counter() - t0, 1)
-            curve = certified_accuracy_curve(res, FIG6_RADII)
-            for r, acc in zip(FIG6_RADII, curve.tolist(), strict=True):
+            def cell(model: nn.Module = model, s: float = s) -> dict[str, Any]:
+                g = torch.Generator().manual_seed(seed)
+                res = certify_dataset(Smooth(model, 10, s), x, y, n0=n0, n=n, alpha=0.001, generator=g,
+                                      progress=progress)
+                return {"certified": certified_accuracy_curve(res, FIG6_RADII).tolist()}
+
+            label = f"certify {_ROW_NAMES[p]} σ={s:g}"
+            if cache is None:
+                t0 = time.perf_counter()
+                values, seconds = cell(), time.perf_counter() - t0
+            else:
+                values, seconds = cache.row(label, model, {"sigma": float(s)}, cell)
+            timings[label] = round(seconds, 1)
+            for r, acc in zip(FIG6_RADII, values["certified"], strict=True):
                 rows.append({"model": _ROW_NAMES[p], "sigma": s, "radius": r, "certified": acc})
     return rows
 
@@ -232,6 +246,7 @@ def run_figure(name: str, out_dir: str | Path, *, n_test: int = 1000, profile: s
     if threads is not None:
         torch.set_num_threads(threads)
     timings: dict[str, float] = {}
+    resumed: list[str] = []
     t0 = time.perf_counter()
     try:
         x_tr, y_tr, x_te, y_te = load_mnist(PROFILES[profile], seed)
@@ -245,7 +260,15 @@ def run_figure(name: str, out_dir: str | Path, *, n_test: int = 1000, profile: s
                               out / "state")
             table = _fig9_table(rows, n_test)
         else:
-            rows = _fig6_rows(models, x, y, list(sigmas), n0, n_cert, seed, progress, timings)
+            from torchrobust.resume import fingerprint_tensors
+
+            cache = PresetCache(out / "state", {"seed": seed, "device": device or "cpu", "threads": threads,
+                                                "torch": torch.__version__},
+                                {"figure": name, "profile": profile, "n_test": n_test, "n0": n0, "n": n_cert,
+                                 "alpha": 0.001, "radii": list(FIG6_RADII)},
+                                train_data="-", test_data=fingerprint_tensors(x.cpu(), y.cpu()))
+            rows = _fig6_rows(models, x, y, list(sigmas), n0, n_cert, seed, progress, timings, cache)
+            resumed = cache.reused
             table = _fig6_table(rows, n_test, n0, n_cert)
     finally:
         if threads is not None:
@@ -259,8 +282,9 @@ def run_figure(name: str, out_dir: str | Path, *, n_test: int = 1000, profile: s
     else:
         config.update(sigmas=list(sigmas), radii=list(FIG6_RADII), n0=n0, n=n_cert, alpha=0.001)
     result = {"figure": name, "title": FIGURES[name], "config": config, "rows": rows, "timings": timings,
-              "wall_seconds": wall}
-    md = f"# {FIGURES[name]}\n\nWall time {wall:.0f} s.\n\n{table.markdown_grid()}"
+              "wall_seconds": wall, "resumed": resumed}
+    reused = f" ({len(resumed)} cells reused from an earlier run of the same command, in OUT/state)" if resumed else ""
+    md = f"# {FIGURES[name]}\n\nWall time {wall:.0f} s{reused}.\n\n{table.markdown_grid()}"
     atomic_write_bytes(out / f"{name}.md", md.encode("utf-8"))
     atomic_write_bytes(out / f"{name}_table.json", table.to_json().encode("utf-8"))
     atomic_write_bytes(out / f"{name}.json", (json.dumps(result, indent=1, default=str) + "\n").encode("utf-8"))
