@@ -418,7 +418,8 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         The result dict that is also written as JSON: ``config`` (with ``robust_eval`` and, for ``"strong"``,
         ``robust_attacks``), ``rows`` (per row: ``fgsm`` accuracies at ε = 0, .05, …, .3, ``paper_fgsm``,
         optional ``strong`` (worst case, in %, keyed ``clean`` and ε) with ``strong_attacks`` (each attack's own
-        accuracy) or ``pgd20``, ``lams``, ``K``), ``timings``, ``wall_seconds``, ``files``.
+        accuracy) or ``pgd20``, ``lams``, ``K``), ``timings``, ``wall_seconds``, ``resumed`` (the trainings and
+        rows taken from ``state_dir``), ``files``.
     """
     check_robust_eval(robust_eval)
     if name not in PRESETS:
