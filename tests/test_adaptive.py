@@ -78,7 +78,8 @@ def test_bpda_beats_plain_pgd_on_hard_threshold(base: nn.Module, test_set) -> No
     assert res.robust_accuracy <= bpda
     assert torch.equal(res.worst, res.clean & res.correct["pgd-ce"] & res.correct["pgd-margin"]
                        & res.correct["bpda-pgd-ce"] & res.correct["bpda-pgd-margin"])
-    assert "ZERO_GRADIENTS" in _codes(res) and not res.reliable
+    assert "ZERO_GRADIENTS" in _codes(res) and "BPDA_STRONGER" in _codes(res) and not res.reliable
+    assert res.roles["bpda-pgd-ce"] == res.roles["bpda-pgd-margin"] == "bpda"
     assert res.config["bpda"] is True and model[0].straight_through is False
 
 

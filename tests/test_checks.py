@@ -18,6 +18,7 @@ from torchrobust.evaluate.checks import (
     check_blackbox_vs_whitebox,
     check_bpda_evaluated,
     check_bpda_surrogates,
+    check_bpda_vs_whitebox,
     check_budget,
     check_convergence,
     check_eval_mode,
@@ -318,13 +319,28 @@ def test_comparisons_on_constructed_per_example_results() -> None:
     assert flag.code == "SINGLE_STEP_STRONGER" and flag.details["examples"] == [1]
     assert flag.details["worst_case_accuracy"] == pytest.approx(0.4)
     for fn, code in ((check_blackbox_vs_whitebox, "BLACKBOX_STRONGER"),
-                     (check_transfer_vs_whitebox, "TRANSFER_STRONGER"), (check_noise_vs_whitebox, "NOISE_STRONGER")):
+                     (check_transfer_vs_whitebox, "TRANSFER_STRONGER"), (check_noise_vs_whitebox, "NOISE_STRONGER"),
+                     (check_bpda_vs_whitebox, "BPDA_STRONGER")):
         assert fn(strong, same) is None
         assert fn(strong, weaker_wins).code == code
         assert fn(strong.tolist(), weaker_wins.int().tolist()).code == code  # lists and 0/1 accepted
         assert fn(strong, weaker_wins, tolerance=0.25) is None  # 1 of 5 = 20% <= 25%
     with pytest.raises(TorchRobustError):
         check_blackbox_vs_whitebox(strong, strong[:3])
+
+
+def test_bpda_attacks_are_compared_with_the_exact_gradient_whitebox() -> None:
+    """Attacks named bpda-* (or given the role "bpda") are not part of the white-box reference: a point only BPDA
+    broke raises BPDA_STRONGER; BPDA that finds nothing new raises nothing."""
+    white = torch.tensor([True, True, False, True])
+    bpda_wins = torch.tensor([False, True, False, True])
+    flags = run_checks({"correct": {"apgd-ce": white, "bpda-pgd-ce": bpda_wins}})
+    assert [f.code for f in flags] == ["BPDA_STRONGER"] and flags[0].details["examples"] == [0]
+    assert run_checks({"correct": {"apgd-ce": white, "surrogate": bpda_wins}, "roles": {"surrogate": "bpda"}})
+    assert run_checks({"correct": {"apgd-ce": white, "bpda-pgd-ce": white | bpda_wins}}) == []
+    # declared white-box, the BPDA attack is part of the reference and nothing is compared
+    declared = {"correct": {"apgd-ce": white, "bpda-pgd-ce": bpda_wins}, "roles": {"bpda-pgd-ce": "whitebox"}}
+    assert run_checks(declared) == []
 
 
 def test_quantised_model_blackbox_and_transfer_beat_whitebox(plain: nn.Module, quantized: nn.Module, data) -> None:

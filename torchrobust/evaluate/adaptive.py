@@ -23,8 +23,9 @@ attacks are True on the points they did not need to attack). AutoAttack's sub-at
 cumulatively (``apgd-t`` = robust after APGD-CE and APGD-T), as the reference runs them. The reported robust
 accuracy is the mean of ``worst = clean & AND_a correct[a]`` — the minimum over attacks per example, then the
 average (Carlini et al. 2019, Sec. 5.1; AutoAttack). Each attack's result is also given a role (white-box,
-black-box, transfer) so :func:`torchrobust.evaluate.checks.run_checks` can raise flags such as
-``BLACKBOX_STRONGER`` / ``TRANSFER_STRONGER`` / ``ZERO_GRADIENTS``; ``reliable`` is True iff no flag was raised.
+black-box, transfer, BPDA) so :func:`torchrobust.evaluate.checks.run_checks` can raise flags such as
+``BLACKBOX_STRONGER`` / ``TRANSFER_STRONGER`` / ``BPDA_STRONGER`` / ``ZERO_GRADIENTS``; ``reliable`` is True iff no
+flag was raised.
 
 Every attack is a job of one plan run by the evaluation engine (:mod:`torchrobust.evaluate.engine`).
 Long runs: ``progress=True`` shows a tqdm bar over attacks; ``state_path=`` (a stem: ``runs/adaptive`` writes
@@ -74,7 +75,7 @@ class AdaptiveResult:
     """Per-example results of :func:`evaluate_adaptive`.
 
     ``clean[i]``: correct without attack. ``correct[a][i]``: still correct under attack ``a``. ``roles[a]``:
-    ``"whitebox"``, ``"blackbox"`` or ``"transfer"``. ``worst``: the per-example worst case (reported).
+    ``"whitebox"``, ``"blackbox"``, ``"transfer"`` or ``"bpda"``. ``worst``: the per-example worst case (reported).
     ``flags``: raised checks (dicts as in :meth:`torchrobust.evaluate.checks.Flag.to_dict`). ``skipped``: attacks not
     run and why.
     """
@@ -256,7 +257,7 @@ def evaluate_adaptive(
         jobs.append(pgd("ce", "eot-pgd-ce", "eot"))
     if use_bpda:
         sources["bpda"] = EOTModel(BPDA(model), eot_samples) if randomized else BPDA(model)
-        jobs += [pgd("ce", "bpda-pgd-ce", "bpda"), pgd("margin", "bpda-pgd-margin", "bpda")]
+        jobs += [pgd("ce", "bpda-pgd-ce", "bpda", "bpda"), pgd("margin", "bpda-pgd-margin", "bpda", "bpda")]
     if transfer and base_model is not None:
         sources["base"] = base_model
         jobs += [pgd("ce", "transfer-pgd-ce", "base", "transfer"),

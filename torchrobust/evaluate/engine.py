@@ -67,7 +67,7 @@ __all__ = ["Job", "PlanResult", "run_plan", "job_for_attack", "attack_strength",
 log = logging.getLogger(__name__)
 
 #: what a job's attack is, for the gradient-masking checks (:mod:`torchrobust.evaluate.checks`)
-ROLES = ("whitebox", "blackbox", "transfer")
+ROLES = ("whitebox", "blackbox", "transfer", "bpda")
 
 AttackLike = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -85,7 +85,7 @@ class Job:
         kwargs: keyword arguments of the attack (for a named attack).
         name: the column label (default: the attack name).
         survivors_only: attack only the points still robust after the plan's earlier jobs at this threat and ε.
-        role: ``"whitebox"``, ``"blackbox"`` or ``"transfer"``.
+        role: ``"whitebox"``, ``"blackbox"``, ``"transfer"`` or ``"bpda"`` (a surrogate-gradient attack).
         source: key into ``run_plan(sources=...)`` of the model the attack is crafted on (None: the evaluated model).
         keep_adv: keep every adversarial example (``PlanResult.adv[key]``; saved in the resumable state).
         all_points: attack every example, clean errors included (not only the clean-correct ones); not with

@@ -25,6 +25,7 @@ Checks, the inputs each needs (for ``evaluate(..., suite="adaptive")``), checkli
 * :func:`check_transfer_vs_whitebox` — per-example correct, white-box vs transfer from the base; #10;
   TRANSFER_STRONGER.
 * :func:`check_noise_vs_whitebox` — per-example correct, white-box vs random noise; #11; NOISE_STRONGER.
+* :func:`check_bpda_vs_whitebox` — per-example correct, exact-gradient white-box vs BPDA; #13; BPDA_STRONGER.
 * :func:`check_bpda_surrogates` — ``model``, ``x``; #13; MISSING_BPDA_SURROGATE.
 * :func:`check_bpda_evaluated` — ``model`` and whether an attack ran under ``bpda_mode``; #13; BPDA_NOT_EVALUATED.
 * :func:`check_base_broken` — robust accuracy of the same attack on the undefended base; #14; BASE_NOT_BROKEN.
@@ -57,6 +58,7 @@ from __future__ import annotations
 from torchrobust.evaluate.checks.comparisons import (
     check_base_broken,
     check_blackbox_vs_whitebox,
+    check_bpda_vs_whitebox,
     check_budget,
     check_convergence,
     check_iterative_vs_single_step,
@@ -105,6 +107,7 @@ __all__ = [
     "check_noise_vs_whitebox",
     "check_randomness",
     "check_transfer_vs_whitebox",
+    "check_bpda_vs_whitebox",
     "find_zero_gradient_modules",
     "is_reliable",
     "run_checks",

@@ -21,8 +21,8 @@ from torchrobust.evaluate.checks.arguments import bool_vector, check_count, chec
 from torchrobust.evaluate.checks.flags import Flag
 
 __all__ = ["check_budget", "check_iterative_vs_single_step", "check_monotone_in_eps", "check_large_eps",
-           "check_convergence", "check_blackbox_vs_whitebox", "check_transfer_vs_whitebox", "check_noise_vs_whitebox",
-           "check_base_broken"]
+           "check_convergence", "check_blackbox_vs_whitebox", "check_transfer_vs_whitebox", "check_bpda_vs_whitebox",
+           "check_noise_vs_whitebox", "check_base_broken"]
 
 #: Per-example robust correctness: ``(N,)`` bools, True where the example survived the attack.
 Correct = Tensor | Sequence[bool]
@@ -182,6 +182,16 @@ def check_transfer_vs_whitebox(whitebox_correct: Correct, transfer_correct: Corr
     return _weaker_beats_stronger("TRANSFER_STRONGER", whitebox_correct, transfer_correct, tolerance)
 
 
+def check_bpda_vs_whitebox(whitebox_correct: Correct, bpda_correct: Correct, *,
+                           tolerance: float = 0.002) -> Flag | None:
+    """Checklist item 13 (Athalye et al. 2018): an attack through BPDA — the defence's exact forward, a surrogate
+    backward (e.g. NRPM's IRLS weights held constant, a threshold's straight-through identity) — fooled examples
+    the white-box attacks through the exact gradient missed. The defence is differentiable but its gradient is a
+    poor ascent direction (obfuscated). Flags ``BPDA_STRONGER`` when the fraction of such examples exceeds
+    ``tolerance``."""
+    return _weaker_beats_stronger("BPDA_STRONGER", whitebox_correct, bpda_correct, tolerance)
+
+
 def check_noise_vs_whitebox(whitebox_correct: Correct, noise_correct: Correct, *,
                             tolerance: float = 0.0) -> Flag | None:
     """Checklist item 11: random noise of the same norm (e.g. 10k draws) finds errors the white-box attacks
@@ -237,6 +247,10 @@ _WEAKER_BEATS_STRONGER: dict[str, tuple[str, str, str]] = {
         "transfer attack", "white-box attacks",
         "the defence hides gradients that the base model still has: attack through BPDA (straight-through "
         "surrogates of the defence) and report the per-example worst case including the transfer attack"),
+    "BPDA_STRONGER": (
+        "BPDA attack (surrogate backward)", "white-box attacks through the exact gradient",
+        "the defence's exact gradient is obfuscated: report the per-example worst case including BPDA, and read any "
+        "number from exact-gradient attacks alone as an upper bound"),
     "NOISE_STRONGER": (
         "random noise", "white-box attacks",
         "a gradient attack that loses to random noise is broken or masked: check the loss, step size and gradients "

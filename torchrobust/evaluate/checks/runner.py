@@ -54,9 +54,10 @@ def run_checks(results: Mapping[str, Any] | Any, **overrides: Any) -> list[Flag]
     * ``threat`` (ThreatModel or name), ``eps``, ``x_adv`` (tensor, or attack name → tensor) — budget;
     * ``correct`` — attack name → ``(N,)`` bool per-example robust correctness at the evaluation ε;
       ``roles`` — attack name → ``"whitebox"`` | ``"iterative"`` | ``"single_step"`` | ``"blackbox"`` |
-      ``"transfer"`` | ``"noise"`` (defaults: ``fgsm`` single-step; ``square``/``spsa``/``random_search``/
-      ``nes``/``es`` black-box; names starting with ``transfer``/``noise`` those roles; everything else
-      white-box and iterative). The white-box reference is the per-example AND over white-box attacks;
+      ``"transfer"`` | ``"noise"`` | ``"bpda"`` (defaults: ``fgsm`` single-step; ``square``/``spsa``/
+      ``random_search``/``nes``/``es`` black-box; names starting with ``transfer``/``noise``/``bpda`` those roles;
+      everything else white-box and iterative). The white-box reference is the per-example AND over the
+      white-box attacks (exact gradient); black-box, transfer, noise and BPDA attacks are each compared with it;
     * ``sweep`` — ``{"eps": [...], "accuracy": [...]}`` or ``{name: {"eps": ..., "accuracy": ...}}`` (series of
       single-step attacks are not checked: one linear step can overshoot, so FGSM need not be monotone);
     * ``large_eps`` — ``{"accuracy": float, "eps": float}``;
@@ -161,7 +162,7 @@ def _role(name: str, roles: Mapping[str, str]) -> str:
     if name in roles:
         return roles[name]
     key = name.lower()
-    for prefix in ("transfer", "noise"):
+    for prefix in ("transfer", "noise", "bpda"):
         if key.startswith(prefix):
             return prefix
     return _DEFAULT_ROLES.get(key, "whitebox")
@@ -169,7 +170,7 @@ def _role(name: str, roles: Mapping[str, str]) -> str:
 
 def _compare_roles(correct: Mapping[str, Any], roles: Mapping[str, str],
                    tol: Mapping[str, Mapping[str, Any]]) -> list[Flag | None]:
-    valid = {"whitebox", "iterative", "single_step", "blackbox", "transfer", "noise"}
+    valid = {"whitebox", "iterative", "single_step", "blackbox", "transfer", "noise", "bpda"}
     by_role: dict[str, list[Tensor]] = {}
     for name, c in correct.items():
         role = _role(name, roles)
@@ -186,7 +187,8 @@ def _compare_roles(correct: Mapping[str, Any], roles: Mapping[str, str],
         flags.append(comparisons.check_iterative_vs_single_step(wb, single,
                                                                 **tol.get("check_iterative_vs_single_step", {})))
     checks = (("blackbox", comparisons.check_blackbox_vs_whitebox),
-              ("transfer", comparisons.check_transfer_vs_whitebox), ("noise", comparisons.check_noise_vs_whitebox))
+              ("transfer", comparisons.check_transfer_vs_whitebox), ("noise", comparisons.check_noise_vs_whitebox),
+              ("bpda", comparisons.check_bpda_vs_whitebox))
     for role, fn in checks:
         if by_role.get(role):
             other = torch.stack(by_role[role]).all(0)
