@@ -78,7 +78,7 @@ def evaluate_to_dir(model: nn.Module, x: Tensor, y: Tensor, out_dir: str | Path,
     if checks:
         from .checks import run_checks
 
-        res.flags = [f.to_dict() for f in run_checks(res, model=model, x=x[:32], y=y[:32])]
+        res.flags = [f.to_dict() for f in run_checks(res, model=model, x=x[:32], y=y[:32], bpda_evaluated=False)]
         res.config["checks"] = True
     paths = res.write(out) if distributed.is_main() else None
     distributed.cleanup()

@@ -233,7 +233,10 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[
     on the points the earlier attacks at the same ε left robust, so their column is cumulative (robust after them
     and every earlier attack), as AutoAttack reports. ``state``: a path stem for the resumable state (see the
     engine). The result's ``strength`` is ``"weak"`` when every attack is weak (FGSM, or PGD with one restart and
-    fewer than 50 steps): such a table overstates robustness.
+    fewer than 50 steps): such a table overstates robustness. Two checks always run (``flags``): ``NONFINITE``
+    (NaN/inf weights or logits) and ``BPDA_NOT_EVALUATED`` (a module declares a BPDA surrogate — NRPM layers,
+    forged thresholds — so the exact-gradient attacks here give an upper bound; run
+    :func:`torchrobust.evaluate.adaptive.evaluate_adaptive`, CLI ``evaluate --suite adaptive``).
     """
     from .. import attacks as A
 
@@ -275,8 +278,11 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[
               "survivors_only": [a for a in attacks if a in survivors_only], "seed": seed, "batch_size": batch_size,
               "n_examples": len(x), "world_size": D.world_size(), "counts": counts,
               "strength": result_strength([Job(a, threat, 1.0, kwargs=attack_kwargs.get(a, {})) for a in attacks])}
-    from .checks import check_finite  # always, checks or not: NaN/inf weights or logits make every number void
+    from .checks import check_bpda_evaluated, check_finite
 
-    finite = check_finite(model, x[:64])
+    # always, checks or not: NaN/inf weights or logits make every number void; and a model whose modules declare
+    # a BPDA surrogate (NRPM layers, forged thresholds) was attacked here through its exact gradient only, which
+    # such defences obfuscate, so its numbers are upper bounds until the adaptive suite (BPDA, transfer) has run
+    flags = [f.to_dict() for f in (check_finite(model, x[:64]), check_bpda_evaluated(model, False)) if f is not None]
     return SweepResult(threat=threat, eps=eps_f, attacks=list(attacks), clean=res.clean, robust=robust,
-                       seconds=seconds, config=config, flags=[finite.to_dict()] if finite is not None else [])
+                       seconds=seconds, config=config, flags=flags)

@@ -172,8 +172,8 @@ def check_bpda_evaluated(model: nn.Module, bpda_evaluated: bool) -> Flag | None:
             "BPDA_NOT_EVALUATED", "warning",
             f"{len(declared)} module(s) declare a BPDA surrogate (e.g. {', '.join(declared[:3])}) but no attack was "
             "run through it",
-            "re-run the attacks inside `with torchrobust.nn.forged.bpda_mode(model):` and report the per-example "
-            "worst case of both runs",
+            "run the adaptive suite (evaluate --suite adaptive / evaluate_adaptive: BPDA through the surrogates, "
+            "transfer from the undefended weights) and report its per-example worst case",
             {"modules": declared[:20], "count": len(declared)},
         )
     return None
