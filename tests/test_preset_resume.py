@@ -218,3 +218,18 @@ def test_cli_state_options(tmp_path, monkeypatch, capsys):
     assert main(["paper", "fig9", "--out", str(tmp_path / "d"), "--state-dir", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "drop --no-resume" in err and "--state-dir" in err and "Traceback" not in err
+
+
+def test_strong_column_marks_nrpm_rows_as_upper_bounds(reference, tmp_path):
+    """The default strong evaluation of an NRPM row is flagged BPDA_NOT_EVALUATED by the sweep; the preset keeps
+    the flags per row and names those rows as upper bounds in its Markdown and strong table."""
+    from torchrobust.tables import Table
+
+    flags = {r["row"]: r.get("strong_flags") for r in reference["rows"] if "strong" in r}
+    assert flags["Normal-train"] == [] and flags["Adv-train"] == []  # plain linear models: nothing to bypass
+    assert flags["P1 λ=0.5"] == flags["Paradigm 2"] == flags["Paradigm 3"] == ["BPDA_NOT_EVALUATED"]
+    run("table1", tmp_path, quick=True)
+    md = (tmp_path / "table1.md").read_text()
+    assert "**Upper bounds** (the sweep's flags): P1 λ=0.5 (BPDA_NOT_EVALUATED); Paradigm 2" in md
+    table = Table.from_json((tmp_path / "table1_strong_table.json").read_text())
+    assert any("Upper bounds" in n and "Normal-train" not in n for n in table.notes)

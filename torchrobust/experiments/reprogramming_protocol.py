@@ -265,11 +265,13 @@ class PresetContext:
         out.update({f"{e:g}": round(100 * a, 2) for e, a in zip(res.eps, acc, strict=True)})
         return out
 
-    def strong(self, model: nn.Module) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-        """The default strong evaluation on the first ``n_pgd`` test images at ``pgd_eps``: ``(worst, per_attack)``,
-        accuracies in % keyed ``"clean"`` and ``f"{ε:g}"``. ``worst`` is the per-example worst case over the default
-        attacks of :func:`torchrobust.evaluate.sweep` (white-box, seeded by the preset seed); ``per_attack[name]``
-        each attack's own column (APGD-T runs on the survivors of the earlier attacks, so its column is cumulative)."""
+    def strong(self, model: nn.Module) -> tuple[dict[str, float], dict[str, dict[str, float]], list[str]]:
+        """The default strong evaluation on the first ``n_pgd`` test images at ``pgd_eps``: ``(worst, per_attack,
+        flags)``, accuracies in % keyed ``"clean"`` and ``f"{ε:g}"``. ``worst`` is the per-example worst case over the
+        default attacks of :func:`torchrobust.evaluate.sweep` (white-box, seeded by the preset seed);
+        ``per_attack[name]`` each attack's own column (APGD-T runs on the survivors of the earlier attacks, so its
+        column is cumulative); ``flags`` the sweep's flag codes (``BPDA_NOT_EVALUATED`` on every NRPM model: an
+        upper bound until the adaptive suite has run)."""
         from torchrobust.evaluate import sweep
 
         n = self.profile.n_pgd
@@ -280,7 +282,8 @@ class PresetContext:
         def cells(acc: list[float]) -> dict[str, float]:
             return {"clean": clean, **{f"{e:g}": round(100 * a, 2) for e, a in zip(res.eps, acc, strict=True)}}
 
-        return cells(res.accuracy()), {a: cells(res.accuracy(a)) for a in res.attacks}
+        return (cells(res.accuracy()), {a: cells(res.accuracy(a)) for a in res.attacks},
+                sorted({str(f["code"]) for f in res.flags}))
 
     def add_diverged(self, label: str, paper: list[float] | None, reason: str, **extra: Any) -> dict[str, Any]:
         """Record a row whose training diverged: no accuracies (``fgsm`` None), ``diverged`` the one-line reason -
@@ -301,7 +304,7 @@ class PresetContext:
             if robust and self.profile.robust_eval == "pgd20":
                 values["pgd20"] = self.pgd(model)
             elif robust:
-                values["strong"], values["strong_attacks"] = self.strong(model)
+                values["strong"], values["strong_attacks"], values["strong_flags"] = self.strong(model)
             return values
 
         if self.cache is None:

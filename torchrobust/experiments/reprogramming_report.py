@@ -30,6 +30,17 @@ def _robust_table(result: dict[str, Any], key: str, column: Callable[[str, str],
                  [{"row": r["row"], **{k: r[key][k] * scale for k in keys}} for r in rows], **table_kw)
 
 
+def _upper_bound_note(result: dict[str, Any]) -> str | None:
+    """The note naming the rows whose strong evaluation the sweep flagged (``strong_flags``: ``BPDA_NOT_EVALUATED``
+    on NRPM models) as upper bounds; None when no row is flagged."""
+    flagged = [f"{r['row']} ({', '.join(r['strong_flags'])})" for r in result["rows"] if r.get("strong_flags")]
+    if not flagged:
+        return None
+    return (f"**Upper bounds** (the sweep's flags): {'; '.join(flagged)}. These rows were attacked through NRPM's "
+            "exact gradient only; the adaptive suite (`torchrobust paper adaptive`: BPDA, transfer) finds lower robust "
+            "accuracy (docs/adaptive-evaluation.md).")
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The Markdown report of a preset result (``<name>.md``): FGSM ours vs paper, the robust evaluation, the
     embedding differences and figures when the preset has them."""
@@ -74,7 +85,10 @@ def markdown(result: dict[str, Any]) -> str:
     if strong is not None:
         lines += ["", f"## {strong_title(cfg['robust_attacks'])} (ours only; the paper reports FGSM only on MNIST)",
                   "", "An example counts only if it is correct clean and after every attack; each attack's own "
-                  "accuracy is in the JSON (`strong_attacks`).", "", strong.markdown_grid().rstrip("\n")]
+                  "accuracy is in the JSON (`strong_attacks`)."]
+        note = _upper_bound_note(result)
+        lines += ["", note] if note else []
+        lines += ["", strong.markdown_grid().rstrip("\n")]
     emb = result.get("embedding_differences")
     if emb:
         heads = {"l1": "ℓ1", "l2": "ℓ2", "l2_sq": "ℓ2²", "linf": "ℓ∞", "paper_l1": "paper ℓ1",
@@ -120,8 +134,10 @@ def report_tables(result: dict[str, Any]) -> dict[str, Table]:
                         notes=(PGD_WEAK_NOTE,))
     if pgd is not None:
         out["pgd_table"] = pgd
+    note = _upper_bound_note(result)
     strong = _robust_table(result, "strong", pct, 0.01,
-                           title=f"{title} — {strong_title(result['config'].get('robust_attacks') or ())}")
+                           title=f"{title} — {strong_title(result['config'].get('robust_attacks') or ())}",
+                           notes=(note,) if note else ())
     if strong is not None:
         out["strong_table"] = strong
     return out
