@@ -89,7 +89,7 @@ def test_run_writes_files_and_table(tmp_path: Path, fake_mnist: None, capsys: py
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist: None,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    real_cell = AR._evaluate_cell
+    real_cell = AR.evaluate_cell
     real_train = R.train_paper_model
     calls: list[str] = []
     trained: list[int] = []
@@ -105,7 +105,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
         return real_cell(model, base, x, y, eps, budget, seed, state_path, progress)
 
     monkeypatch.setattr(R, "train_paper_model", counting_train)
-    monkeypatch.setattr(AR, "_evaluate_cell", failing_cell)
+    monkeypatch.setattr(AR, "evaluate_cell", failing_cell)
     with pytest.raises(KeyboardInterrupt):
         AR.run(tmp_path, **KW)
     assert calls == ["adaptive-mlp-p0-eps0.1", "adaptive-mlp-p0-eps0.3"]
@@ -121,7 +121,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
 
     calls.clear()
     trained.clear()
-    monkeypatch.setattr(AR, "_evaluate_cell", lambda *a: (calls.append(a[7].name), real_cell(*a))[1])
+    monkeypatch.setattr(AR, "evaluate_cell", lambda *a: (calls.append(a[7].name), real_cell(*a))[1])
     res = AR.run(tmp_path, **KW)
     # the finished cell is not recomputed; the interrupted one and the rest are
     assert "adaptive-mlp-p0-eps0.1" not in calls
@@ -160,9 +160,9 @@ def test_cell_of_another_model_or_unreadable_is_recomputed(tmp_path: Path, fake_
 
     kw = {**KW, "eps": (0.3,), "paradigms": (1,), "baseline": False}
     first = AR.run(tmp_path, **kw)
-    real_cell = AR._evaluate_cell
+    real_cell = AR.evaluate_cell
     calls: list[str] = []
-    monkeypatch.setattr(AR, "_evaluate_cell", lambda *a: (calls.append(a[7].name), real_cell(*a))[1])
+    monkeypatch.setattr(AR, "evaluate_cell", lambda *a: (calls.append(a[7].name), real_cell(*a))[1])
     # another checkpoint with the same training metadata (e.g. retrained elsewhere): its cell is not reused
     path = tmp_path / "models" / "mlp-p1.safetensors"
     meta = checkpoint.load_metadata(path)["metadata"]
@@ -201,7 +201,7 @@ def test_report_only_computes_nothing(tmp_path: Path, fake_mnist: None, monkeypa
     def forbidden(*a: object, **k: object) -> None:
         raise AssertionError("report_only must not train or attack")
 
-    monkeypatch.setattr(AR, "_evaluate_cell", forbidden)
+    monkeypatch.setattr(AR, "evaluate_cell", forbidden)
     monkeypatch.setattr(R, "train_paper_model", forbidden)
     res = AR.run(tmp_path, report_only=True, **{**kw, "paradigms": (1, 2)})
     assert res["missing_cells"] == ["mlp-p2-eps0.3"]

@@ -233,3 +233,24 @@ def test_strong_column_marks_nrpm_rows_as_upper_bounds(reference, tmp_path):
     assert "**Upper bounds** (the sweep's flags): P1 λ=0.5 (BPDA_NOT_EVALUATED); Paradigm 2" in md
     table = Table.from_json((tmp_path / "table1_strong_table.json").read_text())
     assert any("Upper bounds" in n and "Normal-train" not in n for n in table.notes)
+
+
+def test_adaptive_robust_evaluation_per_row_resumes_and_is_at_most_fgsm_and_pgd20(reference, tmp_path):
+    """robust_eval="adaptive" runs the adaptive protocol (FGSM, PGD-20, then the suite) on each selected row: its
+    worst case is never above FGSM or PGD-20 alone, the suite's per-ε state is kept under the row's key, and a
+    rerun reuses the rows."""
+    res = run("table1", tmp_path, quick=True, robust_eval="adaptive")
+    rows = {r["row"]: r for r in res["rows"] if "adaptive" in r}
+    assert set(rows) == {r["row"] for r in reference["rows"] if "strong" in r}
+    for r in rows.values():
+        assert "strong" not in r and r["adaptive"]["clean"] == r["adaptive_stages"]["fgsm"]["clean"]
+        for e in ("0.3",):
+            assert r["adaptive"][e] <= min(r["adaptive_stages"]["fgsm"][e], r["adaptive_stages"]["pgd20"][e])
+    # NRPM rows get BPDA and transfer; the suite's state for each (row, ε) is named by the row's key
+    assert list((tmp_path / "state").glob("rowstate-Paradigm_3-*-eps0.3.safetensors"))
+    assert res["config"]["adaptive_suite"]["whitebox"] == "pgd"  # the quick budget
+    md = (tmp_path / "table1.md").read_text()
+    assert "## Adaptive suite" in md and (tmp_path / "table1_adaptive_table.json").is_file()
+    again = run("table1", tmp_path, quick=True, robust_eval="adaptive")
+    assert json.dumps(again["rows"]) == json.dumps(res["rows"])
+    assert sum(t.startswith("eval ") for t in again["resumed"]) == len(res["rows"])

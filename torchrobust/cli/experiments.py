@@ -201,8 +201,9 @@ def register(sub: Any) -> None:
                     help="size of the robust evaluation (--robust: strong or PGD-20) (default: profile's, 1000)")
     sp.add_argument("--robust", default=None, choices=list(ROBUST_EVALS),
                     help="robust evaluation of the selected rows on the first --n-pgd images: strong (default: "
-                    "per-example worst case over FGSM, APGD-CE, APGD-T) or pgd20 (the earlier PGD-20 column, weak; "
-                    "reproduces the numbers in the docs); presets only")
+                    "per-example worst case over FGSM, APGD-CE, APGD-T), pgd20 (the earlier PGD-20 column, weak; "
+                    "reproduces the numbers in the docs) or adaptive (FGSM, PGD-20, then BPDA, transfer and black-box "
+                    "attacks on the survivors, as `paper adaptive`; resumable); presets only")
     sp.add_argument("--robust-eps", type=float_list, default=None, metavar="EPS",
                     help="ℓ∞ budgets of --robust, in (0, 1] (default: profile's; fast .1,.2,.3, full all six); presets "
                     "only")

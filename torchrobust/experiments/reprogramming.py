@@ -48,6 +48,7 @@ from torch import nn
 
 from torchrobust.errors import TorchRobustError, TrainingDiverged, unknown_name
 from torchrobust.evaluate.sweeps import DEFAULT_ATTACKS
+from torchrobust.experiments.adaptive_cell import BUDGETS
 from torchrobust.experiments.paper_numbers import EPS_GRID, PAPER
 from torchrobust.experiments.reprogramming_protocol import (
     PROFILES,
@@ -403,7 +404,11 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         robust_eval: the robust evaluation of the selected rows on the first ``n_pgd`` images at the profile's
             ``pgd_eps`` (a key of :data:`ROBUST_EVALS`): ``"strong"`` (default) - the per-example worst case over
             :func:`torchrobust.evaluate.sweep`'s default attacks (FGSM, APGD-CE, APGD-T), the library's default
-            evaluation; ``"pgd20"`` - the earlier PGD-20 column (weak; reproduces the numbers in the docs).
+            evaluation; ``"pgd20"`` - the earlier PGD-20 column (weak; reproduces the numbers in the docs);
+            ``"adaptive"`` - FGSM, PGD-20 and the adaptive suite on their survivors (BPDA through NRPM, transfer from
+            the weights without NRPM, Square, SPSA; :mod:`torchrobust.experiments.adaptive_cell`, the budget of
+            ``paper adaptive`` for the preset's architecture), stored under ``adaptive``; its per-ε attack state is
+            kept in ``state_dir``, so an interrupted row continues inside the suite.
         robust_eps: ℓ∞ budgets of the robust evaluation, each in (0, 1] (default: the profile's ``pgd_eps``).
             Lets the paper's training budget (``profile="full"``) be evaluated at the fast profile's cost.
         robust_rows: ``"selected"`` (each preset's listed rows: the baselines, Paradigm 1 λ = 0.5, Paradigms 2/3
@@ -438,11 +443,12 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         if robust_rows not in ROBUST_ROWS:
             raise unknown_name("robust_rows", robust_rows, ROBUST_ROWS)
         prof = replace(prof, pgd_all_rows=robust_rows == "all")
+    arch = "lenet" if name in ("lenet", "table3") else "mlp"  # the presets' two architectures
     pw = None
     if weights is not None:  # validated before any work: a wrong file fails in a second, not after training
         from torchrobust.experiments.paper_weights import load_paper_weights
 
-        pw = load_paper_weights(weights, "lenet" if name in ("lenet", "table3") else "mlp")
+        pw = load_paper_weights(weights, arch)
     if n_test is not None:
         if not 1 <= n_test <= 10000:
             raise TorchRobustError(f"n_test={n_test} must be in 1..10000 (the MNIST test set)")
@@ -474,7 +480,7 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
             cache = PresetCache(sdir, common, {"preset": name, "profile": pname, "budgets": asdict(prof)},
                                 train_data=fingerprint_tensors(x_tr, y_tr), test_data=fingerprint_tensors(x_te, y_te))
         ctx = PresetContext(profile=prof, seed=seed, progress=progress, x_train=x_tr, y_train=y_tr, x_test=x_te,
-                            y_test=y_te, device=dev, weights=pw, cache=cache)
+                            y_test=y_te, device=dev, weights=pw, cache=cache, arch=arch)
         if name == "lenet":
             extra = _lenet_preset(ctx, out)
         elif name == "table3":
@@ -491,7 +497,9 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         "config": {"profile": pname, "seed": seed, **asdict(prof), "eps_fgsm": list(EPS_GRID),
                    "torch": torch.__version__, "device": str(dev), "threads": threads,
                    "weights": pw.describe() if pw is not None else None,
-                   **({"robust_attacks": list(DEFAULT_ATTACKS)} if robust_eval == "strong" else {})},
+                   **({"robust_attacks": list(DEFAULT_ATTACKS)} if robust_eval == "strong" else {}),
+                   **({"adaptive_suite": asdict(BUDGETS[prof.adaptive_budget][arch])}
+                      if robust_eval == "adaptive" else {})},
         "rows": ctx.rows,
         "timings": {k: round(v, 2) for k, v in ctx.timings.items()},
         "wall_seconds": round(wall, 1),

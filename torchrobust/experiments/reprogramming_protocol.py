@@ -66,7 +66,7 @@ __all__ = ["Profile", "PROFILES", "ROBUST_EVALS", "ROBUST_ROWS", "PresetContext"
 logger = logging.getLogger("torchrobust.experiments.reprogramming")  # the presets' log, as before
 
 #: the robust evaluations of the presets (``robust_eval=``, CLI ``--robust``): the row key each one stores
-ROBUST_EVALS: dict[str, str] = {"strong": "strong", "pgd20": "pgd20"}
+ROBUST_EVALS: dict[str, str] = {"strong": "strong", "pgd20": "pgd20", "adaptive": "adaptive"}
 
 #: ``robust_rows=`` (CLI ``--robust-rows``): which rows of a preset get the robust evaluation
 ROBUST_ROWS: dict[str, str] = {"selected": "the rows each preset lists (fast profile's default)",
@@ -77,7 +77,8 @@ def check_robust_eval(value: str) -> str:
     """``value`` if it is one of :data:`ROBUST_EVALS`, else a one-line :class:`TorchRobustError` naming them."""
     if value not in ROBUST_EVALS:
         raise TorchRobustError(f"robust_eval={value!r} is not one of {', '.join(ROBUST_EVALS)}; pass one of them "
-                               "(strong: FGSM + APGD-CE + APGD-T worst case, the default; pgd20: the earlier column)")
+                               "(strong: FGSM + APGD-CE + APGD-T worst case, the default; pgd20: the earlier column; "
+                               "adaptive: FGSM, PGD-20 and the adaptive suite)")
     return value
 
 
@@ -120,6 +121,7 @@ class Profile:
     nrpm_eps_lenet: float = 1e-3  # ... and for LeNet (`mnist_lenet.py --e 1e-3`)
     backend: str = "eager"  # NRPM kernels; "auto" may pick torch.compile (start-up cost, recompiles)
     robust_eval: str = "strong"  # the robust evaluation of the pgd rows: a key of ROBUST_EVALS
+    adaptive_budget: str = "default"  # robust_eval="adaptive": a key of adaptive_cell.BUDGETS
 
 
 PROFILES: dict[str, Profile] = {
@@ -134,7 +136,7 @@ PROFILES: dict[str, Profile] = {
         n_test=100, n_pgd=16, pgd_eps=(0.3,), pgd_steps=5, backbone_epochs=1, backbone_max_batches=40,
         reprogram_steps=3, lam_grid=(1.0, 0.5, 0.0), K_grid=(0, 1), lam_grid_k=(0.7,),
         train_eps_grid=(0.0, 0.3), lenet_finetune_epochs=1, lenet_advft_epochs=1, n_train=2000,
-        lenet_finetune_lams=(0.5,),
+        lenet_finetune_lams=(0.5,), adaptive_budget="quick",
     ),
 }
 
@@ -211,6 +213,7 @@ class PresetContext:
     timings: dict[str, float] = field(default_factory=dict)
     weights: Any = None  # paper_weights.PaperWeights: the paper's released backbone replaces the trained one
     cache: Any = None  # preset_cache.PresetCache: finished trainings and rows reused, new ones stored (resume)
+    arch: str = "mlp"  # "mlp" or "lenet": which adaptive_cell.BUDGETS entry robust_eval="adaptive" uses
 
     def train(self, model: nn.Module, *, mode: str = "standard", eps: float = 0.3, epochs: int = 1,
               lr: float = 0.01, optimizer: str = "sgd", max_batches: int | None = None,
@@ -285,6 +288,34 @@ class PresetContext:
         return (cells(res.accuracy()), {a: cells(res.accuracy(a)) for a in res.attacks},
                 sorted({str(f["code"]) for f in res.flags}))
 
+    def adaptive(self, model: nn.Module, state: Callable[[str], Any] | None = None
+                 ) -> tuple[dict[str, float], dict[str, dict[str, float]], list[str]]:
+        """The adaptive protocol (:func:`torchrobust.experiments.adaptive_cell.evaluate_cell`: FGSM, PGD-20, then the
+        adaptive suite on their survivors - white-box, BPDA through NRPM, transfer from the same weights without
+        NRPM, Square, SPSA) on the first ``n_pgd`` test images at each ``pgd_eps``, with the profile's
+        ``adaptive_budget`` for this architecture: ``(worst, per_stage, flags)``, accuracies in % keyed ``"clean"``
+        and ``f"{ε:g}"``; ``per_stage`` holds FGSM and PGD-20 alone; ``flags`` the suite's flag codes at any ε.
+        ``state(part)``: a path stem per ε for the suite's resumable state (None: not kept)."""
+        from torchrobust.evaluate.adaptive import undefended_base
+        from torchrobust.experiments.adaptive_cell import BUDGETS, evaluate_cell
+
+        n = self.profile.n_pgd
+        x, y = self.x_test[:n], self.y_test[:n]
+        budget = BUDGETS[self.profile.adaptive_budget][self.arch]
+        base = undefended_base(model)
+        worst: dict[str, float] = {}
+        stages: dict[str, dict[str, float]] = {"fgsm": {}, "pgd20": {}}
+        flags: set[str] = set()
+        clean = 0.0
+        for e in self.profile.pgd_eps:
+            cell = evaluate_cell(model, base, x, y, float(e), budget, self.seed,
+                                 state(f"eps{e:g}") if state is not None else None, self.progress)
+            clean = cell["clean"]
+            worst[f"{e:g}"] = cell["adaptive"]
+            stages["fgsm"][f"{e:g}"], stages["pgd20"][f"{e:g}"] = cell["fgsm"], cell["pgd20"]
+            flags.update(cell["flags"])
+        return ({"clean": clean, **worst}, {k: {"clean": clean, **v} for k, v in stages.items()}, sorted(flags))
+
     def add_diverged(self, label: str, paper: list[float] | None, reason: str, **extra: Any) -> dict[str, Any]:
         """Record a row whose training diverged: no accuracies (``fgsm`` None), ``diverged`` the one-line reason -
         the other rows of the preset are kept, and no number is reported for a model that does not exist."""
@@ -298,11 +329,18 @@ class PresetContext:
         """Evaluate ``model`` and record its row: FGSM always; the robust evaluation (``profile.robust_eval``:
         ``"strong"`` or ``"pgd20"``) when ``pgd`` (or the profile's ``pgd_all_rows``) and ``n_pgd`` > 0."""
         robust = self.profile.n_pgd > 0 and (pgd or self.profile.pgd_all_rows)
+        cache = self.cache
+
+        def state(part: str) -> Any:  # the adaptive suite's per-ε state, named by this row's key
+            return cache.row_state_stem(label, model, {"robust": robust}, part)
 
         def measure() -> dict[str, Any]:
             values: dict[str, Any] = {"fgsm": self.fgsm(model)}
             if robust and self.profile.robust_eval == "pgd20":
                 values["pgd20"] = self.pgd(model)
+            elif robust and self.profile.robust_eval == "adaptive":
+                values["adaptive"], values["adaptive_stages"], values["adaptive_flags"] = self.adaptive(
+                    model, state if cache is not None else None)
             elif robust:
                 values["strong"], values["strong_attacks"], values["strong_flags"] = self.strong(model)
             return values
@@ -318,7 +356,8 @@ class PresetContext:
         self.timings[f"eval {label}"] = seconds
         self.rows.append(row)
         robust = (f" PGD-20 {row['pgd20']}" if "pgd20" in row
-                  else f" strong (worst case) {row['strong']}" if "strong" in row else "")
+                  else f" strong (worst case) {row['strong']}" if "strong" in row
+                  else f" adaptive (worst case) {row['adaptive']}" if "adaptive" in row else "")
         logger.info("%s: FGSM %s%s", label, row["fgsm"], robust)
         return row
 

@@ -30,6 +30,13 @@ def _robust_table(result: dict[str, Any], key: str, column: Callable[[str, str],
                  [{"row": r["row"], **{k: r[key][k] * scale for k in keys}} for r in rows], **table_kw)
 
 
+#: the robust_eval="adaptive" table: its title and what it is
+ADAPTIVE_TITLE = "Adaptive suite: FGSM, PGD-20, then white-box, BPDA, transfer, Square and SPSA on the survivors"
+ADAPTIVE_NOTE = ("Per-example worst case over every attack (torchrobust.experiments.adaptive_cell, the protocol of "
+                 "docs/adaptive-evaluation.md; its budget under `config.adaptive_suite`); FGSM and PGD-20 alone are in "
+                 "the JSON (`adaptive_stages`), the suite's flags under `adaptive_flags`.")
+
+
 def _upper_bound_note(result: dict[str, Any]) -> str | None:
     """The note naming the rows whose strong evaluation the sweep flagged (``strong_flags``: ``BPDA_NOT_EVALUATED``
     on NRPM models) as upper bounds; None when no row is flagged."""
@@ -89,6 +96,9 @@ def markdown(result: dict[str, Any]) -> str:
         note = _upper_bound_note(result)
         lines += ["", note] if note else []
         lines += ["", strong.markdown_grid().rstrip("\n")]
+    adaptive = _robust_table(result, "adaptive", in_percent, 1.0)
+    if adaptive is not None:
+        lines += ["", f"## {ADAPTIVE_TITLE} (ours only)", "", ADAPTIVE_NOTE, "", adaptive.markdown_grid().rstrip("\n")]
     emb = result.get("embedding_differences")
     if emb:
         heads = {"l1": "ℓ1", "l2": "ℓ2", "l2_sq": "ℓ2²", "linf": "ℓ∞", "paper_l1": "paper ℓ1",
@@ -140,4 +150,7 @@ def report_tables(result: dict[str, Any]) -> dict[str, Table]:
                            notes=(note,) if note else ())
     if strong is not None:
         out["strong_table"] = strong
+    adaptive = _robust_table(result, "adaptive", pct, 0.01, title=f"{title} — {ADAPTIVE_TITLE}", notes=(ADAPTIVE_NOTE,))
+    if adaptive is not None:
+        out["adaptive_table"] = adaptive
     return out
