@@ -251,6 +251,7 @@ def test_adaptive_robust_evaluation_per_row_resumes_and_is_at_most_fgsm_and_pgd2
     assert res["config"]["adaptive_suite"]["whitebox"] == "pgd"  # the quick budget
     md = (tmp_path / "table1.md").read_text()
     assert "## Adaptive suite" in md and (tmp_path / "table1_adaptive_table.json").is_file()
+    assert "the adaptive protocol (ℓ∞: FGSM, PGD-20, then the adaptive suite" in md and "strong" not in md
     again = run("table1", tmp_path, quick=True, robust_eval="adaptive")
     assert json.dumps(again["rows"]) == json.dumps(res["rows"])
     assert sum(t.startswith("eval ") for t in again["resumed"]) == len(res["rows"])

@@ -53,7 +53,10 @@ def markdown(result: dict[str, Any]) -> str:
     embedding differences and figures when the preset has them."""
     lines = [f"# {result['title']}", ""]
     cfg = result["config"]
-    robust = (f"PGD-{cfg['pgd_steps']} (ℓ∞, random start)" if cfg.get("robust_eval", "pgd20") == "pgd20" else
+    kind = cfg.get("robust_eval", "pgd20")
+    robust = (f"PGD-{cfg['pgd_steps']} (ℓ∞, random start)" if kind == "pgd20" else
+              "the adaptive protocol (ℓ∞: FGSM, PGD-20, then the adaptive suite on their survivors; per-example "
+              "worst case)" if kind == "adaptive" else
               f"the default strong evaluation (ℓ∞, per-example worst case over "
               f"{', '.join(a.upper() for a in cfg.get('robust_attacks') or ())})")
     lines.append(
