@@ -255,3 +255,16 @@ def test_adaptive_robust_evaluation_per_row_resumes_and_is_at_most_fgsm_and_pgd2
     again = run("table1", tmp_path, quick=True, robust_eval="adaptive")
     assert json.dumps(again["rows"]) == json.dumps(res["rows"])
     assert sum(t.startswith("eval ") for t in again["resumed"]) == len(res["rows"])
+
+
+def test_a_state_dir_that_is_a_file_is_a_one_line_error_before_work(tmp_path, capsys):
+    blocker = tmp_path / "state-file"
+    blocker.write_text("mine\n")
+    with pytest.raises(TorchRobustError, match="state folder") as err:
+        run("table1", tmp_path / "out", quick=True, state_dir=blocker)
+    assert "\n" not in str(err.value) and blocker.read_text() == "mine\n"
+    assert not (tmp_path / "out" / "table1.json").exists()
+    assert main(["paper", "table1", "--profile", "quick", "--out", str(tmp_path / "out2"),
+                 "--state-dir", str(blocker), "--quiet"]) == 2
+    err_text = capsys.readouterr().err
+    assert "state folder" in err_text and "Traceback" not in err_text and blocker.read_text() == "mine\n"
