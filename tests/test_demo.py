@@ -110,6 +110,28 @@ def test_machine_fingerprint_names_the_dispatch_capability():
     assert fp["torch"] == torch.__version__ and fp["arch"]
 
 
+def test_demo_note_is_the_readme_note_word_for_word():
+    """The demo's "upper bounds" note (built by :func:`torchrobust.evaluate.sweeps.upper_bound_note`, shared with the
+    presets) is byte-identical to the one in the README's printed output, for the demo's labels and flags; the
+    weak-attack warning follows it only under shortened attacks."""
+    import torch
+
+    from torchrobust.evaluate import SweepResult
+    from torchrobust.evaluate.sweeps import WEAK_NOTE
+
+    def result(codes: list[str]) -> SweepResult:
+        ok = torch.ones(2, dtype=torch.bool)
+        return SweepResult("Linf", [0.0], ["fgsm"], ok, {"fgsm": ok.unsqueeze(0)}, flags=[{"code": c} for c in codes])
+
+    results = {"LPM": result([]), "NRPM-P1(λ=0.7)": result(["BPDA_NOT_EVALUATED"]),
+               "NRPM-P3": result(["BPDA_NOT_EVALUATED"])}
+    note = demo.demo_note(results, "strong")
+    assert note is not None and note.startswith("**Upper bounds** for ")
+    assert f"\n{note}\n" in _readme_block()
+    assert demo.demo_note(results, "weak") == f"{note}\n\n{WEAK_NOTE}"
+    assert demo.demo_note({"LPM": result([])}, "strong") is None
+
+
 @pytest.mark.slow
 def test_readme_main_job_table_is_what_the_demo_writes(tmp_path, capsys):
     """Runs the README's command (defaults, seed 0; about 6 minutes of CPU on one thread). On the machine class the

@@ -124,3 +124,23 @@ def test_nan_weight_makes_sweep_and_adaptive_unreliable(trained, tmp_path):
         ad = evaluate_adaptive(bad, x, y, "Linf", 0.1, whitebox="pgd", steps=2, restarts=1, blackbox=False,
                                checks=checks, n_check=8)
         assert not ad.reliable and "NONFINITE" in [f["code"] for f in ad.flags]
+
+
+def test_upper_bound_note_names_every_flagged_label_and_none_without_flags():
+    """The shared "upper bounds" note (demo and presets): a label is named iff it has at least one flag code (any code:
+    BPDA_NOT_EVALUATED, BPDA_STRONGER, TRANSFER_STRONGER), its codes deduplicated and sorted, labels in the given
+    order; a label holding a comma switches the separator to "; "; None when no label has a flag."""
+    from torchrobust.evaluate.sweeps import upper_bound_note
+
+    note = upper_bound_note({"LPM": [], "P1": ["BPDA_NOT_EVALUATED", "BPDA_NOT_EVALUATED"],
+                             "P3": ("TRANSFER_STRONGER", "BPDA_STRONGER")})
+    assert note is not None
+    assert note.startswith("**Upper bounds** for P1 (BPDA_NOT_EVALUATED), P3 (BPDA_STRONGER, TRANSFER_STRONGER): ")
+    assert "LPM" not in note and "`torchrobust evaluate --suite adaptive`" in note
+    semi = upper_bound_note({"weights fine-tuned, λ=0.0": ["BPDA_NOT_EVALUATED"], "P2": ["BPDA_STRONGER"]},
+                            adaptive_command="torchrobust paper adaptive")
+    assert semi is not None
+    assert semi.startswith("**Upper bounds** for weights fine-tuned, λ=0.0 (BPDA_NOT_EVALUATED); P2 (BPDA_STRONGER): ")
+    assert "`torchrobust paper adaptive`" in semi
+    assert upper_bound_note({"LPM": [], "Adv-train": ()}) is None
+    assert upper_bound_note({}) is None

@@ -230,7 +230,8 @@ def test_strong_column_marks_nrpm_rows_as_upper_bounds(reference, tmp_path):
     assert flags["P1 λ=0.5"] == flags["Paradigm 2"] == flags["Paradigm 3"] == ["BPDA_NOT_EVALUATED"]
     run("table1", tmp_path, quick=True)
     md = (tmp_path / "table1.md").read_text()
-    assert "**Upper bounds** (the sweep's flags): P1 λ=0.5 (BPDA_NOT_EVALUATED); Paradigm 2" in md
+    assert "**Upper bounds** for P1 λ=0.5 (BPDA_NOT_EVALUATED), Paradigm 2" in md
+    assert "`torchrobust paper adaptive`" in md
     table = Table.from_json((tmp_path / "table1_strong_table.json").read_text())
     assert any("Upper bounds" in n and "Normal-train" not in n for n in table.notes)
 

@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from ..validation import check_eps
 from .engine import Job, PlanResult, result_strength, run_plan, validate_jobs
 
 __all__ = ["SweepResult", "sweep", "plan_jobs", "DEFAULT_ATTACKS", "SURVIVORS_ONLY", "WEAK_NOTE", "write_table_files",
-           "markdown_table", "accuracy_table", "ACCURACY_NOTE", "plot_accuracy_vs_eps"]
+           "markdown_table", "accuracy_table", "ACCURACY_NOTE", "plot_accuracy_vs_eps", "upper_bound_note"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,24 @@ WEAK_NOTE = ("**Strength: weak** — computed only from weak attacks (FGSM, or P
              "it overstates robustness. Use the default attacks (APGD-CE + APGD-T) for a trustworthy number.")
 #: the line above every accuracy-vs-ε table
 ACCURACY_NOTE = "Accuracy in % (per-example worst case over attacks in `worst_case`)."
+
+
+def upper_bound_note(flags: Mapping[str, Iterable[str]],
+                     adaptive_command: str = "torchrobust evaluate --suite adaptive") -> str | None:
+    """The note naming the labels whose robust numbers are upper bounds: every label with at least one flag code
+    (``flags[label]``: the sweep's codes for it, e.g. ``BPDA_NOT_EVALUATED`` on NRPM models, ``BPDA_STRONGER``,
+    ``TRANSFER_STRONGER``), each with its codes deduplicated and sorted, in the order of ``flags``; labels are
+    joined by ``", "`` unless one of them holds a comma (then ``"; "``). ``adaptive_command`` is the command quoted
+    for the adaptive suite. None when no label has a flag."""
+    flagged = {label: sorted({str(c) for c in codes}) for label, codes in flags.items()}
+    flagged = {label: codes for label, codes in flagged.items() if codes}
+    if not flagged:
+        return None
+    sep = "; " if any("," in label for label in flagged) else ", "
+    which = sep.join(f"{label} ({', '.join(codes)})" for label, codes in flagged.items())
+    return (f"**Upper bounds** for {which}: the attacks followed the exact gradient through NRPM, which misleads "
+            f"them; the adaptive suite (`{adaptive_command}`: BPDA, transfer) finds lower robust accuracy "
+            "(docs/adaptive-evaluation.md).")
 
 
 @dataclass

@@ -41,7 +41,7 @@ from typing import Any
 from ..checkpoint import atomic_write_bytes, save
 from ..errors import TorchRobustError
 from ..evaluate import SweepResult, plot_accuracy_vs_eps, sweep, write_table_files
-from ..evaluate.sweeps import WEAK_NOTE, accuracy_table
+from ..evaluate.sweeps import WEAK_NOTE, accuracy_table, upper_bound_note
 
 __all__ = ["run_demo", "comparison_rows", "machine_fingerprint"]
 
@@ -73,13 +73,8 @@ def demo_note(results: dict[str, SweepResult], strength: str) -> str | None:
     """The note above the demo's table: which models' numbers the sweep's checks mark as upper bounds (NRPM layers
     declare a BPDA surrogate the default attacks do not use: ``BPDA_NOT_EVALUATED``), and the weak-attack warning
     when the attacks were shortened."""
-    flagged = {label: sorted({str(f["code"]) for f in res.flags}) for label, res in results.items() if res.flags}
-    notes = []
-    if flagged:
-        which = ", ".join(f"{label} ({', '.join(codes)})" for label, codes in flagged.items())
-        notes.append(f"**Upper bounds** for {which}: the attacks followed the exact gradient through NRPM, which "
-                     "misleads them; the adaptive suite (`torchrobust evaluate --suite adaptive`: BPDA, transfer) "
-                     "finds lower robust accuracy (docs/adaptive-evaluation.md).")
+    upper = upper_bound_note({label: [str(f["code"]) for f in res.flags] for label, res in results.items()})
+    notes = [upper] if upper else []
     if strength == "weak":
         notes.append(WEAK_NOTE)
     return "\n\n".join(notes) or None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from torchrobust.evaluate.sweeps import upper_bound_note
 from torchrobust.experiments.paper_numbers import EPS_GRID
 from torchrobust.experiments.reprogramming_protocol import strong_title
 from torchrobust.tables import Column, ColumnKind, Table
@@ -39,13 +40,10 @@ ADAPTIVE_NOTE = ("Per-example worst case over every attack (torchrobust.experime
 
 def _upper_bound_note(result: dict[str, Any]) -> str | None:
     """The note naming the rows whose strong evaluation the sweep flagged (``strong_flags``: ``BPDA_NOT_EVALUATED``
-    on NRPM models) as upper bounds; None when no row is flagged."""
-    flagged = [f"{r['row']} ({', '.join(r['strong_flags'])})" for r in result["rows"] if r.get("strong_flags")]
-    if not flagged:
-        return None
-    return (f"**Upper bounds** (the sweep's flags): {'; '.join(flagged)}. These rows were attacked through NRPM's "
-            "exact gradient only; the adaptive suite (`torchrobust paper adaptive`: BPDA, transfer) finds lower robust "
-            "accuracy (docs/adaptive-evaluation.md).")
+    on NRPM models) as upper bounds (:func:`torchrobust.evaluate.sweeps.upper_bound_note`); None when no row is
+    flagged."""
+    return upper_bound_note({r["row"]: r.get("strong_flags") or () for r in result["rows"]},
+                            adaptive_command="torchrobust paper adaptive")
 
 
 def markdown(result: dict[str, Any]) -> str:
