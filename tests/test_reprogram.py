@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -350,6 +351,38 @@ def test_fgsm_sweep_is_bit_for_bit_the_engines_one_job_per_eps() -> None:
     for j, e in enumerate(eps[1:], start=1):
         assert torch.equal(got[j], res.clean & res.correct[Job("fgsm", "Linf", e).key])
     assert 0 < int(got[-1].sum()) < int(got[0].sum())  # the attack did something, and not everything
+
+
+def test_fgsm_sweep_attacks_and_predicts_in_eval_mode_and_restores_every_submodule_mode() -> None:
+    """Every forward pass of the sweep (clean check, FGSM gradient, adversarial predictions) sees every submodule in
+    eval mode - no dropout mask, no BatchNorm statistic update - so the result is the eval-mode model's; afterwards
+    each submodule's own mode is back (here a mixed one: the model in train mode, its BatchNorm set to eval)."""
+    from torchrobust.experiments.reprogramming import fgsm_sweep
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.BatchNorm1d(12), nn.Dropout(0.5), nn.Linear(12, 3))
+    model.train()
+    model[2].eval()
+    model[2].running_mean.uniform_(-0.1, 0.1)
+    modes = {name: m.training for name, m in model.named_modules()}
+    stats = model[2].running_mean.clone(), model[2].running_var.clone()
+    seen: list[bool] = []
+    handle = model.register_forward_pre_hook(lambda m, inp: seen.append(any(s.training for s in m.modules())))
+    x, y = torch.rand(30, 1, 4, 4), torch.randint(0, 3, (30,))
+    eps = (0.0, 0.1, 0.3)
+    try:
+        got = fgsm_sweep(model, x, y, eps, batch_size=11)
+    finally:
+        handle.remove()
+    assert seen and not any(seen)  # every forward, attack included, in eval mode
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert torch.equal(model[2].running_mean, stats[0]) and torch.equal(model[2].running_var, stats[1])
+    ref = copy.deepcopy(model).eval()  # the same sweep by hand on an eval-mode copy
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(ref(xg), y, reduction="sum"), xg)
+    clean = ref(x).argmax(1) == y
+    for j, e in enumerate(eps):
+        assert torch.equal(got[j], clean & (ref((x + e * g.sign()).clamp(0, 1)).argmax(1) == y))
 
 
 @pytest.mark.parametrize("threat", ["Linf", "L2"])

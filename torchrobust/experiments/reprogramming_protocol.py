@@ -176,7 +176,7 @@ def fgsm_sweep(
     """
     from torchrobust.attacks.fgsm import FGSM
     from torchrobust.evaluate.metrics import correct, predict
-    from torchrobust.validation import eval_mode, model_device
+    from torchrobust.validation import model_device
 
     clean = correct(model, x, y, batch_size).cpu()
     out = clean.unsqueeze(0).repeat(len(eps), 1)
@@ -186,13 +186,14 @@ def fgsm_sweep(
         return out
     attack = FGSM("Linf", eps=max(float(eps[i]) for i in rows))
     dev = model_device(model, x.device)
-    with eval_mode(model):
-        for start in range(0, len(idx), batch_size):
-            sel = idx[start:start + batch_size]
-            xb, yb = x[sel].to(dev), y[sel].to(dev)
-            advs = attack.perturb_radii(model, xb, yb, [float(eps[i]) for i in rows])
-            for i, x_adv in zip(rows, advs, strict=True):
-                out[i, sel] = (predict(model, x_adv, len(sel)) == yb).cpu()
+    # no eval_mode here: correct, perturb_radii (the attack contract) and predict each run the model in eval mode
+    # and restore every submodule's mode (tests/test_reprogram.py)
+    for start in range(0, len(idx), batch_size):
+        sel = idx[start:start + batch_size]
+        xb, yb = x[sel].to(dev), y[sel].to(dev)
+        advs = attack.perturb_radii(model, xb, yb, [float(eps[i]) for i in rows])
+        for i, x_adv in zip(rows, advs, strict=True):
+            out[i, sel] = (predict(model, x_adv, len(sel)) == yb).cpu()
     return out
 
 
