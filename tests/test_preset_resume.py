@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,9 +168,47 @@ def test_other_settings_or_model_are_not_reused(tmp_path):
         changed[1].bias.add_(1.0)
     cache.train(changed, "t", {"lr": 0.1}, count(changed))  # another starting model
     assert len(calls) == 2
-    rows = cache.row("r", model, {"robust": True}, lambda: {"fgsm": [1.0]})
-    assert cache.row("r", model, {"robust": True}, lambda: pytest.fail("evaluated again"))[0] == rows[0]
-    assert cache.row("r", model, {"robust": False}, lambda: {"fgsm": [2.0]})[0] == {"fgsm": [2.0]}
+    rows = cache.row("r", cache.row_key("r", model, {"robust": True}), lambda: {"fgsm": [1.0]})
+    again = cache.row("r", cache.row_key("r", model, {"robust": True}), lambda: pytest.fail("evaluated again"))
+    assert again[0] == rows[0]
+    assert cache.row("r", cache.row_key("r", model, {"robust": False}), lambda: {"fgsm": [2.0]})[0] == {"fgsm": [2.0]}
+
+
+def _fixed_net() -> nn.Module:
+    """A model whose weights do not come from an RNG (its fingerprint is the same under any torch version)."""
+    m = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        m[1].weight.copy_(torch.arange(8, dtype=torch.float32).reshape(2, 4) / 8)
+        m[1].bias.copy_(torch.tensor([0.5, -0.5]))
+    return m
+
+
+#: the state names PresetCache gave at commit df2ff71 (before row_key was computed once per row and before
+#: train_data could be omitted), for the input of test_state_names_are_those_of_the_earlier_code: printed by running
+#: that test's steps against the old code (row_state_stem then took ``(label, model, settings, part)`` and row
+#: ``(label, model, settings, compute)``), with code_fingerprint pinned to 64 zeros
+OLD_NAMES = {"fit": "fit-Paradigm_2-14d098175dd22e1257c311d5", "train": "train-Paradigm_2-14d098175dd22e1257c311d5",
+             "row": "row-P1_lam=0.5-a9573dd1c84e41b2c263d3e0",
+             "rowstate": "rowstate-P1_lam=0.5-a9573dd1c84e41b2c263d3e0-eps0.3"}
+
+
+def test_state_names_are_those_of_the_earlier_code(tmp_path, monkeypatch):
+    """Refactoring PresetCache keeps every on-disk name: the training's fit folder and state, the row's state and the
+    row's own resumable state (the adaptive suite's per-ε stem) are named as the earlier code named them, so a state
+    folder written before the change is still reused. The code fingerprint is pinned (any source edit changes it)."""
+    from torchrobust.experiments import preset_cache
+
+    monkeypatch.setattr(preset_cache, "code_fingerprint", lambda root=None: "0" * 64)
+    cache = PresetCache(tmp_path, {"seed": 0, "device": "cpu"}, {"preset": "t", "n_pgd": 2}, train_data="d" * 64,
+                        test_data="e" * 64)
+    fit_dirs: list[str] = []
+    cache.train(_fixed_net(), "Paradigm 2", {"lr": 0.1}, lambda fit_dir, resume: fit_dirs.append(fit_dir.name) or [])
+    key = cache.row_key("P1 λ=0.5", _fixed_net(), {"robust": True})
+    cache.row("P1 λ=0.5", key, lambda: {"fgsm": [1.0]})
+    assert fit_dirs == [OLD_NAMES["fit"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{OLD_NAMES[k]}.{ext}" for k in ("train", "row") for ext in ("json", "safetensors"))
+    assert cache.row_state_stem("P1 λ=0.5", key, "eps0.3").name == OLD_NAMES["rowstate"]
 
 
 def test_code_fingerprint_follows_the_sources(tmp_path):
@@ -249,6 +288,11 @@ def test_adaptive_robust_evaluation_per_row_resumes_and_is_at_most_fgsm_and_pgd2
             assert r["adaptive"][e] <= min(r["adaptive_stages"]["fgsm"][e], r["adaptive_stages"]["pgd20"][e])
     # NRPM rows get BPDA and transfer; the suite's state for each (row, ε) is named by the row's key
     assert list((tmp_path / "state").glob("rowstate-Paradigm_3-*-eps0.3.safetensors"))
+    # ... by the very key of the row's own state (computed once per row)
+    row_keys = {p.name.removesuffix(".safetensors") for p in (tmp_path / "state").glob("row-*.safetensors")}
+    row_states = list((tmp_path / "state").glob("rowstate-*.safetensors"))
+    assert row_states and all("row-" + re.match(r"rowstate-(.+-[0-9a-f]{24})-", p.name).group(1) in row_keys
+                              for p in row_states)
     assert res["config"]["adaptive_suite"]["whitebox"] == "pgd"  # the quick budget
     md = (tmp_path / "table1.md").read_text()
     assert "## Adaptive suite" in md and (tmp_path / "table1_adaptive_table.json").is_file()

@@ -155,20 +155,23 @@ class PresetCache:
         return history
 
     # -------------------------------------------------------------------------------------------- rows
-    def _row_key(self, label: str, model: nn.Module, settings: Mapping[str, Any]) -> str:
+    def row_key(self, label: str, model: nn.Module, settings: Mapping[str, Any]) -> str:
+        """The key of one row: this evaluation, ``model`` (by fingerprint: every weight is hashed, so compute it once
+        per row), ``label`` and ``settings``; it names the row's state (:meth:`row`) and its own resumable states
+        (:meth:`row_state_stem`)."""
         return fingerprint_config({**self._eval, "kind": "row", "label": label, "model": fingerprint_model(model),
                                    "settings": dict(settings)})[:24]
 
-    def row_state_stem(self, label: str, model: nn.Module, settings: Mapping[str, Any], part: str) -> Path:
+    def row_state_stem(self, label: str, key: str, part: str) -> Path:
         """A path stem under the state folder for a row's own resumable state (e.g. the adaptive suite's per-attack
-        state of one ε, ``part``), named by the row's key: an interrupted row continues inside its evaluation."""
-        return self.dir / f"rowstate-{_slug(label)}-{self._row_key(label, model, settings)}-{_slug(part)}"
+        state of one ε, ``part``), named by the row's ``key`` (:meth:`row_key`): an interrupted row continues inside
+        its evaluation."""
+        return self.dir / f"rowstate-{_slug(label)}-{key}-{_slug(part)}"
 
-    def row(self, label: str, model: nn.Module, settings: Mapping[str, Any],
-            compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float]:
-        """``(measurements, seconds)`` of one row: stored ones when this model (by fingerprint), label and
-        ``settings`` were evaluated earlier, else ``compute()`` timed and stored."""
-        key = self._row_key(label, model, settings)
+    def row(self, label: str, key: str, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float]:
+        """``(measurements, seconds)`` of one row: stored ones when the row of this ``key`` (:meth:`row_key`: the
+        model by fingerprint, the label and the settings) was evaluated earlier, else ``compute()`` timed and
+        stored."""
         store = StateStore(self.dir / f"row-{_slug(label)}-{key}", {"key": key})
         got = store.load()
         if got is not None:

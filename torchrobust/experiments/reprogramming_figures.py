@@ -172,7 +172,7 @@ def _fig6_rows(models: Mapping[int | str, nn.Module], x: torch.Tensor, y: torch.
                 t0 = time.perf_counter()
                 values, seconds = cell(), time.perf_counter() - t0
             else:
-                values, seconds = cache.row(label, model, {"sigma": float(s)}, cell)
+                values, seconds = cache.row(label, cache.row_key(label, model, {"sigma": float(s)}), cell)
             timings[label] = round(seconds, 1)
             for r, acc in zip(FIG6_RADII, values["certified"], strict=True):
                 rows.append({"model": _ROW_NAMES[p], "sigma": s, "radius": r, "certified": acc})

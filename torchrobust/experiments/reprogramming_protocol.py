@@ -331,9 +331,10 @@ class PresetContext:
         ``"strong"`` or ``"pgd20"``) when ``pgd`` (or the profile's ``pgd_all_rows``) and ``n_pgd`` > 0."""
         robust = self.profile.n_pgd > 0 and (pgd or self.profile.pgd_all_rows)
         cache = self.cache
+        key = cache.row_key(label, model, {"robust": robust}) if cache is not None else ""  # hashes the model once
 
         def state(part: str) -> Any:  # the adaptive suite's per-ε state, named by this row's key
-            return cache.row_state_stem(label, model, {"robust": robust}, part)
+            return cache.row_state_stem(label, key, part)
 
         def measure() -> dict[str, Any]:
             values: dict[str, Any] = {"fgsm": self.fgsm(model)}
@@ -351,7 +352,7 @@ class PresetContext:
             values = measure()
             seconds = time.perf_counter() - t0
         else:
-            values, seconds = self.cache.row(label, model, {"robust": robust}, measure)
+            values, seconds = self.cache.row(label, key, measure)
         row: dict[str, Any] = {"row": label, "fgsm": values.pop("fgsm"), "paper_fgsm": paper, **values}
         row.update(extra)
         self.timings[f"eval {label}"] = seconds
