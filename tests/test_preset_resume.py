@@ -186,7 +186,8 @@ def _fixed_net() -> nn.Module:
 #: the state names PresetCache gave at commit df2ff71 (before row_key was computed once per row and before
 #: train_data could be omitted), for the input of test_state_names_are_those_of_the_earlier_code: printed by running
 #: that test's steps against the old code (row_state_stem then took ``(label, model, settings, part)`` and row
-#: ``(label, model, settings, compute)``), with code_fingerprint pinned to 64 zeros
+#: ``(label, model, settings, compute)``), with code_fingerprint pinned to 64 zeros; the row names were the same with
+#: ``train_data="-"`` (the old code loaded from ``git show df2ff71:torchrobust/experiments/preset_cache.py``)
 OLD_NAMES = {"fit": "fit-Paradigm_2-14d098175dd22e1257c311d5", "train": "train-Paradigm_2-14d098175dd22e1257c311d5",
              "row": "row-P1_lam=0.5-a9573dd1c84e41b2c263d3e0",
              "rowstate": "rowstate-P1_lam=0.5-a9573dd1c84e41b2c263d3e0-eps0.3"}
@@ -209,6 +210,23 @@ def test_state_names_are_those_of_the_earlier_code(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{OLD_NAMES[k]}.{ext}" for k in ("train", "row") for ext in ("json", "safetensors"))
     assert cache.row_state_stem("P1 λ=0.5", key, "eps0.3").name == OLD_NAMES["rowstate"]
+
+
+def test_a_cache_without_train_data_keeps_the_row_names_and_refuses_trainings(tmp_path, monkeypatch):
+    """An evaluation-only cache (Figure 6's) omits train_data: its rows are named as the earlier code named them
+    (OLD_NAMES; that code gave the same row names with ``train_data="-"``, Figure 6's placeholder, as with a real
+    fingerprint), and a training through it is a one-line error naming the fix, with nothing written."""
+    from torchrobust.experiments import preset_cache
+
+    monkeypatch.setattr(preset_cache, "code_fingerprint", lambda root=None: "0" * 64)
+    cache = PresetCache(tmp_path / "s", {"seed": 0, "device": "cpu"}, {"preset": "t", "n_pgd": 2}, test_data="e" * 64)
+    key = cache.row_key("P1 λ=0.5", _fixed_net(), {"robust": True})
+    cache.row("P1 λ=0.5", key, lambda: {"fgsm": [1.0]})
+    names = {p.name for p in (tmp_path / "s").iterdir()}
+    assert names == {f"{OLD_NAMES['row']}.{ext}" for ext in ("json", "safetensors")}
+    with pytest.raises(TorchRobustError, match="without train_data; pass train_data=") as err:
+        cache.train(_fixed_net(), "Paradigm 2", {"lr": 0.1}, lambda fit_dir, resume: pytest.fail("trained"))
+    assert "\n" not in str(err.value) and len(list((tmp_path / "s").iterdir())) == 2
 
 
 def test_code_fingerprint_follows_the_sources(tmp_path):

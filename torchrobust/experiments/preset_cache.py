@@ -42,7 +42,7 @@ from typing import Any
 
 from torch import nn
 
-from torchrobust.errors import TrainingDiverged
+from torchrobust.errors import TorchRobustError, TrainingDiverged
 from torchrobust.resume import StateStore, fingerprint_config, fingerprint_model
 
 __all__ = ["PresetCache", "code_fingerprint", "CHECKPOINT_EVERY"]
@@ -99,14 +99,17 @@ class PresetCache:
     ``eval_config`` (the preset, its budgets) and ``test_data``. So a training is reused by a rerun with another
     evaluation budget (e.g. a larger ``n_pgd``), and a row only by the same evaluation. ``reused`` lists what
     this run took from the state (``"train <tag>"``, ``"eval <label>"``), for the run's report.
+
+    A run that only evaluates (its models come from elsewhere, e.g. Figure 6's certification cells) omits
+    ``train_data``: its rows' keys are the same either way (they never include it), and :meth:`train` is refused.
     """
 
     def __init__(self, state_dir: str | Path, common: Mapping[str, Any], eval_config: Mapping[str, Any], *,
-                 train_data: str, test_data: str) -> None:
+                 train_data: str | None = None, test_data: str) -> None:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         base = {"common": dict(common), "code": code_fingerprint()}
-        self._train = {**base, "data": train_data}
+        self._train = None if train_data is None else {**base, "data": train_data}
         self._eval = {**base, "eval": dict(eval_config), "data": test_data}
         self.reused: list[str] = []
 
@@ -119,6 +122,9 @@ class PresetCache:
         A stored divergence is raised again as :class:`TrainingDiverged`."""
         from torchrobust.train import resume as fit_resume
 
+        if self._train is None:
+            raise TorchRobustError(f"training {tag!r}: this PresetCache was made without train_data; pass "
+                                   "train_data=<fingerprint of the training tensors> to cache trainings")
         before = fingerprint_model(model)
         key = fingerprint_config({**self._train, "kind": "train", "tag": tag, "model": before,
                                   "settings": dict(settings)})[:24]

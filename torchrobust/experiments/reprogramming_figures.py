@@ -266,7 +266,7 @@ def run_figure(name: str, out_dir: str | Path, *, n_test: int = 1000, profile: s
                                                 "torch": torch.__version__},
                                 {"figure": name, "profile": profile, "n_test": n_test, "n0": n0, "n": n_cert,
                                  "alpha": 0.001, "radii": list(FIG6_RADII)},
-                                train_data="-", test_data=fingerprint_tensors(x.cpu(), y.cpu()))
+                                test_data=fingerprint_tensors(x.cpu(), y.cpu()))  # evaluation only: no train_data
             rows = _fig6_rows(models, x, y, list(sigmas), n0, n_cert, seed, progress, timings, cache)
             resumed = cache.reused
             table = _fig6_table(rows, n_test, n0, n_cert)
