@@ -36,7 +36,7 @@ from torch import nn
 
 from torchrobust import checkpoint
 from torchrobust.experiments.paper_numbers import EPS_GRID, PAPER
-from torchrobust.experiments.reprogramming import BACKBONE_SPECS
+from torchrobust.experiments.reprogramming import BACKBONE_SPECS, _backbones
 from torchrobust.experiments.reprogramming_protocol import PROFILES, PresetContext, fgsm_sweep, linear_mlp, load_mnist
 from torchrobust.io import atomic_write_bytes
 
@@ -51,22 +51,25 @@ VARIANTS: dict[str, tuple[bool, int, float]] = {
 }
 
 
-def _ctx(n_train: int | None, seed: int) -> PresetContext:
-    prof = replace(PROFILES["full"], n_train=n_train)
+def _ctx(n_train: int | None, seed: int, backbone_epochs: int) -> PresetContext:
+    """The full profile's context (its backbone recipe: SGD lr 1e-3) on ``n_train`` images, backbones trained
+    ``backbone_epochs`` epochs."""
+    prof = replace(PROFILES["full"], n_train=n_train, backbone_epochs=backbone_epochs)
     x_tr, y_tr, x_te, y_te = load_mnist(prof, seed)
     return PresetContext(profile=prof, seed=seed, progress=False, x_train=x_tr, y_train=y_tr, x_test=x_te,
                          y_test=y_te, device=torch.device("cpu"))
 
 
-def _standard_backbone(ctx: PresetContext, out: Path, epochs: int) -> nn.Module:
-    """The full profile's standard-trained MLP (SGD lr 1e-3), checkpointed under ``out/models``."""
-    want = {"experiment": "adv_train_gap", "epochs": epochs, "lr": 1e-3, "seed": ctx.seed,
-            "n_train": len(ctx.x_train)}
+def _standard_backbone(ctx: PresetContext, out: Path) -> nn.Module:
+    """The full profile's standard-trained MLP (the presets' own backbone training, SGD lr 1e-3, for
+    ``ctx.profile.backbone_epochs`` epochs), checkpointed under ``out/models``."""
+    prof = ctx.profile
+    want = {"experiment": "adv_train_gap", "epochs": prof.backbone_epochs, "lr": prof.mlp_backbone_lr,
+            "seed": ctx.seed, "n_train": len(ctx.x_train)}
     path = out / "models" / "standard.safetensors"
     if path.is_file() and {k: (checkpoint.load_metadata(path).get("metadata") or {}).get(k) for k in want} == want:
         return checkpoint.load(path).eval()
-    model = linear_mlp(3, ctx.seed)
-    ctx.train(model, epochs=epochs, lr=1e-3, tag="standard")
+    model, _ = _backbones(ctx, 3, adv=False)
     model.torchrobust_spec = copy.deepcopy(BACKBONE_SPECS["mlp"])  # type: ignore[assignment]
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.save(model, path, **want)
@@ -79,7 +82,7 @@ def run(out: Path, variants: list[str], *, n_test: int = 10000, n_train: int | N
     ``n_train``/``backbone_epochs``/``epoch_scale`` shrink the budget (tests)."""
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = _ctx(n_train, seed)
+    ctx = _ctx(n_train, seed, backbone_epochs)
     cells: dict[str, Any] = {}
     for name in variants:
         from_backbone, epochs, lr = VARIANTS[name]
@@ -93,7 +96,7 @@ def run(out: Path, variants: list[str], *, n_test: int = 10000, n_train: int | N
                 cells[name] = cell
                 continue
         t0 = time.perf_counter()
-        model = (copy.deepcopy(_standard_backbone(ctx, out, backbone_epochs)) if from_backbone
+        model = (copy.deepcopy(_standard_backbone(ctx, out)) if from_backbone
                  else linear_mlp(3, seed))
         history = ctx.train(model, mode="fgsm", eps=0.3, epochs=epochs, lr=lr, tag=name)
         model.eval()
