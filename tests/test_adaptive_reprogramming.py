@@ -8,6 +8,7 @@ run in seconds; the attack budgets are the ``"quick"`` ones.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from torchrobust.cli import main
 from torchrobust.errors import TorchRobustError
 from torchrobust.experiments import adaptive_reprogramming as AR
 from torchrobust.experiments import reprogramming as R
+from torchrobust.resume import load_state
 
 
 def _synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +45,27 @@ KW = dict(n_test=12, eps=(0.1, 0.3), models=("mlp",), paradigms=(1, 2), budget="
           progress=False)
 
 
+def cell_states(state: Path, name: str) -> list[Path]:
+    """The stored states of cell ``name`` (e.g. ``mlp-p0-eps0.1``): PresetCache rows ``row-<name>-<key>``."""
+    return sorted(state.glob(f"row-{name}-*.safetensors"))
+
+
+def stored_cell(state: Path, name: str) -> dict:
+    """The measurements of cell ``name`` as stored (exactly one state of it in ``state``)."""
+    (path,) = cell_states(state, name)
+    key = path.name.removesuffix(".safetensors").rsplit("-", 1)[1]
+    got = load_state(path.with_suffix(""), {"key": key})
+    assert got is not None
+    return json.loads(got[1]["values"])
+
+
+def cell_of(stem: Path) -> str:
+    """The cell a suite state stem belongs to: ``rowstate-<cell>-<key>-adaptive`` -> ``<cell>``."""
+    m = re.fullmatch(r"rowstate-(.+)-[0-9a-f]{24}-adaptive", stem.name)
+    assert m is not None, stem.name
+    return m.group(1)
+
+
 def test_run_writes_files_and_table(tmp_path: Path, fake_mnist: None, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     rc = main(["paper", "adaptive", "--out", str(out), "--n-test", "12", "--eps", "0.1,0.3", "--models", "mlp",
@@ -55,7 +78,8 @@ def test_run_writes_files_and_table(tmp_path: Path, fake_mnist: None, capsys: py
     for p in (0, 1, 2):
         assert (out / "models" / f"mlp-p{p}.safetensors").is_file()
         for e in ("0.1", "0.3"):
-            assert (out / "state" / f"cell-mlp-p{p}-eps{e}.json").is_file()
+            assert len(cell_states(out / "state", f"mlp-p{p}-eps{e}")) == 1
+    assert not list((out / "state").glob("*.pt*")) and not list((out / "state").glob("cell-*"))
     # rows = model x paradigm (backbone first), each with one cell per eps
     assert [(r["arch"], r["paradigm"]) for r in res["rows"]] == [("mlp", 0), ("mlp", 1), ("mlp", 2)]
     assert res["missing_cells"] == []
@@ -99,7 +123,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
         return real_train(arch, paradigm, **kw)
 
     def failing_cell(model, base, x, y, eps, budget, seed, state_path, progress):  # noqa: ANN001, ANN202
-        calls.append(state_path.name)
+        calls.append(cell_of(state_path))
         if len(calls) == 2:
             raise KeyboardInterrupt  # simulated interruption inside the second cell
         return real_cell(model, base, x, y, eps, budget, seed, state_path, progress)
@@ -108,9 +132,9 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
     monkeypatch.setattr(AR, "evaluate_cell", failing_cell)
     with pytest.raises(KeyboardInterrupt):
         AR.run(tmp_path, **KW)
-    assert calls == ["adaptive-mlp-p0-eps0.1", "adaptive-mlp-p0-eps0.3"]
-    first = json.loads((tmp_path / "state" / "cell-mlp-p0-eps0.1.json").read_text())["cell"]
-    assert not (tmp_path / "state" / "cell-mlp-p0-eps0.3.json").exists()
+    assert calls == ["mlp-p0-eps0.1", "mlp-p0-eps0.3"]
+    first = stored_cell(tmp_path / "state", "mlp-p0-eps0.1")
+    assert cell_states(tmp_path / "state", "mlp-p0-eps0.3") == []
     assert trained == [0]
     # the partial table was written after the finished cell and names what is missing
     partial = json.loads((tmp_path / "adaptive_reprogramming.json").read_text())
@@ -121,11 +145,11 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
 
     calls.clear()
     trained.clear()
-    monkeypatch.setattr(AR, "evaluate_cell", lambda *a: (calls.append(a[7].name), real_cell(*a))[1])
+    monkeypatch.setattr(AR, "evaluate_cell", lambda *a: (calls.append(cell_of(a[7])), real_cell(*a))[1])
     res = AR.run(tmp_path, **KW)
     # the finished cell is not recomputed; the interrupted one and the rest are
-    assert "adaptive-mlp-p0-eps0.1" not in calls
-    assert calls[0] == "adaptive-mlp-p0-eps0.3" and len(calls) == 5
+    assert "mlp-p0-eps0.1" not in calls
+    assert calls[0] == "mlp-p0-eps0.3" and len(calls) == 5
     assert res["rows"][0]["cells"]["0.1"] == first
     # the backbone was reloaded from its checkpoint, only the reprogrammed models were trained (P1 trains nothing
     # but is built by train_paper_model)
@@ -140,58 +164,147 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist:
     assert [r["lams"] for r in res2["rows"]] == [r["lams"] for r in res["rows"]]
 
 
-def test_state_from_another_configuration_is_refused(tmp_path: Path, fake_mnist: None) -> None:
-    kw = {**KW, "eps": (0.3,), "paradigms": (1,), "baseline": False}
-    AR.run(tmp_path, **kw)
-    with pytest.raises(TorchRobustError, match="another configuration"):
-        AR.run(tmp_path, **{**kw, "n_test": 10})
-    # another state_dir is fine (models are reused)
-    res = AR.run(tmp_path, state_dir=tmp_path / "other", **{**kw, "n_test": 10})
-    assert res["rows"][0]["cells"]["0.3"]["n"] == 10
+ONE_CELL = {**KW, "eps": (0.3,), "paradigms": (), "baseline": True}  # the backbone at one ε
 
 
-def test_cell_of_another_model_or_unreadable_is_recomputed(tmp_path: Path, fake_mnist: None,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    import logging
-
-    from torchrobust import checkpoint
-    from torchrobust.resume import fingerprint_model
-
-    kw = {**KW, "eps": (0.3,), "paradigms": (1,), "baseline": False}
-    first = AR.run(tmp_path, **kw)
+def counting_cells(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every cell evaluated from now on, by name."""
     real_cell = AR.evaluate_cell
     calls: list[str] = []
-    monkeypatch.setattr(AR, "evaluate_cell", lambda *a: (calls.append(a[7].name), real_cell(*a))[1])
-    # another checkpoint with the same training metadata (e.g. retrained elsewhere): its cell is not reused
-    path = tmp_path / "models" / "mlp-p1.safetensors"
-    meta = checkpoint.load_metadata(path)["metadata"]
+    monkeypatch.setattr(AR, "evaluate_cell", lambda *a: (calls.append(cell_of(a[7])), real_cell(*a))[1])
+    return calls
+
+
+def test_a_cell_is_reused_only_for_the_same_computation(tmp_path: Path, fake_mnist: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell's key covers everything it depends on: another n_test, ε, budget, seed, model, test data or library
+    code computes it afresh (the stored cell is left, never read); the same command reuses it."""
+    from torchrobust import checkpoint
+    from torchrobust.experiments import preset_cache
+
+    state = tmp_path / "state"
+    calls = counting_cells(monkeypatch)
+    first = AR.run(tmp_path, **ONE_CELL)
+    assert calls == ["mlp-p0-eps0.3"]
+
+    def computed(out: Path = tmp_path, **changes: object) -> bool:
+        calls.clear()
+        AR.run(out, state_dir=state, **{**ONE_CELL, **changes})
+        return len(calls) == 1
+
+    assert not computed()  # the same command
+    assert computed(n_test=10)
+    assert computed(eps=(0.3 + 1e-9,))  # the same cell name (f"{ε:g}" is 0.3), another ε
+    assert computed(steps=7) and computed(square_queries=9)  # another budget
+    assert computed(out=tmp_path / "seed1", seed=1)  # its own models, the same state folder
+    real_code = preset_cache.code_fingerprint
+    monkeypatch.setattr(preset_cache, "code_fingerprint", lambda root=None: "0" * 64)
+    assert computed()  # another version of the library
+    monkeypatch.setattr(preset_cache, "code_fingerprint", real_code)
+    real_load = R.load_mnist
+
+    def other_test_images(profile: R.Profile, seed: int) -> tuple[torch.Tensor, ...]:
+        x_tr, y_tr, _, _ = real_load(profile, seed)
+        return (x_tr, y_tr, *_synthetic(64, 3))
+
+    monkeypatch.setattr(R, "load_mnist", other_test_images)
+    assert computed()  # other test images (the models are reloaded from their checkpoints)
+    monkeypatch.setattr(R, "load_mnist", real_load)
+    assert not computed()  # every earlier cell is still there, and still reused
+    # another checkpoint with the same training metadata (e.g. retrained elsewhere): its cells are not reused
+    path = tmp_path / "models" / "mlp-p0.safetensors"
     model = checkpoint.load(path)
     with torch.no_grad():
         for prm in model.parameters():
             prm.mul_(0.5)
-    checkpoint.save(model, path, **meta)
-    with caplog.at_level(logging.WARNING, logger=AR.logger.name):
-        res = AR.run(tmp_path, **kw)
-    assert calls == ["adaptive-mlp-p1-eps0.3"]
-    assert any("another model" in r.getMessage() for r in caplog.records)
-    doc = json.loads((tmp_path / "state" / "cell-mlp-p1-eps0.3.json").read_text())
-    assert doc["fingerprint"]["model"] == fingerprint_model(checkpoint.load(path))  # overwritten for the new model
-    assert first["rows"][0]["cells"]["0.3"]["n"] == res["rows"][0]["cells"]["0.3"]["n"]
-    # an unreadable cell file is recomputed (one warning), not a traceback
-    calls.clear()
-    caplog.clear()
-    (tmp_path / "state" / "cell-mlp-p1-eps0.3.json").write_text('{"config": ', encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger=AR.logger.name):
-        again = AR.run(tmp_path, **kw)
-    assert calls == ["adaptive-mlp-p1-eps0.3"] and any("unreadable" in r.getMessage() for r in caplog.records)
-    def numbers(r: dict) -> dict:
-        return {k: v for k, v in r["rows"][0]["cells"]["0.3"].items() if k != "seconds"}
+    checkpoint.save(model, path, **checkpoint.load_metadata(path)["metadata"])
+    assert computed()
+    assert len(cell_states(state, "mlp-p0-eps0.3")) == 9  # one state per computation, none overwritten
+    assert first["rows"][0]["cells"]["0.3"]["n"] == 12
 
-    assert numbers(again) == numbers(res)
-    calls.clear()
-    AR.run(tmp_path, **kw)
-    assert calls == []
+
+def test_a_planted_pickle_or_tampered_cell_is_refused(tmp_path: Path, fake_mnist: None,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    from torchrobust.resume import save_state
+
+    first = AR.run(tmp_path, **ONE_CELL)
+    (path,) = cell_states(tmp_path / "state", "mlp-p0-eps0.3")
+    key = path.name.removesuffix(".safetensors").rsplit("-", 1)[1]
+    saved = path.read_bytes()
+    pickle_like = b"\x80\x04\x95" + b"cos\nsystem\n" * 4
+    for bad, why in ((pickle_like, "not a usable torchrobust state"),
+                     (saved[: len(saved) // 2], "not a usable torchrobust state")):
+        path.write_bytes(bad)
+        with pytest.raises(TorchRobustError, match=why) as err:
+            AR.run(tmp_path, **ONE_CELL)
+        assert "\n" not in str(err.value) and path.name in str(err.value)
+        assert path.read_bytes() == bad  # left as found, never overwritten
+    # a valid state under this cell's key whose content is not this cell's measurements
+    for meta, why in (({"label": "mlp-p0-eps0.3", "values": "[12.5]"}, "holds no stored dict"),
+                      ({"label": "mlp-p1-eps0.3", "values": "{}"}, "holds no measurements of row 'mlp-p0-eps0.3'")):
+        save_state(path.with_suffix(""), {}, meta, {"key": key})
+        with pytest.raises(TorchRobustError, match=why) as err:
+            AR.run(tmp_path, **ONE_CELL)
+        assert "\n" not in str(err.value)
+    # the command line: exit status 2 and one line naming the file
+    path.write_bytes(pickle_like)
+    assert main(["paper", "adaptive", "--out", str(tmp_path), "--n-test", "12", "--eps", "0.3", "--models", "mlp",
+                 "--paradigms", "1", "--budget", "quick", "--profile", "quick", "--quiet"]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.count("\n") == 1 and path.name in err_text and "Traceback" not in err_text
+    path.write_bytes(saved)
+    path.with_suffix(".json").unlink()  # the JSON copy is only for reading; the state is the .safetensors
+    assert AR.run(tmp_path, **ONE_CELL)["rows"][0]["cells"] == first["rows"][0]["cells"]
+
+
+def test_an_interrupted_cell_resumes_inside_the_suite(tmp_path: Path, fake_mnist: None,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell interrupted inside the adaptive suite continues from the suite's per-attack state (named by the cell's
+    key) on a rerun of the same command: the finished attacks are not run again, and the cell is the uninterrupted
+    one. A planted pickle at that state is refused with one line."""
+    from torchrobust.evaluate import engine as E
+
+    kw = {**ONE_CELL, "eps": (0.01,)}  # small enough that points survive FGSM and PGD-20: the suite runs
+    full = AR.run(tmp_path / "full", **kw)["rows"][0]["cells"]["0.01"]
+    assert full["suite"]["n_attacked"] > 0
+    real = E._build_attack
+    attacks: list[str] = []
+
+    def spy(interrupt: str | None) -> None:
+        def build(job, seed):  # noqa: ANN001, ANN202
+            attack = real(job, seed)
+
+            def call(m, xx, yy):  # noqa: ANN001, ANN202
+                attacks.append(type(attack).__name__)
+                if type(attack).__name__ == interrupt:
+                    raise KeyboardInterrupt
+                return attack(m, xx, yy)
+            return call
+        monkeypatch.setattr(E, "_build_attack", build)
+
+    spy("Square")  # interrupted at the suite's third attack
+    with pytest.raises(KeyboardInterrupt):
+        AR.run(tmp_path, **kw)
+    assert attacks == ["FGSM", "PGD", "PGD", "PGD", "Square"]  # FGSM, PGD-20, then the suite: PGD-CE, PGD-margin
+    assert cell_states(tmp_path / "state", "mlp-p0-eps0.01") == []
+    (suite_state,) = (tmp_path / "state").glob("rowstate-*-adaptive.safetensors")
+    assert cell_of(suite_state.with_suffix("")) == "mlp-p0-eps0.01"
+    saved = suite_state.read_bytes()
+    suite_state.write_bytes(b"\x80\x04\x95" + b"cos\nsystem\n" * 4)
+    with pytest.raises(TorchRobustError, match="not a usable torchrobust state") as err:
+        AR.run(tmp_path, **kw)
+    assert "\n" not in str(err.value) and suite_state.name in str(err.value)
+    suite_state.write_bytes(saved)
+    attacks.clear()
+    spy(None)
+    resumed = AR.run(tmp_path, **kw)["rows"][0]["cells"]["0.01"]
+    assert attacks == ["FGSM", "PGD", "Square", "SPSA"]  # the suite's finished PGD runs are not run again
+
+    def numbers(c: dict) -> dict:
+        return {k: v for k, v in c.items() if k != "seconds"} | {"suite": {k: v for k, v in c["suite"].items()
+                                                                          if k != "seconds"}}
+
+    assert numbers(resumed) == numbers(full)
 
 
 def test_report_only_computes_nothing(tmp_path: Path, fake_mnist: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,6 +322,24 @@ def test_report_only_computes_nothing(tmp_path: Path, fake_mnist: None, monkeypa
     assert res["rows"][1]["cells"] == {} and res["rows"][1]["lams"] is None
     md = (tmp_path / "adaptive_reprogramming.md").read_text()
     assert "(not run)" in md and "Partial run" in md
+
+
+def test_report_only_with_nothing_stored_is_a_one_line_error(tmp_path: Path, fake_mnist: None,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    def forbidden(*a: object, **k: object) -> None:
+        raise AssertionError("report_only must not train or attack")
+
+    monkeypatch.setattr(AR, "evaluate_cell", forbidden)
+    monkeypatch.setattr(R, "train_paper_model", forbidden)
+    with pytest.raises(TorchRobustError, match="without --report-only first") as err:
+        AR.run(tmp_path, report_only=True, **ONE_CELL)
+    assert "\n" not in str(err.value) and str(tmp_path / "state") in str(err.value)
+    assert not (tmp_path / "adaptive_reprogramming.json").exists()
+    assert main(["paper", "adaptive", "--out", str(tmp_path), "--n-test", "12", "--models", "mlp", "--budget",
+                 "quick", "--profile", "quick", "--report-only", "--quiet"]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.count("\n") == 1 and "without --report-only" in err_text
 
 
 def test_input_errors(tmp_path: Path) -> None:

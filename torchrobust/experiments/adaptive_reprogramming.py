@@ -23,14 +23,18 @@ paper-code default λ = 0.3, K = 1), paradigm 2 (λ learned) and paradigm 3 (wei
 λ = 0.5, K = 1 under FGSM training at ε = 0.3 as Table 1's rows.
 
 Resumable. Every model is checkpointed (:func:`torchrobust.checkpoint.save`) under ``out_dir/models`` and
-reloaded on a rerun; every (model, paradigm, ε) cell writes its result to ``state_dir/cell-*.json`` when it
-finishes and is skipped on a rerun; inside a cell the adaptive suite keeps a per-attack state
-(``state_dir/adaptive-*.safetensors`` + ``.json``, :mod:`torchrobust.resume`) so an interrupted cell restarts at
-the attack it was running. A cell file written with a different configuration is refused (delete ``state_dir``
-or pass another). Every cell file and suite state also carries fingerprints of the model weights and of the test
-images: a cell computed for another checkpoint (e.g. a retrained model in ``out_dir/models``) or other data is
-never reused — it is recomputed with one warning line (``report_only`` leaves it out) — and an unreadable cell
-file is recomputed the same way. Nothing is unpickled.
+reloaded on a rerun. Every (model, paradigm, ε) cell is kept, as soon as it is finished, in the presets' store of
+finished results (:class:`torchrobust.experiments.preset_cache.PresetCache`, one row per cell:
+``state_dir/row-<arch>-p<k>-eps<ε>-<key>``, :mod:`torchrobust.resume` states, safetensors + JSON, never a
+pickle); inside a cell the adaptive suite keeps its per-attack state under the same key
+(``state_dir/rowstate-<cell>-<key>-adaptive``), so rerunning the same command after an interruption reuses the
+finished cells and restarts the unfinished one at the attack it was running. The key is a SHA-256 over everything
+a cell depends on: seed, device, threads, torch version, the library's code (any change to its sources
+recomputes every cell), the test images, ``n_test``, the training profile, the model's weights (so a retrained
+checkpoint in ``out_dir/models`` is never matched with an old cell), the cell's ε and its attack budget. Another computation gets another key and is computed afresh (stale
+states are left, never read); a file at a state's path that is not a torchrobust state of that cell (a planted
+pickle, a truncated or edited state) is refused with a one-line error. Cells stored by versions before this
+layout (``state_dir/cell-*.json``, ``adaptive-*``) are not read: they are recomputed.
 
 Command (the run documented in ``docs/adaptive-evaluation.md``)::
 
@@ -51,6 +55,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +64,9 @@ from torch import nn
 
 from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.experiments.adaptive_cell import BUDGETS, AttackBudget, evaluate_cell
+from torchrobust.experiments.preset_cache import PresetCache
 from torchrobust.io import atomic_write_bytes
-from torchrobust.resume import fingerprint_model, fingerprint_tensors
+from torchrobust.resume import fingerprint_tensors
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["run", "get_model", "AttackBudget", "BUDGETS", "ARCHS", "PARADIGM_NAMES", "paper_fgsm"]
@@ -109,10 +115,6 @@ def _cell_name(arch: str, paradigm: int, e: float) -> str:
     return f"{arch}-p{paradigm}-eps{_eps_key(e)}"
 
 
-def _write_json(path: Path, doc: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(doc, indent=1, default=str) + "\n").encode("utf-8"))
-
-
 def _lams(model: nn.Module) -> list[float] | None:
     from torchrobust.reprogramming import is_reprogrammed, learned_lams
 
@@ -134,33 +136,14 @@ def _config(n_test: int, eps: Sequence[float], budgets: dict[str, AttackBudget],
             "seed": seed, "profile": profile, "threat": "Linf"}
 
 
-def _load_cell(path: Path, config: dict[str, Any], fingerprint: dict[str, str], sdir: Path) -> dict[str, Any] | None:
-    """A finished cell from ``path`` if it belongs to this configuration, model and data; None (one warning) when
-    it is unreadable or was computed for another model/data. Another configuration raises (the whole run
-    differs: the user chose a folder of another run)."""
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(doc, dict) or not isinstance(doc.get("cell"), dict):
-            raise ValueError("no cell in it")
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        logger.warning("cell file %s is unreadable (%s); recomputing the cell", path, exc)
-        return None
-    if doc.get("config") != config:
-        raise TorchRobustError(f"{path} was written by another configuration; delete {sdir} or pass another "
-                               "state_dir")
-    saved = doc.get("fingerprint") if isinstance(doc.get("fingerprint"), dict) else {}
-    differ = sorted(k for k, v in fingerprint.items() if saved.get(k) != v)
-    if differ:
-        logger.warning("cell file %s was computed for another %s (fingerprint mismatch); recomputing the cell", path,
-                       "/".join(differ))
-        return None
-    return doc["cell"]
-
-
-def _cell_config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
-    return {**{k: cfg[k] for k in ("n_test", "seed", "profile", "threat")}, "budget": cfg["budget"][arch]}
+def _compute_cell(model: nn.Module, base: nn.Module | None, x: torch.Tensor, y: torch.Tensor, e: float,
+                  budget: AttackBudget, seed: int, state: Path, progress: bool, arch: str, p: int) -> dict[str, Any]:
+    """One cell (:func:`evaluate_cell`, the suite's per-attack state at ``state``) with the paper's number beside it."""
+    cell = evaluate_cell(model, base, x, y, e, budget, seed, state, progress)
+    cell["paper_fgsm"] = paper_fgsm(arch, p, e)
+    logger.info("cell %s: clean %.1f FGSM %.1f PGD-20 %.1f adaptive %.1f", _cell_name(arch, p, e), cell["clean"],
+                cell["fgsm"], cell["pgd20"], cell["adaptive"])
+    return cell
 
 
 def _resolve_budget(budget: str | AttackBudget | Mapping[str, AttackBudget],
@@ -304,7 +287,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
         models: a subset of ``("mlp", "lenet")``.
         paradigms: a subset of ``(1, 2, 3)``; ``baseline=True`` adds the undefended backbone (paradigm 0).
         state_dir: where the finished cells and the adaptive suite's state files go (default
-            ``out_dir/state``); a rerun skips finished cells.
+            ``out_dir/state``; see the module docstring); a rerun of the same computation skips finished cells.
         seed: seeds training (as the presets) and every randomised attack.
         threads: ``torch.set_num_threads`` during the run (restored afterwards); None leaves it.
         progress: tqdm bars over the cells and the attacks.
@@ -313,8 +296,9 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
         profile: training profile of the presets (:data:`torchrobust.experiments.reprogramming.PROFILES`).
         device: e.g. ``"cuda"``; default CPU.
         report_only: train and attack nothing: write the table of the cells finished so far (e.g. while other
-            processes work on other models in the same ``out_dir``/``state_dir``; unfinished cells are listed
-            as missing).
+            processes work on other models in the same ``out_dir``/``state_dir``; unfinished cells, and those of a
+            model without its checkpoint in ``out_dir/models``, are listed as missing); a one-line error when no
+            cell of this computation is stored.
         steps, square_queries: when given, replace :attr:`AttackBudget.steps` (the suite's PGD steps) and
             :attr:`AttackBudget.square_queries` (Square's query budget) in every model's budget.
 
@@ -373,7 +357,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
             "files": [f"{_RESULT_NAME}.json", f"{_RESULT_NAME}.md"],
         }
         atomic_write_bytes(out / f"{_RESULT_NAME}.md", _markdown(result).encode("utf-8"))
-        _write_json(out / f"{_RESULT_NAME}.json", result)
+        atomic_write_bytes(out / f"{_RESULT_NAME}.json", (json.dumps(result, indent=1, default=str) + "\n").encode())
         return result
 
     old_threads = torch.get_num_threads()
@@ -383,7 +367,10 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
     try:
         x_tr, y_tr, x_te, y_te = load_mnist(PROFILES[profile], seed)
         x, y = x_te[:n_test], y_te[:n_test]
-        data_fp = fingerprint_tensors(x, y)
+        cache = PresetCache(sdir, {"seed": seed, "device": device or "cpu", "threads": threads,
+                                   "torch": torch.__version__},
+                            {"experiment": _RESULT_NAME, "n_test": n_test, "profile": profile, "threat": "Linf"},
+                            test_data=fingerprint_tensors(x, y))  # evaluation only: the models are checkpointed
         if progress:
             from tqdm.auto import tqdm
 
@@ -406,35 +393,36 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
                        "lams": _lams(model) if model is not None else None,
                        "K": _K(model) if p > 0 and model is not None else None, "cells": {}}
                 rows[(arch, p)] = row
+                if model is None:  # report_only without the model's checkpoint: its cells cannot be keyed
+                    continue
                 base = None
-                if p > 0 and model is not None and not report_only:
+                if p > 0 and not report_only:
                     from torchrobust.reprogramming import unreprogram
 
                     base = unreprogram(copy.deepcopy(model)).eval()
-                # a model that could not be loaded (report_only without its checkpoint) is checked on data only
-                fprint = {"data": data_fp, **({"model": fingerprint_model(model)} if model is not None else {})}
                 for e in eps:
                     name = _cell_name(arch, p, float(e))
-                    cell_path = sdir / f"cell-{name}.json"
-                    loaded_cell = _load_cell(cell_path, _cell_config(cfg, arch), fprint, sdir)
-                    if loaded_cell is not None:
-                        cell = loaded_cell
-                        logger.info("cell %s: finished earlier, skipped", name)
-                    elif report_only or model is None:
-                        continue
+                    # the cell's key: this run's evaluation, the model by fingerprint, the cell's name, ε and budget
+                    key = cache.row_key(name, model, {"eps": float(e), "budget": asdict(budgets[arch])})
+                    if report_only:
+                        stored = cache.stored_row(name, key)
+                        if stored is None:
+                            continue
+                        cell = stored[0]
                     else:
-                        cell = evaluate_cell(model, base, x, y, float(e), budgets[arch], seed,
-                                              sdir / f"adaptive-{name}", progress)
-                        cell["paper_fgsm"] = paper_fgsm(arch, p, float(e))
-                        _write_json(cell_path, {"config": _cell_config(cfg, arch), "fingerprint": fprint,
-                                                "cell": cell})
-                        logger.info("cell %s: clean %.1f FGSM %.1f PGD-20 %.1f adaptive %.1f", name, cell["clean"],
-                                    cell["fgsm"], cell["pgd20"], cell["adaptive"])
+                        # an interrupted cell continues inside the suite from its per-attack state, named by the key
+                        cell = cache.row(name, key, partial(_compute_cell, model, base, x, y, float(e), budgets[arch],
+                                                            seed, cache.row_state_stem(name, key, "adaptive"),
+                                                            progress, arch, p))[0]
                     row["cells"][_eps_key(float(e))] = cell
                     write_results()
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix_str(f"{name} adaptive={cell['adaptive']:.1f}")
+        if report_only and not any(r["cells"] for r in rows.values()):
+            raise TorchRobustError(f"report_only: no finished cell of this run in {sdir} (none of these models, data, "
+                                   "budgets and code); run the same command without --report-only first, or pass "
+                                   "the state_dir of the run that computed them")
     finally:
         if bar is not None:
             bar.close()

@@ -10,7 +10,10 @@ soon as it is finished, under ``state_dir`` (default ``<out>/state``), as :mod:`
   While a training runs, :func:`torchrobust.train.fit` writes its own resume state to ``fit-<tag>-<key>/`` at
   every epoch's end and every :data:`CHECKPOINT_EVERY` optimiser steps, so an interrupted training continues
   where it stopped, bit for bit (that folder is removed once the training is stored);
-* ``row-<label>-<key>`` - one row's measurements (FGSM column, robust evaluation) and the seconds they took.
+* ``row-<label>-<key>`` - one row's measurements (FGSM column, robust evaluation) and the seconds they took
+  (``torchrobust paper adaptive`` keeps each of its (model, paradigm, ε) cells as such a row);
+* ``rowstate-<label>-<key>-<part>`` - a row's own resumable state while it is evaluated (the adaptive suite's
+  per-attack state), so an interrupted row continues inside its evaluation.
 
 **What the key covers.** ``key`` is a SHA-256 over everything the result depends on: the seed, device, threads
 and torch version, the library's own source code (:func:`code_fingerprint`: any change to ``torchrobust`` gives
@@ -174,22 +177,35 @@ class PresetCache:
         its evaluation."""
         return self.dir / f"rowstate-{_slug(label)}-{key}-{_slug(part)}"
 
+    def stored_row(self, label: str, key: str) -> tuple[dict[str, Any], float] | None:
+        """``(measurements, seconds)`` of the row of this ``key`` (:meth:`row_key`) when it was evaluated earlier,
+        else None; nothing is computed (a report of what is finished). A state at the row's path that is not this
+        row's is refused with a one-line error."""
+        store = StateStore(self._row_stem(label, key), {"key": key})
+        got = store.load()
+        if got is None:
+            return None
+        _, meta = got
+        if meta.get("label") != label:
+            store.reject(f"it holds no measurements of row {label!r}")
+        values = _loads(meta.get("values"), dict, store)
+        self.reused.append(f"eval {label}")
+        logger.info("%s: evaluated earlier, measurements loaded from %s", label, store.path)
+        return values, float(meta.get("seconds") or 0.0)
+
     def row(self, label: str, key: str, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float]:
         """``(measurements, seconds)`` of one row: stored ones when the row of this ``key`` (:meth:`row_key`: the
-        model by fingerprint, the label and the settings) was evaluated earlier, else ``compute()`` timed and
-        stored."""
-        store = StateStore(self.dir / f"row-{_slug(label)}-{key}", {"key": key})
-        got = store.load()
+        model by fingerprint, the label and the settings) was evaluated earlier (:meth:`stored_row`), else
+        ``compute()`` timed and stored."""
+        got = self.stored_row(label, key)
         if got is not None:
-            _, meta = got
-            if meta.get("label") != label:
-                store.reject(f"it holds no measurements of row {label!r}")
-            values = _loads(meta.get("values"), dict, store)
-            self.reused.append(f"eval {label}")
-            logger.info("%s: evaluated earlier, measurements loaded from %s", label, store.path)
-            return values, float(meta.get("seconds") or 0.0)
+            return got
         t0 = time.perf_counter()
         values = compute()
         seconds = time.perf_counter() - t0
-        store.save({}, {"label": label, "values": _dumps(values), "seconds": round(seconds, 3)})
+        StateStore(self._row_stem(label, key), {"key": key}).save(
+            {}, {"label": label, "values": _dumps(values), "seconds": round(seconds, 3)})
         return values, seconds
+
+    def _row_stem(self, label: str, key: str) -> Path:
+        return self.dir / f"row-{_slug(label)}-{key}"
