@@ -31,10 +31,11 @@ pickle); inside a cell the adaptive suite keeps its per-attack state under the s
 finished cells and restarts the unfinished one at the attack it was running. The key is a SHA-256 over everything
 a cell depends on: seed, device, threads, torch version, the library's code (any change to its sources
 recomputes every cell), the test images, ``n_test``, the training profile, the model's weights (so a retrained
-checkpoint in ``out_dir/models`` is never matched with an old cell), the cell's ε and its attack budget. Another computation gets another key and is computed afresh (stale
-states are left, never read); a file at a state's path that is not a torchrobust state of that cell (a planted
-pickle, a truncated or edited state) is refused with a one-line error. Cells stored by versions before this
-layout (``state_dir/cell-*.json``, ``adaptive-*``) are not read: they are recomputed.
+checkpoint in ``out_dir/models`` is never matched with an old cell), the cell's ε and its attack budget. Another
+computation gets another key and is computed afresh (stale states are left, never read); a file at a state's path
+that is not a torchrobust state of that cell (a planted pickle, a truncated or edited state) is refused with a
+one-line error. Cells stored by versions before this layout (``state_dir/cell-*.json``, ``adaptive-*``) are not
+read: they are recomputed.
 
 Command (the run documented in ``docs/adaptive-evaluation.md``)::
 
