@@ -27,6 +27,9 @@ code's set) and on all ``--n-test``, and the wall time. A cell whose training di
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/p2_lambda_param.py --out results/p2-lambda \\
         --backbone results/adv-train-gap/models/standard.safetensors --cells raw:0.3 sigmoid:0.3
+
+``--lam0`` (λ's initial value; the paper code's ``--lmbd`` default is 0.6) and ``--epochs`` (the paper code's
+script runs 10) change the recipe; a cell of another recipe is named after it (``raw-eps0.3-lam0.6-ep10``).
 """
 
 from __future__ import annotations
@@ -75,8 +78,11 @@ def parse_cell(text: str) -> tuple[str, float]:
     return kind, e
 
 
-def cell_name(kind: str, eps_train: float) -> str:
-    return f"{kind}-eps{eps_train:g}"
+def cell_name(kind: str, eps_train: float, lam0: float = LAM0, epochs: int | None = None) -> str:
+    """``clamp-eps0.3``; a λ init other than :data:`LAM0` or an epoch count other than the full profile's is part
+    of the name (``clamp-eps0.3-lam0.6-ep10``), so cells of other recipes sit side by side, none overwritten."""
+    return (f"{kind}-eps{eps_train:g}" + (f"-lam{lam0:g}" if lam0 != LAM0 else "")
+            + (f"-ep{epochs}" if epochs is not None else ""))
 
 
 def _lams(model: nn.Module) -> dict[str, list[float]]:
@@ -93,7 +99,8 @@ def _fgsm(model: nn.Module, ctx: PresetContext, n_test: int) -> dict[str, list[f
             "fgsm_all": [round(100 * float(v), 2) for v in c.mean(1)]}
 
 
-def _run_cell(ctx: PresetContext, backbone: nn.Module, kind: str, eps_train: float, n_test: int) -> dict[str, Any]:
+def _run_cell(ctx: PresetContext, backbone: nn.Module, kind: str, eps_train: float, n_test: int,
+              lam0: float = LAM0) -> dict[str, Any]:
     p = ctx.profile
     if kind in EVAL_ONLY:
         logged = PAPER["table2"][eps_train][1]
@@ -110,7 +117,7 @@ def _run_cell(ctx: PresetContext, backbone: nn.Module, kind: str, eps_train: flo
                     epochs[-1]["lam"])
 
     try:  # the presets' Paradigm-2 training (Table 1/2's recipe), with this cell's λ parametrisation
-        model = _learn(ctx, backbone, 2, eps_train, K=1, lam0=LAM0, tag=cell_name(kind, eps_train),
+        model = _learn(ctx, backbone, 2, eps_train, K=1, lam0=lam0, tag=cell_name(kind, eps_train, lam0),
                        lam_parametrization=kind, on_epoch=on_epoch)
     except TrainingDiverged as err:
         return {"diverged": True, "reason": str(err), "epoch": err.epoch, "batch": err.batch, "epochs": epochs}
@@ -118,9 +125,16 @@ def _run_cell(ctx: PresetContext, backbone: nn.Module, kind: str, eps_train: flo
 
 
 def run(out: Path, backbone_path: Path, cells: list[str], *, n_test: int = 10000, n_train: int | None = None,
-        max_batches: int | None = None, epochs: int | None = None, seed: int = 0) -> dict[str, Any]:
+        max_batches: int | None = None, epochs: int | None = None, seed: int = 0, lam0: float = LAM0,
+        name_epochs: bool = False) -> dict[str, Any]:
     """Run each cell (skipping finished ones) and write the report; returns ``{cell name: cell}``.
-    ``n_train``/``max_batches``/``epochs`` shrink the full profile's budget (tests)."""
+    ``n_train``/``max_batches``/``epochs`` change the full profile's budget (``epochs``: the paper code's 10, or
+    fewer in tests); ``lam0`` is λ's initial value (the presets' 0.5; the paper code's ``--lmbd`` default is 0.6);
+    ``name_epochs`` puts ``epochs`` into the cell names (the CLI's ``--epochs``)."""
+    if not 0.0 <= lam0 <= 1.0:
+        raise TorchRobustError(f"lam0={lam0} is not in [0, 1]; pass e.g. --lam0 0.6")
+    if epochs is not None and epochs < 1:
+        raise TorchRobustError(f"epochs={epochs} is not a positive count; pass e.g. --epochs 10")
     torch.set_num_threads(1)
     parsed = [parse_cell(c) for c in cells]
     prof = PROFILES["full"]
@@ -133,9 +147,9 @@ def run(out: Path, backbone_path: Path, cells: list[str], *, n_test: int = 10000
     (out / "cells").mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}
     for kind, eps_train in parsed:
-        name = cell_name(kind, eps_train)
+        name = cell_name(kind, eps_train, lam0, epochs if name_epochs else None)
         cfg = {"kind": kind, "eps_train": eps_train, "backbone": str(backbone_path), "n_train": len(x_tr),
-               "n_test": min(n_test, len(x_te)), "seed": seed, "K": 1, "lam0": LAM0, "irls_eps": prof.nrpm_eps_mlp,
+               "n_test": min(n_test, len(x_te)), "seed": seed, "K": 1, "lam0": lam0, "irls_eps": prof.nrpm_eps_mlp,
                "epochs": prof.reprogram_epochs, "max_batches": prof.reprogram_steps, "lr": prof.reprogram_lr_p2,
                "optimizer": prof.reprogram_optimizer, "momentum": 0.9, "batch_size": prof.batch_size,
                "mixed": eps_train > 0}
@@ -146,7 +160,7 @@ def run(out: Path, backbone_path: Path, cells: list[str], *, n_test: int = 10000
                 done[name] = cell
                 continue
         t0 = time.perf_counter()
-        cell = {"config": cfg, **_run_cell(ctx, backbone, kind, eps_train, cfg["n_test"]),
+        cell = {"config": cfg, **_run_cell(ctx, backbone, kind, eps_train, cfg["n_test"], lam0),
                 "wall_seconds": round(time.perf_counter() - t0, 1)}
         atomic_write_bytes(path, (json.dumps(cell, indent=1) + "\n").encode())
         done[name] = cell
@@ -191,10 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone", required=True, type=Path, help="checkpoint of the full profile's standard MLP")
     ap.add_argument("--cells", nargs="+", required=True, help="KIND:EPS_TRAIN, e.g. raw:0.3 sigmoid:0.3 clamp:0.3")
     ap.add_argument("--n-test", type=int, default=10000)
+    ap.add_argument("--lam0", type=float, default=LAM0,
+                    help=f"λ's initial value (default {LAM0}, the presets'; the paper code's --lmbd default is 0.6)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="training epochs over the 60k images (default: the full profile's 5; the paper code's 10)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    cells = run(args.out, args.backbone, args.cells, n_test=args.n_test)
+    cells = run(args.out, args.backbone, args.cells, n_test=args.n_test, lam0=args.lam0, epochs=args.epochs,
+                name_epochs=args.epochs is not None)
     print(report(cells), end="")  # noqa: T201 - a benchmark's result table on stdout
     return 0
 

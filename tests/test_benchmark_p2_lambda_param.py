@@ -80,3 +80,21 @@ def test_a_diverging_cell_is_recorded(mod, backbone, tmp_path, monkeypatch):
 def test_bad_cell_is_a_one_line_error(mod, bad):
     with pytest.raises(TorchRobustError, match=r"^cell .*; pass "):
         mod.parse_cell(bad)
+
+
+def test_lam0_and_epochs_are_options_and_part_of_the_cell_name(mod, backbone, tmp_path, monkeypatch):
+    # lr 1e-12: λ does not move measurably, so the stored λ is the initial one (the paper code's --lmbd default)
+    monkeypatch.setitem(mod.PROFILES, "full", replace(mod.PROFILES["full"], reprogram_lr_p2=1e-12))
+    kw = {"n_test": 50, "n_train": 128, "max_batches": 1}
+    cells = mod.run(tmp_path, backbone, ["clamp:0.3"], lam0=0.6, epochs=2, name_epochs=True, **kw)
+    cell = cells["clamp-eps0.3-lam0.6-ep2"]
+    assert cell["lam"] == pytest.approx([0.6, 0.6, 0.6], abs=1e-6) and [ep["epoch"] for ep in cell["epochs"]] == [1, 2]
+    assert (cell["config"]["lam0"], cell["config"]["epochs"]) == (0.6, 2)
+    # the default recipe's cell sits beside it under its own name; neither overwrites the other
+    default = mod.run(tmp_path, backbone, ["clamp:0.3"], epochs=1, **kw)["clamp-eps0.3"]
+    assert default["lam"] == pytest.approx([0.5, 0.5, 0.5], abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["clamp-eps0.3-lam0.6-ep2.json",
+                                                                      "clamp-eps0.3.json"]
+    for bad in ({"lam0": 1.5}, {"epochs": 0}):
+        with pytest.raises(TorchRobustError, match="pass e.g."):
+            mod.run(tmp_path, backbone, ["clamp:0.3"], **bad, **kw)
