@@ -39,6 +39,7 @@ import copy
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -212,8 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    cells = run(args.out, args.backbone, args.cells, n_test=args.n_test, lam0=args.lam0, epochs=args.epochs,
-                name_epochs=args.epochs is not None)
+    try:
+        cells = run(args.out, args.backbone, args.cells, n_test=args.n_test, lam0=args.lam0, epochs=args.epochs,
+                    name_epochs=args.epochs is not None)
+    except TorchRobustError as exc:  # bad input (checked before any work): one line, exit 2, no traceback
+        sys.stderr.write(f"p2_lambda_param: error: {exc}\n")
+        return 2
     print(report(cells), end="")  # noqa: T201 - a benchmark's result table on stdout
     return 0
 

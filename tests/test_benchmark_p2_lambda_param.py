@@ -98,3 +98,14 @@ def test_lam0_and_epochs_are_options_and_part_of_the_cell_name(mod, backbone, tm
     for bad in ({"lam0": 1.5}, {"epochs": 0}):
         with pytest.raises(TorchRobustError, match="pass e.g."):
             mod.run(tmp_path, backbone, ["clamp:0.3"], **bad, **kw)
+
+
+@pytest.mark.parametrize("bad", [["--lam0", "1.5"], ["--epochs", "0"], ["--cells", "tanh:0.3"]])
+def test_bad_command_line_is_one_line_exit_2_and_writes_nothing(mod, backbone, tmp_path, capsys, bad):
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--backbone", str(backbone), "--cells", "clamp:0.3", "--n-test", "10"]
+    argv = argv[:4] + bad if bad[0] == "--cells" else argv + bad
+    assert mod.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("p2_lambda_param: error: ") and err.count("\n") == 1 and "pass" in err
+    assert not out.exists()
