@@ -133,14 +133,36 @@ def test_upper_bound_note_names_every_flagged_label_and_none_without_flags():
     from torchrobust.evaluate.sweeps import upper_bound_note
 
     note = upper_bound_note({"LPM": [], "P1": ["BPDA_NOT_EVALUATED", "BPDA_NOT_EVALUATED"],
-                             "P3": ("TRANSFER_STRONGER", "BPDA_STRONGER")})
+                             "P3": ("TRANSFER_STRONGER", "BPDA_STRONGER")}, defence="NRPM")
     assert note is not None
     assert note.startswith("**Upper bounds** for P1 (BPDA_NOT_EVALUATED), P3 (BPDA_STRONGER, TRANSFER_STRONGER): ")
     assert "LPM" not in note and "`torchrobust evaluate --suite adaptive`" in note
     semi = upper_bound_note({"weights fine-tuned, λ=0.0": ["BPDA_NOT_EVALUATED"], "P2": ["BPDA_STRONGER"]},
-                            adaptive_command="torchrobust paper adaptive")
+                            adaptive_command="torchrobust paper adaptive", defence="NRPM")
     assert semi is not None
     assert semi.startswith("**Upper bounds** for weights fine-tuned, λ=0.0 (BPDA_NOT_EVALUATED); P2 (BPDA_STRONGER): ")
     assert "`torchrobust paper adaptive`" in semi
-    assert upper_bound_note({"LPM": [], "Adv-train": ()}) is None
-    assert upper_bound_note({}) is None
+    assert upper_bound_note({"LPM": [], "Adv-train": ()}, defence="NRPM") is None
+    assert upper_bound_note({}, defence="NRPM") is None
+
+
+def test_upper_bound_note_names_the_defence_the_caller_gives():
+    """The note says what the exact gradient went through as the caller names it: "NRPM" gives the demo's and the
+    presets' wording (the whole sentence, hard-coded), another defence gives text without "NRPM"; the defence must
+    be named (a keyword without default; an empty name is a one-line error naming the fix)."""
+    from torchrobust.evaluate.sweeps import upper_bound_note
+
+    flags = {"LPM": [], "P1": ["BPDA_NOT_EVALUATED"]}
+    assert upper_bound_note(flags, defence="NRPM") == (
+        "**Upper bounds** for P1 (BPDA_NOT_EVALUATED): the attacks followed the exact gradient through NRPM, which "
+        "misleads them; the adaptive suite (`torchrobust evaluate --suite adaptive`: BPDA, transfer) finds lower "
+        "robust accuracy (docs/adaptive-evaluation.md).")
+    forged = upper_bound_note({"forged": ["BPDA_STRONGER"]}, defence="the forged threshold")
+    assert forged is not None and "NRPM" not in forged
+    assert "the exact gradient through the forged threshold, which misleads them" in forged
+    with pytest.raises(TypeError):
+        upper_bound_note(flags)  # type: ignore[call-arg]
+    for bad in ("", "  "):
+        with pytest.raises(TorchRobustError, match="pass the name of the defence") as err:
+            upper_bound_note(flags, defence=bad)
+        assert "\n" not in str(err.value)

@@ -47,20 +47,25 @@ ACCURACY_NOTE = "Accuracy in % (per-example worst case over attacks in `worst_ca
 
 
 def upper_bound_note(flags: Mapping[str, Iterable[str]],
-                     adaptive_command: str = "torchrobust evaluate --suite adaptive") -> str | None:
+                     adaptive_command: str = "torchrobust evaluate --suite adaptive", *, defence: str) -> str | None:
     """The note naming the labels whose robust numbers are upper bounds: every label with at least one flag code
-    (``flags[label]``: the sweep's codes for it, e.g. ``BPDA_NOT_EVALUATED`` on NRPM models, ``BPDA_STRONGER``,
-    ``TRANSFER_STRONGER``), each with its codes deduplicated and sorted, in the order of ``flags``; labels are
-    joined by ``", "`` unless one of them holds a comma (then ``"; "``). ``adaptive_command`` is the command quoted
-    for the adaptive suite. None when no label has a flag."""
+    (``flags[label]``: the sweep's codes for it, e.g. ``BPDA_NOT_EVALUATED`` on models with a BPDA surrogate,
+    ``BPDA_STRONGER``, ``TRANSFER_STRONGER``), each with its codes deduplicated and sorted, in the order of ``flags``;
+    labels are joined by ``", "`` unless one of them holds a comma (then ``"; "``). ``defence`` names what the
+    attacks' exact gradient went through (``"NRPM"`` for the reprogramming models, e.g. ``"the forged threshold"``
+    for another); ``adaptive_command`` is the command quoted for the adaptive suite. None when no label has a flag.
+    """
+    if not isinstance(defence, str) or not defence.strip():
+        raise TorchRobustError(f"upper_bound_note: defence={defence!r}; pass the name of the defence the white-box "
+                               "gradient went through, e.g. defence='NRPM'")
     flagged = {label: sorted({str(c) for c in codes}) for label, codes in flags.items()}
     flagged = {label: codes for label, codes in flagged.items() if codes}
     if not flagged:
         return None
     sep = "; " if any("," in label for label in flagged) else ", "
     which = sep.join(f"{label} ({', '.join(codes)})" for label, codes in flagged.items())
-    return (f"**Upper bounds** for {which}: the attacks followed the exact gradient through NRPM, which misleads "
-            f"them; the adaptive suite (`{adaptive_command}`: BPDA, transfer) finds lower robust accuracy "
+    return (f"**Upper bounds** for {which}: the attacks followed the exact gradient through {defence}, which "
+            f"misleads them; the adaptive suite (`{adaptive_command}`: BPDA, transfer) finds lower robust accuracy "
             "(docs/adaptive-evaluation.md).")
 
 

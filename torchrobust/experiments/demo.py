@@ -73,7 +73,8 @@ def demo_note(results: dict[str, SweepResult], strength: str) -> str | None:
     """The note above the demo's table: which models' numbers the sweep's checks mark as upper bounds (NRPM layers
     declare a BPDA surrogate the default attacks do not use: ``BPDA_NOT_EVALUATED``), and the weak-attack warning
     when the attacks were shortened."""
-    upper = upper_bound_note({label: [str(f["code"]) for f in res.flags] for label, res in results.items()})
+    upper = upper_bound_note({label: [str(f["code"]) for f in res.flags] for label, res in results.items()},
+                             defence="NRPM")
     notes = [upper] if upper else []
     if strength == "weak":
         notes.append(WEAK_NOTE)

@@ -43,7 +43,7 @@ def _upper_bound_note(result: dict[str, Any]) -> str | None:
     on NRPM models) as upper bounds (:func:`torchrobust.evaluate.sweeps.upper_bound_note`); None when no row is
     flagged."""
     return upper_bound_note({r["row"]: r.get("strong_flags") or () for r in result["rows"]},
-                            adaptive_command="torchrobust paper adaptive")
+                            adaptive_command="torchrobust paper adaptive", defence="NRPM")
 
 
 def markdown(result: dict[str, Any]) -> str:
