@@ -223,6 +223,46 @@ def test_a_cell_is_reused_only_for_the_same_computation(tmp_path: Path, fake_mni
     assert first["rows"][0]["cells"]["0.3"]["n"] == 12
 
 
+def test_each_model_is_fingerprinted_once_for_all_its_cells(tmp_path: Path, fake_mnist: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cells' keys hash each model's weights once (not once per ε), and each cell is keyed by the fingerprint
+    of the model as the cell evaluates it, so the keys are those the model itself gives (the earlier keys)."""
+    from torchrobust.experiments import preset_cache
+    from torchrobust.resume import fingerprint_model
+
+    hashed: list[int] = []
+
+    def counting(model: torch.nn.Module) -> str:
+        hashed.append(id(model))
+        return fingerprint_model(model)
+
+    keyed: dict[str, object] = {}
+    real_row_key = preset_cache.PresetCache.row_key
+
+    def spy_row_key(self: preset_cache.PresetCache, label: str, model: object, settings: dict) -> str:
+        keyed[label] = model
+        return real_row_key(self, label, model, settings)  # type: ignore[arg-type]
+
+    at_cell: dict[str, str] = {}
+    real_cell = AR.evaluate_cell
+
+    def cell(*a: object) -> dict:
+        at_cell[cell_of(a[7])] = fingerprint_model(a[0])  # the model as this cell evaluates it
+        return real_cell(*a)
+
+    monkeypatch.setattr(AR, "fingerprint_model", counting)
+    monkeypatch.setattr(preset_cache, "fingerprint_model", counting)
+    monkeypatch.setattr(preset_cache.PresetCache, "row_key", spy_row_key)
+    monkeypatch.setattr(AR, "evaluate_cell", cell)
+    res = AR.run(tmp_path, **KW)  # 3 models (backbone, P1, P2) x 2 ε
+    assert res["missing_cells"] == []
+    assert len(hashed) == 3 and len(set(hashed)) == 3
+    names = [f"mlp-p{p}-eps{e}" for p in (0, 1, 2) for e in ("0.1", "0.3")]
+    assert sorted(keyed) == sorted(at_cell) == sorted(names)
+    assert all(keyed[n] == at_cell[n] for n in names)
+    assert len({keyed[n] for n in names}) == 3  # one fingerprint per model
+
+
 def test_a_planted_pickle_or_tampered_cell_is_refused(tmp_path: Path, fake_mnist: None,
                                                       capsys: pytest.CaptureFixture) -> None:
     from torchrobust.resume import save_state

@@ -229,6 +229,37 @@ def test_a_cache_without_train_data_keeps_the_row_names_and_refuses_trainings(tm
     assert "\n" not in str(err.value) and len(list((tmp_path / "s").iterdir())) == 2
 
 
+#: the keys PresetCache.row_key gave at commit 7155984 (before it took a model fingerprint in place of the model) to
+#: cells shaped like ``torchrobust paper adaptive``'s, for the input of the test below: printed by running that
+#: test's cache and settings against that code with the nn.Module, code_fingerprint pinned to 64 zeros
+OLD_CELL_KEYS = {0.1: "e01d08ba91285b01315e52e6", 0.3: "85a473f1f1bf5af3f4976c2e"}
+
+
+def test_row_key_of_a_fingerprint_is_the_earlier_key(tmp_path, monkeypatch):
+    """A row keyed by the model's fingerprint (computed once for all of a model's rows) has the very key the model
+    itself gives, which is the earlier code's (hard-coded), so stored rows and row states are still reused; a string
+    that is no fingerprint is a one-line error naming the fix."""
+    from torchrobust.experiments import preset_cache
+
+    monkeypatch.setattr(preset_cache, "code_fingerprint", lambda root=None: "0" * 64)
+    cache = PresetCache(tmp_path / "a", {"seed": 0, "device": "cpu", "threads": None, "torch": "2.x"},
+                        {"experiment": "adaptive_reprogramming", "n_test": 12, "profile": "quick", "threat": "Linf"},
+                        test_data="e" * 64)
+    fp = fingerprint_model(_fixed_net())
+    for e, old in OLD_CELL_KEYS.items():
+        settings = {"eps": e, "budget": {"steps": 20, "restarts": 1}}
+        assert cache.row_key(f"mlp-p1-eps{e:g}", fp, settings) == old
+        assert cache.row_key(f"mlp-p1-eps{e:g}", _fixed_net(), settings) == old
+    presets = PresetCache(tmp_path / "p", {"seed": 0, "device": "cpu"}, {"preset": "t", "n_pgd": 2},
+                          test_data="e" * 64)
+    key = presets.row_key("P1 λ=0.5", fp, {"robust": True})
+    assert f"row-P1_lam=0.5-{key}" == OLD_NAMES["row"]
+    for bad in ("model", fp.upper(), fp + "0", fp[:-1]):
+        with pytest.raises(TorchRobustError, match="is no model fingerprint; pass the nn.Module or") as err:
+            cache.row_key("r", bad, {})
+        assert "\n" not in str(err.value)
+
+
 def test_code_fingerprint_follows_the_sources(tmp_path):
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "notes.txt").write_text("ignored\n")

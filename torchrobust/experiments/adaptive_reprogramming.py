@@ -67,7 +67,7 @@ from torchrobust.errors import TorchRobustError, unknown_name
 from torchrobust.experiments.adaptive_cell import BUDGETS, AttackBudget, evaluate_cell
 from torchrobust.experiments.preset_cache import PresetCache
 from torchrobust.io import atomic_write_bytes
-from torchrobust.resume import fingerprint_tensors
+from torchrobust.resume import fingerprint_model, fingerprint_tensors
 from torchrobust.tables import Column, ColumnKind, Table
 
 __all__ = ["run", "get_model", "AttackBudget", "BUDGETS", "ARCHS", "PARADIGM_NAMES", "paper_fgsm"]
@@ -396,6 +396,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
                 rows[(arch, p)] = row
                 if model is None:  # report_only without the model's checkpoint: its cells cannot be keyed
                     continue
+                model_fp = fingerprint_model(model)  # every weight hashed once per model, not once per cell
                 base = None
                 if p > 0 and not report_only:
                     from torchrobust.reprogramming import unreprogram
@@ -404,7 +405,7 @@ def run(out_dir: str | Path, n_test: int = 100, eps: Sequence[float] = (0.1, 0.2
                 for e in eps:
                     name = _cell_name(arch, p, float(e))
                     # the cell's key: this run's evaluation, the model by fingerprint, the cell's name, ε and budget
-                    key = cache.row_key(name, model, {"eps": float(e), "budget": asdict(budgets[arch])})
+                    key = cache.row_key(name, model_fp, {"eps": float(e), "budget": asdict(budgets[arch])})
                     if report_only:
                         stored = cache.stored_row(name, key)
                         if stored is None:

@@ -56,6 +56,7 @@ logger = logging.getLogger("torchrobust.experiments.reprogramming")
 CHECKPOINT_EVERY = 500
 
 _PACKAGE = Path(__file__).resolve().parents[1]
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")  # fingerprint_model's hex SHA-256
 
 
 def code_fingerprint(root: Path = _PACKAGE) -> str:
@@ -164,11 +165,19 @@ class PresetCache:
         return history
 
     # -------------------------------------------------------------------------------------------- rows
-    def row_key(self, label: str, model: nn.Module, settings: Mapping[str, Any]) -> str:
-        """The key of one row: this evaluation, ``model`` (by fingerprint: every weight is hashed, so compute it once
-        per row), ``label`` and ``settings``; it names the row's state (:meth:`row`) and its own resumable states
-        (:meth:`row_state_stem`)."""
-        return fingerprint_config({**self._eval, "kind": "row", "label": label, "model": fingerprint_model(model),
+    def row_key(self, label: str, model: nn.Module | str, settings: Mapping[str, Any]) -> str:
+        """The key of one row: this evaluation, ``model`` (by fingerprint), ``label`` and ``settings``; it names the
+        row's state (:meth:`row`) and its own resumable states (:meth:`row_state_stem`). Fingerprinting hashes every
+        weight, so compute the key once per row; rows of one model (e.g. one per ε) pass ``model`` as its
+        :func:`~torchrobust.resume.fingerprint_model`, computed once - the same key as the model itself gives."""
+        if isinstance(model, str):
+            if not _FINGERPRINT.fullmatch(model):
+                raise TorchRobustError(f"row_key {label!r}: model={model[:80]!r} is no model fingerprint; pass the "
+                                       "nn.Module or torchrobust.resume.fingerprint_model(model) (64 hex digits)")
+            fp = model
+        else:
+            fp = fingerprint_model(model)
+        return fingerprint_config({**self._eval, "kind": "row", "label": label, "model": fp,
                                    "settings": dict(settings)})[:24]
 
     def row_state_stem(self, label: str, key: str, part: str) -> Path:
