@@ -80,8 +80,9 @@ def parse_cell(text: str) -> tuple[str, float]:
 
 
 def cell_name(kind: str, eps_train: float, lam0: float = LAM0, epochs: int | None = None) -> str:
-    """``clamp-eps0.3``; a λ init other than :data:`LAM0` or an epoch count other than the full profile's is part
-    of the name (``clamp-eps0.3-lam0.6-ep10``), so cells of other recipes sit side by side, none overwritten."""
+    """``clamp-eps0.3``; a λ init other than :data:`LAM0` or an explicit epoch count (``epochs`` not None; None is the
+    full profile's) is part of the name (``clamp-eps0.3-lam0.6-ep10``), so cells of other recipes sit side by side,
+    none overwritten."""
     return (f"{kind}-eps{eps_train:g}" + (f"-lam{lam0:g}" if lam0 != LAM0 else "")
             + (f"-ep{epochs}" if epochs is not None else ""))
 
@@ -126,12 +127,12 @@ def _run_cell(ctx: PresetContext, backbone: nn.Module, kind: str, eps_train: flo
 
 
 def run(out: Path, backbone_path: Path, cells: list[str], *, n_test: int = 10000, n_train: int | None = None,
-        max_batches: int | None = None, epochs: int | None = None, seed: int = 0, lam0: float = LAM0,
-        name_epochs: bool = False) -> dict[str, Any]:
+        max_batches: int | None = None, epochs: int | None = None, seed: int = 0,
+        lam0: float = LAM0) -> dict[str, Any]:
     """Run each cell (skipping finished ones) and write the report; returns ``{cell name: cell}``.
     ``n_train``/``max_batches``/``epochs`` change the full profile's budget (``epochs``: the paper code's 10, or
-    fewer in tests); ``lam0`` is λ's initial value (the presets' 0.5; the paper code's ``--lmbd`` default is 0.6);
-    ``name_epochs`` puts ``epochs`` into the cell names (the CLI's ``--epochs``)."""
+    fewer in tests; given, it is part of the cell names, :func:`cell_name`); ``lam0`` is λ's initial value (the
+    presets' 0.5; the paper code's ``--lmbd`` default is 0.6)."""
     if not 0.0 <= lam0 <= 1.0:
         raise TorchRobustError(f"lam0={lam0} is not in [0, 1]; pass e.g. --lam0 0.6")
     if epochs is not None and epochs < 1:
@@ -148,7 +149,7 @@ def run(out: Path, backbone_path: Path, cells: list[str], *, n_test: int = 10000
     (out / "cells").mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}
     for kind, eps_train in parsed:
-        name = cell_name(kind, eps_train, lam0, epochs if name_epochs else None)
+        name = cell_name(kind, eps_train, lam0, epochs)
         cfg = {"kind": kind, "eps_train": eps_train, "backbone": str(backbone_path), "n_train": len(x_tr),
                "n_test": min(n_test, len(x_te)), "seed": seed, "K": 1, "lam0": lam0, "irls_eps": prof.nrpm_eps_mlp,
                "epochs": prof.reprogram_epochs, "max_batches": prof.reprogram_steps, "lr": prof.reprogram_lr_p2,
@@ -214,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        cells = run(args.out, args.backbone, args.cells, n_test=args.n_test, lam0=args.lam0, epochs=args.epochs,
-                    name_epochs=args.epochs is not None)
+        cells = run(args.out, args.backbone, args.cells, n_test=args.n_test, lam0=args.lam0, epochs=args.epochs)
     except TorchRobustError as exc:  # bad input (checked before any work): one line, exit 2, no traceback
         sys.stderr.write(f"p2_lambda_param: error: {exc}\n")
         return 2
