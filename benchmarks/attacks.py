@@ -121,8 +121,10 @@ def train_mnist(name: str, n_train: int, epochs: int) -> nn.Module:
     return model
 
 
-def apgd_pair(kind: str, model: nn.Module, norm: str, eps: float, steps: int) -> tuple[Callable, Callable]:
-    """``(ours, reference)`` as ``fn(x, y) -> x_adv`` for ``kind`` in ce / dlr / t, with the same settings."""
+def apgd_pair(kind: str, model: nn.Module, norm: str, eps: float, steps: int,
+              seed: int = 0) -> tuple[Callable, Callable]:
+    """``(ours, reference)`` as ``fn(x, y) -> x_adv`` for ``kind`` in ce / dlr / t, with the same settings and
+    ``seed``."""
     from torchrobust.attacks import APGD, APGDT
 
     try:
@@ -130,13 +132,13 @@ def apgd_pair(kind: str, model: nn.Module, norm: str, eps: float, steps: int) ->
     except ImportError:
         from autoattack.autopgd_base import APGDAttack, APGDAttack_targeted
     if kind == "t":
-        ours: APGD = APGDT(norm, eps=eps, steps=steps)
-        ref = APGDAttack_targeted(model, n_iter=steps, norm=norm, eps=eps, seed=0, device="cpu",
+        ours: APGD = APGDT(norm, eps=eps, steps=steps, seed=seed)
+        ref = APGDAttack_targeted(model, n_iter=steps, norm=norm, eps=eps, seed=seed, device="cpu",
                                   n_restarts=ours.restarts, n_target_classes=ours.n_target_classes,
                                   use_largereps=ours.large_eps)
     else:
-        ours = APGD(norm, eps=eps, steps=steps, loss=kind)
-        ref = APGDAttack(model, n_iter=steps, norm=norm, eps=eps, seed=0, loss=kind, device="cpu",
+        ours = APGD(norm, eps=eps, steps=steps, loss=kind, seed=seed)
+        ref = APGDAttack(model, n_iter=steps, norm=norm, eps=eps, seed=seed, loss=kind, device="cpu",
                          n_restarts=ours.restarts, use_largereps=ours.large_eps)
     return partial(ours, model), ref.perturb
 
