@@ -1,6 +1,6 @@
 r"""The full adaptive evaluation of the reprogrammed MNIST models (Hou et al., ICLR 2025, Sec. 4 paradigms 1–3).
 
-The paper evaluates its MNIST models with one-step FGSM only (Tables 1, 2, 7, 8;
+The paper's MNIST tables report one-step FGSM only (Tables 1, 2, 7, 8; its App. C.3 Figure 9 adds ℓ0/ℓ2/ℓ∞ budgets;
 ``docs/paper-code-facts.md#reprogramming-evaluation-protocol``). This experiment puts three evaluations side by
 side, on the same test images and per example:
 
@@ -209,8 +209,9 @@ def _markdown(result: dict[str, Any]) -> str:
         f"First {cfg['n_test']} MNIST test images, ℓ∞, seed {cfg['seed']}, training profile `{cfg['profile']}`. "
         "Accuracy in %; an example counts only if it is correct clean and after the attack. "
         "**adaptive** is the per-example worst case over FGSM, PGD-20 and the adaptive suite, run on the points "
-        "that survive FGSM and PGD-20. *paper* is the paper's FGSM number (the paper evaluates MNIST with FGSM "
-        f"only; LeNet: figures only, no number). Wall time of this invocation {result['wall_seconds']:.0f} s; "
+        "that survive FGSM and PGD-20. *paper* is the paper's FGSM number (the paper's MNIST tables report "
+        "FGSM only - its Figure 9 adds ℓ0/ℓ2/ℓ∞ attacks without a table; LeNet: figures only, no number). "
+        f"Wall time of this invocation {result['wall_seconds']:.0f} s; "
         f"attack time of the cells in the table {sum(result['cell_seconds'].values()):.0f} s, training "
         f"{sum(result['timings'].values()):.0f} s (this invocation).", "",
         "Adaptive suite: " + "; ".join(suite(a, b) for a, b in cfg["budget"].items()) + ".", "",

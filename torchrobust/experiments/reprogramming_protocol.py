@@ -10,8 +10,8 @@ the attack (the paper code's convention: ε = 0 is the clean accuracy). Every nu
   first ``n_test`` test images (in order). The gradient at the clean input does not depend on ε, so it is computed
   once per model and reused for every ε - the same adversarial examples as running FGSM once per ε; and
 * the **robust evaluation** (``robust_eval=``) on the first ``n_pgd`` test images at the profile's ``pgd_eps``,
-  white-box through all K IRLS iterations - the paper's MNIST code evaluates FGSM only, and a one-step attack can
-  overstate the robustness of a nonlinear layer:
+  white-box through all K IRLS iterations - the paper's MNIST code evaluates its tables with FGSM only, and a
+  one-step attack can overstate the robustness of a nonlinear layer:
 
   - ``"strong"`` (default): the library's default evaluation, :func:`torchrobust.evaluate.sweep` with its default
     attacks (FGSM, APGD-CE, APGD-T; 100 iterations each, APGD-T on the survivors), the per-example worst case

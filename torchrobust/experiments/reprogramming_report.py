@@ -91,7 +91,8 @@ def markdown(result: dict[str, Any]) -> str:
                   PGD_WEAK_NOTE, "", pgd.markdown_grid().rstrip("\n")]
     strong = _robust_table(result, "strong", in_percent, 1.0)
     if strong is not None:
-        lines += ["", f"## {strong_title(cfg['robust_attacks'])} (ours only; the paper reports FGSM only on MNIST)",
+        lines += ["", f"## {strong_title(cfg['robust_attacks'])} "
+                  "(ours only; the paper's MNIST tables report FGSM only)",
                   "", "An example counts only if it is correct clean and after every attack; each attack's own "
                   "accuracy is in the JSON (`strong_attacks`)."]
         note = _upper_bound_note(result)
