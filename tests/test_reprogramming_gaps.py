@@ -1,6 +1,7 @@
 """benchmarks/reprogramming_gaps.py (docs/reprogramming-gaps.md): the paper code's NRPM computation written literally
 equals the library's layer at K = 2, 3, 4 with the MLP's IRLS ε (outputs and input gradients); a tiny run writes
-its cells and report, and a rerun into the same folder trains and evaluates nothing."""
+its cells and report, and a rerun into the same folder trains and evaluates nothing; the gap groups cover every
+Paradigm-1 cell of Tables 1 and 8 once, and the groups added later (p1hi, t8lo) run and summarise."""
 
 from __future__ import annotations
 
@@ -88,3 +89,44 @@ def test_bad_options_are_refused(gaps, tmp_path: Path) -> None:
         gaps.main(["--out", str(tmp_path), "--cells", "0.9"])
     with pytest.raises(SystemExit):
         gaps.main(["--out", str(tmp_path), "--impl", "cuda"])
+
+
+def test_groups_cover_every_paradigm1_cell_of_tables_1_and_8_once(gaps) -> None:
+    """p1 + p1hi are Table 1's Paradigm-1 rows λ = 0 … 0.9 (K = 1); t8 + t8lo are Table 8's K ≥ 2 rows; no cell
+    is in two groups (the summary's group means would count it twice), and every cell has its paper row."""
+    cells = [c for g in gaps.GAP_GROUPS for c in gaps.GROUPS[g]]
+    assert len(cells) == len(set(cells))
+    lams = (0.9, 0.8, 0.7, 0.6, 0.5)
+    assert set(cells) == {(lam / 10, 1) for lam in range(10)} | {(lam, K) for lam in lams for K in (2, 3, 4)}
+    assert set(gaps.GAP_GROUPS) == set(gaps.GROUP_TITLES) - {"lpm"}
+    assert gaps.paper_cell(0.5, 1) == [84.1, 74.4, 50.0, 31.9, 22.8, 18.1, 14.3]  # Table 1 P1 λ = 0.5
+    assert gaps.paper_cell(0.6, 2) == [86.2, 77.1, 56.2, 39.3, 29.2, 22.6, 17.1]  # Table 8 λ = 0.6, K = 2
+
+
+def test_new_groups_run_and_their_summary_means_are_ours_minus_paper(gaps, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A tiny run of --groups p1hi t8lo: one cell file each, summary columns for exactly those groups, and their
+    means recomputed from the cell files against the paper's Table 1 (K = 1) and Table 8 (K ≥ 2) rows."""
+    out = tmp_path / "gaps"
+    argv = ["--out", str(out), "--n-train", "600", "--epochs", "1", "--n-test", "60", "--impl", "eager",
+            "--groups", "p1hi", "t8lo"]
+    assert gaps.main(argv) == 0
+    summary = capsys.readouterr().out
+    recs = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert sorted((r["lam"], r["K"]) for r in recs) == sorted(gaps.GROUPS["p1hi"] + gaps.GROUPS["t8lo"])
+    lines = [ln for ln in summary.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert "p1hi: mean Δ, 1000" in header and "t8lo: max abs Δ, 1000" in header
+    assert not any(h.startswith(("p1:", "t8:")) for h in header)  # no columns for groups without cells
+    assert len(lines) == 2  # the header and one setting
+    row = [c.strip() for c in lines[1].strip("|").split("|")]
+    for g in ("p1hi", "t8lo"):
+        d = [o - p for r in recs if (r["lam"], r["K"]) in gaps.GROUPS[g]
+             for o, p in zip(r["acc_all"][1:], gaps.paper_cell(r["lam"], r["K"])[1:], strict=True)]
+        assert len(d) == 6 * len(gaps.GROUPS[g])
+        assert float(row[header.index(f"{g}: mean Δ, 1000")]) == pytest.approx(sum(d) / len(d), abs=0.051)
+        assert float(row[header.index(f"{g}: max abs Δ, 1000")]) == pytest.approx(max(map(abs, d)), abs=0.051)
+    md = (out / "gaps.md").read_text()
+    assert "Table 1, Paradigm 1, λ ≥ 0.5 (K = 1): FGSM accuracy" in md and "Table 8, λ ≤ 0.6, K ≥ 2: FGSM" in md
+    assert "| λ=0.5 K=1 | **paper** | 84.1 | 74.4 | 50.0 |" in md
+    assert "| λ=0.6 K=2 | **paper** | 86.2 | 77.1 | 56.2 |" in md
