@@ -113,3 +113,36 @@ def test_certify_writes_fig3_table(tmp_path: Path, fake_mnist: None) -> None:
 def test_bad_sigma_is_one_line_error(tmp_path: Path, fake_mnist: None, capsys: pytest.CaptureFixture) -> None:
     assert main(["forge-tables", "--out", str(tmp_path / "b"), *ARGS, "--certify", "--sigma", "0"]) == 2
     assert "sigma must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_training_is_reproducible_whatever_the_global_rng(tmp_path: Path) -> None:
+    """The initial weights come from ``seed``, not from the process's global generator (which differs from process
+    to process): two trainings with the same seed give the same weights, another seed other weights."""
+    x, y = _synthetic(256, 1)
+    weights = []
+    for i, (global_seed, seed) in enumerate(((123, 0), (456, 0), (123, 1))):
+        torch.manual_seed(global_seed)
+        cfg = F.ForgeTablesConfig(epochs=1, warmup_epochs=1, max_batches=1, seed=seed).validate()
+        model, _ = F._train(cfg, x, y, tmp_path / f"m{i}.safetensors")
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_model_trained_without_init_seed_is_refused(tmp_path: Path, fake_mnist: None,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """A model saved before the initialisation was seeded (its recipe has no ``init_seed``) is not reused."""
+    from torchrobust import checkpoint, models
+
+    out = tmp_path / "run"
+    out.mkdir()
+    x, y = _synthetic(256, 1)
+    cfg = F.ForgeTablesConfig(epochs=1, warmup_epochs=1, max_batches=2, seed=0).validate()
+    model, _ = F._train(cfg, x, y, out / "probe.safetensors")
+    recipe = checkpoint.load_metadata(out / "probe.safetensors")["metadata"]["recipe"]
+    assert recipe["init_seed"] == 0
+    del recipe["init_seed"]
+    checkpoint.save(models.create("lenet"), out / F.MODEL_FILE, recipe=recipe, train_wall_s=1.0)
+    assert main(["forge-tables", "--out", str(out), *ARGS, "--eps", "0.3"]) == 2
+    assert "another recipe" in capsys.readouterr().err

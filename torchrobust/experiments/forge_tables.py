@@ -125,7 +125,7 @@ def _train(cfg: ForgeTablesConfig, xtr: torch.Tensor, ytr: torch.Tensor, path: P
     pgd = TrainConfig(epochs=cfg.epochs, batch_size=128, optimizer="adam", lr=1e-3, mode="pgd", threat="Linf",
                       eps=0.3, steps=5, seed=cfg.seed + 1, max_batches=cfg.max_batches)
     recipe = {"warmup": {**asdict(warm), "epochs": cfg.warmup_epochs}, "pgd_at": asdict(pgd),
-              "n_train": int(xtr.shape[0])}
+              "n_train": int(xtr.shape[0]), "init_seed": cfg.seed}
     if path.exists():
         meta = checkpoint.load_metadata(path).get("metadata", {})
         if meta.get("recipe") == json.loads(json.dumps(recipe)):
@@ -133,7 +133,11 @@ def _train(cfg: ForgeTablesConfig, xtr: torch.Tensor, ytr: torch.Tensor, path: P
             return checkpoint.load(path).eval(), float(meta.get("train_wall_s", 0.0))
         raise TorchRobustError(f"{path} was trained with another recipe; use another --out or delete it")
     train_set = torch.utils.data.TensorDataset(xtr, ytr)
-    model = trmodels.create("lenet")
+    # fit seeds the data order and the attacks, not the initial weights; the global generator's state at this
+    # point differs from process to process (torch.initial_seed()), so seed the initialisation here
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = trmodels.create("lenet")
     t0 = time.perf_counter()
     if cfg.warmup_epochs:
         fit(model, train_set, warm)
