@@ -109,6 +109,8 @@ def test_run_writes_files_and_table(tmp_path: Path, fake_mnist: None, capsys: py
     assert [ln.split("|")[2].strip() for ln in main_rows] == [AR.PARADIGM_NAMES[p] for p in (0, 1, 2)]
     assert all(ln.count("|") == head.count("|") for ln in main_rows)
     assert len(table) == 3 + 3 * 2  # plus one detail line per cell
+    # the quick budget's white-box stage is PGD-5: labelled weak beside the table
+    assert "**Strength: weak white-box** (MLP 784-256-64-10) — white-box stage: PGD-5" in md
 
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, fake_mnist: None,
@@ -424,3 +426,71 @@ def test_cli_paper_adaptive_dispatches(tmp_path: Path, monkeypatch: pytest.Monke
     assert seen["out"] == str(tmp_path) and seen["n_test"] == 30 and seen["seed"] == 3
     assert seen["progress"] is False and seen["threads"] == 1
     assert "# table" in capsys.readouterr().out
+
+
+def test_every_default_budget_has_an_apgd_class_whitebox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "default" budget's white-box stage is APGD-class for every model; LeNet's runs our APGD-CE + APGD-T at
+    the default strong evaluation's settings (the same attacks and iterations as `sweep`'s DEFAULT_ATTACKS), and
+    "fast" keeps the earlier LeNet budget (PGD-50 white-box), labelled weak."""
+    from dataclasses import replace
+
+    from torch import nn
+
+    from torchrobust.evaluate import adaptive as A
+    from torchrobust.evaluate.sweeps import DEFAULT_ATTACKS, plan_jobs
+    from torchrobust.experiments.adaptive_cell import APGD_CLASS, BUDGETS, evaluate_cell, weak_whitebox_note
+
+    assert set(BUDGETS["default"]) == set(AR.ARCHS) == set(BUDGETS["fast"])
+    for budget in BUDGETS["default"].values():
+        assert budget.whitebox in APGD_CLASS and weak_whitebox_note(budget) is None
+    lenet = BUDGETS["default"]["lenet"]
+    assert lenet.whitebox == "apgd"  # ours: not switched to the reference by an installed autoattack
+    assert BUDGETS["fast"]["mlp"] == BUDGETS["default"]["mlp"]
+    assert BUDGETS["fast"]["lenet"] == replace(lenet, whitebox="pgd")
+    note = weak_whitebox_note(BUDGETS["fast"]["lenet"], "LeNet")
+    assert note is not None and "PGD-50" in note and "weaker than the default strong evaluation" in note
+
+    # what the LeNet default's white-box stage runs, on a small model with points that survive FGSM and PGD-20
+    jobs: list = []
+    real = A.run_plan
+
+    def spy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: list, **kw: object) -> object:
+        jobs.extend(plan)
+        return real(model, x, y, plan, **kw)
+
+    monkeypatch.setattr(A, "run_plan", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    x_tr, y_tr = _synthetic(640, 1)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x_tr), y_tr).backward()
+        opt.step()
+    x, y = _synthetic(8, 2)
+    cell = evaluate_cell(model.eval(), None, x, y, 0.01, lenet, 0, None, False)
+    assert cell["suite"]["n_attacked"] > 0 and cell["suite"]["config"]["whitebox"] == "apgd"
+    white = [(j.attack, dict(j.kwargs), j.survivors_only) for j in jobs if j.role == "whitebox"]
+    assert white == [("apgd-ce", {"seed": 0}, False), ("apgd-t", {"seed": 0}, True)]
+    strong = [(j.attack, dict(j.kwargs), j.survivors_only) for j in plan_jobs(DEFAULT_ATTACKS, [0.01])]
+    assert strong == [("fgsm", {}, False), ("apgd-ce", {}, False), ("apgd-t", {}, True)]  # no other settings
+
+
+def test_a_weak_whitebox_is_labelled_beside_the_table() -> None:
+    """The report says when a model's white-box stage is weaker than the default strong evaluation (LeNet under
+    "fast"), and not otherwise."""
+    from dataclasses import asdict
+
+    from torchrobust.experiments.adaptive_cell import BUDGETS
+
+    def report(name: str) -> str:
+        cfg = AR._config(100, (0.1,), {a: BUDGETS[name][a] for a in AR.ARCHS}, 0, "fast")
+        return AR._markdown({"config": cfg, "rows": [], "wall_seconds": 1.0, "cell_seconds": {}, "timings": {},
+                             "missing_cells": []})
+
+    fast, default = report("fast"), report("default")
+    assert "**Strength: weak white-box** (LeNet) — white-box stage: PGD-50" in fast
+    assert "(MLP 784-256-64-10)" not in fast.split("Strength: weak")[1]  # the MLP's stage is APGD-class
+    assert "Strength: weak" not in default
+    assert "LeNet: white-box APGD-CE + APGD-T (ours, 100 iterations each" in default
+    assert asdict(BUDGETS["fast"]["lenet"])["whitebox"] == "pgd"

@@ -284,6 +284,23 @@ def test_paper_robust_eps_and_rows_reach_the_preset(tmp_path, monkeypatch):
     assert seen == [("fast", None, None), ("full", [0.1, 0.3], "selected")]
 
 
+def test_paper_adaptive_budget_reaches_the_preset(tmp_path, monkeypatch):
+    """`--adaptive-budget NAME` (with `--robust adaptive`) is passed to the preset; None: the profile's."""
+    from torchrobust.experiments import reprogramming as R
+
+    seen: list = []
+
+    def fake_run(name, out_dir, **kw):
+        seen.append((kw["robust_eval"], kw["adaptive_budget"]))
+        return {"wall_seconds": 1.0}
+
+    monkeypatch.setattr(R, "run", fake_run)
+    assert main(["paper", "lenet", "--robust", "adaptive", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["paper", "lenet", "--robust", "adaptive", "--adaptive-budget", "fast", "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 0
+    assert seen == [("adaptive", None), ("adaptive", "fast")]
+
+
 def test_preset_robust_eps_and_rows_set_the_evaluation(tmp_path):
     """run(robust_eps=, robust_rows=) replace the profile's ε and rows of the robust evaluation: the quick profile
     evaluates one row at one ε by default; with rows="all" and two ε every row carries both ε."""
@@ -342,6 +359,10 @@ def test_table8_selected_rows_are_the_k_trend_at_lambda_07(tmp_path, monkeypatch
     (["paper", "fig9", "--robust-rows", "all"], "drop --robust-rows"),
     (["paper", "table1", "--robust-rows", "some"], "invalid choice: 'some'"),
     (["paper", "table1", "--robust-eps", "x"], "--robust-eps"),
+    (["paper", "lenet", "--robust", "adaptive", "--adaptive-budget", "huge"], "invalid choice: 'huge'"),
+    (["paper", "lenet", "--adaptive-budget", "fast"], "add --robust adaptive or drop --adaptive-budget"),
+    (["paper", "adaptive", "--adaptive-budget", "fast"], "--adaptive-budget applies to the paper presets"),
+    (["paper", "fig9", "--adaptive-budget", "fast"], "drop --adaptive-budget"),
     (["paper", "fig6", "--n-pgd", "5", "--robust", "pgd20"], "drop --n-pgd, --robust"),
     (["paper", "adaptive", "--paradigms", "1,x"], "expected comma-separated integers"),
     (["paper", "adaptive", "--steps", "0"], "--steps"),

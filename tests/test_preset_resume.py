@@ -345,10 +345,44 @@ def test_adaptive_robust_evaluation_per_row_resumes_and_is_at_most_fgsm_and_pgd2
     assert res["config"]["adaptive_suite"]["whitebox"] == "pgd"  # the quick budget
     md = (tmp_path / "table1.md").read_text()
     assert "## Adaptive suite" in md and (tmp_path / "table1_adaptive_table.json").is_file()
-    assert "the adaptive protocol (ℓ∞: FGSM, PGD-20, then the adaptive suite" in md and "strong" not in md
+    assert "the adaptive protocol (ℓ∞: FGSM, PGD-20, then the adaptive suite" in md
+    # the quick budget's white-box stage (PGD-5) is weaker than the default strong evaluation: labelled so
+    assert "White-box stage (budget `quick`): PGD-CE + PGD-margin (5 steps" in md
+    assert "**Strength: weak white-box** — white-box stage: PGD-5" in md
+    from torchrobust.tables import Table
+
+    notes = Table.from_json((tmp_path / "table1_adaptive_table.json").read_text()).notes
+    assert any("Strength: weak white-box" in n for n in notes)
     again = run("table1", tmp_path, quick=True, robust_eval="adaptive")
     assert json.dumps(again["rows"]) == json.dumps(res["rows"])
     assert sum(t.startswith("eval ") for t in again["resumed"]) == len(res["rows"])
+
+
+def test_adaptive_budget_fast_reaches_the_lenet_preset_is_labelled_weak_and_keys_its_rows(tmp_path):
+    """run(adaptive_budget="fast") on the LeNet preset: the config records the name and its PGD-50 white-box budget,
+    the report labels it weak, and its rows get other keys than the profile's budget (the trainings are reused)."""
+    from torchrobust.tables import Table
+
+    kw = dict(quick=True, robust_eval="adaptive", n_pgd=2, progress=False)
+    first = run("lenet", tmp_path, **kw)
+    assert first["config"]["adaptive_budget"] == "quick"
+    fast = run("lenet", tmp_path, adaptive_budget="fast", **kw)
+    assert fast["config"]["adaptive_budget"] == "fast"
+    assert fast["config"]["adaptive_suite"]["whitebox"] == "pgd" and fast["config"]["adaptive_suite"]["steps"] == 50
+    assert fast["resumed"] and all(t.startswith("train ") for t in fast["resumed"])  # no row reused
+    rows = {p.name for p in (tmp_path / "state").glob("row-*.safetensors")}
+    robust = [r["row"] for r in fast["rows"] if "adaptive" in r]
+    assert robust and len(rows) == 2 * len(fast["rows"])  # each row once per budget: two keys
+    md = (tmp_path / "lenet.md").read_text()
+    assert "White-box stage (budget `fast`): PGD-CE + PGD-margin (50 steps × 1 restart(s))" in md
+    assert "**Strength: weak white-box** — white-box stage: PGD-50" in md
+    notes = Table.from_json((tmp_path / "lenet_adaptive_table.json").read_text()).notes
+    assert any("PGD-50" in n and "upper bounds" in n for n in notes)
+    with pytest.raises(TorchRobustError, match="unknown adaptive budget 'huge'"):
+        run("lenet", tmp_path / "bad", adaptive_budget="huge", **kw)
+    with pytest.raises(TorchRobustError, match="robust_eval='adaptive' only"):
+        run("lenet", tmp_path / "bad", quick=True, adaptive_budget="fast", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_state_dir_that_is_a_file_is_a_one_line_error_before_work(tmp_path, capsys):

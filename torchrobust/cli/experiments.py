@@ -90,11 +90,13 @@ def cmd_paper(args: argparse.Namespace) -> int:
             raise TorchRobustError("--n-pgd sizes the robust evaluation of the other presets; `paper adaptive` runs "
                                    "PGD-20 on its --n-test images; drop --n-pgd")
         robust = [f for f, v in (("--robust", args.robust), ("--robust-eps", args.robust_eps),
-                                 ("--robust-rows", args.robust_rows)) if v is not None]
+                                 ("--robust-rows", args.robust_rows), ("--adaptive-budget", args.adaptive_budget))
+                  if v is not None]
         if robust:
-            raise TorchRobustError(f"{', '.join(robust)} apply to the paper presets (table1, table2, table3, table7, "
-                                   "table8, lenet); `paper adaptive` runs FGSM, PGD-20 and its adaptive suite (its "
-                                   f"budgets: --eps); drop {', '.join(robust)}")
+            verb = "applies" if len(robust) == 1 else "apply"
+            raise TorchRobustError(f"{', '.join(robust)} {verb} to the paper presets (table1, table2, table3, "
+                                   "table7, table8, lenet); `paper adaptive` runs FGSM, PGD-20 and its adaptive suite "
+                                   f"(its budgets: --eps, --budget); drop {', '.join(robust)}")
         if args.no_resume:
             raise TorchRobustError("`paper adaptive` always keeps its finished cells (they are bound to the model "
                                    "and data by fingerprint); drop --no-resume, or pass a new --state-dir")
@@ -103,7 +105,8 @@ def cmd_paper(args: argparse.Namespace) -> int:
     given = [flag for flag, (dest, unset) in ADAPTIVE_ONLY.items() if getattr(args, dest) != unset
              and not (flag == "--paradigms" and args.name in FIGURES)]
     preset_only = [f for f, v in (("--weights", args.weights), ("--n-pgd", args.n_pgd), ("--robust", args.robust),
-                                  ("--robust-eps", args.robust_eps), ("--robust-rows", args.robust_rows))
+                                  ("--robust-eps", args.robust_eps), ("--robust-rows", args.robust_rows),
+                                  ("--adaptive-budget", args.adaptive_budget))
                    if v is not None]
     if args.name in FIGURES:
         preset_only += [f for f, v in (("--state-dir", args.state_dir), ("--no-resume", args.no_resume)) if v]
@@ -113,13 +116,16 @@ def cmd_paper(args: argparse.Namespace) -> int:
     if given:
         raise TorchRobustError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for `paper adaptive` "
                                f"only; drop {'it' if len(given) == 1 else 'them'} for `paper {args.name}`")
+    if args.adaptive_budget is not None and args.robust != "adaptive":
+        raise TorchRobustError(f"--adaptive-budget is the budget of --robust adaptive (got --robust "
+                               f"{args.robust or 'strong'}); add --robust adaptive or drop --adaptive-budget")
     check_output_dir(args.out)
     if args.name in FIGURES:
         return _paper_figure(args)
     res = run(args.name, args.out, n_test=args.n_test, profile=args.profile, seed=args.seed, n_pgd=args.n_pgd,
               device=args.device, progress=not args.quiet, threads=args.threads, weights=args.weights,
               robust_eval=args.robust or "strong", robust_eps=args.robust_eps, robust_rows=args.robust_rows,
-              state_dir=args.state_dir, resume=not args.no_resume)
+              state_dir=args.state_dir, resume=not args.no_resume, adaptive_budget=args.adaptive_budget)
     md = Path(args.out) / f"{args.name}.md"
     if md.is_file():
         sys.stdout.write(md.read_text())
@@ -207,6 +213,10 @@ def register(sub: Any) -> None:
     sp.add_argument("--robust-eps", type=float_list, default=None, metavar="EPS",
                     help="ℓ∞ budgets of --robust, in (0, 1] (default: profile's; fast .1,.2,.3, full all six); presets "
                     "only")
+    sp.add_argument("--adaptive-budget", default=None, choices=list(BUDGETS), metavar="NAME",
+                    help="attack budget of --robust adaptive: " + ", ".join(BUDGETS) + " (default: default, "
+                    "APGD-class white-box for MLP and LeNet; fast: LeNet with the earlier PGD-50 white-box, weak, "
+                    "labelled so; reproduces the LeNet numbers documented before); presets only")
     sp.add_argument("--robust-rows", default=None, choices=list(ROBUST_ROWS),
                     help="rows that get --robust: selected (each preset's list) or all (default: profile's; fast "
                     "selected, full all); presets only")

@@ -378,7 +378,7 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         progress: bool = False, threads: int | None = 1, weights: str | Path | None = None,
         robust_eval: str = "strong", robust_eps: Sequence[float] | None = None,
         robust_rows: str | None = None, state_dir: str | Path | None = None,
-        resume: bool = True) -> dict[str, Any]:
+        resume: bool = True, adaptive_budget: str | None = None) -> dict[str, Any]:
     """Run one preset and write ``<name>.json`` and ``<name>.md`` (plus figures) into ``out_dir``, and the flat
     :func:`report_tables` as ``<name>_table.json`` (and ``<name>_strong_table.json``, or with
     ``robust_eval="pgd20"`` ``<name>_pgd_table.json``) for ``torchrobust report``.
@@ -418,6 +418,11 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
             them, bit for bit, and computes only the rest; anything that changes a result (configuration, data,
             code) gives new keys, so a stored result is never reused for another computation.
         resume: ``False``: no state is read or written (every training and row is computed).
+        adaptive_budget: with ``robust_eval="adaptive"``, the attack budget of the suite, a name of
+            :data:`~torchrobust.experiments.adaptive_cell.BUDGETS` (default: the profile's, ``"default"``; quick:
+            ``"quick"``); recorded as ``config.adaptive_budget`` (part of the rows' keys) with the budget itself under
+            ``config.adaptive_suite``. ``"fast"`` reproduces the LeNet numbers documented before the LeNet default
+            became APGD-class (its PGD-50 white-box stage is labelled weak in the report).
 
     Returns:
         The result dict that is also written as JSON: ``config`` (with ``robust_eval`` and, for ``"strong"``,
@@ -439,6 +444,13 @@ def run(name: str, out_dir: str | Path, n_test: int | None = None, quick: bool =
         if not robust_eps or not all(0 < e <= 1 for e in robust_eps):
             raise TorchRobustError(f"robust_eps={list(robust_eps)!r}: pass ℓ∞ budgets in (0, 1], at least one")
         prof = replace(prof, pgd_eps=tuple(float(e) for e in robust_eps))
+    if adaptive_budget is not None:
+        if adaptive_budget not in BUDGETS:
+            raise unknown_name("adaptive budget", adaptive_budget, BUDGETS)
+        if robust_eval != "adaptive":
+            raise TorchRobustError(f"adaptive_budget={adaptive_budget!r} applies to robust_eval='adaptive' only (got "
+                                   f"{robust_eval!r}); pass robust_eval='adaptive' or drop adaptive_budget")
+        prof = replace(prof, adaptive_budget=adaptive_budget)
     if robust_rows is not None:
         if robust_rows not in ROBUST_ROWS:
             raise unknown_name("robust_rows", robust_rows, ROBUST_ROWS)

@@ -1,6 +1,7 @@
 """The reports of the reprogramming presets (:mod:`torchrobust.experiments.reprogramming`): the Markdown written as
 ``<name>.md`` and the flat, typed :class:`~torchrobust.tables.Table` s written as ``<name>_*table.json`` for
-``torchrobust report``. A weak-only robust column (PGD-20) is labelled weak in both."""
+``torchrobust report``. A weak-only robust column (PGD-20), and an adaptive column whose white-box stage is weaker than
+the default strong evaluation (``whitebox="pgd"``, e.g. LeNet's ``fast`` budget), are labelled weak in both."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torchrobust.evaluate.sweeps import upper_bound_note
+from torchrobust.experiments.adaptive_cell import weak_whitebox_note, whitebox_label
 from torchrobust.experiments.paper_numbers import EPS_GRID
 from torchrobust.experiments.reprogramming_protocol import strong_title
 from torchrobust.tables import Column, ColumnKind, Table
@@ -36,6 +38,18 @@ ADAPTIVE_TITLE = "Adaptive suite: FGSM, PGD-20, then white-box, BPDA, transfer, 
 ADAPTIVE_NOTE = ("Per-example worst case over every attack (torchrobust.experiments.adaptive_cell, the protocol of "
                  "docs/adaptive-evaluation.md; its budget under `config.adaptive_suite`); FGSM and PGD-20 alone are in "
                  "the JSON (`adaptive_stages`), the suite's flags under `adaptive_flags`.")
+
+
+def _adaptive_notes(result: dict[str, Any]) -> tuple[str, ...]:
+    """The notes of the adaptive table: what it is, what its white-box stage ran (``config.adaptive_suite``) and,
+    when that stage is weaker than the default strong evaluation (``whitebox="pgd"``), the weak label."""
+    budget = result["config"].get("adaptive_suite")
+    if not budget:
+        return (ADAPTIVE_NOTE,)
+    name = result["config"].get("adaptive_budget")
+    stage = f"White-box stage{f' (budget `{name}`)' if name else ''}: {whitebox_label(budget)}."
+    weak = weak_whitebox_note(budget)
+    return (ADAPTIVE_NOTE, stage, *((weak,) if weak else ()))
 
 
 def _upper_bound_note(result: dict[str, Any]) -> str | None:
@@ -100,7 +114,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", strong.markdown_grid().rstrip("\n")]
     adaptive = _robust_table(result, "adaptive", in_percent, 1.0)
     if adaptive is not None:
-        lines += ["", f"## {ADAPTIVE_TITLE} (ours only)", "", ADAPTIVE_NOTE, "", adaptive.markdown_grid().rstrip("\n")]
+        lines += ["", f"## {ADAPTIVE_TITLE} (ours only)", ""]
+        for note in _adaptive_notes(result):
+            lines += [note, ""]
+        lines += [adaptive.markdown_grid().rstrip("\n")]
     emb = result.get("embedding_differences")
     if emb:
         heads = {"l1": "ℓ1", "l2": "ℓ2", "l2_sq": "ℓ2²", "linf": "ℓ∞", "paper_l1": "paper ℓ1",
@@ -152,7 +169,8 @@ def report_tables(result: dict[str, Any]) -> dict[str, Table]:
                            notes=(note,) if note else ())
     if strong is not None:
         out["strong_table"] = strong
-    adaptive = _robust_table(result, "adaptive", pct, 0.01, title=f"{title} — {ADAPTIVE_TITLE}", notes=(ADAPTIVE_NOTE,))
+    adaptive = _robust_table(result, "adaptive", pct, 0.01, title=f"{title} — {ADAPTIVE_TITLE}",
+                             notes=_adaptive_notes(result))
     if adaptive is not None:
         out["adaptive_table"] = adaptive
     return out
