@@ -126,3 +126,15 @@ def test_cli_results_depend_only_on_the_seed_across_processes(inputs: dict[str, 
     differ = [k for k in a if a[k] != b[k]]
     assert not differ, f"results that depend on the global RNG (not only on --seed): {differ}"
 
+
+def test_the_compiler_probe_leaves_the_global_rng_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compiler_available`` runs once per process, at the first NRPM forward (inside a seeded training, say): its
+    test inputs come from its own generator, so a first call and a cached one leave the same global RNG state."""
+    from torchrobust.nn import nrpm_compiled as C
+
+    monkeypatch.setattr(C, "_COMPILER_OK", {})
+    monkeypatch.setattr(C, "_call", lambda name, *args: C.irls_step(*args))  # the probe's logic, without compiling
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    assert C.compiler_available("cpu") is True
+    assert torch.equal(torch.get_rng_state(), before)
