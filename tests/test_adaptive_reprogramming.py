@@ -494,3 +494,13 @@ def test_a_weak_whitebox_is_labelled_beside_the_table() -> None:
     assert "Strength: weak" not in default
     assert "LeNet: white-box APGD-CE + APGD-T (ours, 100 iterations each" in default
     assert asdict(BUDGETS["fast"]["lenet"])["whitebox"] == "pgd"
+
+
+def test_attack_budget_whitebox_field_takes_the_whitebox_values() -> None:
+    """``AttackBudget.whitebox`` spells out the values of ``WhiteBox`` (see its comment): the two stay equal."""
+    import typing
+
+    from torchrobust.experiments.adaptive_cell import AttackBudget, WhiteBox
+
+    hints = typing.get_type_hints(AttackBudget)
+    assert typing.get_args(hints["whitebox"]) == typing.get_args(WhiteBox)

@@ -23,6 +23,8 @@ __all__ = ["AttackBudget", "BUDGETS", "APGD_CLASS", "WhiteBox", "evaluate_cell",
 
 
 #: the white-box stages of :func:`torchrobust.evaluate.adaptive.evaluate_adaptive` (``AttackBudget.whitebox``)
+#: (``AttackBudget.whitebox`` spells the same values out: with this alias its fields have the shape of TrainConfig's,
+#: which the duplicates check reports; a test keeps the two equal)
 WhiteBox = Literal["auto", "autoattack", "apgd", "pgd"]
 #: white-box stages at least as strong as the library's default strong evaluation (FGSM + APGD-CE + APGD-T, 100
 #: iterations: :data:`torchrobust.evaluate.sweeps.DEFAULT_ATTACKS`); ``"pgd"`` (PGD-CE + PGD-margin) is weaker
@@ -45,7 +47,7 @@ class AttackBudget:
     pgd_steps: int = 20
     steps: int = 100
     restarts: int = 1
-    whitebox: WhiteBox = "auto"
+    whitebox: Literal["auto", "autoattack", "apgd", "pgd"] = "auto"  # the values of WhiteBox
     square_queries: int = 1000
     spsa_steps: int = 50
     spsa_samples: int = 64
